@@ -1,0 +1,40 @@
+# stepstream: `make run` serves on embedded defaults, `make test` runs the suite.
+# Both build their own virtual environment in .venv from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PROTO_OUT := client
+
+.PHONY: run test protos lint bench venv clean
+
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(BIN)/stepstream serve $(ARGS)
+
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Regenerates the Python code and type stubs for protos/ into client/stepstream/v1.
+protos: venv
+	$(PY) scripts/gen_protos.py $(PROTO_OUT)
+
+lint: venv
+	$(PY) scripts/proto_deps.py build/protodeps
+	$(BIN)/buf lint
+	$(BIN)/ruff check service client tests bench scripts
+	$(BIN)/ruff format --check service client tests bench scripts
+	$(BIN)/mypy service/stepstream_server client/stepstream
+
+bench: venv
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
