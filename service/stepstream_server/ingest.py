@@ -1,0 +1,472 @@
+"""The async ingest worker: group commit of batches from every stream.
+
+Streams hand validated batches to `IngestWorker.submit`, which assigns them to their writer's
+sequence and queues them. The worker takes whatever is queued (up to a group limit), judges every
+series entry against its floor in one pipelined Redis round trip, writes the accepted points,
+the writers' sequence numbers and the acknowledgements in one store transaction, and only then
+resolves the batches' futures: an acknowledgement always means "committed".
+
+Floors live in Redis under a per-process epoch. Any failure between a check (which advances
+floors) and the commit (which makes them true) starts a new epoch, so the next check rebuilds
+floors from the store instead of trusting ones that ran ahead of it. A restarted service starts
+a new epoch too, which is what makes a kill -9 between check and commit safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from . import errors
+from .model import (
+    AppendAck,
+    Assigned,
+    BatchFailure,
+    ChunkWrite,
+    Floats,
+    Outcome,
+    Rejection,
+    RunRecord,
+    RunState,
+    SeriesEntry,
+    WriterCommit,
+    outcome_from_json,
+    value_token,
+)
+from .ordering import CheckEntry, Floor, FloorCache, assigned_start, floor_key
+from .store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Writer:
+    """Sequence state of one (run, writer): committed, expected next, and what is in flight."""
+
+    project: str
+    run_id: str
+    writer_id: str
+    committed: int
+    next_expected: int
+    inflight: dict[int, asyncio.Future[Outcome]] = field(default_factory=dict)
+
+
+@dataclass
+class Pending:
+    """A batch waiting for its group commit."""
+
+    writer: Writer
+    sequence: int
+    entries: list[SeriesEntry]
+    rejections: list[Rejection]
+    failure: BatchFailure | None
+    points: int
+    future: asyncio.Future[Outcome]
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """Bounds that keep memory flat and groups reasonably sized."""
+
+    max_queued_points: int = 2_000_000
+    max_group_points: int = 500_000
+    max_group_batches: int = 512
+
+
+class StoreFailed(Exception):
+    """A group could not be committed; its streams must reconnect and re-send."""
+
+
+class IngestWorker:
+    """Judges, commits and acknowledges queued batches in groups."""
+
+    def __init__(
+        self,
+        store: Store,
+        floors: FloorCache,
+        *,
+        write_executor: Executor,
+        read_executor: Executor,
+        limits: WorkerLimits | None = None,
+    ) -> None:
+        self.store = store
+        self.floors = floors
+        self.limits = limits or WorkerLimits()
+        self._write_executor = write_executor
+        self._read_executor = read_executor
+        # Held while a group is judged and committed, and by every run mutation that changes
+        # what ingest sees (state, current incarnation): a batch lands wholly before or after.
+        self.lock = asyncio.Lock()
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._queued_points = 0
+        self._space = asyncio.Condition()
+        self._writers: dict[tuple[str, str, str], Writer] = {}
+        self._runs: dict[tuple[str, str], RunRecord] = {}
+        self.epoch = secrets.token_hex(4)
+        self._task: asyncio.Task[None] | None = None
+        self.stats = {"groups": 0, "batches": 0, "points": 0}
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def in_store(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a store read on the read executor."""
+        return await asyncio.get_running_loop().run_in_executor(self._read_executor, fn, *args)
+
+    async def in_store_write(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a store write on the single write executor (SQLite has one writer)."""
+        return await asyncio.get_running_loop().run_in_executor(self._write_executor, fn, *args)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-worker")
+
+    async def drain_and_stop(self) -> None:
+        """Commit everything queued, then stop."""
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+        async with self.lock:
+            pass
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    # -- runs as ingest sees them -----------------------------------------------------------
+
+    async def run_record(self, project: str, run_id: str) -> RunRecord:
+        record = self._runs.get((project, run_id))
+        if record is None:
+            found = await self.in_store(self.store.get_run, project, run_id)
+            if found is None:
+                raise errors.not_found(
+                    "RUN_NOT_FOUND",
+                    f"run {run_id!r} not found in project {project!r}",
+                    project=project,
+                    run_id=run_id,
+                )
+            record = self._runs[(project, run_id)] = found
+        return record
+
+    def run_changed(self, record: RunRecord) -> None:
+        """Called (under `lock`) after a run mutation so that ingest sees the new state."""
+        self._runs[(record.project, record.run_id)] = record
+
+    # -- streams ----------------------------------------------------------------------------
+
+    async def open_writer(self, project: str, run_id: str, writer_id: str) -> tuple[Writer, RunRecord]:
+        record = await self.run_record(project, run_id)
+        key = (project, run_id, writer_id)
+        writer = self._writers.get(key)
+        if writer is None:
+            committed = await self.in_store(self.store.writer_sequence, project, run_id, writer_id)
+            writer = self._writers.setdefault(
+                key, Writer(project, run_id, writer_id, committed, committed + 1)
+            )
+        return writer, record
+
+    async def submit(
+        self,
+        writer: Writer,
+        sequence: int,
+        entries: list[SeriesEntry],
+        rejections: list[Rejection],
+        failure: BatchFailure | None,
+    ) -> Awaitable[Outcome]:
+        """Place a batch in its writer's sequence; return what resolves to its outcome.
+
+        Waits (backpressure) while too many points are queued.
+        """
+        loop = asyncio.get_running_loop()
+        inflight = writer.inflight.get(sequence)
+        if inflight is not None:
+            return self._as_duplicate(inflight)
+        if sequence <= writer.committed:
+            return loop.create_task(self._stored_outcome(writer, sequence))
+        if sequence != writer.next_expected:
+            done: asyncio.Future[Outcome] = loop.create_future()
+            done.set_result(
+                BatchFailure(
+                    grpc.StatusCode.FAILED_PRECONDITION.name,
+                    "SEQUENCE_GAP",
+                    f"batch sequence {sequence} skips ahead: the next expected sequence for writer"
+                    f" {writer.writer_id!r} is {writer.next_expected}",
+                    {"expected": str(writer.next_expected), "received": str(sequence)},
+                )
+            )
+            return done
+        writer.next_expected += 1
+        future: asyncio.Future[Outcome] = loop.create_future()
+        writer.inflight[sequence] = future
+        points = sum(e.count for e in entries)
+        async with self._space:
+            await self._space.wait_for(
+                lambda: self._queued_points == 0
+                or self._queued_points + points <= self.limits.max_queued_points
+            )
+            self._queued_points += points
+        self._queue.put_nowait(
+            Pending(writer, sequence, entries, rejections, failure, points, future)
+        )
+        return future
+
+    async def _as_duplicate(self, original: asyncio.Future[Outcome]) -> Outcome:
+        outcome = await asyncio.shield(original)
+        return _duplicate(outcome)
+
+    async def _stored_outcome(self, writer: Writer, sequence: int) -> Outcome:
+        text = await self.in_store(
+            self.store.writer_outcome, writer.project, writer.run_id, writer.writer_id, sequence
+        )
+        if text is None:  # older than the retained acknowledgements: counts are gone
+            return AppendAck(0, 0, (), (), "", duplicate_batch=True)
+        return outcome_from_json(text, duplicate=True)
+
+    # -- the worker -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            group = [first]
+            points = first.points
+            while (
+                not self._queue.empty()
+                and len(group) < self.limits.max_group_batches
+                and points < self.limits.max_group_points
+            ):
+                item = self._queue.get_nowait()
+                group.append(item)
+                points += item.points
+            try:
+                async with self.lock:
+                    await self._process(group)
+            except Exception as exc:  # keep serving: the group's streams reconnect and re-send
+                log.exception("group commit failed")
+                self._fail(group, exc)
+            finally:
+                async with self._space:
+                    self._queued_points -= points
+                    self._space.notify_all()
+
+    def _fail(self, group: Sequence[Pending], exc: BaseException) -> None:
+        self.epoch = secrets.token_hex(4)  # floors may have run ahead of the store
+        for item in group:
+            writer = item.writer
+            writer.next_expected = writer.committed + 1
+            for fut in writer.inflight.values():
+                if not fut.done():
+                    fut.set_exception(StoreFailed(str(exc)))
+            writer.inflight.clear()
+
+    async def _process(self, group: Sequence[Pending]) -> None:
+        outcomes: dict[int, Outcome] = {}
+        judged: list[tuple[int, Pending, RunRecord]] = []
+        for i, item in enumerate(group):
+            if item.failure is not None:
+                outcomes[i] = item.failure
+                continue
+            if item.future.done():  # failed with an earlier group; its stream re-sends it
+                continue
+            try:
+                record = await self.run_record(item.writer.project, item.writer.run_id)
+            except errors.ServiceError as exc:
+                outcomes[i] = BatchFailure(exc.code.name, exc.reason, exc.message, exc.metadata)
+                continue
+            if record.state is not RunState.RUNNING:
+                outcomes[i] = BatchFailure(
+                    grpc.StatusCode.FAILED_PRECONDITION.name,
+                    "RUN_NOT_ACTIVE",
+                    f"run {record.run_id!r} is {record.state.name}, not RUNNING; resume it to write",
+                    {"run_id": record.run_id, "state": record.state.name},
+                )
+                continue
+            judged.append((i, item, record))
+
+        floors = await self._check(judged)
+        chunks: dict[tuple[str, bool, str], list[tuple[Floats, Floats | list[str], Floats]]] = {}
+        for (i, item, record), item_floors in zip(judged, floors, strict=True):
+            outcomes[i] = self._apply(item, record, item_floors, chunks)
+
+        writes = [
+            ChunkWrite(
+                inc,
+                name,
+                is_string,
+                _concat_floats([p[0] for p in parts]),
+                _concat_values([p[1] for p in parts], is_string),
+                _concat_floats([p[2] for p in parts]),
+            )
+            for (inc, is_string, name), parts in chunks.items()
+        ]
+        commits = [
+            WriterCommit(
+                item.writer.project,
+                item.writer.run_id,
+                item.writer.writer_id,
+                item.sequence,
+                outcomes[i].to_json(),
+            )
+            for i, item in enumerate(group)
+            if i in outcomes
+        ]
+        await self.in_store_write(self.store.commit, writes, commits)
+        accepted = 0
+        for i, item in enumerate(group):
+            outcome = outcomes.get(i)
+            if outcome is None:
+                continue
+            writer = item.writer
+            writer.committed = max(writer.committed, item.sequence)
+            writer.inflight.pop(item.sequence, None)
+            if isinstance(outcome, AppendAck):
+                accepted += outcome.accepted
+            if not item.future.done():
+                item.future.set_result(outcome)
+        self.stats["groups"] += 1
+        self.stats["batches"] += len(outcomes)
+        self.stats["points"] += accepted
+
+    async def _check(self, judged: Sequence[tuple[int, Pending, RunRecord]]) -> list[list[Floor]]:
+        """Judge every entry of every judged batch; floors in entry order per batch."""
+        by_key: dict[str, list[CheckEntry]] = {}
+        slots: list[list[tuple[str, int]]] = []  # per batch: (key, index in key's entries)
+        for _, item, record in judged:
+            key = self._floor_key(record)
+            entries = by_key.setdefault(key, [])
+            batch_slots = []
+            for e in item.entries:
+                batch_slots.append((key, len(entries)))
+                last = len(e.values) - 1
+                entries.append(
+                    CheckEntry(
+                        e.field,
+                        e.assign,
+                        math.nan if e.steps is None else float(e.steps[-1]),
+                        e.count,
+                        value_token(e.values[last]),
+                    )
+                )
+            slots.append(batch_slots)
+        keys = list(by_key)
+        results: dict[str, list[Floor]] = {}
+        pending_keys = keys
+        for _attempt in range(3):
+            replies = await self.floors.check([(k, by_key[k]) for k in pending_keys])
+            missing = []
+            for k, reply in zip(pending_keys, replies, strict=True):
+                if reply is None:
+                    missing.append(k)
+                else:
+                    results[k] = reply
+            if not missing:
+                break
+            for k in missing:
+                await self._load_floors(k)
+            pending_keys = missing
+        else:
+            raise errors.unavailable("FLOORS_UNAVAILABLE", "floors could not be loaded into Redis")
+        return [[results[k][j] for k, j in batch_slots] for batch_slots in slots]
+
+    def _floor_key(self, record: RunRecord) -> str:
+        return floor_key(record.project, record.run_id, record.current_incarnation_id) + ":" + self.epoch
+
+    async def _load_floors(self, key: str) -> None:
+        incarnation_id = key.split(":floors:", 1)[1].rsplit(":", 1)[0]
+        segments = await self.in_store(self.store.segments, incarnation_id)
+        floors = await self.in_store(self.store.floors, segments)
+        await self.floors.load(key, floors)
+
+    def _apply(
+        self,
+        item: Pending,
+        record: RunRecord,
+        floors: Sequence[Floor],
+        chunks: dict[tuple[str, bool, str], list[tuple[Floats, Floats | list[str], Floats]]],
+    ) -> AppendAck:
+        """Split each entry into rejected prefix, duplicate and accepted rest (SPEC §2)."""
+        incarnation = record.current_incarnation_id
+        accepted = duplicates = 0
+        rejections = list(item.rejections)
+        assigned: list[Assigned] = []
+        for entry, floor in zip(item.entries, floors, strict=True):
+            if entry.assign:
+                start = assigned_start(floor.step)
+                if not start > floor.step:
+                    rejections.append(
+                        Rejection(
+                            entry.name,
+                            "STEP_OVERFLOW",
+                            f"no step above floor {floor.step!r} is representable",
+                            entry.count,
+                            floor=floor.step,
+                            is_string=entry.is_string,
+                        )
+                    )
+                    continue
+                steps = start + np.arange(entry.count, dtype=np.float64)
+                assigned.append(Assigned(entry.name, start, entry.count, entry.is_string))
+                values = entry.values
+                ts = entry.timestamps
+            else:
+                assert entry.steps is not None
+                steps = entry.steps
+                cut = int(np.searchsorted(steps, floor.step, side="right"))
+                rejected = cut
+                if (
+                    cut > 0
+                    and steps[cut - 1] == floor.step
+                    and value_token(entry.values[cut - 1]) == floor.token
+                ):
+                    duplicates += 1
+                    rejected -= 1
+                if rejected:
+                    rejections.append(
+                        Rejection(
+                            entry.name,
+                            "STEP_NOT_INCREASING",
+                            f"{rejected} point(s) at steps {steps[0]!r}..{steps[rejected - 1]!r}"
+                            f" are not above the series' floor {floor.step!r}",
+                            rejected,
+                            float(steps[0]),
+                            float(steps[rejected - 1]),
+                            floor.step,
+                            entry.is_string,
+                        )
+                    )
+                if cut == len(steps):
+                    continue
+                steps = steps[cut:]
+                values = entry.values[cut:]
+                ts = entry.timestamps[cut:]
+            accepted += len(steps)
+            chunks.setdefault((incarnation, entry.is_string, entry.name), []).append(
+                (steps, values, ts)
+            )
+        return AppendAck(accepted, duplicates, tuple(rejections), tuple(assigned), incarnation)
+
+
+def _duplicate(outcome: Outcome) -> Outcome:
+    return replace(outcome, duplicate_batch=True)
+
+
+def _concat_floats(parts: list[Floats]) -> Floats:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _concat_values(parts: list[Floats | list[str]], is_string: bool) -> Floats | list[str]:
+    if is_string:
+        out: list[str] = []
+        for p in parts:
+            out.extend(p)  # type: ignore[arg-type]
+        return out
+    return _concat_floats(parts)  # type: ignore[arg-type]

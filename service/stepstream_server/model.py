@@ -1,0 +1,222 @@
+"""Domain values shared by the worker, the store and the servicer. No protobuf below the servicer."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Floats = npt.NDArray[np.float64]
+NO_CHUNK_CAP = 2**62
+
+
+class RunState(enum.IntEnum):
+    """Lifecycle states; the numbers are those of `stepstream.v1.RunState`."""
+
+    RUNNING = 1
+    STOPPED = 2
+    FINISHED = 3
+    FAILED = 4
+
+
+class Origin(enum.IntEnum):
+    """How an incarnation came to be; the numbers are those of `IncarnationOrigin`."""
+
+    CREATED = 1
+    FORKED = 2
+    REWOUND = 3
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    """One immutable stretch of a run's history."""
+
+    incarnation_id: str
+    project: str
+    run_id: str
+    parent_incarnation_id: str | None
+    parent_run_id: str | None
+    fork_step: float | None
+    # The highest chunk ID of the store when the incarnation was created: inheritance is a
+    # snapshot, so parent chunks written later stay invisible to it.
+    snapshot_chunk: int | None
+    origin: Origin
+    created_at: float
+    archived: bool
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as stored."""
+
+    project: str
+    run_id: str
+    experiment: str
+    state: RunState
+    tags: tuple[str, ...]
+    description: str
+    config: dict[str, Any]
+    current_incarnation_id: str
+    created_at: float
+    updated_at: float
+    failure_reason: str
+    incarnations: tuple[Incarnation, ...] = ()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One incarnation's contribution to a view: its points with step <= step_cap written in
+    chunks with ID <= chunk_cap."""
+
+    incarnation_id: str
+    step_cap: float = math.inf
+    chunk_cap: int = NO_CHUNK_CAP
+
+
+@dataclass
+class SeriesEntry:
+    """One series' points in one batch, decoded and validated for shape."""
+
+    name: str
+    is_string: bool
+    steps: Floats | None  # None when the server assigns steps
+    values: Floats | list[str]
+    timestamps: Floats
+    assign: bool
+
+    @property
+    def count(self) -> int:
+        return len(self.values)
+
+    @property
+    def field(self) -> str:
+        """The series' key among its incarnation's floors: float and string names are apart."""
+        return ("s:" if self.is_string else "f:") + self.name
+
+
+def value_token(value: float | str) -> str:
+    """A short exact fingerprint of a value, to recognise a re-sent point at the floor."""
+    if isinstance(value, str):
+        return "s" + hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    return format(np.float64(value).view(np.uint64), "016x")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Points of one series entry that were not stored, and why."""
+
+    series: str
+    reason: str
+    message: str
+    count: int
+    first_step: float = math.nan
+    last_step: float = math.nan
+    floor: float = math.nan
+    is_string: bool = False
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """Steps the server gave an entry sent with assign_steps."""
+
+    series: str
+    first_step: float
+    count: int
+    is_string: bool = False
+
+
+@dataclass(frozen=True)
+class AppendAck:
+    """The acknowledgement of an applied batch; stored with the batch for exact re-acks."""
+
+    accepted: int
+    duplicates: int
+    rejections: tuple[Rejection, ...]
+    assigned: tuple[Assigned, ...]
+    incarnation_id: str
+    duplicate_batch: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "ack", **asdict(self)}, allow_nan=True)
+
+
+@dataclass(frozen=True)
+class BatchFailure:
+    """A whole batch refused; stored like an ack so that a re-send gets the same answer."""
+
+    code: str  # grpc.StatusCode name
+    reason: str
+    message: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    duplicate_batch: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "failure", **asdict(self)})
+
+
+Outcome = AppendAck | BatchFailure
+
+
+def outcome_from_json(text: str, *, duplicate: bool) -> Outcome:
+    data = json.loads(text)
+    kind = data.pop("kind")
+    data["duplicate_batch"] = duplicate
+    if kind == "failure":
+        return BatchFailure(**data)
+    data["rejections"] = tuple(Rejection(**r) for r in data["rejections"])
+    data["assigned"] = tuple(Assigned(**a) for a in data["assigned"])
+    return AppendAck(**data)
+
+
+@dataclass(frozen=True)
+class ChunkWrite:
+    """Accepted points of one series to store as one chunk."""
+
+    incarnation_id: str
+    name: str
+    is_string: bool
+    steps: Floats
+    values: Floats | list[str]
+    timestamps: Floats
+
+
+@dataclass(frozen=True)
+class WriterCommit:
+    """A writer's batch outcome to record with the points of the same transaction."""
+
+    project: str
+    run_id: str
+    writer_id: str
+    sequence: int
+    outcome_json: str
+
+
+@dataclass(frozen=True)
+class SeriesPoints:
+    """Points read back from the store, in step order."""
+
+    name: str
+    is_string: bool
+    steps: Floats
+    values: Floats | list[str]
+    timestamps: Floats
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """Count, last, min and max of one series in a view."""
+
+    name: str
+    is_string: bool
+    count: int
+    last_step: float
+    last: float
+    minimum: float
+    maximum: float
+    last_string: str = ""

@@ -1,0 +1,132 @@
+"""Wiring: store, Redis, worker, servicers, health and reflection in one grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
+
+from .config import Settings
+from .embedded_redis import EmbeddedRedis
+from .ingest import IngestWorker, WorkerLimits
+from .ordering import FloorCache
+from .reading import Reader
+from .runs import RunManager
+from .servicer import IngestServicer, RunServicer, ingest_handler
+from .sqlite_store import SqliteStore
+
+log = logging.getLogger("stepstream")
+
+SERVICE_NAMES = (
+    ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+    runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+)
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass
+class Service:
+    """A running service; `stop()` drains and releases everything it started."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    worker: IngestWorker
+    store: SqliteStore
+    redis_client: aioredis.Redis
+    health: health.aio.HealthServicer
+    embedded: EmbeddedRedis | None
+    executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor]
+
+    @property
+    def address(self) -> str:
+        host = self.settings.address.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Service:
+        embedded = None
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded = EmbeddedRedis(settings.data_dir / "redis")
+            await asyncio.to_thread(embedded.start)
+            redis_url = embedded.url
+        client = aioredis.Redis.from_url(redis_url)
+        store = SqliteStore(settings.store_path, synchronous=settings.sqlite_synchronous)
+        executors = (
+            ThreadPoolExecutor(1, thread_name_prefix="store-write"),
+            ThreadPoolExecutor(settings.read_threads, thread_name_prefix="store-read"),
+        )
+        worker = IngestWorker(
+            store,
+            FloorCache(client),
+            write_executor=executors[0],
+            read_executor=executors[1],
+            limits=WorkerLimits(max_queued_points=settings.max_queued_points),
+        )
+        worker.start()
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server.add_generic_rpc_handlers((ingest_handler(IngestServicer(worker)),))
+        runs_pb2_grpc.add_RunServiceServicer_to_server(
+            RunServicer(RunManager(worker), Reader(worker)), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        port = server.add_insecure_port(settings.address)
+        if port == 0:
+            raise RuntimeError(f"could not bind {settings.address}")
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return cls(settings, server, port, worker, store, client, health_servicer, embedded, executors)
+
+    async def stop(self) -> None:
+        """Stop taking work, let streams finish for the grace period, commit what is queued,
+        then close the store and stop the Redis this service started."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_seconds)
+        await self.worker.drain_and_stop()
+        await self.redis_client.aclose()
+        for executor in self.executors:
+            executor.shutdown(wait=True)
+        self.store.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then drain and stop."""
+    service = await Service.start(settings)
+    redis_where = f"embedded at {service.embedded.url}" if service.embedded else settings.redis_url
+    log.info(
+        "stepstream listening on %s (store: %s, redis: %s)",
+        service.address, settings.store_path, redis_where,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stepstream draining (grace %.1fs)", settings.grace_seconds)
+    await service.stop()
+    log.info("stepstream stopped")

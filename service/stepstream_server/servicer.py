@@ -1,0 +1,516 @@
+"""Thin servicers: protobuf in, domain values to the logic, domain results and errors out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
+
+from . import errors
+from .ingest import IngestWorker, StoreFailed
+from .model import (
+    AppendAck,
+    BatchFailure,
+    Incarnation,
+    Outcome,
+    Rejection,
+    RunRecord,
+    RunState,
+    SeriesEntry,
+)
+from .reading import Reader, Selector, slices
+from .runs import CreateRun, RunManager
+from .validation import check_id, name_problem, project_of, run_id_of
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_POINTS = 100_000
+# Responses a stream may owe before it stops reading requests (gRPC flow control does the rest).
+MAX_INFLIGHT_PER_STREAM = 64
+SERVICE_NAME = "stepstream.v1.IngestService"
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def status_proto(code: grpc.StatusCode, reason: str, message: str, meta: dict[str, str]) -> status_pb2.Status:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=errors.DOMAIN, metadata=meta)
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(info)
+    return status
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], err: errors.ServiceError) -> None:
+    status = status_proto(err.code, err.reason, err.message, err.metadata)
+    await context.abort(
+        err.code,
+        f"{err.reason}: {err.message}",
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+# -- ingest ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request that could not be decoded (garbage bytes); answered, never fatal."""
+
+    detail: str
+
+
+def lenient_request(data: bytes) -> ingest_pb2.AppendPointsRequest | Malformed:
+    try:
+        return ingest_pb2.AppendPointsRequest.FromString(data)
+    except DecodeError as exc:
+        return Malformed(str(exc))
+
+
+def failure_response(sequence: int, failure: BatchFailure) -> ingest_pb2.AppendPointsResponse:
+    code = grpc.StatusCode[failure.code]
+    return ingest_pb2.AppendPointsResponse(
+        sequence=sequence,
+        error=status_proto(code, failure.reason, failure.message, failure.metadata),
+    )
+
+
+def outcome_response(sequence: int, outcome: Outcome) -> ingest_pb2.AppendPointsResponse:
+    if isinstance(outcome, BatchFailure):
+        return failure_response(sequence, outcome)
+    return ingest_pb2.AppendPointsResponse(
+        sequence=sequence,
+        appended=ingest_pb2.AppendResult(
+            accepted_count=outcome.accepted,
+            duplicate_count=outcome.duplicates,
+            duplicate_batch=outcome.duplicate_batch,
+            incarnation_id=outcome.incarnation_id,
+            rejections=[
+                ingest_pb2.SeriesRejection(
+                    series=r.series,
+                    reason=r.reason,
+                    message=r.message,
+                    count=r.count,
+                    first_step=r.first_step,
+                    last_step=r.last_step,
+                    floor=r.floor,
+                    string_series=r.is_string,
+                )
+                for r in outcome.rejections
+            ],
+            assigned_steps=[
+                ingest_pb2.AssignedSteps(
+                    series=a.series,
+                    first_step=a.first_step,
+                    count=a.count,
+                    string_series=a.is_string,
+                )
+                for a in outcome.assigned
+            ],
+        ),
+    )
+
+
+def decode_series(
+    name: str,
+    steps_in: Sequence[float],
+    values: np.ndarray[Any, Any] | list[str],
+    timestamps_in: Sequence[float],
+    assign: bool,
+    is_string: bool,
+    now: float,
+) -> SeriesEntry | Rejection | None:
+    """Turn one wire series into an entry, or say exactly why it is refused."""
+    n = len(values)
+
+    def reject(reason: str, message: str) -> Rejection:
+        return Rejection(name, reason, message, n, is_string=is_string)
+
+    if n == 0:
+        return None if not len(steps_in) else reject(
+            "LENGTH_MISMATCH", f"series has {len(steps_in)} steps but no values"
+        )
+    problem = name_problem(name)
+    if problem is not None:
+        return reject("INVALID_SERIES_NAME", f"series name {name[:64]!r} {problem}")
+    if len(timestamps_in) not in (0, n):
+        return reject(
+            "LENGTH_MISMATCH", f"series has {n} values but {len(timestamps_in)} timestamps"
+        )
+    if timestamps_in:
+        timestamps = np.array(timestamps_in, dtype=np.float64)
+        if not np.isfinite(timestamps).all():
+            return reject("INVALID_TIMESTAMP", "timestamps must be finite")
+    else:
+        timestamps = np.full(n, now, dtype=np.float64)
+    if assign:
+        if len(steps_in):
+            return reject(
+                "STEPS_WITH_ASSIGN_STEPS",
+                f"series has assign_steps set and {len(steps_in)} explicit steps; send one or the other",
+            )
+        return SeriesEntry(name, is_string, None, values, timestamps, True)
+    if len(steps_in) != n:
+        return reject("LENGTH_MISMATCH", f"series has {n} values but {len(steps_in)} steps")
+    steps = np.array(steps_in, dtype=np.float64)
+    finite = np.isfinite(steps)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        return reject(
+            "NON_FINITE_STEP", f"step {float(steps[bad])!r} at index {bad} is not a finite number"
+        )
+    if n > 1:
+        rising = steps[1:] > steps[:-1]
+        if not rising.all():
+            bad = int(np.argmin(rising)) + 1
+            return reject(
+                "STEPS_NOT_STRICTLY_INCREASING",
+                f"step {float(steps[bad])!r} at index {bad} does not follow"
+                f" {float(steps[bad - 1])!r}; steps in a batch must strictly increase",
+            )
+    return SeriesEntry(name, is_string, steps, values, timestamps, False)
+
+
+def decode_batch(
+    batch: ingest_pb2.PointBatch, now: float
+) -> tuple[list[SeriesEntry], list[Rejection], BatchFailure | None]:
+    total = sum(len(s.values) for s in batch.float_series) + sum(
+        len(s.values) for s in batch.string_series
+    )
+    if total > MAX_BATCH_POINTS:
+        return [], [], BatchFailure(
+            grpc.StatusCode.INVALID_ARGUMENT.name,
+            "BATCH_TOO_LARGE",
+            f"batch has {total} points; the limit is {MAX_BATCH_POINTS}",
+            {"points": str(total), "limit": str(MAX_BATCH_POINTS)},
+        )
+    entries: list[SeriesEntry] = []
+    rejections: list[Rejection] = []
+    for fs in batch.float_series:
+        values = np.array(fs.values, dtype=np.float64)
+        decoded = decode_series(fs.name, fs.steps, values, fs.timestamps, fs.assign_steps, False, now)
+        if isinstance(decoded, Rejection):
+            rejections.append(decoded)
+        elif decoded is not None:
+            entries.append(decoded)
+    for ss in batch.string_series:
+        decoded = decode_series(
+            ss.name, ss.steps, list(ss.values), ss.timestamps, ss.assign_steps, True, now
+        )
+        if isinstance(decoded, Rejection):
+            rejections.append(decoded)
+        elif decoded is not None:
+            entries.append(decoded)
+    return entries, rejections, None
+
+
+Answer = ingest_pb2.AppendPointsResponse | errors.ServiceError
+
+
+class IngestServicer:
+    """IngestService.AppendPoints: one reader task per stream feeds the worker; responses are
+    yielded in request order as their batches commit."""
+
+    def __init__(self, worker: IngestWorker) -> None:
+        self.worker = worker
+
+    async def AppendPoints(
+        self,
+        requests: AsyncIterator[ingest_pb2.AppendPointsRequest | Malformed],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[ingest_pb2.AppendPointsResponse]:
+        answers: asyncio.Queue[Awaitable[Answer] | None] = asyncio.Queue(MAX_INFLIGHT_PER_STREAM)
+        reader = asyncio.create_task(self._read(requests, answers))
+        try:
+            while (pending := await answers.get()) is not None:
+                answer = await pending
+                if isinstance(answer, errors.ServiceError):
+                    await abort(context, answer)
+                    return
+                yield answer
+        finally:
+            reader.cancel()
+
+    async def _read(
+        self,
+        requests: AsyncIterator[ingest_pb2.AppendPointsRequest | Malformed],
+        answers: asyncio.Queue[Awaitable[Answer] | None],
+    ) -> None:
+        writer = None
+        try:
+            async for request in requests:
+                if isinstance(request, Malformed):
+                    await answers.put(_ready(_malformed(f"request could not be decoded: {request.detail}")))
+                    continue
+                kind = request.WhichOneof("kind")
+                if kind == "open":
+                    if writer is not None:
+                        await answers.put(_ready(failure_response(0, _failure(
+                            errors.failed_precondition(
+                                "STREAM_ALREADY_OPEN", "the stream is already open; open once per stream"
+                            )
+                        ))))
+                        continue
+                    try:
+                        writer, record = await self._open(request.open)
+                    except errors.ServiceError as exc:
+                        await answers.put(_ready(exc))
+                        return
+                    await answers.put(_ready(ingest_pb2.AppendPointsResponse(
+                        opened=ingest_pb2.OpenStreamResult(
+                            last_committed_sequence=writer.committed,
+                            incarnation_id=record.current_incarnation_id,
+                        )
+                    )))
+                elif kind == "batch":
+                    seq = request.batch.sequence
+                    if writer is None:
+                        await answers.put(_ready(failure_response(seq, _failure(
+                            errors.failed_precondition(
+                                "STREAM_NOT_OPEN", "the first request of a stream must be `open`"
+                            )
+                        ))))
+                        continue
+                    if seq == 0:
+                        await answers.put(_ready(failure_response(0, _failure(errors.invalid(
+                            "INVALID_SEQUENCE", "batch sequence numbers start at 1", sequence="0"
+                        )))))
+                        continue
+                    entries, rejections, failure = decode_batch(request.batch, time.time())
+                    outcome = await self.worker.submit(writer, seq, entries, rejections, failure)
+                    await answers.put(_respond(seq, outcome))
+                else:
+                    await answers.put(_ready(_malformed("request has neither `open` nor `batch`")))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ingest stream failed")
+            await answers.put(_ready(errors.ServiceError(
+                grpc.StatusCode.INTERNAL, "INTERNAL", "the stream failed; reconnect and re-send"
+            )))
+        finally:
+            await answers.put(None)
+
+    async def _open(self, req: ingest_pb2.OpenStream) -> Any:
+        project = project_of(req.project)
+        run_id = run_id_of(req.run_id)
+        writer_id = check_id("writer_id", req.writer_id, "INVALID_WRITER_ID")
+        return await self.worker.open_writer(project, run_id, writer_id)
+
+
+def _failure(err: errors.ServiceError) -> BatchFailure:
+    return BatchFailure(err.code.name, err.reason, err.message, err.metadata)
+
+
+def _malformed(message: str) -> ingest_pb2.AppendPointsResponse:
+    return failure_response(0, _failure(errors.invalid("MALFORMED_REQUEST", message)))
+
+
+async def _ready(answer: Answer) -> Answer:
+    return answer
+
+
+async def _respond(sequence: int, outcome: Awaitable[Outcome]) -> Answer:
+    try:
+        return outcome_response(sequence, await outcome)
+    except StoreFailed as exc:
+        return errors.unavailable(
+            "COMMIT_FAILED", f"batch {sequence} was not committed ({exc}); reconnect and re-send"
+        )
+
+
+def ingest_handler(servicer: IngestServicer) -> grpc.GenericRpcHandler:
+    """Registered by hand so that undecodable requests reach the servicer as `Malformed`."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "AppendPoints": grpc.stream_stream_rpc_method_handler(
+                servicer.AppendPoints,
+                request_deserializer=lenient_request,
+                response_serializer=ingest_pb2.AppendPointsResponse.SerializeToString,
+            )
+        },
+    )
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+def _timestamp(seconds: float) -> Any:
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def incarnation_proto(inc: Incarnation) -> runs_pb2.Incarnation:
+    return runs_pb2.Incarnation(
+        incarnation_id=inc.incarnation_id,
+        run_id=inc.run_id,
+        parent_incarnation_id=inc.parent_incarnation_id or "",
+        parent_run_id=inc.parent_run_id or "",
+        fork_step=inc.fork_step if inc.fork_step is not None else 0.0,
+        origin=int(inc.origin),  # type: ignore[arg-type]
+        create_time=_timestamp(inc.created_at),
+        archived=inc.archived,
+    )
+
+
+def run_proto(record: RunRecord) -> runs_pb2.Run:
+    config = struct_pb2.Struct()
+    config.update(record.config)
+    return runs_pb2.Run(
+        project=record.project,
+        run_id=record.run_id,
+        experiment=record.experiment,
+        state=int(record.state),  # type: ignore[arg-type]
+        tags=list(record.tags),
+        description=record.description,
+        config=config,
+        current_incarnation_id=record.current_incarnation_id,
+        incarnations=[incarnation_proto(i) for i in record.incarnations],
+        create_time=_timestamp(record.created_at),
+        update_time=_timestamp(record.updated_at),
+        failure_reason=record.failure_reason,
+    )
+
+
+def struct_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    return dict(json_format.MessageToDict(message))
+
+
+def selector_of(sel: runs_pb2.SeriesSelector) -> Selector:
+    return Selector(sel.project, sel.run_id, sel.incarnation_id, sel.own_points_only)
+
+
+class RunServicer(runs_pb2_grpc.RunServiceServicer):
+    """RunService: every method converts, calls RunManager or Reader, converts back."""
+
+    def __init__(self, runs: RunManager, reader: Reader) -> None:
+        self.runs = runs
+        self.reader = reader
+
+    async def CreateRun(self, request: runs_pb2.CreateRunRequest, context: Any) -> runs_pb2.CreateRunResponse:
+        try:
+            record, fallback, existed = await self.runs.create(
+                CreateRun(
+                    project=request.project,
+                    experiment=request.experiment,
+                    run_id=request.run_id,
+                    tags=tuple(request.tags),
+                    description=request.description,
+                    config=struct_dict(request.config),
+                    fork_run_id=request.fork_run_id,
+                    fork_incarnation_id=request.fork_incarnation_id,
+                    fork_step=request.fork_step if request.HasField("fork_step") else None,
+                    inherit_configs=request.inherit_configs,
+                    get_if_exists=request.get_if_exists,
+                )
+            )
+        except errors.ServiceError as exc:
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+        return runs_pb2.CreateRunResponse(run=run_proto(record), parent_fallback=fallback, existed=existed)
+
+    async def GetRun(self, request: runs_pb2.GetRunRequest, context: Any) -> runs_pb2.GetRunResponse:
+        record = await _call(context, self.runs.get(request.project, request.run_id))
+        return runs_pb2.GetRunResponse(run=run_proto(record))
+
+    async def ListRuns(self, request: runs_pb2.ListRunsRequest, context: Any) -> runs_pb2.ListRunsResponse:
+        records = await _call(context, self.runs.list(request.project, request.experiment))
+        return runs_pb2.ListRunsResponse(runs=[run_proto(r) for r in records])
+
+    async def StopRun(self, request: runs_pb2.StopRunRequest, context: Any) -> runs_pb2.StopRunResponse:
+        record = await _call(context, self.runs.set_state(request.project, request.run_id, RunState.STOPPED))
+        return runs_pb2.StopRunResponse(run=run_proto(record))
+
+    async def FinishRun(self, request: runs_pb2.FinishRunRequest, context: Any) -> runs_pb2.FinishRunResponse:
+        record = await _call(context, self.runs.set_state(request.project, request.run_id, RunState.FINISHED))
+        return runs_pb2.FinishRunResponse(run=run_proto(record))
+
+    async def FailRun(self, request: runs_pb2.FailRunRequest, context: Any) -> runs_pb2.FailRunResponse:
+        record = await _call(
+            context,
+            self.runs.set_state(request.project, request.run_id, RunState.FAILED, request.reason),
+        )
+        return runs_pb2.FailRunResponse(run=run_proto(record))
+
+    async def ResumeRun(self, request: runs_pb2.ResumeRunRequest, context: Any) -> runs_pb2.ResumeRunResponse:
+        record = await _call(context, self.runs.set_state(request.project, request.run_id, RunState.RUNNING))
+        return runs_pb2.ResumeRunResponse(run=run_proto(record))
+
+    async def UpdateRunConfig(
+        self, request: runs_pb2.UpdateRunConfigRequest, context: Any
+    ) -> runs_pb2.UpdateRunConfigResponse:
+        record = await _call(
+            context,
+            self.runs.update_config(request.project, request.run_id, struct_dict(request.config)),
+        )
+        return runs_pb2.UpdateRunConfigResponse(run=run_proto(record))
+
+    async def UpdateRunTags(
+        self, request: runs_pb2.UpdateRunTagsRequest, context: Any
+    ) -> runs_pb2.UpdateRunTagsResponse:
+        record = await _call(
+            context,
+            self.runs.update_tags(request.project, request.run_id, list(request.add), list(request.remove)),
+        )
+        return runs_pb2.UpdateRunTagsResponse(run=run_proto(record))
+
+    async def ListSeries(self, request: runs_pb2.ListSeriesRequest, context: Any) -> runs_pb2.ListSeriesResponse:
+        incarnation_id, summaries = await _call(context, self.reader.summaries(selector_of(request.selector)))
+        return runs_pb2.ListSeriesResponse(
+            incarnation_id=incarnation_id,
+            series=[
+                runs_pb2.SeriesSummary(
+                    name=s.name,
+                    string_series=s.is_string,
+                    count=s.count,
+                    last_step=s.last_step,
+                    last=s.last,
+                    min=s.minimum,
+                    max=s.maximum,
+                    last_string=s.last_string,
+                )
+                for s in summaries
+            ],
+        )
+
+    async def ReadSeries(  # type: ignore[override]
+        self, request: runs_pb2.ReadSeriesRequest, context: Any
+    ) -> AsyncIterator[runs_pb2.ReadSeriesResponse]:
+        lo = request.step_min if request.HasField("step_min") else -math.inf
+        hi = request.step_max if request.HasField("step_max") else math.inf
+        series = await _call(
+            context, self.reader.read(selector_of(request.selector), list(request.names), lo, hi)
+        )
+        for points in series:
+            for part in slices(points):
+                msg = runs_pb2.ReadSeriesResponse(
+                    name=part.name, string_series=part.is_string, steps=part.steps.tolist(),
+                    timestamps=part.timestamps.tolist(),
+                )
+                if part.is_string:
+                    msg.string_values.extend(part.values)  # type: ignore[arg-type]
+                else:
+                    msg.values.extend(part.values.tolist())  # type: ignore[union-attr]
+                yield msg
+
+
+async def _call(context: Any, work: Awaitable[Any]) -> Any:
+    try:
+        return await work
+    except errors.ServiceError as exc:
+        await abort(context, exc)
+        raise

@@ -1,0 +1,604 @@
+"""The embedded default store: SQLite in WAL mode, points stored column-wise in chunks.
+
+One chunk row holds the accepted points of one series from one group commit: packed float64
+steps, values and timestamps. Chunk IDs grow with every commit, and a series' steps grow with
+its chunk IDs (the ordering rule guarantees it), so a view is a list of (incarnation, step cap,
+chunk cap) segments and reading is a range scan per segment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import errors
+from .model import (
+    NO_CHUNK_CAP,
+    ChunkWrite,
+    Floats,
+    Incarnation,
+    Origin,
+    RunRecord,
+    RunState,
+    Segment,
+    SeriesPoints,
+    WriterCommit,
+    value_token,
+)
+
+# Acknowledgements kept per writer for exact re-acks of re-sent batches; a client never has more
+# than its in-flight window unacknowledged, which is far below this.
+ACK_RETENTION = 4096
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    project TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    experiment TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    description TEXT NOT NULL,
+    config TEXT NOT NULL,
+    current_incarnation TEXT NOT NULL,
+    failure_reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project, run_id)
+);
+CREATE INDEX IF NOT EXISTS runs_experiment ON runs (project, experiment);
+CREATE TABLE IF NOT EXISTS incarnations (
+    incarnation_id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    parent_incarnation TEXT REFERENCES incarnations (incarnation_id),
+    fork_step REAL,
+    snapshot_chunk INTEGER,
+    origin INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    archived INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS incarnations_run ON incarnations (project, run_id);
+CREATE TABLE IF NOT EXISTS series (
+    series_id INTEGER PRIMARY KEY,
+    incarnation_id TEXT NOT NULL REFERENCES incarnations (incarnation_id),
+    name TEXT NOT NULL,
+    is_string INTEGER NOT NULL,
+    UNIQUE (incarnation_id, is_string, name)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_id INTEGER PRIMARY KEY,
+    series_id INTEGER NOT NULL REFERENCES series (series_id),
+    min_step REAL NOT NULL,
+    max_step REAL NOT NULL,
+    n INTEGER NOT NULL,
+    steps BLOB NOT NULL,
+    vals BLOB NOT NULL,
+    ts BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_series ON chunks (series_id, chunk_id);
+CREATE TABLE IF NOT EXISTS writers (
+    project TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    writer_id TEXT NOT NULL,
+    last_sequence INTEGER NOT NULL,
+    PRIMARY KEY (project, run_id, writer_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acks (
+    project TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    writer_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    PRIMARY KEY (project, run_id, writer_id, sequence)
+) WITHOUT ROWID;
+"""
+
+
+def encode_values(values: Floats | list[str]) -> bytes:
+    if isinstance(values, list):
+        raw = [v.encode("utf-8", "surrogatepass") for v in values]
+        lengths = np.fromiter((len(r) for r in raw), dtype=np.int64, count=len(raw))
+        return lengths.tobytes() + b"".join(raw)
+    return np.ascontiguousarray(values, dtype=np.float64).tobytes()
+
+
+def decode_values(blob: bytes, n: int, is_string: bool) -> Floats | list[str]:
+    if not is_string:
+        return np.frombuffer(blob, dtype=np.float64, count=n)
+    lengths = np.frombuffer(blob, dtype=np.int64, count=n)
+    ends = np.cumsum(lengths) + 8 * n
+    out: list[str] = []
+    start = 8 * n
+    for end in ends.tolist():
+        out.append(blob[start:end].decode("utf-8", "surrogatepass"))
+        start = end
+    return out
+
+
+class SqliteStore:
+    """`Store` on one SQLite file in WAL mode; each thread gets its own connection."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        # (incarnation, is_string, name) -> series_id; only the committing thread writes it.
+        self._series_ids: dict[tuple[str, bool, str], int] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn().executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._guard:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._guard:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        project: str,
+        run_id: str,
+        experiment: str,
+        tags: Sequence[str],
+        description: str,
+        config: dict[str, Any],
+        incarnation_id: str,
+        parent: Incarnation | None,
+        fork_step: float | None,
+        now: float,
+    ) -> RunRecord:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO runs (project, run_id, experiment, state, tags, description, config,"
+                " current_incarnation, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    project,
+                    run_id,
+                    experiment,
+                    int(RunState.RUNNING),
+                    json.dumps(sorted(set(tags))),
+                    description,
+                    json.dumps(config),
+                    incarnation_id,
+                    now,
+                    now,
+                ),
+            )
+            self._insert_incarnation(
+                conn,
+                incarnation_id=incarnation_id,
+                project=project,
+                run_id=run_id,
+                parent=parent,
+                fork_step=fork_step,
+                origin=Origin.FORKED if parent else Origin.CREATED,
+                now=now,
+            )
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK")
+            raise errors.already_exists(
+                "RUN_ALREADY_EXISTS",
+                f"run {run_id!r} already exists in project {project!r}",
+                project=project,
+                run_id=run_id,
+            ) from None
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        record = self.get_run(project, run_id)
+        assert record is not None
+        return record
+
+    def _insert_incarnation(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        incarnation_id: str,
+        project: str,
+        run_id: str,
+        parent: Incarnation | None,
+        fork_step: float | None,
+        origin: Origin,
+        now: float,
+    ) -> None:
+        # Read inside the write transaction: no chunk can commit between this and the insert.
+        snapshot = None
+        if parent is not None:
+            snapshot = conn.execute("SELECT COALESCE(MAX(chunk_id), 0) FROM chunks").fetchone()[0]
+        conn.execute(
+            "INSERT INTO incarnations (incarnation_id, project, run_id, parent_incarnation,"
+            " fork_step, snapshot_chunk, origin, created_at) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                incarnation_id,
+                project,
+                run_id,
+                parent.incarnation_id if parent else None,
+                fork_step,
+                snapshot,
+                int(origin),
+                now,
+            ),
+        )
+
+    def add_incarnation(
+        self,
+        *,
+        project: str,
+        run_id: str,
+        incarnation_id: str,
+        parent: Incarnation,
+        fork_step: float,
+        origin: Origin,
+        now: float,
+    ) -> RunRecord:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert_incarnation(
+                conn,
+                incarnation_id=incarnation_id,
+                project=project,
+                run_id=run_id,
+                parent=parent,
+                fork_step=fork_step,
+                origin=origin,
+                now=now,
+            )
+            conn.execute(
+                "UPDATE incarnations SET archived = 1 WHERE incarnation_id = ?",
+                (parent.incarnation_id,),
+            )
+            conn.execute(
+                "UPDATE runs SET current_incarnation = ?, updated_at = ? WHERE project = ? AND run_id = ?",
+                (incarnation_id, now, project, run_id),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        record = self.get_run(project, run_id)
+        assert record is not None
+        return record
+
+    def get_run(self, project: str, run_id: str) -> RunRecord | None:
+        row = (
+            self._conn()
+            .execute("SELECT * FROM runs WHERE project = ? AND run_id = ?", (project, run_id))
+            .fetchone()
+        )
+        return None if row is None else self._run_from_row(row)
+
+    def list_runs(self, project: str, experiment: str) -> list[RunRecord]:
+        if experiment:
+            rows = self._conn().execute(
+                "SELECT * FROM runs WHERE project = ? AND experiment = ? ORDER BY rowid",
+                (project, experiment),
+            )
+        else:
+            rows = self._conn().execute(
+                "SELECT * FROM runs WHERE project = ? ORDER BY rowid", (project,)
+            )
+        return [self._run_from_row(row) for row in rows.fetchall()]
+
+    def experiment_head(self, project: str, experiment: str) -> RunRecord | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM runs WHERE project = ? AND experiment = ? ORDER BY rowid DESC LIMIT 1",
+                (project, experiment),
+            )
+            .fetchone()
+        )
+        return None if row is None else self._run_from_row(row)
+
+    def update_run(
+        self,
+        project: str,
+        run_id: str,
+        *,
+        now: float,
+        state: RunState | None = None,
+        tags: Sequence[str] | None = None,
+        config: dict[str, Any] | None = None,
+        description: str | None = None,
+        failure_reason: str | None = None,
+    ) -> RunRecord:
+        sets = ["updated_at = ?"]
+        args: list[Any] = [now]
+        if state is not None:
+            sets.append("state = ?")
+            args.append(int(state))
+        if tags is not None:
+            sets.append("tags = ?")
+            args.append(json.dumps(sorted(set(tags))))
+        if config is not None:
+            sets.append("config = ?")
+            args.append(json.dumps(config))
+        if description is not None:
+            sets.append("description = ?")
+            args.append(description)
+        if failure_reason is not None:
+            sets.append("failure_reason = ?")
+            args.append(failure_reason)
+        conn = self._conn()
+        cur = conn.execute(
+            f"UPDATE runs SET {', '.join(sets)} WHERE project = ? AND run_id = ?",
+            (*args, project, run_id),
+        )
+        if cur.rowcount == 0:
+            raise errors.not_found(
+                "RUN_NOT_FOUND", f"run {run_id!r} not found in project {project!r}",
+                project=project, run_id=run_id,
+            )
+        record = self.get_run(project, run_id)
+        assert record is not None
+        return record
+
+    def _run_from_row(self, row: tuple[Any, ...]) -> RunRecord:
+        (project, run_id, experiment, state, tags, description, config, current, failure,
+         created, updated) = row
+        incarnations = tuple(
+            self._incarnation_from_row(r)
+            for r in self._conn().execute(
+                f"SELECT {_INCARNATION_COLUMNS} FROM incarnations i"
+                " WHERE i.project = ? AND i.run_id = ? ORDER BY i.rowid",
+                (project, run_id),
+            )
+        )
+        return RunRecord(
+            project=project,
+            run_id=run_id,
+            experiment=experiment,
+            state=RunState(state),
+            tags=tuple(json.loads(tags)),
+            description=description,
+            config=json.loads(config),
+            current_incarnation_id=current,
+            created_at=created,
+            updated_at=updated,
+            failure_reason=failure,
+            incarnations=incarnations,
+        )
+
+    def get_incarnation(self, incarnation_id: str) -> Incarnation | None:
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {_INCARNATION_COLUMNS} FROM incarnations i WHERE i.incarnation_id = ?",
+                (incarnation_id,),
+            )
+            .fetchone()
+        )
+        return None if row is None else self._incarnation_from_row(row)
+
+    @staticmethod
+    def _incarnation_from_row(row: tuple[Any, ...]) -> Incarnation:
+        iid, project, run_id, parent, parent_run, fork_step, snapshot, origin, created, archived = row
+        return Incarnation(
+            incarnation_id=iid,
+            project=project,
+            run_id=run_id,
+            parent_incarnation_id=parent,
+            parent_run_id=parent_run,
+            fork_step=fork_step,
+            snapshot_chunk=snapshot,
+            origin=Origin(origin),
+            created_at=created,
+            archived=bool(archived),
+        )
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    def writer_sequence(self, project: str, run_id: str, writer_id: str) -> int:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT last_sequence FROM writers WHERE project = ? AND run_id = ? AND writer_id = ?",
+                (project, run_id, writer_id),
+            )
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    def writer_outcome(self, project: str, run_id: str, writer_id: str, sequence: int) -> str | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT outcome FROM acks WHERE project = ? AND run_id = ? AND writer_id = ?"
+                " AND sequence = ?",
+                (project, run_id, writer_id, sequence),
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def commit(self, chunks: Sequence[ChunkWrite], writers: Sequence[WriterCommit]) -> None:
+        conn = self._conn()
+        created: list[tuple[str, bool, str]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = []
+            for chunk in chunks:
+                key = (chunk.incarnation_id, chunk.is_string, chunk.name)
+                series_id = self._series_ids.get(key)
+                if series_id is None:
+                    series_id = self._series_id(conn, key)
+                    created.append(key)
+                rows.append(
+                    (
+                        series_id,
+                        float(chunk.steps[0]),
+                        float(chunk.steps[-1]),
+                        len(chunk.steps),
+                        chunk.steps.tobytes(),
+                        encode_values(chunk.values),
+                        chunk.timestamps.tobytes(),
+                    )
+                )
+            conn.executemany(
+                "INSERT INTO chunks (series_id, min_step, max_step, n, steps, vals, ts)"
+                " VALUES (?,?,?,?,?,?,?)",
+                rows,
+            )
+            last: dict[tuple[str, str, str], int] = {}
+            for w in writers:
+                key3 = (w.project, w.run_id, w.writer_id)
+                last[key3] = max(last.get(key3, 0), w.sequence)
+            conn.executemany(
+                "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) VALUES (?,?,?,?,?)",
+                [(w.project, w.run_id, w.writer_id, w.sequence, w.outcome_json) for w in writers],
+            )
+            conn.executemany(
+                "INSERT INTO writers (project, run_id, writer_id, last_sequence) VALUES (?,?,?,?)"
+                " ON CONFLICT DO UPDATE SET last_sequence = excluded.last_sequence",
+                [(*k, seq) for k, seq in last.items()],
+            )
+            conn.executemany(
+                "DELETE FROM acks WHERE project = ? AND run_id = ? AND writer_id = ? AND sequence <= ?",
+                [(*k, seq - ACK_RETENTION) for k, seq in last.items() if seq > ACK_RETENTION],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            for key in created:
+                self._series_ids.pop(key, None)
+            raise
+
+    def _series_id(self, conn: sqlite3.Connection, key: tuple[str, bool, str]) -> int:
+        incarnation_id, is_string, name = key
+        row = conn.execute(
+            "SELECT series_id FROM series WHERE incarnation_id = ? AND is_string = ? AND name = ?",
+            (incarnation_id, int(is_string), name),
+        ).fetchone()
+        if row is None:
+            cur = conn.execute(
+                "INSERT INTO series (incarnation_id, name, is_string) VALUES (?,?,?)",
+                (incarnation_id, name, int(is_string)),
+            )
+            series_id = int(cur.lastrowid or 0)
+        else:
+            series_id = int(row[0])
+        self._series_ids[key] = series_id
+        return series_id
+
+    # -- views ------------------------------------------------------------------------------
+
+    def segments(self, incarnation_id: str, *, own_only: bool = False) -> list[Segment]:
+        """The view of an incarnation, oldest ancestor first, each hop cut at its fork step and
+        at the chunk snapshot taken when the child was created."""
+        out = [Segment(incarnation_id)]
+        if own_only:
+            return out
+        step_cap, chunk_cap = math.inf, NO_CHUNK_CAP
+        current = self.get_incarnation(incarnation_id)
+        while current is not None and current.parent_incarnation_id is not None:
+            assert current.fork_step is not None and current.snapshot_chunk is not None
+            step_cap = min(step_cap, current.fork_step)
+            chunk_cap = min(chunk_cap, current.snapshot_chunk)
+            out.append(Segment(current.parent_incarnation_id, step_cap, chunk_cap))
+            current = self.get_incarnation(current.parent_incarnation_id)
+        out.reverse()
+        return out
+
+    def floors(self, segments: Sequence[Segment]) -> dict[str, tuple[float, str]]:
+        """For every series visible in the view: its largest step and that point's value token.
+        Later segments win: a descendant's own points always lie above what it inherits."""
+        result: dict[str, tuple[float, str]] = {}
+        conn = self._conn()
+        for seg in segments:
+            rows = conn.execute(
+                "SELECT s.name, s.is_string, c.n, c.steps, c.vals FROM series s JOIN chunks c"
+                " ON c.chunk_id = (SELECT MAX(c2.chunk_id) FROM chunks c2 WHERE"
+                " c2.series_id = s.series_id AND c2.chunk_id <= ? AND c2.min_step <= ?)"
+                " WHERE s.incarnation_id = ?",
+                (seg.chunk_cap, _sql_real(seg.step_cap), seg.incarnation_id),
+            )
+            for name, is_string, n, steps_blob, vals_blob in rows:
+                steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
+                idx = int(np.searchsorted(steps, seg.step_cap, side="right")) - 1
+                values = decode_values(vals_blob, n, bool(is_string))
+                key = ("s:" if is_string else "f:") + name
+                result[key] = (float(steps[idx]), value_token(values[idx]))
+        return result
+
+    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool]]:
+        keys: set[tuple[str, bool]] = set()
+        conn = self._conn()
+        for seg in segments:
+            rows = conn.execute(
+                "SELECT s.name, s.is_string FROM series s WHERE s.incarnation_id = ? AND EXISTS"
+                " (SELECT 1 FROM chunks c WHERE c.series_id = s.series_id AND c.chunk_id <= ?"
+                " AND c.min_step <= ?)",
+                (seg.incarnation_id, seg.chunk_cap, _sql_real(seg.step_cap)),
+            )
+            keys.update((name, bool(is_string)) for name, is_string in rows)
+        return sorted(keys)
+
+    def read(
+        self,
+        segments: Sequence[Segment],
+        name: str,
+        is_string: bool,
+        step_min: float,
+        step_max: float,
+    ) -> Iterator[SeriesPoints]:
+        conn = self._conn()
+        for seg in segments:
+            hi = min(step_max, seg.step_cap)
+            rows = conn.execute(
+                "SELECT c.n, c.steps, c.vals, c.ts FROM chunks c JOIN series s"
+                " ON s.series_id = c.series_id WHERE s.incarnation_id = ? AND s.is_string = ?"
+                " AND s.name = ? AND c.chunk_id <= ? AND c.min_step <= ? AND c.max_step >= ?"
+                " ORDER BY c.chunk_id",
+                (seg.incarnation_id, int(is_string), name, seg.chunk_cap, _sql_real(hi),
+                 _sql_real(step_min)),
+            )
+            for n, steps_blob, vals_blob, ts_blob in rows:
+                steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
+                values = decode_values(vals_blob, n, is_string)
+                ts = np.frombuffer(ts_blob, dtype=np.float64, count=n)
+                lo_i = int(np.searchsorted(steps, step_min, side="left"))
+                hi_i = int(np.searchsorted(steps, hi, side="right"))
+                if lo_i >= hi_i:
+                    continue
+                yield SeriesPoints(name, is_string, steps[lo_i:hi_i], values[lo_i:hi_i], ts[lo_i:hi_i])
+
+
+_INCARNATION_COLUMNS = (
+    "i.incarnation_id, i.project, i.run_id, i.parent_incarnation,"
+    " (SELECT p.run_id FROM incarnations p WHERE p.incarnation_id = i.parent_incarnation),"
+    " i.fork_step, i.snapshot_chunk, i.origin, i.created_at, i.archived"
+)
+
+
+def _sql_real(x: float) -> float:
+    # SQLite stores inf fine, but keep caps finite-safe for comparisons with REAL columns.
+    return 1.7976931348623157e308 if x == math.inf else (-1.7976931348623157e308 if x == -math.inf else x)
