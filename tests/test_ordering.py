@@ -179,4 +179,7 @@ async def test_string_series_follow_the_same_rules(runs, ingest):
     assert resp.appended.accepted_count == 2
     (rej,) = resp.appended.rejections
     assert (rej.reason, rej.string_series, rej.floor) == ("STEP_NOT_INCREASING", True, 2.0)
-    assert await read_points(runs, "r1", "console") == ([1, 2, 3], ["epoch 1", "épоch 2 ✓", "three"])
+    assert await read_points(runs, "r1", "console", strings=True) == (
+        [1, 2, 3], ["epoch 1", "épоch 2 ✓", "three"],
+    )
+    assert await read_points(runs, "r1", "console") == ([1], [1.0])

@@ -85,7 +85,7 @@ async def create_run(runs: runs_pb2_grpc.RunServiceStub, run_id: str, **kw: Any)
 
 
 async def read_points(
-    runs: runs_pb2_grpc.RunServiceStub, run_id: str, name: str, **kw: Any
+    runs: runs_pb2_grpc.RunServiceStub, run_id: str, name: str, *, strings: bool = False, **kw: Any
 ) -> tuple[list[float], list[Any]]:
     steps: list[float] = []
     values: list[Any] = []
@@ -94,6 +94,8 @@ async def read_points(
         sel.run_id = ""
     extra = {k: v for k, v in kw.items() if k in ("step_min", "step_max")}
     async for msg in runs.ReadSeries(runs_pb2.ReadSeriesRequest(selector=sel, names=[name], **extra)):
+        if msg.string_series != strings:
+            continue
         steps.extend(msg.steps)
         values.extend(msg.string_values if msg.string_series else msg.values)
     return steps, values

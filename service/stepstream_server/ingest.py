@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
+import redis.asyncio as aioredis
 
 from . import errors
 from .model import (
@@ -338,53 +339,56 @@ class IngestWorker:
 
     async def _check(self, judged: Sequence[tuple[int, Pending, RunRecord]]) -> list[list[Floor]]:
         """Judge every entry of every judged batch; floors in entry order per batch."""
-        by_key: dict[str, list[CheckEntry]] = {}
-        slots: list[list[tuple[str, int]]] = []  # per batch: (key, index in key's entries)
+        by_view: dict[tuple[str, str, str], list[CheckEntry]] = {}
+        slots: list[list[tuple[tuple[str, str, str], int]]] = []
         for _, item, record in judged:
-            key = self._floor_key(record)
-            entries = by_key.setdefault(key, [])
+            view = (record.project, record.run_id, record.current_incarnation_id)
+            entries = by_view.setdefault(view, [])
             batch_slots = []
             for e in item.entries:
-                batch_slots.append((key, len(entries)))
-                last = len(e.values) - 1
+                batch_slots.append((view, len(entries)))
                 entries.append(
                     CheckEntry(
                         e.field,
                         e.assign,
                         math.nan if e.steps is None else float(e.steps[-1]),
                         e.count,
-                        value_token(e.values[last]),
+                        value_token(e.values[-1]),
                     )
                 )
             slots.append(batch_slots)
-        keys = list(by_key)
-        results: dict[str, list[Floor]] = {}
-        pending_keys = keys
-        for _attempt in range(3):
-            replies = await self.floors.check([(k, by_key[k]) for k in pending_keys])
-            missing = []
-            for k, reply in zip(pending_keys, replies, strict=True):
-                if reply is None:
-                    missing.append(k)
-                else:
-                    results[k] = reply
-            if not missing:
-                break
-            for k in missing:
-                await self._load_floors(k)
-            pending_keys = missing
-        else:
-            raise errors.unavailable("FLOORS_UNAVAILABLE", "floors could not be loaded into Redis")
-        return [[results[k][j] for k, j in batch_slots] for batch_slots in slots]
+        results: dict[tuple[str, str, str], list[Floor]] = {}
+        todo = list(by_view)
+        for attempt in range(5):
+            try:
+                replies = await self.floors.check([(self._key(v), by_view[v]) for v in todo])
+                missing = []
+                for view, reply in zip(todo, replies, strict=True):
+                    if reply is None:
+                        missing.append(view)
+                    else:
+                        results[view] = reply
+                for view in missing:
+                    await self._load_floors(view)
+                todo = missing
+            except (aioredis.ConnectionError, aioredis.TimeoutError):
+                # A lost reply may hide a script that ran: move to fresh keys rebuilt from the
+                # store (nothing of this group is committed yet) rather than re-run on old ones.
+                self.epoch = secrets.token_hex(4)
+                results.clear()
+                todo = list(by_view)
+                await asyncio.sleep(0.05 * 2**attempt)
+            if not todo:
+                return [[results[v][j] for v, j in batch_slots] for batch_slots in slots]
+        raise errors.unavailable("FLOORS_UNAVAILABLE", "the ordering check could not reach Redis")
 
-    def _floor_key(self, record: RunRecord) -> str:
-        return floor_key(record.project, record.run_id, record.current_incarnation_id) + ":" + self.epoch
+    def _key(self, view: tuple[str, str, str]) -> str:
+        return floor_key(*view) + ":" + self.epoch
 
-    async def _load_floors(self, key: str) -> None:
-        incarnation_id = key.split(":floors:", 1)[1].rsplit(":", 1)[0]
-        segments = await self.in_store(self.store.segments, incarnation_id)
+    async def _load_floors(self, view: tuple[str, str, str]) -> None:
+        segments = await self.in_store(self.store.segments, view[2])
         floors = await self.in_store(self.store.floors, segments)
-        await self.floors.load(key, floors)
+        await self.floors.load(self._key(view), floors)
 
     def _apply(
         self,

@@ -127,18 +127,18 @@ class FloorCache:
         """Judge each (key, entries) in one round trip; None for a key that needs loading."""
         if not requests:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for key, entries in requests:
-            argv: list[Any] = [len(entries)]
-            for e in entries:
-                argv += [
-                    e.field,
-                    "a" if e.assign else "e",
-                    str(e.count) if e.assign else fmt_step(e.last_step),
-                    e.last_token,
-                ]
-            await self._check(keys=[key], args=argv, client=pipe)
-        replies = await pipe.execute()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, entries in requests:
+                argv: list[Any] = [len(entries)]
+                for e in entries:
+                    argv += [
+                        e.field,
+                        "a" if e.assign else "e",
+                        str(e.count) if e.assign else fmt_step(e.last_step),
+                        e.last_token,
+                    ]
+                await self._check(keys=[key], args=argv, client=pipe)
+            replies = await pipe.execute()
         out: list[list[Floor] | None] = []
         for reply in replies:
             if int(reply[0]) == 0:

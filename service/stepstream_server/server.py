@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import grpc
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
@@ -66,7 +68,9 @@ class Service:
             embedded = EmbeddedRedis(settings.data_dir / "redis")
             await asyncio.to_thread(embedded.start)
             redis_url = embedded.url
-        client = aioredis.Redis.from_url(redis_url)
+        # No silent retries: a re-run check script would judge points against floors it moved
+        # itself. The worker retries on fresh keys instead (see IngestWorker._check).
+        client = aioredis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0))
         store = SqliteStore(settings.store_path, synchronous=settings.sqlite_synchronous)
         executors = (
             ThreadPoolExecutor(1, thread_name_prefix="store-write"),

@@ -240,6 +240,10 @@ class IngestServicer:
                 yield answer
         finally:
             reader.cancel()
+            while not answers.empty():  # answers nobody will read: close, don't leak
+                leftover = answers.get_nowait()
+                if leftover is not None and hasattr(leftover, "close"):
+                    leftover.close()
 
     async def _read(
         self,

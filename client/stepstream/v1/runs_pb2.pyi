@@ -905,7 +905,9 @@ class ReadSeriesRequest(_message.Message):
 
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Series names to read; empty reads every series."""
+        """Series names to read; empty reads every series. Float and string series
+        are separate namespaces: a name may select one of each kind.
+        """
 
     def __init__(
         self,
