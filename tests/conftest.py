@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 import pytest
 from stepstream.v1 import ingest_pb2_grpc, runs_pb2_grpc
-
 from stepstream_server.config import Settings
 from stepstream_server.embedded_redis import EmbeddedRedis
 from stepstream_server.server import Service

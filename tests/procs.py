@@ -30,11 +30,18 @@ class ServiceProcess:
         log = open(self.data_dir.parent / f"service-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "stepstream_server.cli", "serve",
-                "--address", self.address,
-                "--data-dir", str(self.data_dir),
-                "--redis-url", self.redis_url,
-                "--grace", "1",
+                sys.executable,
+                "-m",
+                "stepstream_server.cli",
+                "serve",
+                "--address",
+                self.address,
+                "--data-dir",
+                str(self.data_dir),
+                "--redis-url",
+                self.redis_url,
+                "--grace",
+                "1",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
+from stepstream.v1 import ingest_pb2_grpc, runs_pb2_grpc
 from stepstream_server.config import Settings
 from stepstream_server.embedded_redis import EmbeddedRedis
 from stepstream_server.server import Service
-from stepstream.v1 import ingest_pb2_grpc, runs_pb2_grpc
 from wire import Stream, create_run, fseries, read_points, rpc_reason
 
 

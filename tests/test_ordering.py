@@ -36,7 +36,12 @@ async def test_equal_step_is_rejected(runs, ingest):
     assert resp.appended.accepted_count == 0
     (rej,) = resp.appended.rejections
     assert (rej.series, rej.reason, rej.count, rej.first_step, rej.last_step, rej.floor) == (
-        "loss", "STEP_NOT_INCREASING", 1, 5.0, 5.0, 5.0,
+        "loss",
+        "STEP_NOT_INCREASING",
+        1,
+        5.0,
+        5.0,
+        5.0,
     )
     assert await read_points(runs, "r1", "loss") == ([5], [1.0])
 
@@ -61,7 +66,11 @@ async def test_lower_step_is_rejected(runs, ingest):
     resp = await s.send(fseries("loss", [3], [1.0]))
     (rej,) = resp.appended.rejections
     assert (rej.reason, rej.count, rej.first_step, rej.last_step, rej.floor) == (
-        "STEP_NOT_INCREASING", 1, 3.0, 3.0, 10.0,
+        "STEP_NOT_INCREASING",
+        1,
+        3.0,
+        3.0,
+        10.0,
     )
 
 
@@ -70,13 +79,19 @@ async def test_rejected_prefix_rest_accepted(runs, ingest):
     s = Stream(ingest)
     await s.open("r1")
     await s.send(fseries("loss", [1, 2, 3], [1, 2, 3]))
-    resp = await s.send(fseries("loss", [0, 2, 3, 4, 5], [9, 9, 3, 4, 5]), fseries("other", [1], [1]))
+    resp = await s.send(
+        fseries("loss", [0, 2, 3, 4, 5], [9, 9, 3, 4, 5]), fseries("other", [1], [1])
+    )
     # 0 and 2 are below/at... 3 at the floor with the same value is a duplicate; 4, 5 land.
     assert resp.appended.accepted_count == 3
     assert resp.appended.duplicate_count == 1
     (rej,) = resp.appended.rejections
     assert (rej.reason, rej.count, rej.first_step, rej.last_step, rej.floor) == (
-        "STEP_NOT_INCREASING", 2, 0.0, 2.0, 3.0,
+        "STEP_NOT_INCREASING",
+        2,
+        0.0,
+        2.0,
+        3.0,
     )
     assert await read_points(runs, "r1", "loss") == ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5])
     assert await read_points(runs, "r1", "other") == ([1], [1])
@@ -125,7 +140,9 @@ async def test_concurrent_assigned_appenders_never_collide(runs, ingest):
     async def append(s: Stream, tag: int) -> list[float]:
         firsts = []
         for k in range(25):
-            r = await s.send(fseries("shared", values=[tag * 1000 + k, tag * 1000 + k + 0.5], assign=True))
+            r = await s.send(
+                fseries("shared", values=[tag * 1000 + k, tag * 1000 + k + 0.5], assign=True)
+            )
             assert r.appended.accepted_count == 2
             firsts.append(r.appended.assigned_steps[0].first_step)
         return firsts
@@ -174,12 +191,15 @@ async def test_string_series_follow_the_same_rules(runs, ingest):
     s = Stream(ingest)
     await s.open("r1")
     await s.send(sseries("console", [1, 2], ["epoch 1", "épоch 2 ✓"]))
-    resp = await s.send(sseries("console", [2, 3], ["dup?", "three"]), fseries("console", [1], [1.0]))
+    resp = await s.send(
+        sseries("console", [2, 3], ["dup?", "three"]), fseries("console", [1], [1.0])
+    )
     # float and string series of one name are apart; "console" float is new.
     assert resp.appended.accepted_count == 2
     (rej,) = resp.appended.rejections
     assert (rej.reason, rej.string_series, rej.floor) == ("STEP_NOT_INCREASING", True, 2.0)
     assert await read_points(runs, "r1", "console", strings=True) == (
-        [1, 2, 3], ["epoch 1", "épоch 2 ✓", "three"],
+        [1, 2, 3],
+        ["epoch 1", "épоch 2 ✓", "three"],
     )
     assert await read_points(runs, "r1", "console") == ([1], [1.0])

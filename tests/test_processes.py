@@ -9,10 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
-from stepstream.v1 import ingest_pb2, ingest_pb2_grpc, runs_pb2_grpc
-
 from conftest import free_port
 from procs import ServiceProcess
+from stepstream.v1 import ingest_pb2, ingest_pb2_grpc, runs_pb2_grpc
 from stepstream_server.embedded_redis import EmbeddedRedis
 from wire import create_run, read_points
 
@@ -46,13 +45,17 @@ async def test_writer_processes_never_land_two_points_at_one_step(
             await create_run(runs, "explicit")
             await create_run(runs, "assign")
             n, writers = 60, 4
-            counts = await asyncio.to_thread(run_writers, svc.address, "explicit", "explicit", writers, n)
+            counts = await asyncio.to_thread(
+                run_writers, svc.address, "explicit", "explicit", writers, n
+            )
             steps, values = await read_points(runs, "explicit", "shared")
             assert steps == [float(i) for i in range(n)]  # each step exactly once
             assert sum(counts) == n
             assert Counter(values) == Counter({float(i): c for i, c in enumerate(counts) if c})
 
-            counts = await asyncio.to_thread(run_writers, svc.address, "assign", "assign", writers, n)
+            counts = await asyncio.to_thread(
+                run_writers, svc.address, "assign", "assign", writers, n
+            )
             steps, values = await read_points(runs, "assign", "shared")
             assert counts == [n] * writers
             assert steps == [float(i) for i in range(n * writers)]
@@ -77,9 +80,11 @@ class ResendingWriter:
             try:
                 async with grpc.aio.insecure_channel(self.address) as ch:
                     call = ingest_pb2_grpc.IngestServiceStub(ch).AppendPoints()
-                    await call.write(ingest_pb2.AppendPointsRequest(
-                        open=ingest_pb2.OpenStream(run_id=self.run_id, writer_id=self.writer_id)
-                    ))
+                    await call.write(
+                        ingest_pb2.AppendPointsRequest(
+                            open=ingest_pb2.OpenStream(run_id=self.run_id, writer_id=self.writer_id)
+                        )
+                    )
                     await call.read()
                     resend = [self.unacked[s] for s in sorted(self.unacked)]
                     self.resent += len(resend)
@@ -109,7 +114,9 @@ class ResendingWriter:
         self.acked[resp.sequence] = resp.appended
 
 
-async def test_kill_9_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, redis_server: EmbeddedRedis):
+async def test_kill_9_mid_stream_loses_and_duplicates_nothing(
+    tmp_path: Path, redis_server: EmbeddedRedis
+):
     port = free_port()
     svc = ServiceProcess(tmp_path / "data", redis_server.url, port).start()
     try:
@@ -151,6 +158,9 @@ async def test_kill_9_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, re
                 assert steps == [float(i) for i in range(n_batches * per)]
                 assert values == [s * 0.5 for s in steps]
         # Every batch's acknowledgement counted its points exactly once, duplicates or not.
-        assert all(a.accepted_count + a.duplicate_count == 2 * per or a.duplicate_batch for a in writer.acked.values())
+        assert all(
+            a.accepted_count + a.duplicate_count == 2 * per or a.duplicate_batch
+            for a in writer.acked.values()
+        )
     finally:
         svc.terminate()

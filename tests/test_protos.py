@@ -25,7 +25,11 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
 
 def test_buf_lint_passes(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "proto_deps.py"), str(ROOT / "build" / "protodeps")],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "proto_deps.py"),
+            str(ROOT / "build" / "protodeps"),
+        ],
         check=True,
     )
     buf = Path(sys.executable).parent / "buf"

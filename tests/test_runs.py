@@ -8,7 +8,6 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from stepstream.v1 import runs_pb2
-
 from wire import Stream, create_run, fseries, rpc_reason
 
 
@@ -20,7 +19,12 @@ def struct(d: dict) -> struct_pb2.Struct:
 
 async def test_create_and_get(runs):
     run = await create_run(
-        runs, "r1", experiment="exp", tags=["b", "a"], description="first", config=struct({"lr": 0.1})
+        runs,
+        "r1",
+        experiment="exp",
+        tags=["b", "a"],
+        description="first",
+        config=struct({"lr": 0.1}),
     )
     assert run.state == runs_pb2.RUN_STATE_RUNNING
     assert list(run.tags) == ["a", "b"]
@@ -76,7 +80,9 @@ async def test_config_merge_description_and_tags(runs):
     assert dict(run.config) == {"lr": 0.01, "opt": "adam", "batch": 64}
     assert run.description == "tuned"
     run = (
-        await runs.UpdateRunTags(runs_pb2.UpdateRunTagsRequest(run_id="r1", add=["x", "y"], remove=["x", "z"]))
+        await runs.UpdateRunTags(
+            runs_pb2.UpdateRunTagsRequest(run_id="r1", add=["x", "y"], remove=["x", "z"])
+        )
     ).run
     assert list(run.tags) == ["y"]
 
@@ -101,10 +107,24 @@ async def test_list_series_summary(runs, ingest):
     s = Stream(ingest)
     await s.open("r1")
     await s.send(fseries("loss", [1, 2, 3, 4], [3.0, math.nan, 1.0, 2.0]))
-    resp = await runs.ListSeries(runs_pb2.ListSeriesRequest(selector=runs_pb2.SeriesSelector(run_id="r1")))
+    resp = await runs.ListSeries(
+        runs_pb2.ListSeriesRequest(selector=runs_pb2.SeriesSelector(run_id="r1"))
+    )
     (summary,) = resp.series
-    assert (summary.name, summary.count, summary.last_step, summary.last, summary.min, summary.max) == (
-        "loss", 4, 4.0, 2.0, 1.0, 3.0,
+    assert (
+        summary.name,
+        summary.count,
+        summary.last_step,
+        summary.last,
+        summary.min,
+        summary.max,
+    ) == (
+        "loss",
+        4,
+        4.0,
+        2.0,
+        1.0,
+        3.0,
     )
 
 
@@ -130,7 +150,11 @@ async def test_health_and_reflection(channel):
     await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
     resp = await call.read()
     names = {s.name for s in resp.list_services_response.service}
-    assert {"stepstream.v1.IngestService", "stepstream.v1.RunService", "grpc.health.v1.Health"} <= names
+    assert {
+        "stepstream.v1.IngestService",
+        "stepstream.v1.RunService",
+        "grpc.health.v1.Health",
+    } <= names
     await call.done_writing()
 
 

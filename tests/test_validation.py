@@ -7,7 +7,6 @@ import math
 import grpc
 import pytest
 from stepstream.v1 import ingest_pb2, runs_pb2
-
 from stepstream_server.servicer import MAX_BATCH_POINTS
 from wire import Stream, create_run, error_reason, fseries, read_points, rpc_reason, sseries
 
@@ -35,7 +34,11 @@ async def stream(runs, ingest):
             "INVALID_SERIES_NAME",
             f"series name {'é' * 64!r} is 1026 bytes long; the limit is 1024",
         ),
-        (fseries("a\x00b", [1], [1]), "INVALID_SERIES_NAME", "series name 'a\\x00b' contains a NUL character"),
+        (
+            fseries("a\x00b", [1], [1]),
+            "INVALID_SERIES_NAME",
+            "series name 'a\\x00b' contains a NUL character",
+        ),
         (fseries("m", [1, 2], [1]), "LENGTH_MISMATCH", "series has 1 values but 2 steps"),
         (fseries("m", [1, 2], []), "LENGTH_MISMATCH", "series has 2 steps but no values"),
         (
@@ -43,13 +46,21 @@ async def stream(runs, ingest):
             "LENGTH_MISMATCH",
             "series has 1 values but 2 timestamps",
         ),
-        (fseries("m", [1], [1], timestamps=[math.nan]), "INVALID_TIMESTAMP", "timestamps must be finite"),
+        (
+            fseries("m", [1], [1], timestamps=[math.nan]),
+            "INVALID_TIMESTAMP",
+            "timestamps must be finite",
+        ),
         (
             fseries("m", [1], [1], assign=True),
             "STEPS_WITH_ASSIGN_STEPS",
             "series has assign_steps set and 1 explicit steps; send one or the other",
         ),
-        (fseries("m", [1, math.nan], [1, 2]), "NON_FINITE_STEP", "step nan at index 1 is not a finite number"),
+        (
+            fseries("m", [1, math.nan], [1, 2]),
+            "NON_FINITE_STEP",
+            "step nan at index 1 is not a finite number",
+        ),
         (
             fseries("m", [1, 3, 2], [1, 2, 3]),
             "STEPS_NOT_STRICTLY_INCREASING",
@@ -118,7 +129,11 @@ async def test_second_open(stream):
         ({"run_id": "missing"}, grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND"),
         ({"run_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RUN_ID"),
         ({"run_id": "bad id!"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RUN_ID"),
-        ({"run_id": "r1", "project": "no/slash"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PROJECT"),
+        (
+            {"run_id": "r1", "project": "no/slash"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PROJECT",
+        ),
         ({"run_id": "r1", "writer_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_WRITER_ID"),
     ],
 )
@@ -141,7 +156,9 @@ async def test_garbage_bytes_get_an_answer_and_the_stream_survives(runs, channel
         response_deserializer=ingest_pb2.AppendPointsResponse.FromString,
     )
     call = raw()
-    open_req = ingest_pb2.AppendPointsRequest(open=ingest_pb2.OpenStream(run_id="r1", writer_id="w"))
+    open_req = ingest_pb2.AppendPointsRequest(
+        open=ingest_pb2.OpenStream(run_id="r1", writer_id="w")
+    )
     await call.write(open_req.SerializeToString())
     assert (await call.read()).HasField("opened")
     # Field 1 (open), length-delimited, with a length running past the end.
@@ -258,7 +275,9 @@ async def test_unknown_run_for_reads_and_state(runs):
     for call in (
         runs.GetRun(runs_pb2.GetRunRequest(run_id="ghost")),
         runs.StopRun(runs_pb2.StopRunRequest(run_id="ghost")),
-        runs.ListSeries(runs_pb2.ListSeriesRequest(selector=runs_pb2.SeriesSelector(run_id="ghost"))),
+        runs.ListSeries(
+            runs_pb2.ListSeriesRequest(selector=runs_pb2.SeriesSelector(run_id="ghost"))
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await call

@@ -20,13 +20,20 @@ def fseries(
     timestamps: Sequence[float] = (),
 ) -> ingest_pb2.FloatSeries:
     return ingest_pb2.FloatSeries(
-        name=name, steps=list(steps), values=list(values), assign_steps=assign,
+        name=name,
+        steps=list(steps),
+        values=list(values),
+        assign_steps=assign,
         timestamps=list(timestamps),
     )
 
 
-def sseries(name: str, steps: Sequence[float] = (), values: Sequence[str] = (), *, assign: bool = False) -> ingest_pb2.StringSeries:
-    return ingest_pb2.StringSeries(name=name, steps=list(steps), values=list(values), assign_steps=assign)
+def sseries(
+    name: str, steps: Sequence[float] = (), values: Sequence[str] = (), *, assign: bool = False
+) -> ingest_pb2.StringSeries:
+    return ingest_pb2.StringSeries(
+        name=name, steps=list(steps), values=list(values), assign_steps=assign
+    )
 
 
 class Stream:
@@ -36,7 +43,9 @@ class Stream:
         self.call = stub.AppendPoints()
         self.next_seq = 1
 
-    async def open(self, run_id: str, writer_id: str = "w1", project: str = "") -> ingest_pb2.AppendPointsResponse:
+    async def open(
+        self, run_id: str, writer_id: str = "w1", project: str = ""
+    ) -> ingest_pb2.AppendPointsResponse:
         await self.call.write(
             ingest_pb2.AppendPointsRequest(
                 open=ingest_pb2.OpenStream(project=project, run_id=run_id, writer_id=writer_id)
@@ -48,13 +57,19 @@ class Stream:
             self.next_seq = resp.opened.last_committed_sequence + 1
         return resp  # type: ignore[no-any-return]
 
-    async def send(self, *series: Any, sequence: int | None = None) -> ingest_pb2.AppendPointsResponse:
+    async def send(
+        self, *series: Any, sequence: int | None = None
+    ) -> ingest_pb2.AppendPointsResponse:
         seq = self.next_seq if sequence is None else sequence
         if sequence is None:
             self.next_seq += 1
         batch = ingest_pb2.PointBatch(sequence=seq)
         for s in series:
-            (batch.string_series if isinstance(s, ingest_pb2.StringSeries) else batch.float_series).append(s)
+            (
+                batch.string_series
+                if isinstance(s, ingest_pb2.StringSeries)
+                else batch.float_series
+            ).append(s)
         await self.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
         resp = await self.call.read()
         assert resp is not grpc.aio.EOF
@@ -89,11 +104,16 @@ async def read_points(
 ) -> tuple[list[float], list[Any]]:
     steps: list[float] = []
     values: list[Any] = []
-    sel = runs_pb2.SeriesSelector(run_id=run_id, **{k: v for k, v in kw.items() if k in ("incarnation_id", "own_points_only", "project")})
+    sel = runs_pb2.SeriesSelector(
+        run_id=run_id,
+        **{k: v for k, v in kw.items() if k in ("incarnation_id", "own_points_only", "project")},
+    )
     if "incarnation_id" in kw:
         sel.run_id = ""
     extra = {k: v for k, v in kw.items() if k in ("step_min", "step_max")}
-    async for msg in runs.ReadSeries(runs_pb2.ReadSeriesRequest(selector=sel, names=[name], **extra)):
+    async for msg in runs.ReadSeries(
+        runs_pb2.ReadSeriesRequest(selector=sel, names=[name], **extra)
+    ):
         if msg.string_series != strings:
             continue
         steps.extend(msg.steps)

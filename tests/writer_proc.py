@@ -15,7 +15,13 @@ from stepstream.v1 import ingest_pb2, ingest_pb2_grpc
 
 
 def main() -> None:
-    address, run_id, writer_id, mode, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    address, run_id, writer_id, mode, n = (
+        sys.argv[1],
+        sys.argv[2],
+        sys.argv[3],
+        sys.argv[4],
+        int(sys.argv[5]),
+    )
     tag = float(writer_id.rsplit("-", 1)[-1])
     requests: queue.Queue[ingest_pb2.AppendPointsRequest | None] = queue.Queue()
 
@@ -25,9 +31,11 @@ def main() -> None:
 
     with grpc.insecure_channel(address) as ch:
         responses = ingest_pb2_grpc.IngestServiceStub(ch).AppendPoints(feed())
-        requests.put(ingest_pb2.AppendPointsRequest(
-            open=ingest_pb2.OpenStream(run_id=run_id, writer_id=writer_id)
-        ))
+        requests.put(
+            ingest_pb2.AppendPointsRequest(
+                open=ingest_pb2.OpenStream(run_id=run_id, writer_id=writer_id)
+            )
+        )
         next(responses)
         accepted = 0
         for i in range(n):
@@ -35,9 +43,11 @@ def main() -> None:
                 series = ingest_pb2.FloatSeries(name="shared", steps=[float(i)], values=[tag])
             else:
                 series = ingest_pb2.FloatSeries(name="shared", values=[tag], assign_steps=True)
-            requests.put(ingest_pb2.AppendPointsRequest(
-                batch=ingest_pb2.PointBatch(sequence=i + 1, float_series=[series])
-            ))
+            requests.put(
+                ingest_pb2.AppendPointsRequest(
+                    batch=ingest_pb2.PointBatch(sequence=i + 1, float_series=[series])
+                )
+            )
             resp = next(responses)
             accepted += resp.appended.accepted_count
         requests.put(None)

@@ -15,24 +15,35 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the ingestion service")
     defaults = Settings()
-    serve.add_argument("--address", default=defaults.address, help="host:port to bind (default %(default)s)")
     serve.add_argument(
-        "--data-dir", type=Path, default=defaults.data_dir,
+        "--address", default=defaults.address, help="host:port to bind (default %(default)s)"
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=defaults.data_dir,
         help="where the store (and the embedded Redis socket) live (default %(default)s; env STEPSTREAM_DATA_DIR)",
     )
     serve.add_argument(
-        "--redis-url", default=None,
+        "--redis-url",
+        default=None,
         help="use this Redis (redis://host:port/db or unix:///path) instead of starting the embedded one",
     )
     serve.add_argument(
-        "--sqlite-synchronous", default=defaults.sqlite_synchronous, choices=["FULL", "NORMAL"],
+        "--sqlite-synchronous",
+        default=defaults.sqlite_synchronous,
+        choices=["FULL", "NORMAL"],
         help="FULL fsyncs every group commit; NORMAL survives process crashes but not power loss",
     )
-    serve.add_argument("--grace", type=float, default=defaults.grace_seconds, help="drain time on SIGTERM, seconds")
+    serve.add_argument(
+        "--grace", type=float, default=defaults.grace_seconds, help="drain time on SIGTERM, seconds"
+    )
     serve.add_argument("--max-queued-points", type=int, default=defaults.max_queued_points)
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings(
         address=args.address,
         data_dir=args.data_dir,

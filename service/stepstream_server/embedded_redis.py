@@ -43,12 +43,18 @@ class EmbeddedRedis:
             self.socket.unlink()
         args = [
             redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.directory),
-            "--logfile", str(self.directory / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         if not self.port:  # no TCP at all: a socket only this user can reach
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]

@@ -15,6 +15,7 @@ a new epoch too, which is what makes a kill -9 between check and commit safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -138,10 +139,8 @@ class IngestWorker:
             pass
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     # -- runs as ingest sees them -----------------------------------------------------------
 
@@ -165,7 +164,9 @@ class IngestWorker:
 
     # -- streams ----------------------------------------------------------------------------
 
-    async def open_writer(self, project: str, run_id: str, writer_id: str) -> tuple[Writer, RunRecord]:
+    async def open_writer(
+        self, project: str, run_id: str, writer_id: str
+    ) -> tuple[Writer, RunRecord]:
         record = await self.run_record(project, run_id)
         key = (project, run_id, writer_id)
         writer = self._writers.get(key)
@@ -212,8 +213,10 @@ class IngestWorker:
         points = sum(e.count for e in entries)
         async with self._space:
             await self._space.wait_for(
-                lambda: self._queued_points == 0
-                or self._queued_points + points <= self.limits.max_queued_points
+                lambda: (
+                    self._queued_points == 0
+                    or self._queued_points + points <= self.limits.max_queued_points
+                )
             )
             self._queued_points += points
         self._queue.put_nowait(
@@ -471,6 +474,6 @@ def _concat_values(parts: list[Floats | list[str]], is_string: bool) -> Floats |
     if is_string:
         out: list[str] = []
         for p in parts:
-            out.extend(p)  # type: ignore[arg-type]
+            out.extend(p)
         return out
     return _concat_floats(parts)  # type: ignore[arg-type]

@@ -103,7 +103,10 @@ class SeriesEntry:
 def value_token(value: float | str) -> str:
     """A short exact fingerprint of a value, to recognise a re-sent point at the floor."""
     if isinstance(value, str):
-        return "s" + hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+        return (
+            "s"
+            + hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+        )
     return format(np.float64(value).view(np.uint64), "016x")
 
 

@@ -86,7 +86,7 @@ def floor_key(project: str, run_id: str, incarnation_id: str) -> str:
 
 
 def fmt_step(step: float) -> str:
-    return "%.17g" % step
+    return f"{step:.17g}"
 
 
 def assigned_start(floor: float) -> float:

@@ -109,23 +109,31 @@ def merge(parts: list[SeriesPoints], name: str, is_string: bool) -> SeriesPoints
     ts = np.concatenate([p.timestamps for p in parts]) if parts else empty
     values: Floats | list[str]
     if is_string:
-        values = [v for p in parts for v in p.values]  # type: ignore[union-attr]
+        values = [v for p in parts for v in p.values]
     else:
-        values = np.concatenate([p.values for p in parts]) if parts else empty  # type: ignore[misc]
+        values = np.concatenate([p.values for p in parts]) if parts else empty
     return SeriesPoints(name, is_string, steps, values, ts)
 
 
 def _summarise(store: Store, segments: Sequence[Segment]) -> list[SeriesSummary]:
     out = []
     for name, is_string in store.series_keys(segments):
-        pts = merge(list(store.read(segments, name, is_string, -math.inf, math.inf)), name, is_string)
+        pts = merge(
+            list(store.read(segments, name, is_string, -math.inf, math.inf)), name, is_string
+        )
         n = len(pts.steps)
         if n == 0:
             continue
         if is_string:
             out.append(
                 SeriesSummary(
-                    name, True, n, float(pts.steps[-1]), math.nan, math.nan, math.nan,
+                    name,
+                    True,
+                    n,
+                    float(pts.steps[-1]),
+                    math.nan,
+                    math.nan,
+                    math.nan,
                     str(pts.values[-1]),
                 )
             )

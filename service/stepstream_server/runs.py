@@ -84,7 +84,8 @@ class RunManager:
             )
         if req.fork_step is not None and not math.isfinite(req.fork_step):
             raise errors.invalid(
-                "INVALID_FORK_STEP", f"fork_step must be finite, got {req.fork_step!r}",
+                "INVALID_FORK_STEP",
+                f"fork_step must be finite, got {req.fork_step!r}",
                 fork_step=req.fork_step,
             )
 

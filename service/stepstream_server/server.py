@@ -7,13 +7,14 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
 
 from .config import Settings
@@ -51,7 +52,7 @@ class Service:
     worker: IngestWorker
     store: SqliteStore
     redis_client: aioredis.Redis
-    health: health.aio.HealthServicer
+    health: Any  # grpc_health's asyncio HealthServicer (untyped)
     embedded: EmbeddedRedis | None
     executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor]
 
@@ -89,11 +90,14 @@ class Service:
         runs_pb2_grpc.add_RunServiceServicer_to_server(
             RunServicer(RunManager(worker), Reader(worker)), server
         )
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         port = server.add_insecure_port(settings.address)
@@ -102,7 +106,9 @@ class Service:
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return cls(settings, server, port, worker, store, client, health_servicer, embedded, executors)
+        return cls(
+            settings, server, port, worker, store, client, health_servicer, embedded, executors
+        )
 
     async def stop(self) -> None:
         """Stop taking work, let streams finish for the grace period, commit what is queued,
@@ -124,7 +130,9 @@ async def serve(settings: Settings) -> None:
     redis_where = f"embedded at {service.embedded.url}" if service.embedded else settings.redis_url
     log.info(
         "stepstream listening on %s (store: %s, redis: %s)",
-        service.address, settings.store_path, redis_where,
+        service.address,
+        settings.store_path,
+        redis_where,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,7 +20,6 @@ from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
 from . import errors
 from .ingest import IngestWorker, StoreFailed
 from .model import (
-    AppendAck,
     BatchFailure,
     Incarnation,
     Outcome,
@@ -44,7 +43,9 @@ SERVICE_NAME = "stepstream.v1.IngestService"
 # -- errors ---------------------------------------------------------------------------------
 
 
-def status_proto(code: grpc.StatusCode, reason: str, message: str, meta: dict[str, str]) -> status_pb2.Status:
+def status_proto(
+    code: grpc.StatusCode, reason: str, message: str, meta: dict[str, str]
+) -> status_pb2.Status:
     info = error_details_pb2.ErrorInfo(reason=reason, domain=errors.DOMAIN, metadata=meta)
     status = status_pb2.Status(code=code.value[0], message=message)
     status.details.add().Pack(info)
@@ -137,8 +138,10 @@ def decode_series(
         return Rejection(name, reason, message, n, is_string=is_string)
 
     if n == 0:
-        return None if not len(steps_in) else reject(
-            "LENGTH_MISMATCH", f"series has {len(steps_in)} steps but no values"
+        return (
+            None
+            if not len(steps_in)
+            else reject("LENGTH_MISMATCH", f"series has {len(steps_in)} steps but no values")
         )
     problem = name_problem(name)
     if problem is not None:
@@ -188,17 +191,23 @@ def decode_batch(
         len(s.values) for s in batch.string_series
     )
     if total > MAX_BATCH_POINTS:
-        return [], [], BatchFailure(
-            grpc.StatusCode.INVALID_ARGUMENT.name,
-            "BATCH_TOO_LARGE",
-            f"batch has {total} points; the limit is {MAX_BATCH_POINTS}",
-            {"points": str(total), "limit": str(MAX_BATCH_POINTS)},
+        return (
+            [],
+            [],
+            BatchFailure(
+                grpc.StatusCode.INVALID_ARGUMENT.name,
+                "BATCH_TOO_LARGE",
+                f"batch has {total} points; the limit is {MAX_BATCH_POINTS}",
+                {"points": str(total), "limit": str(MAX_BATCH_POINTS)},
+            ),
         )
     entries: list[SeriesEntry] = []
     rejections: list[Rejection] = []
     for fs in batch.float_series:
         values = np.array(fs.values, dtype=np.float64)
-        decoded = decode_series(fs.name, fs.steps, values, fs.timestamps, fs.assign_steps, False, now)
+        decoded = decode_series(
+            fs.name, fs.steps, values, fs.timestamps, fs.assign_steps, False, now
+        )
         if isinstance(decoded, Rejection):
             rejections.append(decoded)
         elif decoded is not None:
@@ -254,41 +263,74 @@ class IngestServicer:
         try:
             async for request in requests:
                 if isinstance(request, Malformed):
-                    await answers.put(_ready(_malformed(f"request could not be decoded: {request.detail}")))
+                    await answers.put(
+                        _ready(_malformed(f"request could not be decoded: {request.detail}"))
+                    )
                     continue
                 kind = request.WhichOneof("kind")
                 if kind == "open":
                     if writer is not None:
-                        await answers.put(_ready(failure_response(0, _failure(
-                            errors.failed_precondition(
-                                "STREAM_ALREADY_OPEN", "the stream is already open; open once per stream"
+                        await answers.put(
+                            _ready(
+                                failure_response(
+                                    0,
+                                    _failure(
+                                        errors.failed_precondition(
+                                            "STREAM_ALREADY_OPEN",
+                                            "the stream is already open; open once per stream",
+                                        )
+                                    ),
+                                )
                             )
-                        ))))
+                        )
                         continue
                     try:
                         writer, record = await self._open(request.open)
                     except errors.ServiceError as exc:
                         await answers.put(_ready(exc))
                         return
-                    await answers.put(_ready(ingest_pb2.AppendPointsResponse(
-                        opened=ingest_pb2.OpenStreamResult(
-                            last_committed_sequence=writer.committed,
-                            incarnation_id=record.current_incarnation_id,
+                    await answers.put(
+                        _ready(
+                            ingest_pb2.AppendPointsResponse(
+                                opened=ingest_pb2.OpenStreamResult(
+                                    last_committed_sequence=writer.committed,
+                                    incarnation_id=record.current_incarnation_id,
+                                )
+                            )
                         )
-                    )))
+                    )
                 elif kind == "batch":
                     seq = request.batch.sequence
                     if writer is None:
-                        await answers.put(_ready(failure_response(seq, _failure(
-                            errors.failed_precondition(
-                                "STREAM_NOT_OPEN", "the first request of a stream must be `open`"
+                        await answers.put(
+                            _ready(
+                                failure_response(
+                                    seq,
+                                    _failure(
+                                        errors.failed_precondition(
+                                            "STREAM_NOT_OPEN",
+                                            "the first request of a stream must be `open`",
+                                        )
+                                    ),
+                                )
                             )
-                        ))))
+                        )
                         continue
                     if seq == 0:
-                        await answers.put(_ready(failure_response(0, _failure(errors.invalid(
-                            "INVALID_SEQUENCE", "batch sequence numbers start at 1", sequence="0"
-                        )))))
+                        await answers.put(
+                            _ready(
+                                failure_response(
+                                    0,
+                                    _failure(
+                                        errors.invalid(
+                                            "INVALID_SEQUENCE",
+                                            "batch sequence numbers start at 1",
+                                            sequence="0",
+                                        )
+                                    ),
+                                )
+                            )
+                        )
                         continue
                     entries, rejections, failure = decode_batch(request.batch, time.time())
                     outcome = await self.worker.submit(writer, seq, entries, rejections, failure)
@@ -299,9 +341,15 @@ class IngestServicer:
             raise
         except Exception:
             log.exception("ingest stream failed")
-            await answers.put(_ready(errors.ServiceError(
-                grpc.StatusCode.INTERNAL, "INTERNAL", "the stream failed; reconnect and re-send"
-            )))
+            await answers.put(
+                _ready(
+                    errors.ServiceError(
+                        grpc.StatusCode.INTERNAL,
+                        "INTERNAL",
+                        "the stream failed; reconnect and re-send",
+                    )
+                )
+            )
         finally:
             await answers.put(None)
 
@@ -333,7 +381,7 @@ async def _respond(sequence: int, outcome: Awaitable[Outcome]) -> Answer:
         )
 
 
-def ingest_handler(servicer: IngestServicer) -> grpc.GenericRpcHandler:
+def ingest_handler(servicer: IngestServicer) -> grpc.GenericRpcHandler[Any, Any]:
     """Registered by hand so that undecodable requests reach the servicer as `Malformed`."""
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
@@ -405,7 +453,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self.runs = runs
         self.reader = reader
 
-    async def CreateRun(self, request: runs_pb2.CreateRunRequest, context: Any) -> runs_pb2.CreateRunResponse:
+    async def CreateRun(
+        self, request: runs_pb2.CreateRunRequest, context: Any
+    ) -> runs_pb2.CreateRunResponse:
         try:
             record, fallback, existed = await self.runs.create(
                 CreateRun(
@@ -425,33 +475,53 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         except errors.ServiceError as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
-        return runs_pb2.CreateRunResponse(run=run_proto(record), parent_fallback=fallback, existed=existed)
+        return runs_pb2.CreateRunResponse(
+            run=run_proto(record), parent_fallback=fallback, existed=existed
+        )
 
-    async def GetRun(self, request: runs_pb2.GetRunRequest, context: Any) -> runs_pb2.GetRunResponse:
+    async def GetRun(
+        self, request: runs_pb2.GetRunRequest, context: Any
+    ) -> runs_pb2.GetRunResponse:
         record = await _call(context, self.runs.get(request.project, request.run_id))
         return runs_pb2.GetRunResponse(run=run_proto(record))
 
-    async def ListRuns(self, request: runs_pb2.ListRunsRequest, context: Any) -> runs_pb2.ListRunsResponse:
+    async def ListRuns(
+        self, request: runs_pb2.ListRunsRequest, context: Any
+    ) -> runs_pb2.ListRunsResponse:
         records = await _call(context, self.runs.list(request.project, request.experiment))
         return runs_pb2.ListRunsResponse(runs=[run_proto(r) for r in records])
 
-    async def StopRun(self, request: runs_pb2.StopRunRequest, context: Any) -> runs_pb2.StopRunResponse:
-        record = await _call(context, self.runs.set_state(request.project, request.run_id, RunState.STOPPED))
+    async def StopRun(
+        self, request: runs_pb2.StopRunRequest, context: Any
+    ) -> runs_pb2.StopRunResponse:
+        record = await _call(
+            context, self.runs.set_state(request.project, request.run_id, RunState.STOPPED)
+        )
         return runs_pb2.StopRunResponse(run=run_proto(record))
 
-    async def FinishRun(self, request: runs_pb2.FinishRunRequest, context: Any) -> runs_pb2.FinishRunResponse:
-        record = await _call(context, self.runs.set_state(request.project, request.run_id, RunState.FINISHED))
+    async def FinishRun(
+        self, request: runs_pb2.FinishRunRequest, context: Any
+    ) -> runs_pb2.FinishRunResponse:
+        record = await _call(
+            context, self.runs.set_state(request.project, request.run_id, RunState.FINISHED)
+        )
         return runs_pb2.FinishRunResponse(run=run_proto(record))
 
-    async def FailRun(self, request: runs_pb2.FailRunRequest, context: Any) -> runs_pb2.FailRunResponse:
+    async def FailRun(
+        self, request: runs_pb2.FailRunRequest, context: Any
+    ) -> runs_pb2.FailRunResponse:
         record = await _call(
             context,
             self.runs.set_state(request.project, request.run_id, RunState.FAILED, request.reason),
         )
         return runs_pb2.FailRunResponse(run=run_proto(record))
 
-    async def ResumeRun(self, request: runs_pb2.ResumeRunRequest, context: Any) -> runs_pb2.ResumeRunResponse:
-        record = await _call(context, self.runs.set_state(request.project, request.run_id, RunState.RUNNING))
+    async def ResumeRun(
+        self, request: runs_pb2.ResumeRunRequest, context: Any
+    ) -> runs_pb2.ResumeRunResponse:
+        record = await _call(
+            context, self.runs.set_state(request.project, request.run_id, RunState.RUNNING)
+        )
         return runs_pb2.ResumeRunResponse(run=run_proto(record))
 
     async def UpdateRunConfig(
@@ -468,12 +538,18 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     ) -> runs_pb2.UpdateRunTagsResponse:
         record = await _call(
             context,
-            self.runs.update_tags(request.project, request.run_id, list(request.add), list(request.remove)),
+            self.runs.update_tags(
+                request.project, request.run_id, list(request.add), list(request.remove)
+            ),
         )
         return runs_pb2.UpdateRunTagsResponse(run=run_proto(record))
 
-    async def ListSeries(self, request: runs_pb2.ListSeriesRequest, context: Any) -> runs_pb2.ListSeriesResponse:
-        incarnation_id, summaries = await _call(context, self.reader.summaries(selector_of(request.selector)))
+    async def ListSeries(
+        self, request: runs_pb2.ListSeriesRequest, context: Any
+    ) -> runs_pb2.ListSeriesResponse:
+        incarnation_id, summaries = await _call(
+            context, self.reader.summaries(selector_of(request.selector))
+        )
         return runs_pb2.ListSeriesResponse(
             incarnation_id=incarnation_id,
             series=[
@@ -491,7 +567,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             ],
         )
 
-    async def ReadSeries(  # type: ignore[override]
+    async def ReadSeries(
         self, request: runs_pb2.ReadSeriesRequest, context: Any
     ) -> AsyncIterator[runs_pb2.ReadSeriesResponse]:
         lo = request.step_min if request.HasField("step_min") else -math.inf
@@ -502,11 +578,13 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         for points in series:
             for part in slices(points):
                 msg = runs_pb2.ReadSeriesResponse(
-                    name=part.name, string_series=part.is_string, steps=part.steps.tolist(),
+                    name=part.name,
+                    string_series=part.is_string,
+                    steps=part.steps.tolist(),
                     timestamps=part.timestamps.tolist(),
                 )
                 if part.is_string:
-                    msg.string_values.extend(part.values)  # type: ignore[arg-type]
+                    msg.string_values.extend(part.values)
                 else:
                     msg.values.extend(part.values.tolist())  # type: ignore[union-attr]
                 yield msg

@@ -355,16 +355,29 @@ class SqliteStore:
         )
         if cur.rowcount == 0:
             raise errors.not_found(
-                "RUN_NOT_FOUND", f"run {run_id!r} not found in project {project!r}",
-                project=project, run_id=run_id,
+                "RUN_NOT_FOUND",
+                f"run {run_id!r} not found in project {project!r}",
+                project=project,
+                run_id=run_id,
             )
         record = self.get_run(project, run_id)
         assert record is not None
         return record
 
     def _run_from_row(self, row: tuple[Any, ...]) -> RunRecord:
-        (project, run_id, experiment, state, tags, description, config, current, failure,
-         created, updated) = row
+        (
+            project,
+            run_id,
+            experiment,
+            state,
+            tags,
+            description,
+            config,
+            current,
+            failure,
+            created,
+            updated,
+        ) = row
         incarnations = tuple(
             self._incarnation_from_row(r)
             for r in self._conn().execute(
@@ -401,7 +414,9 @@ class SqliteStore:
 
     @staticmethod
     def _incarnation_from_row(row: tuple[Any, ...]) -> Incarnation:
-        iid, project, run_id, parent, parent_run, fork_step, snapshot, origin, created, archived = row
+        iid, project, run_id, parent, parent_run, fork_step, snapshot, origin, created, archived = (
+            row
+        )
         return Incarnation(
             incarnation_id=iid,
             project=project,
@@ -428,7 +443,9 @@ class SqliteStore:
         )
         return 0 if row is None else int(row[0])
 
-    def writer_outcome(self, project: str, run_id: str, writer_id: str, sequence: int) -> str | None:
+    def writer_outcome(
+        self, project: str, run_id: str, writer_id: str, sequence: int
+    ) -> str | None:
         row = (
             self._conn()
             .execute(
@@ -578,8 +595,14 @@ class SqliteStore:
                 " ON s.series_id = c.series_id WHERE s.incarnation_id = ? AND s.is_string = ?"
                 " AND s.name = ? AND c.chunk_id <= ? AND c.min_step <= ? AND c.max_step >= ?"
                 " ORDER BY c.chunk_id",
-                (seg.incarnation_id, int(is_string), name, seg.chunk_cap, _sql_real(hi),
-                 _sql_real(step_min)),
+                (
+                    seg.incarnation_id,
+                    int(is_string),
+                    name,
+                    seg.chunk_cap,
+                    _sql_real(hi),
+                    _sql_real(step_min),
+                ),
             )
             for n, steps_blob, vals_blob, ts_blob in rows:
                 steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
@@ -589,7 +612,9 @@ class SqliteStore:
                 hi_i = int(np.searchsorted(steps, hi, side="right"))
                 if lo_i >= hi_i:
                     continue
-                yield SeriesPoints(name, is_string, steps[lo_i:hi_i], values[lo_i:hi_i], ts[lo_i:hi_i])
+                yield SeriesPoints(
+                    name, is_string, steps[lo_i:hi_i], values[lo_i:hi_i], ts[lo_i:hi_i]
+                )
 
 
 _INCARNATION_COLUMNS = (
@@ -601,4 +626,8 @@ _INCARNATION_COLUMNS = (
 
 def _sql_real(x: float) -> float:
     # SQLite stores inf fine, but keep caps finite-safe for comparisons with REAL columns.
-    return 1.7976931348623157e308 if x == math.inf else (-1.7976931348623157e308 if x == -math.inf else x)
+    return (
+        1.7976931348623157e308
+        if x == math.inf
+        else (-1.7976931348623157e308 if x == -math.inf else x)
+    )

@@ -33,7 +33,9 @@ def check_name(field: str, name: str) -> str:
 
 def check_id(field: str, value: str, reason: str) -> str:
     if not _ID.fullmatch(value):
-        raise invalid(reason, f"{field} {value[:140]!r} must be {ID_RULE}", field=field, value=value[:140])
+        raise invalid(
+            reason, f"{field} {value[:140]!r} must be {ID_RULE}", field=field, value=value[:140]
+        )
     return value
 
 
