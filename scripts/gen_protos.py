@@ -42,7 +42,9 @@ def generate(out: pathlib.Path) -> list[pathlib.Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     package = out / "stepstream" / "v1"
-    (package / "__init__.py").write_text('"""Generated protobuf and gRPC code for stepstream.v1."""\n')
+    (package / "__init__.py").write_text(
+        '"""Generated protobuf and gRPC code for stepstream.v1."""\n'
+    )
     (package / "py.typed").touch()
     return sources
 
