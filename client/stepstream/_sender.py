@@ -1,0 +1,586 @@
+"""The background sender: one daemon thread, one asyncio loop, one gRPC channel per Run.
+
+Two tasks share the loop:
+
+- the *producer* takes records from the trainer's `Buffer`, encodes them into batches with
+  consecutive sequence numbers, keeps each one in `_unacked` (ordered by sequence) and writes it
+  to the current stream, at most `max_inflight` unanswered at a time. Operations queued between
+  records (config and tag updates, state changes, wait() markers) are barriers: the producer
+  waits until every earlier batch is answered, runs the operation, then goes on.
+- the *connector* keeps an `AppendPoints` stream open: it sends `open`, learns
+  `last_committed_sequence`, re-sends every unanswered batch with its original sequence number,
+  in order, and then reads the one answer per batch. When the stream fails it backs off (50 ms
+  doubling to 2 s, with jitter) and reconnects, for up to `reconnect_timeout` seconds.
+
+The service answers a re-sent batch it had already committed with its original result
+(`duplicate_batch`), so a batch is applied exactly once however often it travels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+from stepstream.v1 import ingest_pb2, runs_pb2_grpc
+
+from ._buffer import Buffer
+from ._client import CHANNEL_OPTIONS
+from ._columnar import EncodedBatch, Record, encode_batch
+from ._convert import (
+    ingest_error_from_rejection,
+    ingest_error_from_rpc_error,
+    ingest_error_from_status,
+)
+from ._exceptions import RPCError, RunClosedError, StepstreamError
+from ._types import IngestError, SenderStats
+
+if TYPE_CHECKING:  # the generated stubs declare the asyncio stub type for checkers only
+    from stepstream.v1.runs_pb2_grpc import RunServiceAsyncStub
+
+logger = logging.getLogger("stepstream")
+
+APPEND_POINTS = "/stepstream.v1.IngestService/AppendPoints"
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+# Deadline of one attempt of a unary call made from the sender (config, tags, state).
+UNARY_TIMEOUT = 60.0
+# How long a clean shutdown waits for the service to end the stream after we half-close it.
+HALF_CLOSE_GRACE = 5.0
+
+# A stream that fails with one of these is reopened; any other status is final.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+
+_Stream = grpc.aio.StreamStreamCall[bytes, ingest_pb2.AppendPointsResponse]
+UnaryCall = Callable[["RunServiceAsyncStub"], Awaitable[Any]]
+
+
+@dataclass(eq=False)
+class Operation:
+    """Something the producer runs in order with the batches around it.
+
+    `call` is a unary RPC (None for a pure barrier such as wait()). The result or the error
+    goes to `future`; when `report` is set, an error also goes to on_error (for operations
+    nobody waits on, such as log_configs).
+    """
+
+    name: str
+    call: UnaryCall | None = None
+    report: bool = False
+    stop: bool = False
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class _StreamEnded(Exception):
+    """The service ended the stream without an error status; reconnect."""
+
+
+class _Fatal(Exception):
+    """Raised inside the loop once the sender has failed for good."""
+
+
+_EXPECTED_STREAM_ERRORS = (
+    grpc.RpcError,
+    RPCError,
+    asyncio.TimeoutError,
+    asyncio.InvalidStateError,
+    _StreamEnded,
+)
+
+
+def backoff_delay(backoff: float) -> float:
+    """Jittered delay for the current backoff step: uniformly in [backoff/2, backoff]."""
+    return backoff * (0.5 + random.random() / 2)
+
+
+async def _next_answer(call: _Stream) -> ingest_pb2.AppendPointsResponse | None:
+    """The next answer, or None at the end of the stream (grpc.aio.EOF)."""
+    response = await call.read()
+    return response if isinstance(response, ingest_pb2.AppendPointsResponse) else None
+
+
+def _as_rpc_error(exc: BaseException) -> RPCError:
+    if isinstance(exc, RPCError):
+        return exc
+    if isinstance(exc, grpc.RpcError):
+        return RPCError.from_grpc(exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return RPCError(grpc.StatusCode.DEADLINE_EXCEEDED, "the service did not answer OpenStream")
+    if isinstance(exc, (_StreamEnded, asyncio.InvalidStateError)):
+        return RPCError(grpc.StatusCode.UNAVAILABLE, "the stream ended unexpectedly")
+    return RPCError(grpc.StatusCode.INTERNAL, f"client error: {exc!r}")
+
+
+class Sender:
+    """Streams a Run's records to IngestService.AppendPoints from a background thread."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        project: str,
+        run_id: str,
+        writer_id: str,
+        report: Callable[[IngestError], None],
+        max_queued_points: int,
+        max_batch_points: int,
+        max_inflight_batches: int,
+        connect_timeout: float,
+        reconnect_timeout: float,
+    ) -> None:
+        self._address = address
+        self._open_request = ingest_pb2.AppendPointsRequest(
+            open=ingest_pb2.OpenStream(project=project, run_id=run_id, writer_id=writer_id)
+        ).SerializeToString()
+        self._report_error = report
+        self._max_batch_points = max_batch_points
+        self._max_inflight = max_inflight_batches
+        self._connect_timeout = connect_timeout
+        self._reconnect_timeout = reconnect_timeout
+        self.buffer: Buffer[Operation] = Buffer(max_queued_points, self._wakeup)
+
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"stepstream-sender-{run_id}", daemon=True
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main_task: asyncio.Task[None] | None = None
+        self._loop_ready = threading.Event()
+        # Loop-side state. Events bind to the loop on first use (Python >= 3.10).
+        self._wake = asyncio.Event()  # records arrived while the producer slept
+        self._progress = asyncio.Event()  # an answer arrived, or the sender failed
+        self._opened = asyncio.Event()  # the first stream was opened
+        self._write_lock = asyncio.Lock()
+        self._call: _Stream | None = None
+        self._unacked: OrderedDict[int, EncodedBatch] = OrderedDict()
+        self._next_sequence: int | None = None
+        self._last_answered = 0  # highest sequence number answered
+        self._backoff = BACKOFF_MIN
+        self._failing_since: float | None = None
+        self._stopping = False
+        self._producer: asyncio.Task[None] | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._current_op: Operation | None = None
+
+        # Counters, written by the loop thread and read by anyone.
+        self.incarnation_id = ""
+        self.fatal: StepstreamError | None = None
+        self.acknowledged_points = 0
+        self.rejected_points = 0
+        self.answered_points = 0
+        self.batches_sent = 0
+        self.batches_resent = 0
+        self.duplicate_batches = 0
+        self.connections = 0
+        self.connected = False
+
+    # ---- trainer side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._loop_ready.wait()
+
+    def put(self, record: Record) -> None:
+        self.buffer.put(record, record.points)
+
+    def submit(self, operation: Operation) -> concurrent.futures.Future[Any]:
+        """Queue `operation` behind everything logged so far; return its future."""
+        self.buffer.put(operation, 0)
+        return operation.future
+
+    def stats(self) -> SenderStats:
+        logged = self.buffer.logged_points
+        return SenderStats(
+            logged_points=logged,
+            acknowledged_points=self.acknowledged_points,
+            rejected_points=self.rejected_points,
+            pending_points=logged - self.answered_points,
+            batches_sent=self.batches_sent,
+            batches_resent=self.batches_resent,
+            duplicate_batches=self.duplicate_batches,
+            inflight_batches=len(self._unacked),
+            connections=self.connections,
+            connected=self.connected,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for the thread to end (after a stop operation); True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def abort(self, timeout: float = 5.0) -> None:
+        """Stop the thread now, whatever is still pending."""
+        loop = self._loop
+        if loop is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(self._cancel_main)
+        self._thread.join(timeout)
+        self._close_buffer()
+
+    def _close_buffer(self) -> None:
+        fatal = self.fatal
+
+        def closed() -> BaseException:
+            if fatal is not None:
+                error = RunClosedError(f"the run's sender stopped after an error: {fatal}")
+                error.__cause__ = fatal
+                return error
+            return RunClosedError("the run is closed")
+
+        for item in self.buffer.close(closed):
+            if isinstance(item, Operation) and not item.future.done():
+                item.future.set_exception(closed())
+
+    def _wakeup(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                loop.call_soon_threadsafe(self._wake.set)
+
+    # ---- the loop thread ----------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._main_task = loop.create_task(self._main())
+            self._loop_ready.set()
+            loop.run_until_complete(self._main_task)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug in the sender: say so instead of dying silently
+            logger.exception("stepstream: the sender thread crashed")
+        finally:
+            self._loop_ready.set()
+            self._close_buffer()
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    def _cancel_main(self) -> None:
+        if self._main_task is not None:
+            self._main_task.cancel()
+
+    async def _main(self) -> None:
+        channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+        self._append_points = channel.stream_stream(
+            APPEND_POINTS,
+            request_serializer=None,  # requests are pre-encoded bytes (see _columnar)
+            response_deserializer=ingest_pb2.AppendPointsResponse.FromString,
+        )
+        self._runs = runs_pb2_grpc.RunServiceStub(channel)
+        producer = asyncio.create_task(self._produce())
+        connector = asyncio.create_task(self._connect())
+        self._producer = producer
+        self._connector = connector
+        try:
+            await producer
+        except (_Fatal, asyncio.CancelledError):
+            pass
+        finally:
+            for task in (producer, connector):
+                task.cancel()
+            await asyncio.gather(producer, connector, return_exceptions=True)
+            self._fail_current_op()
+            await channel.close(grace=None)
+
+    def _fail(self, error: StepstreamError) -> None:
+        """Give up for good: report, refuse new records, fail every pending operation."""
+        if self.fatal is not None:
+            return
+        self.fatal = error
+        lost = self.buffer.logged_points - self.answered_points
+        report = (
+            ingest_error_from_rpc_error(error, count=lost)
+            if isinstance(error, RPCError)
+            else IngestError(series="", reason="CLIENT_ERROR", message=str(error), count=lost)
+        )
+        self._report(report)
+        self._close_buffer()
+        self._progress.set()
+        self._wake.set()
+        if self._producer is not None and self._producer is not asyncio.current_task():
+            self._producer.cancel()
+
+    def _fail_current_op(self) -> None:
+        op = self._current_op
+        if op is not None and not op.future.done():
+            op.future.set_exception(self.fatal or RunClosedError("the run is closed"))
+
+    def _report(self, error: IngestError) -> None:
+        try:
+            self._report_error(error)
+        except Exception:  # a user callback must not kill the sender
+            logger.exception("stepstream: on_error callback raised")
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            if self.fatal is not None:
+                raise _Fatal
+            self._progress.clear()
+            await self._progress.wait()
+        if self.fatal is not None:
+            raise _Fatal
+
+    # ---- producer -----------------------------------------------------------------------
+
+    async def _produce(self) -> None:
+        while True:
+            await self._wait_until(lambda: len(self._unacked) < self._max_inflight)
+            self._wake.clear()
+            items = self.buffer.take(self._max_batch_points)
+            if items is None:
+                await self._wake.wait()
+                if self.fatal is not None:
+                    raise _Fatal
+                continue
+            first = items[0]
+            if isinstance(first, Operation):
+                await self._run_operation(first)
+                if first.stop:
+                    return
+                continue
+            records: list[Record] = items  # type: ignore[assignment]  # take() never mixes
+            if self._next_sequence is None:
+                await self._opened.wait()
+            await self._send_new(records)
+
+    async def _send_new(self, records: list[Record]) -> None:
+        async with self._write_lock:
+            assert self._next_sequence is not None
+            batch = encode_batch(self._next_sequence, records)
+            self._next_sequence += 1
+            self._unacked[batch.sequence] = batch
+            self.batches_sent += 1
+            call = self._call
+            if call is None:
+                return  # the connector re-sends it once a stream is open
+            try:
+                await call.write(batch.request)
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                call.cancel()  # the reader sees the failure and the connector reconnects
+
+    async def _run_operation(self, op: Operation) -> None:
+        self._current_op = op
+        await self._wait_until(lambda: not self._unacked)
+        if op.stop:
+            await self._end_stream()
+            op.future.set_result(None)
+        elif op.call is None:
+            op.future.set_result(None)
+        else:
+            try:
+                result = await self._unary(op.call)
+            except RPCError as exc:
+                if op.report:
+                    self._report(ingest_error_from_rpc_error(exc, operation=op.name))
+                op.future.set_exception(exc)
+            else:
+                op.future.set_result(result)
+        self._current_op = None
+
+    async def _unary(self, call: UnaryCall) -> Any:
+        """Run a unary call, retrying UNAVAILABLE with backoff for up to reconnect_timeout."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._reconnect_timeout
+        backoff = BACKOFF_MIN
+        while True:
+            try:
+                return await call(self._runs)
+            except grpc.RpcError as exc:
+                error = RPCError.from_grpc(exc)
+                if error.code != grpc.StatusCode.UNAVAILABLE or loop.time() >= give_up:
+                    raise error from None
+            await asyncio.sleep(backoff_delay(backoff))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _end_stream(self) -> None:
+        """Half-close the stream (every batch is answered) and let the service end it."""
+        self._stopping = True
+        async with self._write_lock:
+            call = self._call
+            if call is None:
+                return
+            try:
+                await call.done_writing()
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                return
+        if self._connector is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._connector), HALF_CLOSE_GRACE)
+
+    # ---- connector ----------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._session()
+                if self._stopping:
+                    return
+                raise _StreamEnded
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._stopping and not self._unacked:
+                    return
+                error = _as_rpc_error(exc)
+                if not isinstance(exc, _EXPECTED_STREAM_ERRORS):
+                    logger.exception("stepstream: unexpected error in the sender")
+                    self._fail(error)
+                    return
+                if error.code not in RETRYABLE:
+                    self._fail(error)
+                    return
+                now = loop.time()
+                if self._failing_since is None:
+                    self._failing_since = now
+                elif now - self._failing_since >= self._reconnect_timeout:
+                    self._fail(
+                        RPCError(
+                            error.code,
+                            f"gave up reconnecting after {self._reconnect_timeout:g} s: "
+                            f"{error.message}",
+                            reason=error.reason,
+                            domain=error.domain,
+                            metadata=error.metadata,
+                        )
+                    )
+                    return
+                logger.debug("stepstream: stream failed (%s); reconnecting", error)
+                await asyncio.sleep(backoff_delay(self._backoff))
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+
+    async def _session(self) -> None:
+        """One stream: open, re-send what is unanswered, then read answers until it ends."""
+        call: _Stream = self._append_points(None)
+        reader: asyncio.Task[None] | None = None
+        try:
+            async with self._write_lock:
+                opened = await asyncio.wait_for(self._open(call), self._connect_timeout)
+                self._on_opened(opened)
+                reader = asyncio.create_task(self._read_answers(call))
+                for batch in list(self._unacked.values()):
+                    await call.write(batch.request)
+                    self.batches_resent += 1
+                self._call = call
+                self.connected = True
+            await reader
+        finally:
+            self._call = None
+            self.connected = False
+            if reader is not None and not reader.done():
+                reader.cancel()
+            call.cancel()
+
+    async def _open(self, call: _Stream) -> ingest_pb2.OpenStreamResult:
+        await call.write(self._open_request)
+        response = await _next_answer(call)
+        if response is None:
+            raise _StreamEnded
+        kind = response.WhichOneof("result")
+        if kind == "error":
+            raise RPCError.from_status(response.error)
+        if kind != "opened":
+            raise RPCError(
+                grpc.StatusCode.INTERNAL, f"the service answered OpenStream with {kind!r}"
+            )
+        result: ingest_pb2.OpenStreamResult = response.opened
+        return result
+
+    def _on_opened(self, opened: ingest_pb2.OpenStreamResult) -> None:
+        committed = opened.last_committed_sequence
+        if self._next_sequence is None:
+            self._next_sequence = committed + 1
+        elif committed >= self._next_sequence:
+            raise RPCError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the service has batches up to {committed} committed for this writer, but "
+                f"this client sent only up to {self._next_sequence - 1}: is another client "
+                "using the same writer_id?",
+                reason="WRITER_ID_CONFLICT",
+            )
+        elif committed < self._last_answered:
+            raise RPCError(
+                grpc.StatusCode.DATA_LOSS,
+                f"the service reports batches up to {committed} committed for this writer, "
+                f"but it had already answered batch {self._last_answered}",
+                reason="SEQUENCE_REGRESSION",
+            )
+        if opened.incarnation_id:
+            self.incarnation_id = opened.incarnation_id
+        self.connections += 1
+        self._failing_since = None
+        self._backoff = BACKOFF_MIN
+        self._opened.set()
+
+    async def _read_answers(self, call: _Stream) -> None:
+        while True:
+            response = await _next_answer(call)
+            if response is None:
+                return
+            self._on_answer(response)
+
+    def _on_answer(self, response: ingest_pb2.AppendPointsResponse) -> None:
+        sequence = response.sequence
+        batch = self._unacked.pop(sequence, None)
+        if batch is None and sequence == 0 and self._unacked:
+            # An answer to a request the service could not decode: answers come in order,
+            # so it belongs to the oldest unanswered batch.
+            sequence, batch = self._unacked.popitem(last=False)
+        if batch is None:
+            logger.warning("stepstream: ignoring an answer for unknown batch %d", sequence)
+            return
+        self._last_answered = max(self._last_answered, sequence)
+        kind = response.WhichOneof("result")
+        if kind == "appended":
+            result = response.appended
+            self.acknowledged_points += result.accepted_count + result.duplicate_count
+            rejected = batch.points - result.accepted_count - result.duplicate_count
+            self.rejected_points += max(rejected, 0)
+            if result.duplicate_batch:
+                self.duplicate_batches += 1
+            if result.incarnation_id:
+                self.incarnation_id = result.incarnation_id
+            for rejection in result.rejections:
+                self._report(ingest_error_from_rejection(rejection, sequence))
+        else:
+            self.rejected_points += batch.points
+            if kind == "error":
+                self._report(ingest_error_from_status(response.error, sequence, batch.points))
+            else:
+                self._report(
+                    IngestError(
+                        series="",
+                        reason="UNEXPECTED_ANSWER",
+                        message=f"the service answered batch {sequence} with {kind!r}",
+                        count=batch.points,
+                        sequence=sequence,
+                    )
+                )
+        self.answered_points += batch.points
+        self._progress.set()

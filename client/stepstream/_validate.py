@@ -1,0 +1,98 @@
+"""Local argument checks: each raises InvalidArgumentError naming the offending field."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from typing import Any
+
+from ._exceptions import InvalidArgumentError
+
+MAX_NAME_BYTES = 1024
+_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_name(name: object, what: str) -> str:
+    """Check a series or attribute name: str, 1-1024 UTF-8 bytes, no NUL.
+
+    `what` names the field in the message, e.g. "series name" or "config key".
+    """
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"{what} must be a str, got {type(name).__name__}: {name!r}")
+    if not name:
+        raise InvalidArgumentError(f"{what} must not be empty")
+    if "\x00" in name:
+        raise InvalidArgumentError(f"{what} {_shorten(name)!r} contains a NUL character")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(
+            f"{what} {_shorten(name)!r} is not valid UTF-8 ({exc.reason})"
+        ) from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidArgumentError(
+            f"{what} {_shorten(name)!r} is {size} bytes in UTF-8; the limit is {MAX_NAME_BYTES}"
+        )
+    return name
+
+
+def check_id(value: object, what: str) -> str:
+    """Check a run or writer ID: 1-128 characters of [A-Za-z0-9._:-]."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}: {value!r}")
+    if not _ID_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            f"{what} {_shorten(value)!r} must be 1-128 characters of [A-Za-z0-9._:-]"
+        )
+    return value
+
+
+def check_real(value: object, what: str) -> float:
+    """Return `value` as a finite float, or raise naming `what` ("step", "timestamp", ...)."""
+    # Exact float and int first: the common case, without the (slower) ABC check.
+    real = type(value) is float or type(value) is int
+    if real or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        number = float(value)  # type: ignore[arg-type]
+    else:
+        raise InvalidArgumentError(
+            f"{what} must be a real number, got {type(value).__name__}: {_shorten(repr(value))}"
+        )
+    if not math.isfinite(number):
+        raise InvalidArgumentError(f"{what} must be finite, got {number!r}")
+    return number
+
+
+def check_positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+def check_positive_float(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgumentError(f"{what} must be a positive number of seconds, got {value!r}")
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"{what} must be finite, got {value!r}")
+    return float(value)
+
+
+def check_tags(tags: Any, what: str = "tags") -> list[str]:
+    """Accept one tag (a str) or an iterable of tags; each a non-empty str."""
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        items = [tags]
+    elif isinstance(tags, (bytes, bytearray)) or not hasattr(tags, "__iter__"):
+        raise InvalidArgumentError(
+            f"{what} must be a str or an iterable of str, got {type(tags).__name__}"
+        )
+    else:
+        items = list(tags)
+    for tag in items:
+        check_name(tag, f"tag in {what}")
+    return items
