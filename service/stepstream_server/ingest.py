@@ -51,6 +51,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# Accepted points per (incarnation, is_string, name): runs of parts, each run flagged when it
+# starts a new generation of the series (an overwrite).
+Part = tuple[Floats, Floats | list[str], Floats]
+Chunks = dict[tuple[str, bool, str], list[tuple[bool, list[Part]]]]
+
+
 @dataclass
 class Writer:
     """Sequence state of one (run, writer): committed, expected next, and what is in flight."""
@@ -297,7 +303,7 @@ class IngestWorker:
             judged.append((i, item, record))
 
         floors = await self._check(judged)
-        chunks: dict[tuple[str, bool, str], list[tuple[Floats, Floats | list[str], Floats]]] = {}
+        chunks: Chunks = {}
         for (i, item, record), item_floors in zip(judged, floors, strict=True):
             outcomes[i] = self._apply(item, record, item_floors, chunks)
 
@@ -309,8 +315,10 @@ class IngestWorker:
                 _concat_floats([p[0] for p in parts]),
                 _concat_values([p[1] for p in parts], is_string),
                 _concat_floats([p[2] for p in parts]),
+                new_generation,
             )
-            for (inc, is_string, name), parts in chunks.items()
+            for (inc, is_string, name), generations in chunks.items()
+            for new_generation, parts in generations
         ]
         commits = [
             WriterCommit(
@@ -354,6 +362,7 @@ class IngestWorker:
                     CheckEntry(
                         e.field,
                         e.assign,
+                        e.overwrite,
                         math.nan if e.steps is None else float(e.steps[-1]),
                         e.count,
                         value_token(e.values[-1]),
@@ -398,7 +407,7 @@ class IngestWorker:
         item: Pending,
         record: RunRecord,
         floors: Sequence[Floor],
-        chunks: dict[tuple[str, bool, str], list[tuple[Floats, Floats | list[str], Floats]]],
+        chunks: Chunks,
     ) -> AppendAck:
         """Split each entry into rejected prefix, duplicate and accepted rest (SPEC §2)."""
         incarnation = record.current_incarnation_id
@@ -456,9 +465,10 @@ class IngestWorker:
                 values = entry.values[cut:]
                 ts = entry.timestamps[cut:]
             accepted += len(steps)
-            chunks.setdefault((incarnation, entry.is_string, entry.name), []).append(
-                (steps, values, ts)
-            )
+            generations = chunks.setdefault((incarnation, entry.is_string, entry.name), [])
+            if entry.overwrite or not generations:
+                generations.append((entry.overwrite, []))
+            generations[-1][1].append((steps, values, ts))
         return AppendAck(accepted, duplicates, tuple(rejections), tuple(assigned), incarnation)
 
 

@@ -67,6 +67,8 @@ class RunRecord:
     updated_at: float
     failure_reason: str
     incarnations: tuple[Incarnation, ...] = ()
+    values: dict[str, Any] = field(default_factory=dict)
+    experiment_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class SeriesEntry:
     values: Floats | list[str]
     timestamps: Floats
     assign: bool
+    overwrite: bool = False
 
     @property
     def count(self) -> int:
@@ -187,6 +190,8 @@ class ChunkWrite:
     steps: Floats
     values: Floats | list[str]
     timestamps: Floats
+    # The first chunk of a new generation of the series (an overwrite).
+    new_generation: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,3 +228,4 @@ class SeriesSummary:
     minimum: float
     maximum: float
     last_string: str = ""
+    generation: int = 0

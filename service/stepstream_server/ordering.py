@@ -26,7 +26,8 @@ LOADED = "!loaded"
 # KEYS[1]: the floor hash of one incarnation.
 # ARGV[1]: the number of entries; then 4 values per entry, applied in order:
 #   field   "f:<name>" or "s:<name>"
-#   mode    "e" (explicit steps) or "a" (assign steps)
+#   mode    "e" (explicit steps) or "a" (assign steps); "oe" / "oa" overwrite first: the
+#           series' floor is taken as absent (-inf), as for a new series
 #   arg     mode e: the entry's last (largest) step as %.17g; mode a: the number of points
 #   token   value token of the entry's last point
 # Returns {0} when the hash is not loaded (nothing changed), else {1, floor_1, token_1, ...}:
@@ -41,7 +42,12 @@ local n = tonumber(ARGV[1])
 for i = 0, n - 1 do
   local b = 2 + i * 4
   local field = ARGV[b]
+  local mode = ARGV[b + 1]
   local cur = redis.call('HGET', KEYS[1], field)
+  if string.sub(mode, 1, 1) == 'o' then
+    cur = false
+    mode = string.sub(mode, 2)
+  end
   local floor = nil
   if cur then
     local sp = string.find(cur, ' ', 1, true)
@@ -53,7 +59,7 @@ for i = 0, n - 1 do
     out[#out + 1] = ''
     out[#out + 1] = ''
   end
-  if ARGV[b + 1] == 'e' then
+  if mode == 'e' then
     local last = tonumber(ARGV[b + 2])
     if floor == nil or last > floor then
       redis.call('HSET', KEYS[1], field, ARGV[b + 2] .. ' ' .. ARGV[b + 3])
@@ -100,6 +106,7 @@ class CheckEntry:
 
     field: str
     assign: bool
+    overwrite: bool
     last_step: float
     count: int
     last_token: str
@@ -133,7 +140,7 @@ class FloorCache:
                 for e in entries:
                     argv += [
                         e.field,
-                        "a" if e.assign else "e",
+                        ("o" if e.overwrite else "") + ("a" if e.assign else "e"),
                         str(e.count) if e.assign else fmt_step(e.last_step),
                         e.last_token,
                     ]

@@ -26,6 +26,7 @@ class Selector:
     run_id: str
     incarnation_id: str
     own_points_only: bool
+    experiment: str = ""
 
 
 class Reader:
@@ -36,12 +37,13 @@ class Reader:
         self.store: Store = worker.store
 
     async def view(self, sel: Selector) -> tuple[str, list[Segment]]:
-        if sel.incarnation_id and sel.run_id:
+        given = [k for k in ("run_id", "incarnation_id", "experiment") if getattr(sel, k)]
+        if len(given) != 1:
             raise errors.invalid(
-                "CONFLICTING_SELECTOR",
-                "give run_id or incarnation_id, not both",
-                run_id=sel.run_id,
-                incarnation_id=sel.incarnation_id,
+                "INVALID_SELECTOR",
+                "give exactly one of run_id, incarnation_id and experiment"
+                + (f"; got {', '.join(given)}" if given else ""),
+                given=",".join(given),
             )
         if sel.incarnation_id:
             inc = await self.worker.in_store(self.store.get_incarnation, sel.incarnation_id)
@@ -52,6 +54,17 @@ class Reader:
                     incarnation_id=sel.incarnation_id,
                 )
             incarnation_id = inc.incarnation_id
+        elif sel.experiment:
+            project = project_of(sel.project)
+            head = await self.worker.in_store(self.store.experiment_head, project, sel.experiment)
+            if head is None:
+                raise errors.not_found(
+                    "EXPERIMENT_NOT_FOUND",
+                    f"experiment {sel.experiment!r} has no runs in project {project!r}",
+                    project=project,
+                    experiment=sel.experiment,
+                )
+            incarnation_id = head.current_incarnation_id
         else:
             project, run_id = project_of(sel.project), run_id_of(sel.run_id)
             record = await self.worker.in_store(self.store.get_run, project, run_id)
@@ -78,27 +91,89 @@ class Reader:
         names: Sequence[str],
         step_min: float,
         step_max: float,
+        *,
+        max_points: int | None = None,
+        generation: int | None = None,
     ) -> list[SeriesPoints]:
         """Every selected series' points, whole (the servicer slices them into messages)."""
+        if max_points is not None and max_points < MIN_DOWNSAMPLE:
+            raise errors.invalid(
+                "INVALID_MAX_POINTS",
+                f"max_points must be at least {MIN_DOWNSAMPLE}, got {max_points}",
+                max_points=max_points,
+            )
         _, segments = await self.view(sel)
         return await self.worker.in_store(
-            _read_all, self.store, segments, list(names), step_min, step_max
+            _read_all, self.store, segments, list(names), step_min, step_max, max_points, generation
         )
 
 
+# Downsampling keeps up to 5 points per bucket (first, last, min, max, first NaN).
+MIN_DOWNSAMPLE = 5
+
+
 def _read_all(
-    store: Store, segments: Sequence[Segment], names: list[str], lo: float, hi: float
+    store: Store,
+    segments: Sequence[Segment],
+    names: list[str],
+    lo: float,
+    hi: float,
+    max_points: int | None,
+    generation: int | None,
 ) -> list[SeriesPoints]:
-    keys = store.series_keys(segments)
-    if names:
+    keys = [(name, is_string) for name, is_string, _ in store.series_keys(segments)]
+    if generation is not None:
+        keys = [(n, k) for n in names for k in (False, True)]
+    elif names:
         wanted = set(names)
         keys = [k for k in keys if k[0] in wanted]
     out = []
     for name, is_string in keys:
-        points = merge(list(store.read(segments, name, is_string, lo, hi)), name, is_string)
-        if len(points.steps):
-            out.append(points)
+        parts = list(store.read(segments, name, is_string, lo, hi, generation))
+        points = merge(parts, name, is_string)
+        if len(points.steps) == 0:
+            continue
+        if max_points is not None and len(points.steps) > max_points:
+            points = downsample(points, max_points)
+        out.append(points)
     return out
+
+
+def downsample(points: SeriesPoints, max_points: int) -> SeriesPoints:
+    """At most `max_points` points: equal buckets, each keeping its first, last, minimum and
+    maximum point and its first NaN, so spikes, infinities and NaN stay visible."""
+    n = len(points.steps)
+    buckets = max(1, max_points // MIN_DOWNSAMPLE)
+    width = -(-n // buckets)
+    starts = np.arange(0, n, width)
+    ends = np.minimum(starts + width, n) - 1
+    if points.is_string:
+        keep = np.unique(np.concatenate([starts, ends]))
+    else:
+        vals = np.asarray(points.values, dtype=np.float64)
+        pad = len(starts) * width - n
+        grid = np.concatenate([vals, np.full(pad, np.nan)]).reshape(len(starts), width)
+        real = np.arange(len(starts) * width).reshape(len(starts), width) < n
+        nan = np.isnan(grid)
+        low = np.where(nan, np.inf, grid).argmin(axis=1)
+        high = np.where(nan, -np.inf, grid).argmax(axis=1)
+        real_nan = nan & real
+        has_nan = real_nan.any(axis=1)
+        first_nan = real_nan.argmax(axis=1)
+        keep = np.unique(
+            np.concatenate(
+                [starts, ends, starts + low, starts + high, (starts + first_nan)[has_nan]]
+            )
+        )
+        keep = keep[keep < n]
+    values: Floats | list[str]
+    if points.is_string:
+        values = [points.values[i] for i in keep.tolist()]
+    else:
+        values = np.asarray(points.values)[keep]
+    return SeriesPoints(
+        points.name, points.is_string, points.steps[keep], values, points.timestamps[keep]
+    )
 
 
 def merge(parts: list[SeriesPoints], name: str, is_string: bool) -> SeriesPoints:
@@ -117,7 +192,7 @@ def merge(parts: list[SeriesPoints], name: str, is_string: bool) -> SeriesPoints
 
 def _summarise(store: Store, segments: Sequence[Segment]) -> list[SeriesSummary]:
     out = []
-    for name, is_string in store.series_keys(segments):
+    for name, is_string, generation in store.series_keys(segments):
         pts = merge(
             list(store.read(segments, name, is_string, -math.inf, math.inf)), name, is_string
         )
@@ -135,6 +210,7 @@ def _summarise(store: Store, segments: Sequence[Segment]) -> list[SeriesSummary]
                     math.nan,
                     math.nan,
                     str(pts.values[-1]),
+                    generation,
                 )
             )
             continue
@@ -142,7 +218,11 @@ def _summarise(store: Store, segments: Sequence[Segment]) -> list[SeriesSummary]
         finite_or_inf = vals[~np.isnan(vals)]
         lo = float(finite_or_inf.min()) if len(finite_or_inf) else math.nan
         hi = float(finite_or_inf.max()) if len(finite_or_inf) else math.nan
-        out.append(SeriesSummary(name, False, n, float(pts.steps[-1]), float(vals[-1]), lo, hi))
+        out.append(
+            SeriesSummary(
+                name, False, n, float(pts.steps[-1]), float(vals[-1]), lo, hi, "", generation
+            )
+        )
     return out
 
 

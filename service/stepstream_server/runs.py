@@ -15,7 +15,7 @@ from typing import Any
 
 from . import errors
 from .ingest import IngestWorker
-from .model import Incarnation, RunRecord, RunState
+from .model import Incarnation, Origin, RunRecord, RunState
 from .validation import check_name, experiment_of, project_of, run_id_of
 
 DESCRIPTION_KEY = "sys/description"
@@ -96,6 +96,7 @@ class RunManager:
                     return existing, False, True
             parent, fallback = await self._fork_parent(project, experiment, req)
             tags = set(req.tags)
+            values: dict[str, Any] = {}
             if parent is not None:
                 parent_run = await self.worker.in_store(
                     self.store.get_run, parent.project, parent.run_id
@@ -105,6 +106,7 @@ class RunManager:
                 description = description or parent_run.description
                 if req.inherit_configs:
                     config = {**parent_run.config, **config}
+                    values = dict(parent_run.values)
             record = await self.worker.in_store_write(
                 lambda: self.store.create_run(
                     project=project,
@@ -113,6 +115,7 @@ class RunManager:
                     tags=sorted(tags),
                     description=description,
                     config=config,
+                    values=values,
                     incarnation_id=new_incarnation_id(),
                     parent=parent,
                     fork_step=req.fork_step if parent is not None else None,
@@ -185,6 +188,48 @@ class RunManager:
             )
             self.worker.run_changed(record)
         return record
+
+    async def rewind(
+        self, project: str, run_id: str, step: float, config: dict[str, Any]
+    ) -> RunRecord:
+        """Cut the run back to `step` (SPEC §4): a new current incarnation whose parent is the
+        old one at `step`; the old one is archived; config preserved and merged."""
+        if not math.isfinite(step):
+            raise errors.invalid(
+                "INVALID_REWIND_STEP", f"rewind step must be finite, got {step!r}", step=step
+            )
+        for key in config:
+            check_name("config key", key)
+        await self.get(project, run_id)
+        async with self.worker.lock:
+            current = await self.get(project, run_id)
+            parent = await self.worker.in_store(
+                self.store.get_incarnation, current.current_incarnation_id
+            )
+            assert parent is not None
+            record = await self.worker.in_store_write(
+                lambda: self.store.add_incarnation(
+                    project=current.project,
+                    run_id=current.run_id,
+                    incarnation_id=new_incarnation_id(),
+                    parent=parent,
+                    fork_step=step,
+                    origin=Origin.REWOUND,
+                    config={**current.config, **config},
+                    now=time.time(),
+                )
+            )
+            self.worker.run_changed(record)
+        return record
+
+    async def update_values(self, project: str, run_id: str, values: dict[str, Any]) -> RunRecord:
+        """Set single-value metrics (DigitalHub `single_value=True`)."""
+        current = await self.get(project, run_id)
+        for key in values:
+            check_name("value name", key)
+        return await self._update(
+            current.project, current.run_id, values={**current.values, **values}
+        )
 
     async def update_config(self, project: str, run_id: str, entries: dict[str, Any]) -> RunRecord:
         current = await self.get(project, run_id)

@@ -130,6 +130,7 @@ def decode_series(
     assign: bool,
     is_string: bool,
     now: float,
+    overwrite: bool = False,
 ) -> SeriesEntry | Rejection | None:
     """Turn one wire series into an entry, or say exactly why it is refused."""
     n = len(values)
@@ -162,7 +163,7 @@ def decode_series(
                 "STEPS_WITH_ASSIGN_STEPS",
                 f"series has assign_steps set and {len(steps_in)} explicit steps; send one or the other",
             )
-        return SeriesEntry(name, is_string, None, values, timestamps, True)
+        return SeriesEntry(name, is_string, None, values, timestamps, True, overwrite)
     if len(steps_in) != n:
         return reject("LENGTH_MISMATCH", f"series has {n} values but {len(steps_in)} steps")
     steps = np.array(steps_in, dtype=np.float64)
@@ -181,7 +182,7 @@ def decode_series(
                 f"step {float(steps[bad])!r} at index {bad} does not follow"
                 f" {float(steps[bad - 1])!r}; steps in a batch must strictly increase",
             )
-    return SeriesEntry(name, is_string, steps, values, timestamps, False)
+    return SeriesEntry(name, is_string, steps, values, timestamps, False, overwrite)
 
 
 def decode_batch(
@@ -206,7 +207,7 @@ def decode_batch(
     for fs in batch.float_series:
         values = np.array(fs.values, dtype=np.float64)
         decoded = decode_series(
-            fs.name, fs.steps, values, fs.timestamps, fs.assign_steps, False, now
+            fs.name, fs.steps, values, fs.timestamps, fs.assign_steps, False, now, fs.overwrite
         )
         if isinstance(decoded, Rejection):
             rejections.append(decoded)
@@ -214,7 +215,14 @@ def decode_batch(
             entries.append(decoded)
     for ss in batch.string_series:
         decoded = decode_series(
-            ss.name, ss.steps, list(ss.values), ss.timestamps, ss.assign_steps, True, now
+            ss.name,
+            ss.steps,
+            list(ss.values),
+            ss.timestamps,
+            ss.assign_steps,
+            True,
+            now,
+            ss.overwrite,
         )
         if isinstance(decoded, Rejection):
             rejections.append(decoded)
@@ -422,6 +430,8 @@ def incarnation_proto(inc: Incarnation) -> runs_pb2.Incarnation:
 def run_proto(record: RunRecord) -> runs_pb2.Run:
     config = struct_pb2.Struct()
     config.update(record.config)
+    values = struct_pb2.Struct()
+    values.update(record.values)
     return runs_pb2.Run(
         project=record.project,
         run_id=record.run_id,
@@ -435,6 +445,8 @@ def run_proto(record: RunRecord) -> runs_pb2.Run:
         create_time=_timestamp(record.created_at),
         update_time=_timestamp(record.updated_at),
         failure_reason=record.failure_reason,
+        values=values,
+        experiment_head=record.experiment_head,
     )
 
 
@@ -443,7 +455,9 @@ def struct_dict(message: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def selector_of(sel: runs_pb2.SeriesSelector) -> Selector:
-    return Selector(sel.project, sel.run_id, sel.incarnation_id, sel.own_points_only)
+    return Selector(
+        sel.project, sel.run_id, sel.incarnation_id, sel.own_points_only, sel.experiment
+    )
 
 
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
@@ -531,7 +545,25 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             context,
             self.runs.update_config(request.project, request.run_id, struct_dict(request.config)),
         )
+        if request.values.fields:
+            record = await _call(
+                context,
+                self.runs.update_values(
+                    request.project, request.run_id, struct_dict(request.values)
+                ),
+            )
         return runs_pb2.UpdateRunConfigResponse(run=run_proto(record))
+
+    async def RewindRun(
+        self, request: runs_pb2.RewindRunRequest, context: Any
+    ) -> runs_pb2.RewindRunResponse:
+        record = await _call(
+            context,
+            self.runs.rewind(
+                request.project, request.run_id, request.step, struct_dict(request.config)
+            ),
+        )
+        return runs_pb2.RewindRunResponse(run=run_proto(record))
 
     async def UpdateRunTags(
         self, request: runs_pb2.UpdateRunTagsRequest, context: Any
@@ -562,6 +594,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     min=s.minimum,
                     max=s.maximum,
                     last_string=s.last_string,
+                    generation=s.generation,
                 )
                 for s in summaries
             ],
@@ -573,7 +606,15 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         lo = request.step_min if request.HasField("step_min") else -math.inf
         hi = request.step_max if request.HasField("step_max") else math.inf
         series = await _call(
-            context, self.reader.read(selector_of(request.selector), list(request.names), lo, hi)
+            context,
+            self.reader.read(
+                selector_of(request.selector),
+                list(request.names),
+                lo,
+                hi,
+                max_points=request.max_points if request.HasField("max_points") else None,
+                generation=request.generation if request.HasField("generation") else None,
+            ),
         )
         for points in series:
             for part in slices(points):

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS runs (
     failure_reason TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
+    vals TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (project, run_id)
 );
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs (project, experiment);
@@ -70,7 +71,11 @@ CREATE TABLE IF NOT EXISTS series (
     incarnation_id TEXT NOT NULL REFERENCES incarnations (incarnation_id),
     name TEXT NOT NULL,
     is_string INTEGER NOT NULL,
-    UNIQUE (incarnation_id, is_string, name)
+    -- Bumped by every overwrite: a generation hides the older ones and everything inherited.
+    generation INTEGER NOT NULL DEFAULT 0,
+    -- The first chunk of the generation: a snapshot older than it still sees the one before.
+    created_chunk INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (incarnation_id, is_string, name, generation)
 );
 CREATE TABLE IF NOT EXISTS chunks (
     chunk_id INTEGER PRIMARY KEY,
@@ -167,6 +172,7 @@ class SqliteStore:
         tags: Sequence[str],
         description: str,
         config: dict[str, Any],
+        values: dict[str, Any],
         incarnation_id: str,
         parent: Incarnation | None,
         fork_step: float | None,
@@ -177,7 +183,7 @@ class SqliteStore:
         try:
             conn.execute(
                 "INSERT INTO runs (project, run_id, experiment, state, tags, description, config,"
-                " current_incarnation, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " current_incarnation, created_at, updated_at, vals) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     project,
                     run_id,
@@ -189,6 +195,7 @@ class SqliteStore:
                     incarnation_id,
                     now,
                     now,
+                    json.dumps(values),
                 ),
             )
             self._insert_incarnation(
@@ -257,8 +264,11 @@ class SqliteStore:
         parent: Incarnation,
         fork_step: float,
         origin: Origin,
+        config: dict[str, Any],
         now: float,
     ) -> RunRecord:
+        """Give a run a new current incarnation (a rewind), archive the old one, set the
+        merged config and make the run RUNNING, in one transaction."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -277,8 +287,9 @@ class SqliteStore:
                 (parent.incarnation_id,),
             )
             conn.execute(
-                "UPDATE runs SET current_incarnation = ?, updated_at = ? WHERE project = ? AND run_id = ?",
-                (incarnation_id, now, project, run_id),
+                "UPDATE runs SET current_incarnation = ?, updated_at = ?, config = ?, state = ?,"
+                " failure_reason = '' WHERE project = ? AND run_id = ?",
+                (incarnation_id, now, json.dumps(config), int(RunState.RUNNING), project, run_id),
             )
             conn.execute("COMMIT")
         except BaseException:
@@ -291,7 +302,10 @@ class SqliteStore:
     def get_run(self, project: str, run_id: str) -> RunRecord | None:
         row = (
             self._conn()
-            .execute("SELECT * FROM runs WHERE project = ? AND run_id = ?", (project, run_id))
+            .execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE project = ? AND run_id = ?",
+                (project, run_id),
+            )
             .fetchone()
         )
         return None if row is None else self._run_from_row(row)
@@ -299,12 +313,12 @@ class SqliteStore:
     def list_runs(self, project: str, experiment: str) -> list[RunRecord]:
         if experiment:
             rows = self._conn().execute(
-                "SELECT * FROM runs WHERE project = ? AND experiment = ? ORDER BY rowid",
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE project = ? AND experiment = ? ORDER BY rowid",
                 (project, experiment),
             )
         else:
             rows = self._conn().execute(
-                "SELECT * FROM runs WHERE project = ? ORDER BY rowid", (project,)
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE project = ? ORDER BY rowid", (project,)
             )
         return [self._run_from_row(row) for row in rows.fetchall()]
 
@@ -312,7 +326,8 @@ class SqliteStore:
         row = (
             self._conn()
             .execute(
-                "SELECT * FROM runs WHERE project = ? AND experiment = ? ORDER BY rowid DESC LIMIT 1",
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE project = ? AND experiment = ?"
+                " ORDER BY rowid DESC LIMIT 1",
                 (project, experiment),
             )
             .fetchone()
@@ -330,6 +345,7 @@ class SqliteStore:
         config: dict[str, Any] | None = None,
         description: str | None = None,
         failure_reason: str | None = None,
+        values: dict[str, Any] | None = None,
     ) -> RunRecord:
         sets = ["updated_at = ?"]
         args: list[Any] = [now]
@@ -348,6 +364,9 @@ class SqliteStore:
         if failure_reason is not None:
             sets.append("failure_reason = ?")
             args.append(failure_reason)
+        if values is not None:
+            sets.append("vals = ?")
+            args.append(json.dumps(values))
         conn = self._conn()
         cur = conn.execute(
             f"UPDATE runs SET {', '.join(sets)} WHERE project = ? AND run_id = ?",
@@ -377,6 +396,8 @@ class SqliteStore:
             failure,
             created,
             updated,
+            vals,
+            head,
         ) = row
         incarnations = tuple(
             self._incarnation_from_row(r)
@@ -399,6 +420,8 @@ class SqliteStore:
             updated_at=updated,
             failure_reason=failure,
             incarnations=incarnations,
+            values=json.loads(vals),
+            experiment_head=bool(head),
         )
 
     def get_incarnation(self, incarnation_id: str) -> Incarnation | None:
@@ -459,32 +482,24 @@ class SqliteStore:
 
     def commit(self, chunks: Sequence[ChunkWrite], writers: Sequence[WriterCommit]) -> None:
         conn = self._conn()
-        created: list[tuple[str, bool, str]] = []
+        cached = dict(self._series_ids)  # restored if the transaction fails
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = []
             for chunk in chunks:
                 key = (chunk.incarnation_id, chunk.is_string, chunk.name)
-                series_id = self._series_ids.get(key)
-                if series_id is None:
-                    series_id = self._series_id(conn, key)
-                    created.append(key)
-                rows.append(
-                    (
-                        series_id,
-                        float(chunk.steps[0]),
-                        float(chunk.steps[-1]),
-                        len(chunk.steps),
-                        chunk.steps.tobytes(),
-                        encode_values(chunk.values),
-                        chunk.timestamps.tobytes(),
+                if chunk.new_generation:
+                    # Its first chunk decides which snapshots see it: insert that one alone.
+                    series_id = self._new_generation(conn, key)
+                    cur = conn.execute(_INSERT_CHUNK, (series_id, *_chunk_row(chunk)))
+                    conn.execute(
+                        "UPDATE series SET created_chunk = ? WHERE series_id = ?",
+                        (cur.lastrowid, series_id),
                     )
-                )
-            conn.executemany(
-                "INSERT INTO chunks (series_id, min_step, max_step, n, steps, vals, ts)"
-                " VALUES (?,?,?,?,?,?,?)",
-                rows,
-            )
+                    continue
+                series_id = self._series_ids.get(key) or self._series_id(conn, key)
+                rows.append((series_id, *_chunk_row(chunk)))
+            conn.executemany(_INSERT_CHUNK, rows)
             last: dict[tuple[str, str, str], int] = {}
             for w in writers:
                 key3 = (w.project, w.run_id, w.writer_id)
@@ -505,14 +520,15 @@ class SqliteStore:
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
-            for key in created:
-                self._series_ids.pop(key, None)
+            self._series_ids = cached
             raise
 
     def _series_id(self, conn: sqlite3.Connection, key: tuple[str, bool, str]) -> int:
+        """The current generation's series row, created (generation 0) when missing."""
         incarnation_id, is_string, name = key
         row = conn.execute(
-            "SELECT series_id FROM series WHERE incarnation_id = ? AND is_string = ? AND name = ?",
+            "SELECT series_id FROM series WHERE incarnation_id = ? AND is_string = ? AND name = ?"
+            " ORDER BY generation DESC LIMIT 1",
             (incarnation_id, int(is_string), name),
         ).fetchone()
         if row is None:
@@ -523,6 +539,18 @@ class SqliteStore:
             series_id = int(cur.lastrowid or 0)
         else:
             series_id = int(row[0])
+        self._series_ids[key] = series_id
+        return series_id
+
+    def _new_generation(self, conn: sqlite3.Connection, key: tuple[str, bool, str]) -> int:
+        incarnation_id, is_string, name = key
+        cur = conn.execute(
+            "INSERT INTO series (incarnation_id, name, is_string, generation) VALUES (?,?,?,"
+            " (SELECT COALESCE(MAX(generation) + 1, 1) FROM series WHERE incarnation_id = ?"
+            " AND is_string = ? AND name = ?))",
+            (incarnation_id, name, int(is_string), incarnation_id, int(is_string), name),
+        )
+        series_id = int(cur.lastrowid or 0)
         self._series_ids[key] = series_id
         return series_id
 
@@ -545,39 +573,76 @@ class SqliteStore:
         out.reverse()
         return out
 
+    def _visible(
+        self, segments: Sequence[Segment]
+    ) -> dict[tuple[str, bool], list[tuple[Segment, int, int]]]:
+        """Per series of the view: (segment, series_id, generation), oldest first. Walking from
+        the viewed incarnation up, each hop shows the newest generation its snapshot can see;
+        a generation above 0 was an overwrite and hides everything older."""
+        conn = self._conn()
+        found: dict[tuple[str, bool], list[tuple[Segment, int, int]]] = {}
+        closed: set[tuple[str, bool]] = set()
+        for seg in reversed(segments):
+            rows = conn.execute(
+                "SELECT name, is_string, series_id, generation FROM series s WHERE"
+                " incarnation_id = ? AND created_chunk <= ? AND generation = (SELECT"
+                " MAX(g.generation) FROM series g WHERE g.incarnation_id = s.incarnation_id"
+                " AND g.is_string = s.is_string AND g.name = s.name AND g.created_chunk <= ?)",
+                (seg.incarnation_id, seg.chunk_cap, seg.chunk_cap),
+            )
+            for name, is_string, series_id, generation in rows:
+                key = (name, bool(is_string))
+                if key in closed:
+                    continue
+                found.setdefault(key, []).append((seg, series_id, generation))
+                if generation > 0:
+                    closed.add(key)
+        for parts in found.values():
+            parts.reverse()
+        return found
+
     def floors(self, segments: Sequence[Segment]) -> dict[str, tuple[float, str]]:
         """For every series visible in the view: its largest step and that point's value token.
-        Later segments win: a descendant's own points always lie above what it inherits."""
+        The newest segment with a visible point wins: a descendant's own points always lie
+        above what it inherits."""
         result: dict[str, tuple[float, str]] = {}
         conn = self._conn()
-        for seg in segments:
-            rows = conn.execute(
-                "SELECT s.name, s.is_string, c.n, c.steps, c.vals FROM series s JOIN chunks c"
-                " ON c.chunk_id = (SELECT MAX(c2.chunk_id) FROM chunks c2 WHERE"
-                " c2.series_id = s.series_id AND c2.chunk_id <= ? AND c2.min_step <= ?)"
-                " WHERE s.incarnation_id = ?",
-                (seg.chunk_cap, _sql_real(seg.step_cap), seg.incarnation_id),
-            )
-            for name, is_string, n, steps_blob, vals_blob in rows:
+        for (name, is_string), parts in self._visible(segments).items():
+            for seg, series_id, _ in reversed(parts):
+                row = conn.execute(
+                    "SELECT n, steps, vals FROM chunks WHERE series_id = ? AND chunk_id <= ?"
+                    " AND min_step <= ? ORDER BY chunk_id DESC LIMIT 1",
+                    (series_id, seg.chunk_cap, _sql_real(seg.step_cap)),
+                ).fetchone()
+                if row is None:
+                    continue
+                n, steps_blob, vals_blob = row
                 steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
                 idx = int(np.searchsorted(steps, seg.step_cap, side="right")) - 1
-                values = decode_values(vals_blob, n, bool(is_string))
+                values = decode_values(vals_blob, n, is_string)
                 key = ("s:" if is_string else "f:") + name
                 result[key] = (float(steps[idx]), value_token(values[idx]))
+                break
         return result
 
-    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool]]:
-        keys: set[tuple[str, bool]] = set()
+    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool, int]]:
+        """(name, is_string, generation of the viewed incarnation) of every series with a
+        visible point."""
         conn = self._conn()
-        for seg in segments:
-            rows = conn.execute(
-                "SELECT s.name, s.is_string FROM series s WHERE s.incarnation_id = ? AND EXISTS"
-                " (SELECT 1 FROM chunks c WHERE c.series_id = s.series_id AND c.chunk_id <= ?"
-                " AND c.min_step <= ?)",
-                (seg.incarnation_id, seg.chunk_cap, _sql_real(seg.step_cap)),
+        out = []
+        for (name, is_string), parts in self._visible(segments).items():
+            visible = any(
+                conn.execute(
+                    "SELECT 1 FROM chunks WHERE series_id = ? AND chunk_id <= ? AND min_step <= ?"
+                    " LIMIT 1",
+                    (series_id, seg.chunk_cap, _sql_real(seg.step_cap)),
+                ).fetchone()
+                for seg, series_id, _ in parts
             )
-            keys.update((name, bool(is_string)) for name, is_string in rows)
-        return sorted(keys)
+            if visible:
+                own = parts[-1][2] if parts[-1][0] is segments[-1] else 0
+                out.append((name, is_string, own))
+        return sorted(out)
 
     def read(
         self,
@@ -586,37 +651,60 @@ class SqliteStore:
         is_string: bool,
         step_min: float,
         step_max: float,
+        generation: int | None = None,
     ) -> Iterator[SeriesPoints]:
         conn = self._conn()
-        for seg in segments:
+        if generation is not None:
+            row = conn.execute(
+                "SELECT series_id FROM series WHERE incarnation_id = ? AND is_string = ?"
+                " AND name = ? AND generation = ?",
+                (segments[-1].incarnation_id, int(is_string), name, generation),
+            ).fetchone()
+            parts = [] if row is None else [(segments[-1], int(row[0]), generation)]
+        else:
+            parts = self._visible(segments).get((name, is_string), [])
+        for seg, series_id, _ in parts:
             hi = min(step_max, seg.step_cap)
             rows = conn.execute(
-                "SELECT c.n, c.steps, c.vals, c.ts FROM chunks c JOIN series s"
-                " ON s.series_id = c.series_id WHERE s.incarnation_id = ? AND s.is_string = ?"
-                " AND s.name = ? AND c.chunk_id <= ? AND c.min_step <= ? AND c.max_step >= ?"
-                " ORDER BY c.chunk_id",
-                (
-                    seg.incarnation_id,
-                    int(is_string),
-                    name,
-                    seg.chunk_cap,
-                    _sql_real(hi),
-                    _sql_real(step_min),
-                ),
+                "SELECT n, steps, vals, ts FROM chunks WHERE series_id = ? AND chunk_id <= ?"
+                " AND min_step <= ? AND max_step >= ? ORDER BY chunk_id",
+                (series_id, seg.chunk_cap, _sql_real(hi), _sql_real(step_min)),
             )
             for n, steps_blob, vals_blob, ts_blob in rows:
                 steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
-                values = decode_values(vals_blob, n, is_string)
-                ts = np.frombuffer(ts_blob, dtype=np.float64, count=n)
                 lo_i = int(np.searchsorted(steps, step_min, side="left"))
                 hi_i = int(np.searchsorted(steps, hi, side="right"))
                 if lo_i >= hi_i:
                     continue
+                values = decode_values(vals_blob, n, is_string)
+                ts = np.frombuffer(ts_blob, dtype=np.float64, count=n)
                 yield SeriesPoints(
                     name, is_string, steps[lo_i:hi_i], values[lo_i:hi_i], ts[lo_i:hi_i]
                 )
 
 
+_INSERT_CHUNK = (
+    "INSERT INTO chunks (series_id, min_step, max_step, n, steps, vals, ts) VALUES (?,?,?,?,?,?,?)"
+)
+
+
+def _chunk_row(chunk: ChunkWrite) -> tuple[float, float, int, bytes, bytes, bytes]:
+    return (
+        float(chunk.steps[0]),
+        float(chunk.steps[-1]),
+        len(chunk.steps),
+        chunk.steps.tobytes(),
+        encode_values(chunk.values),
+        chunk.timestamps.tobytes(),
+    )
+
+
+_RUN_COLUMNS = (
+    "project, run_id, experiment, state, tags, description, config, current_incarnation,"
+    " failure_reason, created_at, updated_at, vals, experiment != '' AND run_id = (SELECT"
+    " h.run_id FROM runs h WHERE h.project = runs.project AND h.experiment = runs.experiment"
+    " ORDER BY h.rowid DESC LIMIT 1)"
+)
 _INCARNATION_COLUMNS = (
     "i.incarnation_id, i.project, i.run_id, i.parent_incarnation,"
     " (SELECT p.run_id FROM incarnations p WHERE p.incarnation_id = i.parent_incarnation),"

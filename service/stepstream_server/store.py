@@ -38,6 +38,7 @@ class Store(Protocol):
         tags: Sequence[str],
         description: str,
         config: dict[str, Any],
+        values: dict[str, Any],
         incarnation_id: str,
         parent: Incarnation | None,
         fork_step: float | None,
@@ -59,6 +60,7 @@ class Store(Protocol):
         config: dict[str, Any] | None = None,
         description: str | None = None,
         failure_reason: str | None = None,
+        values: dict[str, Any] | None = None,
     ) -> RunRecord: ...
 
     def add_incarnation(
@@ -70,6 +72,7 @@ class Store(Protocol):
         parent: Incarnation,
         fork_step: float,
         origin: Origin,
+        config: dict[str, Any],
         now: float,
     ) -> RunRecord: ...
 
@@ -91,7 +94,7 @@ class Store(Protocol):
 
     def floors(self, segments: Sequence[Segment]) -> dict[str, tuple[float, str]]: ...
 
-    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool]]: ...
+    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool, int]]: ...
 
     def read(
         self,
@@ -100,4 +103,5 @@ class Store(Protocol):
         is_string: bool,
         step_min: float,
         step_max: float,
+        generation: int | None = None,
     ) -> Iterator[SeriesPoints]: ...

@@ -136,6 +136,7 @@ class FloatSeries(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     TIMESTAMPS_FIELD_NUMBER: _builtins.int
     ASSIGN_STEPS_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Series name: UTF-8, 1-1024 bytes, no NUL; "/" separates namespaces."""
     assign_steps: _builtins.bool
@@ -143,6 +144,11 @@ class FloatSeries(_message.Message):
     floor + 1 for an integral floor (the next integer above a fractional
     one), 0 for a new series. The assigned first step is returned in the
     acknowledgement.
+    """
+    overwrite: _builtins.bool
+    """When true, this entry replaces the series: its visible history restarts
+    empty (floor -Inf) before the entry's points are applied. The replaced
+    points stay readable as an older generation of the series.
     """
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -168,10 +174,11 @@ class FloatSeries(_message.Message):
         values: _abc.Iterable[_builtins.float] | None = ...,
         timestamps: _abc.Iterable[_builtins.float] | None = ...,
         assign_steps: _builtins.bool = ...,
+        overwrite: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign_steps", b"assign_steps", "name", b"name", "steps", b"steps", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign_steps", b"assign_steps", "name", b"name", "overwrite", b"overwrite", "steps", b"steps", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,10 +195,13 @@ class StringSeries(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     TIMESTAMPS_FIELD_NUMBER: _builtins.int
     ASSIGN_STEPS_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Series name, with the same rules as FloatSeries.name."""
     assign_steps: _builtins.bool
     """Server-assigned steps, with the same rules as FloatSeries.assign_steps."""
+    overwrite: _builtins.bool
+    """Replace the series, with the same rules as FloatSeries.overwrite."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Steps, with the same rules as FloatSeries.steps."""
@@ -212,10 +222,11 @@ class StringSeries(_message.Message):
         values: _abc.Iterable[_builtins.str] | None = ...,
         timestamps: _abc.Iterable[_builtins.float] | None = ...,
         assign_steps: _builtins.bool = ...,
+        overwrite: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign_steps", b"assign_steps", "name", b"name", "steps", b"steps", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign_steps", b"assign_steps", "name", b"name", "overwrite", b"overwrite", "steps", b"steps", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,6 +99,8 @@ class Run(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_HEAD_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Project of the run."""
     run_id: _builtins.str
@@ -113,6 +115,8 @@ class Run(_message.Message):
     """The immutable ID of the incarnation that receives writes."""
     failure_reason: _builtins.str
     """Why the run failed, for FAILED runs."""
+    experiment_head: _builtins.bool
+    """True when the run was the most recently created run of its experiment."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags, sorted."""
@@ -133,6 +137,10 @@ class Run(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the run last changed (state, config, tags, lineage)."""
 
+    @_builtins.property
+    def values(self) -> _struct_pb2.Struct:
+        """Single-value metrics (log_metric(..., single_value=True))."""
+
     def __init__(
         self,
         *,
@@ -148,10 +156,12 @@ class Run(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         failure_reason: _builtins.str = ...,
+        values: _struct_pb2.Struct | None = ...,
+        experiment_head: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "update_time", b"update_time", "values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "current_incarnation_id", b"current_incarnation_id", "description", b"description", "experiment", b"experiment", "failure_reason", b"failure_reason", "incarnations", b"incarnations", "project", b"project", "run_id", b"run_id", "state", b"state", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "current_incarnation_id", b"current_incarnation_id", "description", b"description", "experiment", b"experiment", "experiment_head", b"experiment_head", "failure_reason", b"failure_reason", "incarnations", b"incarnations", "project", b"project", "run_id", b"run_id", "state", b"state", "tags", b"tags", "update_time", b"update_time", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,6 +644,7 @@ class UpdateRunConfigRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Project; empty means "default"."""
     run_id: _builtins.str
@@ -644,20 +655,87 @@ class UpdateRunConfigRequest(_message.Message):
         description instead.
         """
 
+    @_builtins.property
+    def values(self) -> _struct_pb2.Struct:
+        """Single-value metrics to set (replacing earlier values of the same name)."""
+
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
         run_id: _builtins.str = ...,
         config: _struct_pb2.Struct | None = ...,
+        values: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "project", b"project", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "project", b"project", "run_id", b"run_id", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateRunConfigRequest: _TypeAlias = UpdateRunConfigRequest  # noqa: Y015
+
+@_typing.final
+class RewindRunRequest(_message.Message):
+    """RewindRunRequest names a run and the step to cut its history back to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """Project; empty means "default"."""
+    run_id: _builtins.str
+    """The run ID."""
+    step: _builtins.float
+    """Points with step <= this stay visible; later ones are archived."""
+    @_builtins.property
+    def config(self) -> _struct_pb2.Struct:
+        """Config entries merged into the preserved config."""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        step: _builtins.float = ...,
+        config: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "project", b"project", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewindRunRequest: _TypeAlias = RewindRunRequest  # noqa: Y015
+
+@_typing.final
+class RewindRunResponse(_message.Message):
+    """RewindRunResponse returns the rewound run (RUNNING, with a new current
+    incarnation).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewindRunResponse: _TypeAlias = RewindRunResponse  # noqa: Y015
 
 @_typing.final
 class UpdateRunConfigResponse(_message.Message):
@@ -747,8 +825,9 @@ Global___UpdateRunTagsResponse: _TypeAlias = UpdateRunTagsResponse  # noqa: Y015
 
 @_typing.final
 class SeriesSelector(_message.Message):
-    """SeriesSelector names what to read: a run (its current view) or an exact
-    incarnation.
+    """SeriesSelector names what to read: a run (its current view), an exact
+    incarnation, or an experiment (its head run's view along its lineage).
+    Exactly one of run_id, incarnation_id and experiment is set.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -756,13 +835,16 @@ class SeriesSelector(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     INCARNATION_ID_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_FIELD_NUMBER: _builtins.int
     OWN_POINTS_ONLY_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Project; empty means "default"."""
     run_id: _builtins.str
     """The run whose current incarnation is read."""
     incarnation_id: _builtins.str
-    """An exact incarnation (archived ones included); excludes run_id."""
+    """An exact incarnation (archived ones included)."""
+    experiment: _builtins.str
+    """An experiment: reads its head run's view, inherited points included."""
     own_points_only: _builtins.bool
     """Include points inherited from parents (the default view). When false,
     only points the incarnation stored itself are returned.
@@ -773,11 +855,12 @@ class SeriesSelector(_message.Message):
         project: _builtins.str = ...,
         run_id: _builtins.str = ...,
         incarnation_id: _builtins.str = ...,
+        experiment: _builtins.str = ...,
         own_points_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation_id", b"incarnation_id", "own_points_only", b"own_points_only", "project", b"project", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "incarnation_id", b"incarnation_id", "own_points_only", b"own_points_only", "project", b"project", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -821,6 +904,7 @@ class SeriesSummary(_message.Message):
     MIN_FIELD_NUMBER: _builtins.int
     MAX_FIELD_NUMBER: _builtins.int
     LAST_STRING_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The series name."""
     string_series: _builtins.bool
@@ -837,6 +921,10 @@ class SeriesSummary(_message.Message):
     """Largest value, ignoring NaN (NaN when there is none)."""
     last_string: _builtins.str
     """The string value at the largest step, for string series."""
+    generation: _builtins.int
+    """How often the series was overwritten in the viewed incarnation; older
+    generations stay readable with ReadSeriesRequest.generation.
+    """
     def __init__(
         self,
         *,
@@ -848,10 +936,11 @@ class SeriesSummary(_message.Message):
         min: _builtins.float = ...,
         max: _builtins.float = ...,
         last_string: _builtins.str = ...,
+        generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "last", b"last", "last_step", b"last_step", "last_string", b"last_string", "max", b"max", "min", b"min", "name", b"name", "string_series", b"string_series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "generation", b"generation", "last", b"last", "last_step", b"last_step", "last_string", b"last_string", "max", b"max", "min", b"min", "name", b"name", "string_series", b"string_series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -895,10 +984,21 @@ class ReadSeriesRequest(_message.Message):
     NAMES_FIELD_NUMBER: _builtins.int
     STEP_MIN_FIELD_NUMBER: _builtins.int
     STEP_MAX_FIELD_NUMBER: _builtins.int
+    MAX_POINTS_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     step_min: _builtins.float
     """Lowest step to return (inclusive), when set."""
     step_max: _builtins.float
     """Highest step to return (inclusive), when set."""
+    max_points: _builtins.int
+    """When set, at most this many points per series: the range is cut into
+    buckets and each bucket keeps its first, last, minimum and maximum point
+    and its first NaN, so extremes, NaN and infinities stay visible.
+    """
+    generation: _builtins.int
+    """When set, reads this generation of the series' own points in the viewed
+    incarnation (0 is the history before the first overwrite).
+    """
     @_builtins.property
     def selector(self) -> Global___SeriesSelector:
         """What to read."""
@@ -916,15 +1016,25 @@ class ReadSeriesRequest(_message.Message):
         names: _abc.Iterable[_builtins.str] | None = ...,
         step_min: _builtins.float | None = ...,
         step_max: _builtins.float | None = ...,
+        max_points: _builtins.int | None = ...,
+        generation: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_step_max", b"_step_max", "_step_min", b"_step_min", "selector", b"selector", "step_max", b"step_max", "step_min", b"step_min"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_generation", b"_generation", "_max_points", b"_max_points", "_step_max", b"_step_max", "_step_min", b"_step_min", "generation", b"generation", "max_points", b"max_points", "selector", b"selector", "step_max", b"step_max", "step_min", b"step_min"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_step_max", b"_step_max", "_step_min", b"_step_min", "names", b"names", "selector", b"selector", "step_max", b"step_max", "step_min", b"step_min"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_generation", b"_generation", "_max_points", b"_max_points", "_step_max", b"_step_max", "_step_min", b"_step_min", "generation", b"generation", "max_points", b"max_points", "names", b"names", "selector", b"selector", "step_max", b"step_max", "step_min", b"step_min"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__generation: _TypeAlias = _typing.Literal["generation"]  # noqa: Y015
+    _WhichOneofArgType__generation: _TypeAlias = _typing.Literal["_generation", b"_generation"]  # noqa: Y015
+    _WhichOneofReturnType__max_points: _TypeAlias = _typing.Literal["max_points"]  # noqa: Y015
+    _WhichOneofArgType__max_points: _TypeAlias = _typing.Literal["_max_points", b"_max_points"]  # noqa: Y015
     _WhichOneofReturnType__step_max: _TypeAlias = _typing.Literal["step_max"]  # noqa: Y015
     _WhichOneofArgType__step_max: _TypeAlias = _typing.Literal["_step_max", b"_step_max"]  # noqa: Y015
     _WhichOneofReturnType__step_min: _TypeAlias = _typing.Literal["step_min"]  # noqa: Y015
     _WhichOneofArgType__step_min: _TypeAlias = _typing.Literal["_step_min", b"_step_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__generation) -> _WhichOneofReturnType__generation | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_points) -> _WhichOneofReturnType__max_points | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__step_max) -> _WhichOneofReturnType__step_max | None: ...
     @_typing.overload

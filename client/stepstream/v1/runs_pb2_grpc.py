@@ -70,6 +70,11 @@ class RunServiceStub:
                 request_serializer=stepstream_dot_v1_dot_runs__pb2.ResumeRunRequest.SerializeToString,
                 response_deserializer=stepstream_dot_v1_dot_runs__pb2.ResumeRunResponse.FromString,
                 _registered_method=True)
+        self.RewindRun = channel.unary_unary(
+                '/stepstream.v1.RunService/RewindRun',
+                request_serializer=stepstream_dot_v1_dot_runs__pb2.RewindRunRequest.SerializeToString,
+                response_deserializer=stepstream_dot_v1_dot_runs__pb2.RewindRunResponse.FromString,
+                _registered_method=True)
         self.UpdateRunConfig = channel.unary_unary(
                 '/stepstream.v1.RunService/UpdateRunConfig',
                 request_serializer=stepstream_dot_v1_dot_runs__pb2.UpdateRunConfigRequest.SerializeToString,
@@ -145,6 +150,15 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RewindRun(self, request, context):
+        """RewindRun cuts a run's history back to a step: the run keeps its ID and
+        gets a new current incarnation whose parent is the old one cut at the
+        step. The old incarnation is archived, never deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateRunConfig(self, request, context):
         """UpdateRunConfig merges entries into a run's config.
         """
@@ -212,6 +226,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ResumeRun,
                     request_deserializer=stepstream_dot_v1_dot_runs__pb2.ResumeRunRequest.FromString,
                     response_serializer=stepstream_dot_v1_dot_runs__pb2.ResumeRunResponse.SerializeToString,
+            ),
+            'RewindRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RewindRun,
+                    request_deserializer=stepstream_dot_v1_dot_runs__pb2.RewindRunRequest.FromString,
+                    response_serializer=stepstream_dot_v1_dot_runs__pb2.RewindRunResponse.SerializeToString,
             ),
             'UpdateRunConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateRunConfig,
@@ -424,6 +443,33 @@ class RunService:
             '/stepstream.v1.RunService/ResumeRun',
             stepstream_dot_v1_dot_runs__pb2.ResumeRunRequest.SerializeToString,
             stepstream_dot_v1_dot_runs__pb2.ResumeRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RewindRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepstream.v1.RunService/RewindRun',
+            stepstream_dot_v1_dot_runs__pb2.RewindRunRequest.SerializeToString,
+            stepstream_dot_v1_dot_runs__pb2.RewindRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class RunServiceStub:
     """FailRun moves a run to FAILED, recording why."""
     ResumeRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ResumeRunRequest, _runs_pb2.ResumeRunResponse]
     """ResumeRun moves a run back to RUNNING."""
+    RewindRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.RewindRunRequest, _runs_pb2.RewindRunResponse]
+    """RewindRun cuts a run's history back to a step: the run keeps its ID and
+    gets a new current incarnation whose parent is the old one cut at the
+    step. The old incarnation is archived, never deleted.
+    """
     UpdateRunConfig: _grpc.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunConfigRequest, _runs_pb2.UpdateRunConfigResponse]
     """UpdateRunConfig merges entries into a run's config."""
     UpdateRunTags: _grpc.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunTagsRequest, _runs_pb2.UpdateRunTagsResponse]
@@ -79,6 +84,11 @@ class RunServiceAsyncStub(RunServiceStub):
     """FailRun moves a run to FAILED, recording why."""
     ResumeRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.ResumeRunRequest, _runs_pb2.ResumeRunResponse]  # type: ignore[assignment]
     """ResumeRun moves a run back to RUNNING."""
+    RewindRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.RewindRunRequest, _runs_pb2.RewindRunResponse]  # type: ignore[assignment]
+    """RewindRun cuts a run's history back to a step: the run keeps its ID and
+    gets a new current incarnation whose parent is the old one cut at the
+    step. The old incarnation is archived, never deleted.
+    """
     UpdateRunConfig: _aio.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunConfigRequest, _runs_pb2.UpdateRunConfigResponse]  # type: ignore[assignment]
     """UpdateRunConfig merges entries into a run's config."""
     UpdateRunTags: _aio.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunTagsRequest, _runs_pb2.UpdateRunTagsResponse]  # type: ignore[assignment]
@@ -150,6 +160,17 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.ResumeRunResponse, _abc.Awaitable[_runs_pb2.ResumeRunResponse]]:
         """ResumeRun moves a run back to RUNNING."""
+
+    @_abc_1.abstractmethod
+    def RewindRun(
+        self,
+        request: _runs_pb2.RewindRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.RewindRunResponse, _abc.Awaitable[_runs_pb2.RewindRunResponse]]:
+        """RewindRun cuts a run's history back to a step: the run keeps its ID and
+        gets a new current incarnation whose parent is the old one cut at the
+        step. The old incarnation is archived, never deleted.
+        """
 
     @_abc_1.abstractmethod
     def UpdateRunConfig(
