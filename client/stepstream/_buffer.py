@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ._columnar import Column, Record, Rows
+from ._records import Column, Record, Rows
 
 Marker = TypeVar("Marker")
 

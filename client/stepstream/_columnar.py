@@ -1,8 +1,7 @@
-"""Log records and their columnar encoding into `PointBatch` messages.
+"""The columnar encoding of log records into `PointBatch` messages.
 
-The trainer thread turns each log call into one cheap record (`Rows` or `Column`); the sender
-thread turns runs of records into one `AppendPointsRequest` whose `PointBatch` carries, per
-series, packed columns of steps, values and timestamps.
+The sender thread turns runs of records (see `_records`) into one `AppendPointsRequest` whose
+`PointBatch` carries, per series, packed columns of steps, values and timestamps.
 
 Float columns are encoded by hand: a packed `repeated double` on the wire is the values as
 little-endian 8-byte floats, which is exactly what `struct.pack("<Nd", ...)` produces in the
@@ -20,10 +19,11 @@ exactly as if it had been sent alone.
 from __future__ import annotations
 
 import functools
-import struct
 from dataclasses import dataclass
 
 from stepstream.v1 import ingest_pb2
+
+from ._records import Column, Record, Rows, double_packer, pack_doubles
 
 # Wire tags (field number << 3 | wire type): varint = 0, length-delimited = 2.
 _BATCH_SEQUENCE = b"\x08"  # PointBatch.sequence = 1
@@ -35,68 +35,6 @@ _SERIES_VALUES = 0x1A  # FloatSeries.values = 3
 _SERIES_TIMESTAMPS = 0x22  # FloatSeries.timestamps = 4
 _SERIES_ASSIGN_STEPS = b"\x28\x01"  # FloatSeries.assign_steps = 5, true
 _REQUEST_BATCH = 0x12  # AppendPointsRequest.batch = 2
-
-
-@functools.lru_cache(maxsize=4096)
-def double_packer(count: int) -> struct.Struct:
-    """A cached `struct.Struct` packing `count` doubles little-endian (the wire format)."""
-    return struct.Struct(f"<{count}d")
-
-
-def pack_doubles(values: list[float]) -> bytes:
-    return double_packer(len(values)).pack(*values)
-
-
-@dataclass(slots=True)
-class Rows:
-    """One `log_metrics`/`log_strings` call: one point per key, all at `step`.
-
-    `values` holds the float values packed little-endian (`pack_doubles`), or the strs of a
-    string call. `step` None asks the service to assign each series' next step.
-    """
-
-    step: float | None
-    time: float
-    keys: tuple[str, ...]
-    values: bytes | tuple[str, ...]
-
-    @property
-    def points(self) -> int:
-        return len(self.keys)
-
-    def split(self, count: int) -> tuple[Rows, Rows]:
-        """Split after the first `count` points (to respect the batch size limit)."""
-        width = 8 if isinstance(self.values, bytes) else 1
-        head = Rows(self.step, self.time, self.keys[:count], self.values[: count * width])
-        tail = Rows(self.step, self.time, self.keys[count:], self.values[count * width :])
-        return head, tail
-
-
-@dataclass(slots=True)
-class Column:
-    """One `log_metric(name, [v0, v1, ...])` call: one float series at consecutive steps.
-
-    Steps are `first_step`, `first_step + 1`, ...; `first_step` None asks the service to
-    assign them. `values` is packed like `Rows.values`.
-    """
-
-    name: str
-    first_step: float | None
-    time: float
-    values: bytes
-
-    @property
-    def points(self) -> int:
-        return len(self.values) // 8
-
-    def split(self, count: int) -> tuple[Column, Column]:
-        rest = None if self.first_step is None else self.first_step + count
-        head = Column(self.name, self.first_step, self.time, self.values[: count * 8])
-        tail = Column(self.name, rest, self.time, self.values[count * 8 :])
-        return head, tail
-
-
-Record = Rows | Column
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ import atexit
 import collections
 import concurrent.futures
 import logging
-import struct
 import sys
 import threading
 import time
@@ -16,10 +15,11 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
+import grpc
+
 from stepstream.v1 import runs_pb2
 
 from ._client import RunClient, resolve_address
-from ._columnar import Column, Record, Rows, double_packer, pack_doubles
 from ._convert import struct_from_dict
 from ._exceptions import (
     InvalidArgumentError,
@@ -28,6 +28,7 @@ from ._exceptions import (
     StepstreamError,
     WaitTimeoutError,
 )
+from ._records import Record, RecordMaker
 from ._sender import UNARY_TIMEOUT, Operation, Sender, UnaryCall
 from ._types import IngestError, RunInfo, SenderStats, Series, SeriesSummary
 from ._validate import (
@@ -47,8 +48,6 @@ MAX_KEPT_ERRORS = 1000
 LOGGED_ERRORS_PER_KIND = 10
 
 _T = TypeVar("_T")
-_PACK_ONE = double_packer(1).pack
-_BAD_VALUE = (struct.error, TypeError, ValueError, OverflowError)
 
 # Runs not closed yet, closed at interpreter exit (bounded by each run's timeouts).
 _open_runs: weakref.WeakSet[Run] = weakref.WeakSet()
@@ -165,9 +164,7 @@ class Run:
         self._error_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._error_points: collections.Counter[tuple[str, str]] = collections.Counter()
         self._errors_lock = threading.Lock()
-        self._float_names: set[str] = set()
-        self._string_names: set[str] = set()
-        self._float_keys: tuple[str, ...] = ()
+        self._records = RecordMaker()
         self._closed = False
 
         self._address = resolve_address(address)
@@ -177,6 +174,18 @@ class Run:
             created = response.run
             if resume and created.state != runs_pb2.RUN_STATE_RUNNING:
                 self._client.resume_run(created.project, created.run_id)
+        except RPCError as exc:
+            self._client.close()
+            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise RPCError(
+                    exc.code,
+                    f"could not create the run: no answer from the stepstream service at "
+                    f"{self._address} within {self._connect_timeout:g} s ({exc.message})",
+                    reason=exc.reason,
+                    domain=exc.domain,
+                    metadata=exc.metadata,
+                ) from None
+            raise
         except BaseException:
             self._client.close()
             raise
@@ -268,25 +277,12 @@ class Run:
 
         With `step` None the service gives each series its next step (floor + 1, or 0 for a
         new series). `timestamp` (seconds since the epoch) defaults to now. Values may be any
-        real numbers, NaN and infinities included.
+        real numbers, NaN and infinities included. Raises InvalidArgumentError (a ValueError)
+        for a bad name, step or value; blocks only while the queue is full.
         """
-        if step is not None:
-            step = check_real(step, "step")
-        when = time.time() if timestamp is None else check_real(timestamp, "timestamp")
-        keys = tuple(data)
-        if not keys:
-            return
-        if keys == self._float_keys:
-            keys = self._float_keys  # one shared tuple: less memory, and the sender groups by it
-        else:
-            if not self._float_names.issuperset(keys):
-                self._learn_names(keys, self._float_names)
-            self._float_keys = keys
-        try:
-            values = double_packer(len(keys)).pack(*data.values())
-        except _BAD_VALUE:
-            raise _bad_value(data) from None
-        self._put(Rows(step, when, keys, values))
+        record = self._records.float_rows(data, step, timestamp)
+        if record is not None:
+            self._put(record)
 
     def log_metric(
         self,
@@ -301,26 +297,9 @@ class Run:
         A list (or other iterable) of values appends each at consecutive steps: `step`,
         `step + 1`, ... when `step` is given, else the service's next steps.
         """
-        if name not in self._float_names:
-            self._learn_names((name,), self._float_names)
-        if step is not None:
-            step = check_real(step, "step")
-        when = time.time() if timestamp is None else check_real(timestamp, "timestamp")
-        record: Record
-        try:
-            record = Rows(step, when, (name,), _PACK_ONE(value))
-        except _BAD_VALUE:
-            if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Iterable):
-                raise _bad_value({name: value}) from None
-            items = list(value)
-            if not items:
-                return
-            try:
-                packed = pack_doubles(items)
-            except _BAD_VALUE:
-                raise _bad_value({f"{name}[{i}]": v for i, v in enumerate(items)}) from None
-            record = Column(name, step, when, packed)
-        self._put(record)
+        record = self._records.float_values(name, value, step, timestamp)
+        if record is not None:
+            self._put(record)
 
     def log_strings(
         self,
@@ -330,33 +309,9 @@ class Run:
         timestamp: float | None = None,
     ) -> None:
         """Append one str to each string series in `data` (e.g. console lines), at `step`."""
-        if step is not None:
-            step = check_real(step, "step")
-        when = time.time() if timestamp is None else check_real(timestamp, "timestamp")
-        keys = tuple(data)
-        if not keys:
-            return
-        if not self._string_names.issuperset(keys):
-            self._learn_names(keys, self._string_names)
-        values = tuple(data.values())
-        for key, value in zip(keys, values, strict=True):
-            if type(value) is not str:
-                raise InvalidArgumentError(
-                    f"value of string series {key!r} must be a str, got {type(value).__name__}"
-                )
-            if not value.isascii():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    raise InvalidArgumentError(
-                        f"value of string series {key!r} is not valid UTF-8 ({exc.reason})"
-                    ) from None
-        self._put(Rows(step, when, keys, values))
-
-    def _learn_names(self, keys: Iterable[object], known: set[str]) -> None:
-        for key in keys:
-            if key not in known:
-                known.add(check_name(key, "series name"))
+        record = self._records.string_rows(data, step, timestamp)
+        if record is not None:
+            self._put(record)
 
     def _put(self, record: Record) -> None:
         if self._closed:
@@ -632,17 +587,6 @@ class Run:
         finally:
             if client is not self._client:
                 client.close()
-
-
-def _bad_value(data: Mapping[Any, Any]) -> InvalidArgumentError:
-    for key, value in data.items():
-        try:
-            _PACK_ONE(value)
-        except _BAD_VALUE:
-            return InvalidArgumentError(
-                f"value of {key!r} must be a real number, got {type(value).__name__}: {value!r:.60}"
-            )
-    return InvalidArgumentError("values must be real numbers")
 
 
 def _copy_error(error: StepstreamError) -> StepstreamError:

@@ -36,13 +36,14 @@ from stepstream.v1 import ingest_pb2, runs_pb2_grpc
 
 from ._buffer import Buffer
 from ._client import CHANNEL_OPTIONS
-from ._columnar import EncodedBatch, Record, encode_batch
+from ._columnar import EncodedBatch, encode_batch
 from ._convert import (
     ingest_error_from_rejection,
     ingest_error_from_rpc_error,
     ingest_error_from_status,
 )
 from ._exceptions import RPCError, RunClosedError, StepstreamError
+from ._records import Record
 from ._types import IngestError, SenderStats
 
 if TYPE_CHECKING:  # the generated stubs declare the asyncio stub type for checkers only

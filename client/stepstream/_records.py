@@ -1,0 +1,200 @@
+"""Log records: what a log call turns into on the trainer's thread.
+
+`RecordMaker` validates a log call's arguments and packs its values into one cheap record
+(`Rows` or `Column`); the sender thread later encodes runs of records into batches
+(`_columnar`). This is the only per-point work a trainer's thread does, so it stays at C speed:
+`tuple(data)` for the keys, one `struct.pack` for all values (which also rejects non-numbers),
+and name checks only for names not seen before (`set.issuperset`).
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._exceptions import InvalidArgumentError
+from ._validate import check_name, check_real
+
+_BAD_VALUE = (struct.error, TypeError, ValueError, OverflowError)
+
+
+@functools.lru_cache(maxsize=4096)
+def double_packer(count: int) -> struct.Struct:
+    """A cached `struct.Struct` packing `count` doubles little-endian (the wire format)."""
+    return struct.Struct(f"<{count}d")
+
+
+def pack_doubles(values: list[float]) -> bytes:
+    return double_packer(len(values)).pack(*values)
+
+
+@dataclass(slots=True)
+class Rows:
+    """One `log_metrics`/`log_strings` call: one point per key, all at `step`.
+
+    `values` holds the float values packed little-endian (`pack_doubles`), or the strs of a
+    string call. `step` None asks the service to assign each series' next step.
+    """
+
+    step: float | None
+    time: float
+    keys: tuple[str, ...]
+    values: bytes | tuple[str, ...]
+
+    @property
+    def points(self) -> int:
+        return len(self.keys)
+
+    def split(self, count: int) -> tuple[Rows, Rows]:
+        """Split after the first `count` points (to respect the batch size limit)."""
+        width = 8 if isinstance(self.values, bytes) else 1
+        head = Rows(self.step, self.time, self.keys[:count], self.values[: count * width])
+        tail = Rows(self.step, self.time, self.keys[count:], self.values[count * width :])
+        return head, tail
+
+
+@dataclass(slots=True)
+class Column:
+    """One `log_metric(name, [v0, v1, ...])` call: one float series at consecutive steps.
+
+    Steps are `first_step`, `first_step + 1`, ...; `first_step` None asks the service to
+    assign them. `values` is packed like `Rows.values`.
+    """
+
+    name: str
+    first_step: float | None
+    time: float
+    values: bytes
+
+    @property
+    def points(self) -> int:
+        return len(self.values) // 8
+
+    def split(self, count: int) -> tuple[Column, Column]:
+        rest = None if self.first_step is None else self.first_step + count
+        head = Column(self.name, self.first_step, self.time, self.values[: count * 8])
+        tail = Column(self.name, rest, self.time, self.values[count * 8 :])
+        return head, tail
+
+
+Record = Rows | Column
+
+
+class RecordMaker:
+    """Turns log calls into records, remembering the series names already checked.
+
+    One per Run. Safe to share between threads: the caches only ever grow, and a race at
+    worst checks a name twice.
+    """
+
+    def __init__(self) -> None:
+        self._float_names: set[str] = set()
+        self._string_names: set[str] = set()
+        self._last_keys: tuple[str, ...] = ()
+
+    def float_rows(
+        self, data: Mapping[str, float], step: float | None, timestamp: float | None
+    ) -> Rows | None:
+        """The record of `log_metrics(data, step, timestamp=...)`; None for an empty dict."""
+        if step is not None:
+            step = check_real(step, "step")
+        when = time.time() if timestamp is None else check_real(timestamp, "timestamp")
+        keys = tuple(data)
+        if not keys:
+            return None
+        if keys == self._last_keys:
+            # One shared tuple for a repeated key set: less memory, and the encoder groups
+            # records with identical keys cheaply.
+            keys = self._last_keys
+        else:
+            if not self._float_names.issuperset(keys):
+                _learn(keys, self._float_names)
+            self._last_keys = keys
+        try:
+            values = double_packer(len(keys)).pack(*data.values())
+        except _BAD_VALUE:
+            raise _bad_value(data) from None
+        return Rows(step, when, keys, values)
+
+    def float_values(
+        self,
+        name: str,
+        value: float | Iterable[float],
+        step: float | None,
+        timestamp: float | None,
+    ) -> Record | None:
+        """The record of `log_metric(name, value, step, timestamp=...)`.
+
+        A list (or other iterable) of values becomes one Column at consecutive steps; None for
+        an empty list.
+        """
+        if name not in self._float_names:
+            _learn((name,), self._float_names)
+        if step is not None:
+            step = check_real(step, "step")
+        when = time.time() if timestamp is None else check_real(timestamp, "timestamp")
+        try:
+            return Rows(step, when, (name,), _PACK_ONE(value))
+        except _BAD_VALUE:
+            pass
+        if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Iterable):
+            raise _bad_value({name: value}) from None
+        items = list(value)
+        if not items:
+            return None
+        try:
+            packed = pack_doubles(items)
+        except _BAD_VALUE:
+            raise _bad_value({f"{name}[{i}]": v for i, v in enumerate(items)}) from None
+        return Column(name, step, when, packed)
+
+    def string_rows(
+        self, data: Mapping[str, str], step: float | None, timestamp: float | None
+    ) -> Rows | None:
+        """The record of `log_strings(data, step, timestamp=...)`; None for an empty dict."""
+        if step is not None:
+            step = check_real(step, "step")
+        when = time.time() if timestamp is None else check_real(timestamp, "timestamp")
+        keys = tuple(data)
+        if not keys:
+            return None
+        if not self._string_names.issuperset(keys):
+            _learn(keys, self._string_names)
+        values = tuple(data.values())
+        for key, value in zip(keys, values, strict=True):
+            if type(value) is not str:
+                raise InvalidArgumentError(
+                    f"value of string series {key!r} must be a str, got {type(value).__name__}"
+                )
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise InvalidArgumentError(
+                        f"value of string series {key!r} is not valid UTF-8 ({exc.reason})"
+                    ) from None
+        return Rows(step, when, keys, values)
+
+
+_PACK_ONE = double_packer(1).pack
+
+
+def _learn(keys: Iterable[object], known: set[str]) -> None:
+    for key in keys:
+        if key not in known:
+            known.add(check_name(key, "series name"))
+
+
+def _bad_value(data: Mapping[Any, Any]) -> InvalidArgumentError:
+    for key, value in data.items():
+        try:
+            _PACK_ONE(value)
+        except _BAD_VALUE:
+            return InvalidArgumentError(
+                f"value of {key!r} must be a real number, got {type(value).__name__}: {value!r:.60}"
+            )
+    return InvalidArgumentError("values must be real numbers")
