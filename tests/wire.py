@@ -106,11 +106,17 @@ async def read_points(
     values: list[Any] = []
     sel = runs_pb2.SeriesSelector(
         run_id=run_id,
-        **{k: v for k, v in kw.items() if k in ("incarnation_id", "own_points_only", "project")},
+        **{
+            k: v
+            for k, v in kw.items()
+            if k in ("incarnation_id", "own_points_only", "project", "experiment")
+        },
     )
-    if "incarnation_id" in kw:
+    if "incarnation_id" in kw or "experiment" in kw:
         sel.run_id = ""
-    extra = {k: v for k, v in kw.items() if k in ("step_min", "step_max")}
+    extra = {
+        k: v for k, v in kw.items() if k in ("step_min", "step_max", "max_points", "generation")
+    }
     async for msg in runs.ReadSeries(
         runs_pb2.ReadSeriesRequest(selector=sel, names=[name], **extra)
     ):
