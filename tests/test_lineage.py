@@ -10,7 +10,6 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from stepstream.v1 import runs_pb2
-
 from wire import Stream, create_run, fseries, read_points, rpc_reason, sseries
 
 
@@ -90,7 +89,7 @@ async def test_wandb_rewind_example_and_fork_from_rewound(runs, ingest):
     assert run.run_id == "run1" and run.state == runs_pb2.RUN_STATE_RUNNING
     assert dict(run.config) == {"lr": 0.1, "batch": 64}
     assert list(run.tags) == ["base"] and run.description == "d"
-    assert [i.incarnation_id for i in run.incarnations][0] == old_incarnation
+    assert run.incarnations[0].incarnation_id == old_incarnation
     archived, current = run.incarnations
     assert archived.archived and not current.archived
     assert (current.parent_incarnation_id, current.fork_step, current.origin) == (
