@@ -13,6 +13,7 @@ from stepstream.v1 import runs_pb2, runs_pb2_grpc
 from ._convert import run_info_from_proto, summary_from_proto
 from ._exceptions import RPCError
 from ._types import RunInfo, Series, SeriesSummary
+from ._validate import check_id, check_name, check_real
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "STEPSTREAM_ADDRESS"
@@ -133,3 +134,47 @@ class RunClient:
             raise RPCError.from_grpc(exc) from None
         values: list[float] | list[str] = strings if is_string else floats
         return Series(name=name, steps=steps, values=values, timestamps=timestamps)
+
+
+# ---- module-level reads (stepstream.get_run, ...) ----------------------------------------
+
+
+def get_run(run_id: str, *, project: str | None = None, address: str | None = None) -> RunInfo:
+    """Fetch a run's state, tags, config and lineage without opening it for writing."""
+    check_id(run_id, "run_id")
+    with RunClient(resolve_address(address)) as client:
+        return client.get_run(project or "", run_id)
+
+
+def list_series(
+    run_id: str,
+    *,
+    project: str | None = None,
+    address: str | None = None,
+    own_points_only: bool = False,
+) -> list[SeriesSummary]:
+    """Summaries of every series visible in a run, sorted by name."""
+    check_id(run_id, "run_id")
+    with RunClient(resolve_address(address)) as client:
+        return client.list_series(project or "", run_id, own_points_only=own_points_only)
+
+
+def read_series(
+    run_id: str,
+    name: str,
+    *,
+    project: str | None = None,
+    address: str | None = None,
+    step_min: float | None = None,
+    step_max: float | None = None,
+    own_points_only: bool = False,
+) -> Series:
+    """Read one series of a run, in step order (inherited points included by default)."""
+    check_id(run_id, "run_id")
+    check_name(name, "series name")
+    lo = None if step_min is None else check_real(step_min, "step_min")
+    hi = None if step_max is None else check_real(step_max, "step_max")
+    with RunClient(resolve_address(address)) as client:
+        return client.read_series(
+            project or "", run_id, name, step_min=lo, step_max=hi, own_points_only=own_points_only
+        )

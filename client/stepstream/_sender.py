@@ -253,7 +253,8 @@ class Sender:
 
         for item in self.buffer.close(closed):
             if isinstance(item, Operation) and not item.future.done():
-                item.future.set_exception(closed())
+                # What waits on an operation learns why it failed, e.g. RPCError UNAVAILABLE.
+                item.future.set_exception(fatal if fatal is not None else closed())
 
     def _wakeup(self) -> None:
         loop = self._loop

@@ -1,0 +1,222 @@
+"""Conversions between protobuf messages and the client's plain values."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+from typing import Any
+
+import grpc
+import pytest
+import stepstream
+from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+from stepstream._convert import (
+    dict_from_struct,
+    ingest_error_from_rejection,
+    ingest_error_from_status,
+    run_info_from_proto,
+    struct_from_dict,
+    summary_from_proto,
+)
+from stepstream.v1 import ingest_pb2, runs_pb2
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"lr": 0.001, "name": "resnet", "pretrained": True, "seed": None},
+        {"optim": {"betas": [0.9, 0.999], "eps": 1e-8, "nested": {"deep": {"x": "y"}}}},
+        {"layers": [[1.5, 2.5], [], {"a": [None, False, "s"]}]},
+        {"empty": {}, "none_list": [], "sys/description": "baseline"},
+        {"unicode/ключ": "значение ✓", "-0": -0.0, "big": 2.0**53},
+    ],
+)
+def test_struct_round_trip(config: dict[str, Any]) -> None:
+    struct = struct_from_dict(config)
+    assert isinstance(struct, struct_pb2.Struct)
+    assert dict_from_struct(struct) == config
+    again = struct_pb2.Struct.FromString(struct.SerializeToString())
+    assert dict_from_struct(again) == config
+
+
+def test_ints_and_tuples_come_back_as_floats_and_lists() -> None:
+    back = dict_from_struct(struct_from_dict({"epochs": 10, "shape": (3, 224)}))
+    assert back == {"epochs": 10.0, "shape": [3.0, 224.0]}
+    assert type(back["epochs"]) is float
+
+
+def test_empty_containers_keep_their_kind() -> None:
+    struct = struct_from_dict({"d": {}, "l": []})
+    assert struct.fields["d"].WhichOneof("kind") == "struct_value"
+    assert struct.fields["l"].WhichOneof("kind") == "list_value"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("lr=1", "config must be a dict, got str"),
+        ({"": 1}, "config key must not be empty"),
+        ({"a\x00": 1}, "config key 'a\\x00' contains a NUL character"),
+        ({3: 1}, "config key must be a str, got int: 3"),
+        (
+            {"optim": {"betas": [0.9, {0.1}]}},
+            "config['optim']['betas'][1] has unsupported type set; use None, bool, int, float, "
+            "str, list, tuple or dict",
+        ),
+        ({"optim": {1: "x"}}, "config['optim'] has a key of type int (1); keys must be str"),
+        ({"lr": math.nan}, "config['lr'] must be a finite number, got nan"),
+        ({"lr": [math.inf]}, "config['lr'][0] must be a finite number, got inf"),
+        (
+            {"seed": 2**60},
+            f"config['seed'] = {2**60} cannot be stored exactly (config numbers are doubles, "
+            "exact up to 2**53); store it as a str",
+        ),
+        (
+            {"data": b"bytes"},
+            "config['data'] has unsupported type bytes; use None, bool, int, float, str, list, "
+            "tuple or dict",
+        ),
+    ],
+)
+def test_bad_configs_name_the_entry(config: Any, message: str) -> None:
+    with pytest.raises(stepstream.InvalidArgumentError, match=f"^{re.escape(message)}$"):
+        struct_from_dict(config)
+
+
+def _timestamp(seconds: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds)
+
+
+def _status(code: grpc.StatusCode, message: str, reason: str) -> status_pb2.Status:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="stepstream"))
+    return status_pb2.Status(code=code.value[0], message=message, details=[detail])
+
+
+def test_run_info_from_proto() -> None:
+    message = runs_pb2.Run(
+        project="vision",
+        run_id="child",
+        experiment="sweep",
+        state=runs_pb2.RUN_STATE_FAILED,
+        tags=["a", "b"],
+        description="desc",
+        current_incarnation_id="inc-2",
+        failure_reason="RuntimeError('boom')",
+        create_time=_timestamp(1_700_000_000),
+    )
+    message.config.update({"lr": 0.1})
+    message.incarnations.add(
+        incarnation_id="inc-1",
+        run_id="child",
+        parent_incarnation_id="parent-inc",
+        parent_run_id="parent",
+        fork_step=100.5,
+        origin=runs_pb2.INCARNATION_ORIGIN_FORKED,
+        archived=True,
+    )
+    message.incarnations.add(
+        incarnation_id="inc-2",
+        run_id="child",
+        parent_incarnation_id="inc-1",
+        parent_run_id="child",
+        fork_step=0.0,
+        origin=runs_pb2.INCARNATION_ORIGIN_REWOUND,
+    )
+    info = run_info_from_proto(message)
+    assert isinstance(info, stepstream.RunInfo)
+    assert (info.run_id, info.project, info.experiment, info.state) == (
+        "child",
+        "vision",
+        "sweep",
+        "FAILED",
+    )
+    assert info.tags == ["a", "b"] and info.config == {"lr": 0.1}
+    assert info.incarnation_id == "inc-2"
+    assert info.failure_reason == "RuntimeError('boom')"
+    assert info.create_time == datetime.datetime.fromtimestamp(
+        1_700_000_000, tz=datetime.timezone.utc
+    )
+    assert info.update_time is None
+    first, second = info.incarnations
+    assert (first.origin, first.parent_run_id, first.fork_step, first.archived) == (
+        "FORKED",
+        "parent",
+        100.5,
+        True,
+    )
+    assert (second.origin, second.parent_incarnation_id, second.fork_step) == (
+        "REWOUND",
+        "inc-1",
+        0.0,
+    )
+
+
+def test_run_info_defaults() -> None:
+    message = runs_pb2.Run(run_id="r", state=runs_pb2.RUN_STATE_RUNNING)
+    message.incarnations.add(incarnation_id="i", run_id="r", origin=1)
+    info = run_info_from_proto(message)
+    assert info.experiment is None and info.failure_reason is None and info.state == "RUNNING"
+    (only,) = info.incarnations
+    assert (only.parent_incarnation_id, only.parent_run_id, only.fork_step) == (None, None, None)
+
+
+def test_series_summary_from_proto() -> None:
+    summary = summary_from_proto(
+        runs_pb2.SeriesSummary(
+            name="loss", count=3, last_step=2.0, last=math.inf, min=0.1, max=math.inf
+        )
+    )
+    assert summary == stepstream.SeriesSummary(
+        name="loss",
+        string_series=False,
+        count=3,
+        last_step=2.0,
+        last=math.inf,
+        min=0.1,
+        max=math.inf,
+    )
+
+
+def test_ingest_error_from_rejection() -> None:
+    rejection = ingest_pb2.SeriesRejection(
+        series="train/loss",
+        reason="STEP_NOT_INCREASING",
+        message="steps 3..5 are not above the floor 10",
+        count=3,
+        first_step=3,
+        last_step=5,
+        floor=10,
+    )
+    error = ingest_error_from_rejection(rejection, sequence=42)
+    assert error == stepstream.IngestError(
+        series="train/loss",
+        reason="STEP_NOT_INCREASING",
+        message="steps 3..5 are not above the floor 10",
+        count=3,
+        first_step=3.0,
+        last_step=5.0,
+        floor=10.0,
+        sequence=42,
+    )
+    assert str(error) == (
+        "STEP_NOT_INCREASING (series 'train/loss', 3 points): steps 3..5 are not above the floor 10"
+    )
+
+
+def test_ingest_error_from_batch_status() -> None:
+    status = _status(grpc.StatusCode.FAILED_PRECONDITION, "run is stopped", "RUN_NOT_ACTIVE")
+    error = ingest_error_from_status(status, sequence=7, count=500)
+    assert (error.series, error.reason, error.message, error.count, error.sequence) == (
+        "",
+        "RUN_NOT_ACTIVE",
+        "run is stopped",
+        500,
+        7,
+    )
+    assert math.isnan(error.first_step) and math.isnan(error.floor)
+    bare = status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="oops")
+    assert ingest_error_from_status(bare, sequence=8, count=1).reason == "INTERNAL"
