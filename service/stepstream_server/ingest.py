@@ -44,7 +44,7 @@ from .model import (
     outcome_from_json,
     value_token,
 )
-from .ordering import CheckEntry, Floor, FloorCache, assigned_start, floor_key
+from .ordering import NO_FLOOR, CheckEntry, Floor, FloorCache, assigned_start, floor_key
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -349,37 +349,43 @@ class IngestWorker:
         self.stats["points"] += accepted
 
     async def _check(self, judged: Sequence[tuple[int, Pending, RunRecord]]) -> list[list[Floor]]:
-        """Judge every entry of every judged batch; floors in entry order per batch."""
-        by_view: dict[tuple[str, str, str], list[CheckEntry]] = {}
-        slots: list[list[tuple[tuple[str, str, str], int]]] = []
-        for _, item, record in judged:
-            view = (record.project, record.run_id, record.current_incarnation_id)
-            entries = by_view.setdefault(view, [])
-            batch_slots = []
-            for e in item.entries:
-                batch_slots.append((view, len(entries)))
-                entries.append(
-                    CheckEntry(
-                        e.field,
-                        e.assign,
-                        e.overwrite,
-                        math.nan if e.steps is None else float(e.steps[-1]),
-                        e.count,
-                        value_token(e.values[-1]),
-                    )
-                )
-            slots.append(batch_slots)
-        results: dict[tuple[str, str, str], list[Floor]] = {}
-        todo = list(by_view)
+        """Judge every entry of every judged batch; returns each entry's floor before it.
+
+        A series whose entries in this group all carry explicit steps is sent to Redis once,
+        as its largest step: the script advances the floor to it, and the floor before each
+        entry follows from the returned starting floor. Series with assigned steps or an
+        overwrite send every entry, in order, since their floors depend on what came before.
+        """
+        View = tuple[str, str, str]
+        # view -> field -> [(batch index, entry index, entry)] in group order
+        plan: dict[View, dict[str, list[tuple[int, int, SeriesEntry]]]] = {}
+        for b, (_, item, record) in enumerate(judged):
+            fields = plan.setdefault(
+                (record.project, record.run_id, record.current_incarnation_id), {}
+            )
+            for k, e in enumerate(item.entries):
+                fields.setdefault(e.field, []).append((b, k, e))
+        requests: dict[View, list[CheckEntry]] = {}
+        for view, fields in plan.items():
+            checks = requests[view] = []
+            for name, uses in fields.items():
+                if all(not (e.assign or e.overwrite) for _, _, e in uses):
+                    top = max(uses, key=lambda u: float(u[2].steps[-1]))[2]  # type: ignore[index]
+                    checks.append(_check_entry(name, top))
+                else:
+                    checks.extend(_check_entry(name, e) for _, _, e in uses)
+
+        replies: dict[View, list[Floor]] = {}
+        todo = list(requests)
         for attempt in range(5):
             try:
-                replies = await self.floors.check([(self._key(v), by_view[v]) for v in todo])
+                answers = await self.floors.check([(self._key(v), requests[v]) for v in todo])
                 missing = []
-                for view, reply in zip(todo, replies, strict=True):
+                for view, reply in zip(todo, answers, strict=True):
                     if reply is None:
                         missing.append(view)
                     else:
-                        results[view] = reply
+                        replies[view] = reply
                 for view in missing:
                     await self._load_floors(view)
                 todo = missing
@@ -387,12 +393,31 @@ class IngestWorker:
                 # A lost reply may hide a script that ran: move to fresh keys rebuilt from the
                 # store (nothing of this group is committed yet) rather than re-run on old ones.
                 self.epoch = secrets.token_hex(4)
-                results.clear()
-                todo = list(by_view)
+                replies.clear()
+                todo = list(requests)
                 await asyncio.sleep(0.05 * 2**attempt)
             if not todo:
-                return [[results[v][j] for v, j in batch_slots] for batch_slots in slots]
-        raise errors.unavailable("FLOORS_UNAVAILABLE", "the ordering check could not reach Redis")
+                break
+        else:
+            raise errors.unavailable(
+                "FLOORS_UNAVAILABLE", "the ordering check could not reach Redis"
+            )
+
+        out: list[list[Floor]] = [[NO_FLOOR] * len(item.entries) for _, item, _ in judged]
+        for view, fields in plan.items():
+            answer = iter(replies[view])
+            for uses in fields.values():
+                if all(not (e.assign or e.overwrite) for _, _, e in uses):
+                    floor = next(answer)
+                    for b, k, e in uses:
+                        out[b][k] = floor
+                        last = float(e.steps[-1])  # type: ignore[index]
+                        if last > floor.step:
+                            floor = Floor(last, value_token(e.values[-1]))
+                else:
+                    for b, k, _ in uses:
+                        out[b][k] = next(answer)
+        return out
 
     def _key(self, view: tuple[str, str, str]) -> str:
         return floor_key(*view) + ":" + self.epoch
@@ -470,6 +495,17 @@ class IngestWorker:
                 generations.append((entry.overwrite, []))
             generations[-1][1].append((steps, values, ts))
         return AppendAck(accepted, duplicates, tuple(rejections), tuple(assigned), incarnation)
+
+
+def _check_entry(field: str, e: SeriesEntry) -> CheckEntry:
+    return CheckEntry(
+        field,
+        e.assign,
+        e.overwrite,
+        math.nan if e.steps is None else float(e.steps[-1]),
+        e.count,
+        value_token(e.values[-1]),
+    )
 
 
 def _duplicate(outcome: Outcome) -> Outcome:

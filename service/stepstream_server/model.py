@@ -6,6 +6,7 @@ import enum
 import hashlib
 import json
 import math
+import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -103,14 +104,16 @@ class SeriesEntry:
         return ("s:" if self.is_string else "f:") + self.name
 
 
+_PACK_DOUBLE = struct.Struct("<d").pack
+
+
 def value_token(value: float | str) -> str:
-    """A short exact fingerprint of a value, to recognise a re-sent point at the floor."""
+    """A short exact fingerprint of a value, to recognise a re-sent point at the floor. Floats
+    by their bits, so a re-sent NaN matches only the very same NaN."""
     if isinstance(value, str):
-        return (
-            "s"
-            + hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-        )
-    return format(np.float64(value).view(np.uint64), "016x")
+        digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12)
+        return "s" + digest.hexdigest()
+    return _PACK_DOUBLE(value).hex()
 
 
 @dataclass(frozen=True)

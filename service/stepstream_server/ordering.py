@@ -17,63 +17,68 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 
 LOADED = "!loaded"
 
 # KEYS[1]: the floor hash of one incarnation.
-# ARGV[1]: the number of entries; then 4 values per entry, applied in order:
+# ARGV[1]: the entries, 4 fields each, every field ended by a NUL byte (names never hold NUL):
 #   field   "f:<name>" or "s:<name>"
 #   mode    "e" (explicit steps) or "a" (assign steps); "oe" / "oa" overwrite first: the
 #           series' floor is taken as absent (-inf), as for a new series
 #   arg     mode e: the entry's last (largest) step as %.17g; mode a: the number of points
 #   token   value token of the entry's last point
-# Returns {0} when the hash is not loaded (nothing changed), else {1, floor_1, token_1, ...}:
-# each entry's floor before it was applied ("" for a new series) and that point's token. An
-# explicit entry advances the floor to its last step when that is above it; an assigned entry
-# takes steps floor+1 (math.floor(floor)+1 for a fractional floor; 0 for a new series) onwards.
-# The caller derives accepted points, duplicates and assigned steps from the returned floors.
+# Entries are applied in order. Returns 0 when the hash is not loaded (nothing changed), else
+# one string: for each entry, its floor before it was applied ("" for a new series) and that
+# point's token, each ended by NUL. An explicit entry advances the floor to its last step when
+# that is above it; an assigned entry takes steps floor+1 (math.floor(floor)+1 for a fractional
+# floor; 0 for a new series) onwards. The caller derives accepted points, duplicates and assigned
+# steps from the returned floors.
 CHECK_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], '!loaded') == 0 then return {0} end
-local out = {1}
-local n = tonumber(ARGV[1])
-for i = 0, n - 1 do
-  local b = 2 + i * 4
-  local field = ARGV[b]
-  local mode = ARGV[b + 1]
+if redis.call('HEXISTS', KEYS[1], '!loaded') == 0 then return 0 end
+local packed = ARGV[1]
+local out = {}
+local pos = 1
+local function nxt()
+  local z = string.find(packed, '\\0', pos, true)
+  local v = string.sub(packed, pos, z - 1)
+  pos = z + 1
+  return v
+end
+while pos <= #packed do
+  local field = nxt()
+  local mode = nxt()
+  local arg = nxt()
+  local token = nxt()
   local cur = redis.call('HGET', KEYS[1], field)
-  if string.sub(mode, 1, 1) == 'o' then
+  if string.byte(mode, 1) == 111 then -- 'o': overwrite
     cur = false
     mode = string.sub(mode, 2)
   end
   local floor = nil
   if cur then
     local sp = string.find(cur, ' ', 1, true)
-    local floor_s = string.sub(cur, 1, sp - 1)
-    floor = tonumber(floor_s)
-    out[#out + 1] = floor_s
-    out[#out + 1] = string.sub(cur, sp + 1)
+    floor = tonumber(string.sub(cur, 1, sp - 1))
+    out[#out + 1] = cur
   else
-    out[#out + 1] = ''
     out[#out + 1] = ''
   end
   if mode == 'e' then
-    local last = tonumber(ARGV[b + 2])
-    if floor == nil or last > floor then
-      redis.call('HSET', KEYS[1], field, ARGV[b + 2] .. ' ' .. ARGV[b + 3])
+    if floor == nil or tonumber(arg) > floor then
+      redis.call('HSET', KEYS[1], field, arg .. ' ' .. token)
     end
   else
     local start = 0
     if floor ~= nil then start = math.floor(floor) + 1 end
-    local last = start + tonumber(ARGV[b + 2]) - 1
+    local last = start + tonumber(arg) - 1
     if floor == nil or (start > floor and last >= start) then
-      redis.call('HSET', KEYS[1], field, string.format('%.17g', last) .. ' ' .. ARGV[b + 3])
+      redis.call('HSET', KEYS[1], field, string.format('%.17g', last) .. ' ' .. token)
     end
   end
 end
-return out
+out[#out + 1] = ''
+return table.concat(out, '\\0')
 """
 
 # KEYS[1]: the floor hash of one incarnation. ARGV: field, "<step> <token>", field, ... as read
@@ -120,6 +125,9 @@ class Floor:
     token: str
 
 
+NO_FLOOR = Floor(-math.inf, "")
+
+
 class FloorCache:
     """Runs the check and load scripts; one pipelined round trip serves many incarnations."""
 
@@ -136,27 +144,26 @@ class FloorCache:
             return []
         async with self.client.pipeline(transaction=False) as pipe:
             for key, entries in requests:
-                argv: list[Any] = [len(entries)]
+                parts = []
                 for e in entries:
-                    argv += [
-                        e.field,
-                        ("o" if e.overwrite else "") + ("a" if e.assign else "e"),
-                        str(e.count) if e.assign else fmt_step(e.last_step),
-                        e.last_token,
-                    ]
-                await self._check(keys=[key], args=argv, client=pipe)
+                    mode = ("o" if e.overwrite else "") + ("a" if e.assign else "e")
+                    arg = str(e.count) if e.assign else fmt_step(e.last_step)
+                    parts.append(f"{e.field}\0{mode}\0{arg}\0{e.last_token}\0")
+                await self._check(keys=[key], args=["".join(parts)], client=pipe)
             replies = await pipe.execute()
         out: list[list[Floor] | None] = []
         for reply in replies:
-            if int(reply[0]) == 0:
+            if reply == 0:
                 out.append(None)
                 continue
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
             floors = []
-            for i in range(1, len(reply), 2):
-                raw = reply[i]
-                step = -math.inf if raw in (b"", "") else float(raw)
-                token = reply[i + 1]
-                floors.append(Floor(step, token.decode() if isinstance(token, bytes) else token))
+            for item in text.split("\0")[:-1]:
+                if not item:
+                    floors.append(NO_FLOOR)
+                else:
+                    step, token = item.split(" ", 1)
+                    floors.append(Floor(float(step), token))
             out.append(floors)
         return out
 
