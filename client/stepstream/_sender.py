@@ -303,6 +303,9 @@ class Sender:
             await producer
         except (_Fatal, asyncio.CancelledError):
             pass
+        except Exception as exc:  # a bug in the producer: fail loudly rather than hang
+            logger.exception("stepstream: the sender failed")
+            self._fail(StepstreamError(f"the sender failed: {exc!r}"))
         finally:
             for task in (producer, connector):
                 task.cancel()
@@ -445,8 +448,6 @@ class Sender:
                 if self._stopping:
                     return
                 raise _StreamEnded
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 if self._stopping and not self._unacked:
                     return
@@ -461,6 +462,12 @@ class Sender:
                 now = loop.time()
                 if self._failing_since is None:
                     self._failing_since = now
+                    logger.warning(
+                        "stepstream: the stream to %s failed (%s); reconnecting for up to %g s",
+                        self._address,
+                        error,
+                        self._reconnect_timeout,
+                    )
                 elif now - self._failing_since >= self._reconnect_timeout:
                     self._fail(
                         RPCError(
@@ -473,7 +480,7 @@ class Sender:
                         )
                     )
                     return
-                logger.debug("stepstream: stream failed (%s); reconnecting", error)
+                logger.debug("stepstream: reconnect failed (%s)", error)
                 await asyncio.sleep(backoff_delay(self._backoff))
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
@@ -495,8 +502,12 @@ class Sender:
         finally:
             self._call = None
             self.connected = False
-            if reader is not None and not reader.done():
-                reader.cancel()
+            if reader is not None:
+                if reader.done():
+                    if not reader.cancelled():
+                        reader.exception()  # retrieved: the call's own error says it all
+                else:
+                    reader.cancel()
             call.cancel()
 
     async def _open(self, call: _Stream) -> ingest_pb2.OpenStreamResult:
@@ -535,6 +546,12 @@ class Sender:
             )
         if opened.incarnation_id:
             self.incarnation_id = opened.incarnation_id
+        if self._failing_since is not None:
+            logger.info(
+                "stepstream: reconnected to %s; re-sending %d unacknowledged batches",
+                self._address,
+                len(self._unacked),
+            )
         self.connections += 1
         self._failing_since = None
         self._backoff = BACKOFF_MIN
