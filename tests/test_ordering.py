@@ -203,3 +203,19 @@ async def test_string_series_follow_the_same_rules(runs, ingest):
         ["epoch 1", "épоch 2 ✓", "three"],
     )
     assert await read_points(runs, "r1", "console") == ([1], [1.0])
+
+
+async def test_series_are_independent_within_a_batch(runs, ingest):
+    await create_run(runs, "r1")
+    s = Stream(ingest)
+    await s.open("r1")
+    # The second series starts below where the first ends; the third is bad in the middle.
+    resp = await s.send(
+        fseries("a", [10, 11], [1, 2]),
+        fseries("b", [1, 2], [1, 2]),
+        fseries("c", [5, 4], [1, 2]),
+        fseries("d", [0, 1], [1, 2]),
+    )
+    assert resp.appended.accepted_count == 6
+    (rej,) = resp.appended.rejections
+    assert (rej.series, rej.reason) == ("c", "STEPS_NOT_STRICTLY_INCREASING")

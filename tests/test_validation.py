@@ -7,7 +7,7 @@ import math
 import grpc
 import pytest
 from stepstream.v1 import ingest_pb2, runs_pb2
-from stepstream_server.servicer import MAX_BATCH_POINTS
+from stepstream_server.decode import MAX_BATCH_POINTS
 from wire import Stream, create_run, error_reason, fseries, read_points, rpc_reason, sseries
 
 

@@ -6,35 +6,32 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
 
 from . import errors
+from .decode import Decoder
 from .ingest import IngestWorker, StoreFailed
 from .model import (
     BatchFailure,
     Incarnation,
     Outcome,
-    Rejection,
     RunRecord,
     RunState,
-    SeriesEntry,
 )
 from .reading import Reader, Selector, slices
 from .runs import CreateRun, RunManager
-from .validation import check_id, name_problem, project_of, run_id_of
+from .validation import check_id, project_of, run_id_of
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_POINTS = 100_000
 # Responses a stream may owe before it stops reading requests (gRPC flow control does the rest).
 MAX_INFLIGHT_PER_STREAM = 64
 SERVICE_NAME = "stepstream.v1.IngestService"
@@ -122,115 +119,6 @@ def outcome_response(sequence: int, outcome: Outcome) -> ingest_pb2.AppendPoints
     )
 
 
-def decode_series(
-    name: str,
-    steps_in: Sequence[float],
-    values: np.ndarray[Any, Any] | list[str],
-    timestamps_in: Sequence[float],
-    assign: bool,
-    is_string: bool,
-    now: float,
-    overwrite: bool = False,
-) -> SeriesEntry | Rejection | None:
-    """Turn one wire series into an entry, or say exactly why it is refused."""
-    n = len(values)
-
-    def reject(reason: str, message: str) -> Rejection:
-        return Rejection(name, reason, message, n, is_string=is_string)
-
-    if n == 0:
-        return (
-            None
-            if not len(steps_in)
-            else reject("LENGTH_MISMATCH", f"series has {len(steps_in)} steps but no values")
-        )
-    problem = name_problem(name)
-    if problem is not None:
-        return reject("INVALID_SERIES_NAME", f"series name {name[:64]!r} {problem}")
-    if len(timestamps_in) not in (0, n):
-        return reject(
-            "LENGTH_MISMATCH", f"series has {n} values but {len(timestamps_in)} timestamps"
-        )
-    if timestamps_in:
-        timestamps = np.array(timestamps_in, dtype=np.float64)
-        if not np.isfinite(timestamps).all():
-            return reject("INVALID_TIMESTAMP", "timestamps must be finite")
-    else:
-        timestamps = np.full(n, now, dtype=np.float64)
-    if assign:
-        if len(steps_in):
-            return reject(
-                "STEPS_WITH_ASSIGN_STEPS",
-                f"series has assign_steps set and {len(steps_in)} explicit steps; send one or the other",
-            )
-        return SeriesEntry(name, is_string, None, values, timestamps, True, overwrite)
-    if len(steps_in) != n:
-        return reject("LENGTH_MISMATCH", f"series has {n} values but {len(steps_in)} steps")
-    steps = np.array(steps_in, dtype=np.float64)
-    finite = np.isfinite(steps)
-    if not finite.all():
-        bad = int(np.argmin(finite))
-        return reject(
-            "NON_FINITE_STEP", f"step {float(steps[bad])!r} at index {bad} is not a finite number"
-        )
-    if n > 1:
-        rising = steps[1:] > steps[:-1]
-        if not rising.all():
-            bad = int(np.argmin(rising)) + 1
-            return reject(
-                "STEPS_NOT_STRICTLY_INCREASING",
-                f"step {float(steps[bad])!r} at index {bad} does not follow"
-                f" {float(steps[bad - 1])!r}; steps in a batch must strictly increase",
-            )
-    return SeriesEntry(name, is_string, steps, values, timestamps, False, overwrite)
-
-
-def decode_batch(
-    batch: ingest_pb2.PointBatch, now: float
-) -> tuple[list[SeriesEntry], list[Rejection], BatchFailure | None]:
-    total = sum(len(s.values) for s in batch.float_series) + sum(
-        len(s.values) for s in batch.string_series
-    )
-    if total > MAX_BATCH_POINTS:
-        return (
-            [],
-            [],
-            BatchFailure(
-                grpc.StatusCode.INVALID_ARGUMENT.name,
-                "BATCH_TOO_LARGE",
-                f"batch has {total} points; the limit is {MAX_BATCH_POINTS}",
-                {"points": str(total), "limit": str(MAX_BATCH_POINTS)},
-            ),
-        )
-    entries: list[SeriesEntry] = []
-    rejections: list[Rejection] = []
-    for fs in batch.float_series:
-        values = np.array(fs.values, dtype=np.float64)
-        decoded = decode_series(
-            fs.name, fs.steps, values, fs.timestamps, fs.assign_steps, False, now, fs.overwrite
-        )
-        if isinstance(decoded, Rejection):
-            rejections.append(decoded)
-        elif decoded is not None:
-            entries.append(decoded)
-    for ss in batch.string_series:
-        decoded = decode_series(
-            ss.name,
-            ss.steps,
-            list(ss.values),
-            ss.timestamps,
-            ss.assign_steps,
-            True,
-            now,
-            ss.overwrite,
-        )
-        if isinstance(decoded, Rejection):
-            rejections.append(decoded)
-        elif decoded is not None:
-            entries.append(decoded)
-    return entries, rejections, None
-
-
 Answer = ingest_pb2.AppendPointsResponse | errors.ServiceError
 
 
@@ -240,6 +128,7 @@ class IngestServicer:
 
     def __init__(self, worker: IngestWorker) -> None:
         self.worker = worker
+        self.decoder = Decoder()
 
     async def AppendPoints(
         self,
@@ -340,7 +229,7 @@ class IngestServicer:
                             )
                         )
                         continue
-                    entries, rejections, failure = decode_batch(request.batch, time.time())
+                    entries, rejections, failure = self.decoder.batch(request.batch, time.time())
                     outcome = await self.worker.submit(writer, seq, entries, rejections, failure)
                     await answers.put(_respond(seq, outcome))
                 else:

@@ -1,0 +1,157 @@
+"""Wire batches to domain entries: shape and name checks per series, step checks per batch.
+
+The checks every series needs (finite, strictly increasing steps) run once over the batch's
+concatenated steps; only a batch that fails them is examined series by series, to name the
+first bad step of each bad series.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from stepstream.v1 import ingest_pb2
+
+from .model import BatchFailure, Floats, Rejection, SeriesEntry
+from .validation import name_problem
+
+MAX_BATCH_POINTS = 100_000
+# Names already seen valid; bounded so that a writer inventing names cannot grow it forever.
+_KNOWN_NAMES_LIMIT = 100_000
+
+Wire = ingest_pb2.FloatSeries | ingest_pb2.StringSeries
+
+
+class Decoder:
+    """Decodes PointBatch messages; remembers valid names to skip re-checking them."""
+
+    def __init__(self) -> None:
+        self._known: set[str] = set()
+
+    def batch(
+        self, batch: ingest_pb2.PointBatch, now: float
+    ) -> tuple[list[SeriesEntry], list[Rejection], BatchFailure | None]:
+        total = sum(len(s.values) for s in batch.float_series) + sum(
+            len(s.values) for s in batch.string_series
+        )
+        if total > MAX_BATCH_POINTS:
+            return (
+                [],
+                [],
+                BatchFailure(
+                    grpc.StatusCode.INVALID_ARGUMENT.name,
+                    "BATCH_TOO_LARGE",
+                    f"batch has {total} points; the limit is {MAX_BATCH_POINTS}",
+                    {"points": str(total), "limit": str(MAX_BATCH_POINTS)},
+                ),
+            )
+        clock = np.full(total, now, dtype=np.float64)  # shared by series without timestamps
+        entries: list[SeriesEntry] = []
+        rejections: list[Rejection] = []
+        for fs in batch.float_series:
+            self._shape(fs, False, clock, entries, rejections)
+        for ss in batch.string_series:
+            self._shape(ss, True, clock, entries, rejections)
+        return self._check_steps(entries, rejections), rejections, None
+
+    def _shape(
+        self,
+        wire: Wire,
+        is_string: bool,
+        clock: Floats,
+        entries: list[SeriesEntry],
+        rejections: list[Rejection],
+    ) -> None:
+        name = wire.name
+        n = len(wire.values)
+        n_steps = len(wire.steps)
+
+        def reject(reason: str, message: str) -> None:
+            rejections.append(Rejection(name, reason, message, n, is_string=is_string))
+
+        if n == 0:
+            if n_steps:
+                reject("LENGTH_MISMATCH", f"series has {n_steps} steps but no values")
+            return
+        if name not in self._known:
+            problem = name_problem(name)
+            if problem is not None:
+                return reject("INVALID_SERIES_NAME", f"series name {name[:64]!r} {problem}")
+            if len(self._known) < _KNOWN_NAMES_LIMIT:
+                self._known.add(name)
+        n_ts = len(wire.timestamps)
+        if n_ts not in (0, n):
+            return reject("LENGTH_MISMATCH", f"series has {n} values but {n_ts} timestamps")
+        if n_ts:
+            timestamps = np.array(wire.timestamps, dtype=np.float64)
+            if not np.isfinite(timestamps).all():
+                return reject("INVALID_TIMESTAMP", "timestamps must be finite")
+        else:
+            timestamps = clock[:n]
+        values: Floats | list[str]
+        if isinstance(wire, ingest_pb2.StringSeries):
+            values = list(wire.values)
+        else:
+            values = np.array(wire.values, dtype=np.float64)
+        if wire.assign_steps:
+            if n_steps:
+                return reject(
+                    "STEPS_WITH_ASSIGN_STEPS",
+                    f"series has assign_steps set and {n_steps} explicit steps; send one or the other",
+                )
+            entries.append(
+                SeriesEntry(name, is_string, None, values, timestamps, True, wire.overwrite)
+            )
+            return None
+        if n_steps != n:
+            return reject("LENGTH_MISMATCH", f"series has {n} values but {n_steps} steps")
+        steps = np.array(wire.steps, dtype=np.float64)
+        entries.append(
+            SeriesEntry(name, is_string, steps, values, timestamps, False, wire.overwrite)
+        )
+        return None
+
+    @staticmethod
+    def _check_steps(entries: list[SeriesEntry], rejections: list[Rejection]) -> list[SeriesEntry]:
+        explicit = [e.steps for e in entries if e.steps is not None]
+        if not explicit:
+            return entries
+        cat = np.concatenate(explicit) if len(explicit) > 1 else explicit[0]
+        ok = bool(np.isfinite(cat).all())
+        if ok and len(cat) > 1:
+            falls = cat[1:] <= cat[:-1]
+            starts = np.cumsum([len(s) for s in explicit])[:-1]  # boundaries may fall
+            falls[starts - 1] = False
+            ok = not falls.any()
+        if ok:
+            return entries
+        good = []
+        for e in entries:
+            problem = None if e.steps is None else step_problem(e.steps)
+            if problem is None:
+                good.append(e)
+            else:
+                reason, message = problem
+                rejections.append(
+                    Rejection(e.name, reason, message, e.count, is_string=e.is_string)
+                )
+        return good
+
+
+def step_problem(steps: Floats) -> tuple[str, str] | None:
+    """The first reason a series' steps are unusable, or None."""
+    finite = np.isfinite(steps)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        return (
+            "NON_FINITE_STEP",
+            f"step {float(steps[bad])!r} at index {bad} is not a finite number",
+        )
+    rising = steps[1:] > steps[:-1]
+    if not rising.all():
+        bad = int(np.argmin(rising)) + 1
+        return (
+            "STEPS_NOT_STRICTLY_INCREASING",
+            f"step {float(steps[bad])!r} at index {bad} does not follow"
+            f" {float(steps[bad - 1])!r}; steps in a batch must strictly increase",
+        )
+    return None
