@@ -6,17 +6,27 @@ integration tests that run the real service; these only cover what needs no serv
 
 from __future__ import annotations
 
+import io
 import socket
 import time
 
 import grpc
 import pytest
 import stepstream
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 from stepstream._columnar import EncodedBatch
 from stepstream._records import Rows, pack_doubles
+from stepstream._run import _Progress
 from stepstream._sender import BACKOFF_MAX, BACKOFF_MIN, Operation, Sender, backoff_delay
+from stepstream._types import SenderStats
 from stepstream.v1 import ingest_pb2
-from test_client_convert import _status
+
+
+def _status(code: grpc.StatusCode, message: str, reason: str) -> status_pb2.Status:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="stepstream"))
+    return status_pb2.Status(code=code.value[0], message=message, details=[detail])
 
 
 def _unused_address() -> str:
@@ -145,3 +155,48 @@ def test_reopening_detects_a_writer_id_conflict_and_lost_commits() -> None:
     with pytest.raises(stepstream.RPCError) as regression:
         sender._on_opened(ingest_pb2.OpenStreamResult(last_committed_sequence=42))
     assert regression.value.reason == "SEQUENCE_REGRESSION"
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def _stats(logged: int, pending: int, connected: bool = True) -> SenderStats:
+    return SenderStats(
+        logged_points=logged,
+        acknowledged_points=logged - pending,
+        rejected_points=0,
+        pending_points=pending,
+        batches_sent=1,
+        batches_resent=0,
+        duplicate_batches=0,
+        inflight_batches=1,
+        connections=1,
+        connected=connected,
+    )
+
+
+def test_progress_updates_one_line_on_a_terminal() -> None:
+    stream = _Stream(tty=True)
+    progress = _Progress(stream)
+    progress.show(_stats(2_000_000, 1_500_000))
+    progress.show(_stats(2_000_000, 10, connected=False))
+    progress.end()
+    assert stream.getvalue() == (
+        "\rstepstream: 500,000 of 2,000,000 points acknowledged"
+        "\rstepstream: 1,999,990 of 2,000,000 points acknowledged (reconnecting)\n"
+    )
+
+
+def test_progress_writes_occasional_lines_elsewhere() -> None:
+    stream = _Stream(tty=False)
+    progress = _Progress(stream)
+    progress.show(_stats(10, 5))
+    progress.show(_stats(10, 4))  # within five seconds of the last line: skipped
+    progress.end()
+    assert stream.getvalue() == "stepstream: 5 of 10 points acknowledged\n"

@@ -194,7 +194,6 @@ class Run:
         self._experiment_name = created.experiment or experiment_name or None
         self._incarnation_id = created.current_incarnation_id
         self._parent_fallback = response.parent_fallback
-        self._existed = response.existed
 
         self._sender = Sender(
             address=self._address,
