@@ -70,12 +70,11 @@ def _field(tag: int, data: bytes) -> bytes:
 class _FloatEntry:
     """Points of one float series that will travel as one `FloatSeries` entry."""
 
-    __slots__ = ("assign", "count", "last_step", "steps", "times", "values")
+    __slots__ = ("assign", "last_step", "steps", "times", "values")
 
     def __init__(self, assign: bool) -> None:
         self.assign = assign
         self.last_step = float("-inf")
-        self.count = 0
         self.steps: list[bytes] = []
         self.values: list[bytes] = []
         self.times: list[bytes] = []
@@ -212,7 +211,6 @@ class BatchEncoder:
             entry.steps.append(step_bytes)
             entry.values.append(column)
             entry.times.append(time_bytes)
-            entry.count += count
             entry.last_step = last
 
     def _add_column(self, column: Column) -> None:
@@ -229,7 +227,6 @@ class BatchEncoder:
             entry.steps.append(pack_doubles([first + i for i in range(count)]))
         entry.values.append(column.values)
         entry.times.append(double_packer(1).pack(column.time) * count)
-        entry.count += count
         entry.last_step = first + count - 1
 
     def _add_string_rows(self, rows: Rows, values: tuple[str, ...]) -> None:
