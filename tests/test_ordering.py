@@ -43,6 +43,7 @@ async def test_equal_step_is_rejected(runs, ingest):
         5.0,
         5.0,
     )
+    assert rej.message == "1 point(s) at steps 5.0..5.0 are not above the series' floor 5.0"
     assert await read_points(runs, "r1", "loss") == ([5], [1.0])
 
 

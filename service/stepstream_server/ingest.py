@@ -475,7 +475,7 @@ class IngestWorker:
                         Rejection(
                             entry.name,
                             "STEP_NOT_INCREASING",
-                            f"{rejected} point(s) at steps {steps[0]!r}..{steps[rejected - 1]!r}"
+                            f"{rejected} point(s) at steps {float(steps[0])!r}..{float(steps[rejected - 1])!r}"
                             f" are not above the series' floor {floor.step!r}",
                             rejected,
                             float(steps[0]),
