@@ -1,0 +1,105 @@
+"""`python -m bench [--quick] [--reps N] [--cases a,b,...] [--no-mlflow]`: run the benchmark,
+print one markdown table and write it to bench/results/latest.md."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import cases, mlflow_env
+from bench.procs import REPO_ROOT
+from bench.table import Row, report
+
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.md"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one repetition")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
+    parser.add_argument(
+        "--cases",
+        default="all",
+        help="comma-separated: a,b,c,d (ingest shapes; d includes memory), latency, cost, "
+        "stall, reads; default all",
+    )
+    parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow baseline")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the table")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    reps = args.reps or (1 if args.quick else 3)
+    shapes = cases.shapes(args.quick)
+    available = cases.register(shapes)
+    chosen = list(available) if args.cases == "all" else [c.strip() for c in args.cases.split(",")]
+    unknown = [c for c in chosen if c not in available]
+    if unknown:
+        print(f"unknown case(s) {unknown}; choose from {list(available)}", file=sys.stderr)
+        return 2
+    chosen = [c for c in available if c in chosen]  # dependency order
+    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    work_dir = Path(tempfile.mkdtemp(prefix="stepstream-bench-"))
+    started = time.monotonic()
+    mlflow_server = None
+    reason = ""
+    version = ""
+    needs_mlflow = any(c in chosen for c in ("a", "b", "c", "d", "cost"))
+    if args.no_mlflow:
+        reason = "skipped: --no-mlflow"
+    elif needs_mlflow:
+        try:
+            version = mlflow_env.ensure_installed(work_dir / "mlflow-install.log")
+            mlflow_server = mlflow_env.MlflowServer(work_dir)
+        except mlflow_env.MlflowUnavailable as exc:
+            reason = f"MLflow unavailable: {exc}"
+            print(f"bench: {reason}", file=sys.stderr)
+    ctx = cases.Context(reps, args.quick, work_dir, mlflow_server, reason)
+    rows: list[Row] = []
+    failed = False
+    try:
+        for name in chosen:
+            ctx.progress(f"case {name} ...")
+            try:
+                rows += available[name](ctx)
+            except Exception as exc:  # one broken case must not hide the others' figures
+                failed = True
+                ctx.progress(f"case {name} failed: {exc}")
+                rows.append(cases.error_row(name, exc))
+    finally:
+        if mlflow_server is not None:
+            mlflow_server.stop()
+    header = [
+        f"{reps} repetition(s) per case{' (quick mode: tiny shapes)' if args.quick else ''}; "
+        "values are medians, ratios compare medians measured in this run; "
+        f"total {time.monotonic() - started:.0f} s",
+        "",
+        "stepstream: `stepstream serve` with defaults (embedded Redis, SQLite store, "
+        "synchronous=FULL), fresh --data-dir per case; no-op sink: bench/noop_sink.py; "
+        + (
+            f"MLflow {version}: `mlflow server` with a SQLite backend store"
+            if mlflow_server is not None
+            else f"MLflow: n/a ({reason})"
+        ),
+    ]
+    text = report(command, header, rows, [])
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"bench: table written to {args.out}", file=sys.stderr)
+    if args.keep:
+        print(f"bench: logs kept in {work_dir}", file=sys.stderr)
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
