@@ -1,0 +1,48 @@
+"""Every ```python block of the README runs, as pasted, against a running service."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from procs import ServiceProcess
+from stepstream_server.embedded_redis import EmbeddedRedis
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_examples() -> None:
+    assert len(BLOCKS) >= 2
+
+
+@pytest.fixture
+def address(tmp_path: Path, redis_server: EmbeddedRedis):  # type: ignore[no-untyped-def]
+    svc = ServiceProcess(tmp_path / "data", redis_server.url, free_port()).start()
+    try:
+        yield svc.address
+    finally:
+        svc.terminate()
+
+
+def test_readme_blocks_run_in_order(address: str, tmp_path: Path) -> None:
+    env = {**os.environ, "STEPSTREAM_ADDRESS": address}
+    for i, block in enumerate(BLOCKS):
+        result = subprocess.run(
+            [sys.executable, "-c", block],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"README block {i} failed:\n{block}\n{result.stderr}"
+        expected = re.findall(r"^# (\[.*\])$", block, flags=re.M)
+        for line in expected:  # "# [...]" comments show output the block must print
+            assert line in result.stdout, f"block {i}: {line!r} not in {result.stdout!r}"
