@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 from procs import ServiceProcess
 from stepstream_server.embedded_redis import EmbeddedRedis

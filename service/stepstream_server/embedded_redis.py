@@ -26,7 +26,7 @@ class EmbeddedRedis:
     """One `redis-server` process this service started and will stop (by its PID)."""
 
     def __init__(self, directory: Path, *, port: int = 0) -> None:
-        self.directory = directory
+        self.directory = directory.resolve()  # redis-server chdirs into --dir
         self.port = port
         self.socket = directory / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
