@@ -63,7 +63,9 @@ class Row:
             if a is None or b is None or b == 0:
                 return "—"
             r = a / b
-            return f"{r:,.0f}x" if r >= 100 else f"{r:.2f}x"
+            if r >= 100:
+                return f"{r:,.0f}x"
+            return f"{r:.2f}x" if r >= 0.1 else f"1/{1 / r:,.0f}x"
 
         met = {None: "—", True: "met", False: "**not met**"}[self.met]
         return [
@@ -125,7 +127,12 @@ def report(command: str, header: Sequence[str], rows: Sequence[Row], notes: Sequ
         "",
         render(rows),
     ]
-    all_notes = [*notes, *(f"{row.case}: {note}" for row in rows for note in row.notes)]
+    all_notes = list(notes)
+    for row in rows:
+        for note in row.notes:
+            line = f"{row.case}: {note}"
+            if note and line not in all_notes:
+                all_notes.append(line)
     if all_notes:
         parts += ["", "Notes:", "", *(f"- {note}" for note in all_notes)]
     return "\n".join(parts) + "\n"

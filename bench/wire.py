@@ -60,10 +60,9 @@ def encode_batch(sequence: int, names: Sequence[bytes], steps: np.ndarray, value
     return field(0x12, b"\x08" + varint(sequence) + series)
 
 
-async def open_stream(
-    channel: grpc.aio.Channel, run_id: str, writer_id: str
-) -> grpc.aio.StreamStreamCall[bytes, ingest_pb2.AppendPointsResponse]:
-    call = channel.stream_stream(
+async def open_stream(channel: grpc.aio.Channel, run_id: str, writer_id: str) -> Any:
+    """An AppendPoints call (requests are pre-encoded bytes), opened on `run_id`."""
+    call: Any = channel.stream_stream(
         APPEND_POINTS,
         request_serializer=None,
         response_deserializer=ingest_pb2.AppendPointsResponse.FromString,
@@ -72,7 +71,7 @@ async def open_stream(
         open=ingest_pb2.OpenStream(run_id=run_id, writer_id=writer_id)
     )
     await call.write(opening.SerializeToString())
-    answer = await call.read()
+    answer: Any = await call.read()
     if answer is grpc.aio.EOF or not answer.HasField("opened"):
         raise RuntimeError(f"could not open a stream to {run_id}: {answer}")
     return call
@@ -104,7 +103,7 @@ async def latency(address: str, run_id: str, series: int, rate: float, seconds: 
         async def read_answers() -> None:
             nonlocal accepted
             for _ in range(ticks):
-                answer = await call.read()
+                answer: Any = await call.read()
                 if answer is grpc.aio.EOF:
                     raise RuntimeError("the stream ended early")
                 now = time.monotonic()
@@ -159,7 +158,7 @@ async def write_series(
         steps = np.arange(lo, min(lo + batch, last), dtype="<f8")
         values = np.sin(steps / 1000.0).astype("<f8").tobytes()
         await call.write(encode_batch(sequence, [name.encode()], steps, values))
-        answer = await call.read()
+        answer: Any = await call.read()
         if answer is grpc.aio.EOF or answer.WhichOneof("result") != "appended":
             raise RuntimeError(f"writing {run_id} failed: {answer}")
         accepted += answer.appended.accepted_count
@@ -175,7 +174,8 @@ async def read_once(
     )
     start = time.perf_counter()
     points = 0
-    async for part in runs.ReadSeries(request):
+    parts: Any = runs.ReadSeries(request)
+    async for part in parts:
         points += len(part.steps)
     return time.perf_counter() - start, points
 

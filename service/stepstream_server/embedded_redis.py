@@ -28,7 +28,7 @@ class EmbeddedRedis:
     def __init__(self, directory: Path, *, port: int = 0) -> None:
         self.directory = directory.resolve()  # redis-server chdirs into --dir
         self.port = port
-        self.socket = directory / "redis.sock"
+        self.socket = self.directory / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
