@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 class ServiceProcess:
     """`stepstream serve` in a child process; ended only by its own PID."""
 
-    def __init__(self, data_dir: Path, redis_url: str, port: int) -> None:
+    def __init__(self, data_dir: Path, redis_url: str | None, port: int) -> None:
         self.data_dir = data_dir
         self.redis_url = redis_url
         self.port = port
@@ -38,10 +38,9 @@ class ServiceProcess:
                 self.address,
                 "--data-dir",
                 str(self.data_dir),
-                "--redis-url",
-                self.redis_url,
                 "--grace",
                 "1",
+                *(["--redis-url", self.redis_url] if self.redis_url else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -56,6 +55,13 @@ class ServiceProcess:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self.proc = None
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        found = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            found += [int(p) for p in (task / "children").read_text().split()]
+        return found
 
     def terminate(self) -> int:
         if self.proc is None:

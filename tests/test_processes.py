@@ -164,3 +164,31 @@ async def test_kill_9_mid_stream_loses_and_duplicates_nothing(
         )
     finally:
         svc.terminate()
+
+
+def test_serve_with_embedded_redis_drains_and_stops_its_redis(tmp_path: Path) -> None:
+    """`stepstream serve` with no Redis given starts its own and stops it on SIGTERM."""
+    import os
+
+    import stepstream
+
+    svc = ServiceProcess(tmp_path / "data", None, free_port()).start()
+    (redis_pid,) = svc.children()
+    assert "redis-server" in Path(f"/proc/{redis_pid}/cmdline").read_text()
+    run = stepstream.Run("r", address=svc.address)
+    run.log_metrics({"m": 1.0}, step=1)
+    run.close(timeout=30)
+    assert svc.terminate() == 0
+    assert (
+        not Path(f"/proc/{redis_pid}").exists()
+        or "Z" in Path(f"/proc/{redis_pid}/stat").read_text().split()[2]
+    )
+    assert not os.path.exists(tmp_path / "data" / "redis" / "redis.sock")
+    log = (tmp_path / f"service-{svc.port}.log").read_text()
+    assert "stepstream listening on" in log and "stepstream stopped" in log
+    # The data survived: a new service on the same directory serves it.
+    svc2 = ServiceProcess(tmp_path / "data", None, free_port()).start()
+    try:
+        assert stepstream.read_series("r", "m", address=svc2.address).values == [1.0]
+    finally:
+        svc2.terminate()

@@ -131,7 +131,7 @@ async def serve(settings: Settings) -> None:
     log.info(
         "stepstream listening on %s (store: %s, redis: %s)",
         service.address,
-        settings.store_path,
+        settings.store_path.resolve(),
         redis_where,
     )
     stop = asyncio.Event()
