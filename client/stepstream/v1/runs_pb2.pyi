@@ -101,6 +101,8 @@ class Run(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     EXPERIMENT_HEAD_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_URL_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Project of the run."""
     run_id: _builtins.str
@@ -117,6 +119,14 @@ class Run(_message.Message):
     """Why the run failed, for FAILED runs."""
     experiment_head: _builtins.bool
     """True when the run was the most recently created run of its experiment."""
+    url: _builtins.str
+    """Link to the run in the service's read-only web view; empty when the
+    service serves no web view.
+    """
+    experiment_url: _builtins.str
+    """Link to the run's experiment in the web view; empty without a web view
+    or an experiment.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags, sorted."""
@@ -158,10 +168,12 @@ class Run(_message.Message):
         failure_reason: _builtins.str = ...,
         values: _struct_pb2.Struct | None = ...,
         experiment_head: _builtins.bool = ...,
+        url: _builtins.str = ...,
+        experiment_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "update_time", b"update_time", "values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "current_incarnation_id", b"current_incarnation_id", "description", b"description", "experiment", b"experiment", "experiment_head", b"experiment_head", "failure_reason", b"failure_reason", "incarnations", b"incarnations", "project", b"project", "run_id", b"run_id", "state", b"state", "tags", b"tags", "update_time", b"update_time", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "current_incarnation_id", b"current_incarnation_id", "description", b"description", "experiment", b"experiment", "experiment_head", b"experiment_head", "experiment_url", b"experiment_url", "failure_reason", b"failure_reason", "incarnations", b"incarnations", "project", b"project", "run_id", b"run_id", "state", b"state", "tags", b"tags", "update_time", b"update_time", "url", b"url", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
