@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,10 @@ class Pending:
     future: asyncio.Future[Outcome]
 
 
+# Runs kept in memory; beyond this the oldest are re-read from the store on use.
+CACHE_LIMIT = 100_000
+
+
 @dataclass(frozen=True)
 class WorkerLimits:
     """Bounds that keep memory flat and groups reasonably sized."""
@@ -118,7 +123,12 @@ class IngestWorker:
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._queued_points = 0
         self._space = asyncio.Condition()
-        self._writers: dict[tuple[str, str, str], Writer] = {}
+        # A writer lives while a stream or a queued batch holds it: exactly one object per
+        # writer at a time, and none kept for writers that went away (the store has their
+        # sequence numbers).
+        self._writers: weakref.WeakValueDictionary[tuple[str, str, str], Writer] = (
+            weakref.WeakValueDictionary()
+        )
         self._runs: dict[tuple[str, str], RunRecord] = {}
         self.epoch = secrets.token_hex(4)
         self._task: asyncio.Task[None] | None = None
@@ -161,6 +171,8 @@ class IngestWorker:
                     project=project,
                     run_id=run_id,
                 )
+            if len(self._runs) >= CACHE_LIMIT:  # oldest first; the store has them all
+                del self._runs[next(iter(self._runs))]
             record = self._runs[(project, run_id)] = found
         return record
 
