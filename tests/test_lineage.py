@@ -303,19 +303,28 @@ async def test_rewind_under_concurrent_writers(runs, ingest):
     for i, w in enumerate(writers):
         await w.open("r", writer_id=f"w{i}")
     acks: list[tuple[int, int, str]] = []  # (writer, batch index, incarnation)
-    rewound = asyncio.Event()
+    started = [asyncio.Event() for _ in writers]
+    done = asyncio.Event()
 
     async def write(i: int, w: Stream) -> None:
-        for k in range(60):
+        after = 0
+        for k in range(5000):  # bounded; in practice ends ~10 batches after the rewind
             step = float(k * 10 + i)  # each writer its own series: every batch lands whole
             r = await w.send(fseries(f"s{i}", [step, step + 0.5], [k, k]))
             acks.append((i, k, r.appended.incarnation_id))
             if k == 20:
-                rewound.set()
+                started[i].set()
+            if done.is_set():
+                after += 1
+                if after == 10:
+                    return
 
     async def do_rewind() -> runs_pb2.Run:
-        await rewound.wait()
-        return await rewind(runs, "r", 100)
+        for e in started:
+            await e.wait()
+        run = await rewind(runs, "r", 100)  # the writers keep streaming meanwhile
+        done.set()
+        return run
 
     *_, run = await asyncio.gather(*(write(i, w) for i, w in enumerate(writers)), do_rewind())
     old, new = (i.incarnation_id for i in run.incarnations)
