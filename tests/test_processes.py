@@ -141,7 +141,11 @@ async def test_kill_9_mid_stream_loses_and_duplicates_nothing(
         started = asyncio.Event()
         task = asyncio.create_task(writer.run(batches, started))
         for _ in range(2):  # kill twice, at different points of the stream
-            await started.wait()
+            waiter = asyncio.create_task(started.wait())
+            await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if task.done():
+                break
             await asyncio.sleep(0.05)
             svc.kill9()
             started.clear()
