@@ -50,6 +50,31 @@ def _raises(message: str) -> Any:
             "fork_run_id 'a b' must be 1-128 characters of [A-Za-z0-9._:-]",
         ),
         ({"resume": True}, "resume=True needs the run_id of the run to attach to"),
+        (
+            {"fork_incarnation_id": "inc-1"},
+            "fork_incarnation_id needs fork_step (got fork_incarnation_id='inc-1', fork_step=None)",
+        ),
+        (
+            {"fork_incarnation_id": "inc-1", "fork_run_id": "p", "fork_step": 1},
+            "give fork_run_id or fork_incarnation_id, not both (got fork_run_id='p', "
+            "fork_incarnation_id='inc-1')",
+        ),
+        (
+            {"fork_incarnation_id": "inc 1", "fork_step": 1},
+            "fork_incarnation_id 'inc 1' must be 1-128 characters of [A-Za-z0-9._:-]",
+        ),
+        (
+            {"fork_incarnation_id": "inc-1", "fork_step": math.inf},
+            "fork_step must be finite, got inf",
+        ),
+        (
+            {"inherit_configs": True},
+            "inherit_configs=True needs a fork: give fork_run_id, fork_incarnation_id or fork_from",
+        ),
+        (
+            {"config": {"sys/description": 3}},
+            "config['sys/description'] sets the description and must be a str, got int",
+        ),
         ({"writer_id": ""}, "writer_id '' must be 1-128 characters of [A-Za-z0-9._:-]"),
         ({"config": [("lr", 1)]}, "config must be a dict, got list"),
         (
@@ -174,12 +199,32 @@ def test_bad_timestamp() -> None:
         ("0.5", "value of 'loss' must be a real number, got str: '0.5'"),
         (None, "value of 'loss' must be a real number, got NoneType: None"),
         (2**1100, "value of 'loss' must be a real number, got int: " + repr(2**1100)[:60]),
-        ([1.0], "value of 'loss' must be a real number, got list: [1.0]"),
+        ([1.0, "x"], "value of 'loss[1]' must be a real number, got str: 'x'"),
+        ({"a": 1.0}, "value of 'loss' must be a real number, got dict: {'a': 1.0}"),
+        (b"ab", "value of 'loss' must be a real number, got bytes: b'ab'"),
+        ({1.0, 2.0}, "value of 'loss' must be a real number, got set: {1.0, 2.0}"),
     ],
 )
 def test_bad_values_in_log_metrics(value: Any, message: str) -> None:
     with _raises(message):
         RecordMaker().float_rows({"acc": 1.0, "loss": value}, 1, None)
+
+
+def test_lists_in_log_metrics_become_columns() -> None:
+    """DigitalHub: a list in log_metrics is appended at consecutive steps, a number once."""
+    maker = RecordMaker()
+    records = maker.float_rows({"loss": [0.1, 0.05], "epoch": 10, "empty": []}, 5, 1.5)
+    assert isinstance(records, list)
+    rows, column = records
+    assert isinstance(rows, Rows) and isinstance(column, Column)
+    assert (rows.keys, rows.step, rows.time, rows.overwrite) == (("epoch",), 5.0, 1.5, False)
+    assert (column.name, column.first_step, column.points) == ("loss", 5.0, 2)
+    only_lists = maker.float_rows({"a": (1.0,), "b": [2.0, 3.0]}, None, None, overwrite=True)
+    assert isinstance(only_lists, list)
+    assert [(c.name, c.first_step, c.points, c.overwrite) for c in only_lists] == [  # type: ignore[union-attr]
+        ("a", None, 1, True),
+        ("b", None, 2, True),
+    ]
 
 
 def test_non_finite_values_are_accepted() -> None:

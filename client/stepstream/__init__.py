@@ -8,10 +8,12 @@
 
 Log calls never wait on the network; a background thread batches and streams the points,
 reconnects and re-sends when the connection fails, and the service applies every batch exactly
-once. See `Run` for the details and `stepstream._exceptions` for the errors.
+once. Runs fork (`Run(fork_from="<run_id>?_step=N")`, `fork_run_id=`/`fork_step=`) and rewind
+(`Run(resume_from="<run_id>?_step=N")`). See `Run` for the details and
+`stepstream._exceptions` for the errors.
 """
 
-from ._client import get_run, list_series, read_series
+from ._client import get_run, list_runs, list_series, read_series
 from ._exceptions import (
     InvalidArgumentError,
     RPCError,
@@ -19,6 +21,7 @@ from ._exceptions import (
     StepstreamError,
     WaitTimeoutError,
 )
+from ._export import load_export
 from ._run import Run
 from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
 
@@ -38,6 +41,8 @@ __all__ = [
     "StepstreamError",
     "WaitTimeoutError",
     "get_run",
+    "list_runs",
     "list_series",
+    "load_export",
     "read_series",
 ]

@@ -34,6 +34,7 @@ _SERIES_STEPS = 0x12  # FloatSeries.steps = 2
 _SERIES_VALUES = 0x1A  # FloatSeries.values = 3
 _SERIES_TIMESTAMPS = 0x22  # FloatSeries.timestamps = 4
 _SERIES_ASSIGN_STEPS = b"\x28\x01"  # FloatSeries.assign_steps = 5, true
+_SERIES_OVERWRITE = b"\x30\x01"  # FloatSeries.overwrite = 6, true
 _REQUEST_BATCH = 0x12  # AppendPointsRequest.batch = 2
 
 
@@ -70,10 +71,11 @@ def _field(tag: int, data: bytes) -> bytes:
 class _FloatEntry:
     """Points of one float series that will travel as one `FloatSeries` entry."""
 
-    __slots__ = ("assign", "last_step", "steps", "times", "values")
+    __slots__ = ("assign", "last_step", "overwrite", "steps", "times", "values")
 
-    def __init__(self, assign: bool) -> None:
+    def __init__(self, assign: bool, overwrite: bool = False) -> None:
         self.assign = assign
+        self.overwrite = overwrite
         self.last_step = float("-inf")
         self.steps: list[bytes] = []
         self.values: list[bytes] = []
@@ -87,6 +89,7 @@ class _FloatEntry:
                 _field(_SERIES_VALUES, b"".join(self.values)),
                 _field(_SERIES_TIMESTAMPS, b"".join(self.times)),
                 _SERIES_ASSIGN_STEPS if self.assign else b"",
+                _SERIES_OVERWRITE if self.overwrite else b"",
             )
         )
         return _field(_BATCH_FLOAT_SERIES, body)
@@ -129,7 +132,9 @@ class BatchEncoder:
     Consecutive float `Rows` with the same keys form a block whose values are one row-major
     matrix; each series' column is a strided slice of it. A block is closed when the keys
     change, when steps switch between explicit and assigned, or when the step does not
-    increase.
+    increase. A record with `overwrite` always starts a new entry (flagged `overwrite`) for
+    each of its series; later records may join that entry, since the service restarts the
+    series before applying the entry's first point.
     """
 
     def __init__(self) -> None:
@@ -138,6 +143,7 @@ class BatchEncoder:
         self.points = 0
         self._block_keys: tuple[str, ...] | None = None
         self._block_assign = False
+        self._block_overwrite = False
         self._block_steps: list[float] = []
         self._block_times: list[float] = []
         self._block_values: list[bytes] = []
@@ -170,6 +176,7 @@ class BatchEncoder:
         keys = rows.keys
         if (
             self._block_keys is not None
+            and not rows.overwrite
             and (keys is self._block_keys or keys == self._block_keys)
             and assign == self._block_assign
             and (assign or rows.step > self._block_steps[-1])  # type: ignore[operator]
@@ -179,6 +186,7 @@ class BatchEncoder:
             self._flush_block()
             self._block_keys = keys
             self._block_assign = assign
+            self._block_overwrite = rows.overwrite
         self._block_steps.append(0.0 if rows.step is None else rows.step)
         self._block_times.append(rows.time)
         self._block_values.append(values)
@@ -191,6 +199,7 @@ class BatchEncoder:
         self._block_keys = None
         self._block_steps, self._block_times, self._block_values = [], [], []
         assign = self._block_assign
+        overwrite = self._block_overwrite
         count = len(steps)
         width = len(keys)
         step_bytes = b"" if assign else pack_doubles(steps)
@@ -205,8 +214,8 @@ class BatchEncoder:
             entries = floats.get(key)
             if entries is None:
                 entries = floats[key] = []
-            if not _entry_for(entries, assign, first):
-                entries.append(_FloatEntry(assign))
+            if overwrite or not _entry_for(entries, assign, first):
+                entries.append(_FloatEntry(assign, overwrite))
             entry = entries[-1]
             entry.steps.append(step_bytes)
             entry.values.append(column)
@@ -220,8 +229,8 @@ class BatchEncoder:
         assign = column.first_step is None
         first = 0.0 if column.first_step is None else column.first_step
         entries = self._floats.setdefault(column.name, [])
-        if not _entry_for(entries, assign, first):
-            entries.append(_FloatEntry(assign))
+        if column.overwrite or not _entry_for(entries, assign, first):
+            entries.append(_FloatEntry(assign, column.overwrite))
         entry = entries[-1]
         if not assign:
             entry.steps.append(pack_doubles([first + i for i in range(count)]))

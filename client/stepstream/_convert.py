@@ -130,6 +130,10 @@ def run_info_from_proto(message: runs_pb2.Run) -> RunInfo:
         failure_reason=message.failure_reason or None,
         create_time=_time(message, "create_time"),
         update_time=_time(message, "update_time"),
+        values=dict_from_struct(message.values),
+        experiment_head=message.experiment_head,
+        url=message.url or None,
+        experiment_url=message.experiment_url or None,
     )
 
 
@@ -143,6 +147,7 @@ def summary_from_proto(message: runs_pb2.SeriesSummary) -> SeriesSummary:
         min=message.min,
         max=message.max,
         last_string=message.last_string,
+        generation=message.generation,
     )
 
 

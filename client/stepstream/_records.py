@@ -37,23 +37,29 @@ class Rows:
     """One `log_metrics`/`log_strings` call: one point per key, all at `step`.
 
     `values` holds the float values packed little-endian (`pack_doubles`), or the strs of a
-    string call. `step` None asks the service to assign each series' next step.
+    string call. `step` None asks the service to assign each series' next step. `overwrite`
+    restarts every one of these (float) series before its point is applied.
     """
 
     step: float | None
     time: float
     keys: tuple[str, ...]
     values: bytes | tuple[str, ...]
+    overwrite: bool = False
 
     @property
     def points(self) -> int:
         return len(self.keys)
 
     def split(self, count: int) -> tuple[Rows, Rows]:
-        """Split after the first `count` points (to respect the batch size limit)."""
+        """Split after the first `count` points (to respect the batch size limit).
+
+        Both halves keep `overwrite`: they hold different series, each to be restarted.
+        """
         width = 8 if isinstance(self.values, bytes) else 1
-        head = Rows(self.step, self.time, self.keys[:count], self.values[: count * width])
-        tail = Rows(self.step, self.time, self.keys[count:], self.values[count * width :])
+        step, when, keys, values = self.step, self.time, self.keys, self.values
+        head = Rows(step, when, keys[:count], values[: count * width], self.overwrite)
+        tail = Rows(step, when, keys[count:], values[count * width :], self.overwrite)
         return head, tail
 
 
@@ -62,21 +68,26 @@ class Column:
     """One `log_metric(name, [v0, v1, ...])` call: one float series at consecutive steps.
 
     Steps are `first_step`, `first_step + 1`, ...; `first_step` None asks the service to
-    assign them. `values` is packed like `Rows.values`.
+    assign them. `values` is packed like `Rows.values`. `overwrite` restarts the series before
+    the first value is applied.
     """
 
     name: str
     first_step: float | None
     time: float
     values: bytes
+    overwrite: bool = False
 
     @property
     def points(self) -> int:
         return len(self.values) // 8
 
     def split(self, count: int) -> tuple[Column, Column]:
+        """Split after the first `count` values; only the head restarts the series."""
         rest = None if self.first_step is None else self.first_step + count
-        head = Column(self.name, self.first_step, self.time, self.values[: count * 8])
+        head = Column(
+            self.name, self.first_step, self.time, self.values[: count * 8], self.overwrite
+        )
         tail = Column(self.name, rest, self.time, self.values[count * 8 :])
         return head, tail
 
@@ -97,9 +108,19 @@ class RecordMaker:
         self._last_keys: tuple[str, ...] = ()
 
     def float_rows(
-        self, data: Mapping[str, float], step: float | None, timestamp: float | None
-    ) -> Rows | None:
-        """The record of `log_metrics(data, step, timestamp=...)`; None for an empty dict."""
+        self,
+        data: Mapping[str, float | Iterable[float]],
+        step: float | None,
+        timestamp: float | None,
+        overwrite: bool = False,
+    ) -> Record | list[Record] | None:
+        """The record(s) of `log_metrics(data, step, timestamp=..., overwrite=...)`.
+
+        One `Rows` when every value is a number (the fast path), None for an empty dict. A
+        dict that also holds lists (DigitalHub: a list is appended at consecutive steps) gives
+        a list of records: one `Rows` for the numbers, one `Column` per list. Every value is
+        checked before anything is returned, so a bad value queues nothing.
+        """
         if step is not None:
             step = check_real(step, "step")
         when = time.time() if timestamp is None else check_real(timestamp, "timestamp")
@@ -117,8 +138,8 @@ class RecordMaker:
         try:
             values = double_packer(len(keys)).pack(*data.values())
         except _BAD_VALUE:
-            raise _bad_value(data) from None
-        return Rows(step, when, keys, values)
+            return _mixed_rows(data, step, when, overwrite)
+        return Rows(step, when, keys, values, overwrite)
 
     def float_values(
         self,
@@ -126,8 +147,9 @@ class RecordMaker:
         value: float | Iterable[float],
         step: float | None,
         timestamp: float | None,
+        overwrite: bool = False,
     ) -> Record | None:
-        """The record of `log_metric(name, value, step, timestamp=...)`.
+        """The record of `log_metric(name, value, step, timestamp=..., overwrite=...)`.
 
         A list (or other iterable) of values becomes one Column at consecutive steps; None for
         an empty list.
@@ -138,19 +160,10 @@ class RecordMaker:
             step = check_real(step, "step")
         when = time.time() if timestamp is None else check_real(timestamp, "timestamp")
         try:
-            return Rows(step, when, (name,), _PACK_ONE(value))
+            return Rows(step, when, (name,), _PACK_ONE(value), overwrite)
         except _BAD_VALUE:
             pass
-        if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Iterable):
-            raise _bad_value({name: value}) from None
-        items = list(value)
-        if not items:
-            return None
-        try:
-            packed = pack_doubles(items)
-        except _BAD_VALUE:
-            raise _bad_value({f"{name}[{i}]": v for i, v in enumerate(items)}) from None
-        return Column(name, step, when, packed)
+        return _column(name, value, step, when, overwrite)
 
     def string_rows(
         self, data: Mapping[str, str], step: float | None, timestamp: float | None
@@ -181,6 +194,50 @@ class RecordMaker:
 
 
 _PACK_ONE = double_packer(1).pack
+_NOT_A_SEQUENCE = (str, bytes, bytearray, Mapping, set, frozenset)
+
+
+def _column(
+    name: str, value: object, step: float | None, when: float, overwrite: bool
+) -> Column | None:
+    """The Column of a list value, or None for an empty list; InvalidArgumentError otherwise.
+
+    Any ordered iterable of numbers will do (list, tuple, generator, numpy array); text,
+    mappings and sets are not sequences of points.
+    """
+    if isinstance(value, _NOT_A_SEQUENCE) or not isinstance(value, Iterable):
+        raise _bad_value({name: value})
+    items = list(value)
+    if not items:
+        return None
+    try:
+        packed = pack_doubles(items)
+    except _BAD_VALUE:
+        raise _bad_value({f"{name}[{i}]": v for i, v in enumerate(items)}) from None
+    return Column(name, step, when, packed, overwrite)
+
+
+def _mixed_rows(
+    data: Mapping[str, object], step: float | None, when: float, overwrite: bool
+) -> list[Record]:
+    """The slow path of `float_rows`: numbers into one Rows, each list into its own Column."""
+    keys: list[str] = []
+    numbers: list[object] = []
+    records: list[Record] = []
+    for key, value in data.items():
+        try:
+            _PACK_ONE(value)
+        except _BAD_VALUE:
+            column = _column(key, value, step, when, overwrite)
+            if column is not None:
+                records.append(column)
+            continue
+        keys.append(key)
+        numbers.append(value)
+    if keys:
+        packed = double_packer(len(numbers)).pack(*numbers)
+        records.insert(0, Rows(step, when, tuple(keys), packed, overwrite))
+    return records
 
 
 def _learn(keys: Iterable[object], known: set[str]) -> None:

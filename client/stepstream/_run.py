@@ -5,13 +5,18 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import contextlib
+import copy
+import dataclasses
 import logging
+import os
 import sys
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
@@ -19,8 +24,8 @@ import grpc
 
 from stepstream.v1 import runs_pb2
 
-from ._client import RunClient, resolve_address
-from ._convert import struct_from_dict
+from ._client import RunClient, check_read_range, make_selector, resolve_address
+from ._convert import dict_from_struct, run_info_from_proto, struct_from_dict
 from ._exceptions import (
     InvalidArgumentError,
     RPCError,
@@ -28,9 +33,10 @@ from ._exceptions import (
     StepstreamError,
     WaitTimeoutError,
 )
+from ._export import export_document, export_format, write_document
 from ._records import Record, RecordMaker
 from ._sender import UNARY_TIMEOUT, Operation, Sender, UnaryCall
-from ._types import IngestError, RunInfo, SenderStats, Series, SeriesSummary
+from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
 from ._validate import (
     check_id,
     check_name,
@@ -38,11 +44,13 @@ from ._validate import (
     check_positive_int,
     check_real,
     check_tags,
+    parse_run_moment,
 )
 
 logger = logging.getLogger("stepstream")
 
 SERVER_MAX_BATCH_POINTS = 100_000
+DESCRIPTION_KEY = "sys/description"
 MAX_KEPT_ERRORS = 1000
 # Without on_error, this many errors per (reason, series) are logged; the rest only counted.
 LOGGED_ERRORS_PER_KIND = 10
@@ -67,6 +75,22 @@ class Run:
     dropped silently: what the service rejects is reported to `on_error` (or logged), counted
     in `errors`, and summarised by `close()`.
 
+    Where the run comes from (at most one of these; none creates a new run):
+
+    - `fork_run_id` + `fork_step` (Neptune): a new run inheriting the parent's points with
+      step <= fork_step, its tags and description (its config too with `inherit_configs`).
+      With `experiment_name`, a parent that does not exist (yet) falls back to the
+      experiment's head run: `parent_fallback` is then True.
+    - `fork_incarnation_id` + `fork_step`: fork from exactly that incarnation ("immutable run
+      ID", e.g. an archived one from `history()`), whatever its run has done since.
+    - `fork_from="<run_id>?_step=<N>"` (W&B): the same as fork_run_id=<run_id>, fork_step=N.
+    - `resume_from="<run_id>?_step=<N>"` (W&B rewind): the existing run <run_id> is cut back
+      to step N (its later history is archived, readable by incarnation ID) and this Run
+      attaches to it, logging into its new incarnation. `config` is merged into the run's
+      preserved config, `tags` added, `description` set. `run_id` may be omitted.
+    - `resume=True`: attach to the existing run `run_id` (created if missing), resuming it if
+      it is not RUNNING.
+
     Args:
         run_id: the run's ID (1-128 characters of [A-Za-z0-9._:-]); None lets the service
             generate one.
@@ -74,10 +98,8 @@ class Run:
         experiment_name: an experiment to create the run in (the run becomes its head).
         address: "host:port" of the service; default $STEPSTREAM_ADDRESS or 127.0.0.1:50051.
         tags, description, config: initial metadata.
-        fork_run_id, fork_step: fork from this run at this step (both or neither).
-        inherit_configs: with a fork, inherit the parent's config too.
-        resume: attach to an existing run `run_id` (created if missing), resuming it if it
-            is not RUNNING. Without it, an existing run_id is an error.
+        fork_run_id, fork_incarnation_id, fork_step, fork_from, resume_from, resume: see above.
+        inherit_configs: with a fork, inherit the parent's config and single values too.
         writer_id: the stream's writer ID (default: random); batches are numbered per writer,
             so a stable writer_id lets a restarted process continue the numbering.
         on_error: called, from the background thread, with each IngestError; keep it quick.
@@ -88,6 +110,13 @@ class Run:
         connect_timeout: seconds to wait for the service when creating the run and when
             opening a stream.
         reconnect_timeout: seconds to keep reconnecting a failed stream before giving up.
+
+    Local metadata (DigitalHub's Run object): `run.config`, `run.tags` and `run.description`
+    are local copies, read from the service when the Run is created and by `refresh()`. Edit
+    them freely; `save()` pushes what you changed. `log_configs`, `add_tags` and
+    `remove_tags` update them too (and queue the change for the service). `state`, `values`
+    and `incarnations` are as of the last `refresh()` (or creation) and of this Run's own
+    calls. These attributes are meant for the thread that owns the Run.
     """
 
     def __init__(
@@ -102,6 +131,9 @@ class Run:
         config: Mapping[str, Any] | None = None,
         fork_run_id: str | None = None,
         fork_step: float | None = None,
+        fork_incarnation_id: str | None = None,
+        fork_from: str | None = None,
+        resume_from: str | None = None,
         inherit_configs: bool = False,
         resume: bool = False,
         writer_id: str | None = None,
@@ -114,14 +146,16 @@ class Run:
     ) -> None:
         if run_id is not None:
             check_id(run_id, "run_id")
-        if (fork_run_id is None) != (fork_step is None):
-            raise InvalidArgumentError(
-                "fork_run_id and fork_step must be given together "
-                f"(got fork_run_id={fork_run_id!r}, fork_step={fork_step!r})"
-            )
-        if fork_run_id is not None:
-            check_id(fork_run_id, "fork_run_id")
-            fork_step = check_real(fork_step, "fork_step")
+        branch = _branch(
+            run_id,
+            fork_run_id=fork_run_id,
+            fork_step=fork_step,
+            fork_incarnation_id=fork_incarnation_id,
+            fork_from=fork_from,
+            resume_from=resume_from,
+            resume=resume,
+            inherit_configs=inherit_configs,
+        )
         if resume and run_id is None:
             raise InvalidArgumentError("resume=True needs the run_id of the run to attach to")
         for value, what in (
@@ -146,15 +180,20 @@ class Run:
         check_positive_int(max_inflight_batches, "max_inflight_batches")
         self._connect_timeout = check_positive_float(connect_timeout, "connect_timeout")
         self._reconnect_timeout = check_positive_float(reconnect_timeout, "reconnect_timeout")
+        config_struct = struct_from_dict(config) if config is not None else None
+        if config is not None:
+            _check_description_entry(config)
+        tag_list = check_tags(tags)
         request = runs_pb2.CreateRunRequest(
             project=project or "",
             experiment=experiment_name or "",
             run_id=run_id or "",
-            tags=check_tags(tags),
+            tags=tag_list,
             description=description or "",
-            config=struct_from_dict(config) if config is not None else None,
-            fork_run_id=fork_run_id or "",
-            fork_step=fork_step,
+            config=config_struct,
+            fork_run_id=branch.fork_run_id,
+            fork_incarnation_id=branch.fork_incarnation_id,
+            fork_step=branch.fork_step,
             inherit_configs=inherit_configs,
             get_if_exists=resume,
         )
@@ -169,17 +208,31 @@ class Run:
 
         self._address = resolve_address(address)
         self._client = RunClient(self._address)
+        fallback = False
         try:
-            response = self._client.create_run(request, timeout=self._connect_timeout)
-            created = response.run
-            if resume and created.state != runs_pb2.RUN_STATE_RUNNING:
-                self._client.resume_run(created.project, created.run_id)
+            if branch.rewind_run_id:
+                info = self._rewind_existing(
+                    project or "",
+                    branch.rewind_run_id,
+                    branch.rewind_step,
+                    experiment_name=experiment_name,
+                    config=config_struct,
+                    tags=tag_list,
+                    description=description,
+                )
+            else:
+                response = self._client.create_run(request, timeout=self._connect_timeout)
+                info = run_info_from_proto(response.run)
+                fallback = response.parent_fallback
+                if resume and info.state != "RUNNING":
+                    info = self._client.resume_run(info.project, info.run_id)
         except RPCError as exc:
             self._client.close()
             if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                action = "rewind" if branch.rewind_run_id else "create"
                 raise RPCError(
                     exc.code,
-                    f"could not create the run: no answer from the stepstream service at "
+                    f"could not {action} the run: no answer from the stepstream service at "
                     f"{self._address} within {self._connect_timeout:g} s ({exc.message})",
                     reason=exc.reason,
                     domain=exc.domain,
@@ -189,11 +242,20 @@ class Run:
         except BaseException:
             self._client.close()
             raise
-        self._run_id = created.run_id
-        self._project = created.project or (project or "")
-        self._experiment_name = created.experiment or experiment_name or None
-        self._incarnation_id = created.current_incarnation_id
-        self._parent_fallback = response.parent_fallback
+        self._run_id = info.run_id
+        self._project = info.project or (project or "")
+        self._experiment_name = info.experiment or experiment_name or None
+        self._parent_fallback = fallback
+        self._adopt(info)
+        if fallback:
+            parent = info.incarnations[0].parent_run_id if info.incarnations else None
+            logger.warning(
+                "stepstream: fork parent %r was not found; forked from the head run %r of "
+                "experiment %r instead (run.parent_fallback is True)",
+                branch.fork_run_id,
+                parent,
+                self._experiment_name,
+            )
 
         self._sender = Sender(
             address=self._address,
@@ -209,6 +271,47 @@ class Run:
         )
         self._sender.start()
         _open_runs.add(self)
+
+    def _rewind_existing(
+        self,
+        project: str,
+        run_id: str,
+        step: float,
+        *,
+        experiment_name: str | None,
+        config: Any,
+        tags: list[str],
+        description: str | None,
+    ) -> RunInfo:
+        """resume_from: cut the existing run back to `step`, then apply the metadata args."""
+        # GetRun first: a missing run is RUN_NOT_FOUND before anything changes, and a service
+        # that is still starting gets connect_timeout to come up.
+        current = self._client.get_run(
+            project, run_id, timeout=self._connect_timeout, wait_for_ready=True
+        )
+        if experiment_name is not None and current.experiment != experiment_name:
+            raise InvalidArgumentError(
+                f"resume_from names run {run_id!r}, which belongs to experiment "
+                f"{current.experiment!r}, not experiment_name={experiment_name!r}"
+            )
+        info = self._client.rewind_run(project, run_id, step, config)
+        if tags:
+            info = self._client.update_run_tags(project, run_id, add=tags)
+        if description is not None:
+            description_struct = struct_from_dict({DESCRIPTION_KEY: description})
+            info = self._client.update_run_config(project, run_id, config=description_struct)
+        return info
+
+    def _adopt(self, info: RunInfo) -> None:
+        """Take `info` as the service's current view of the run (local edits are replaced)."""
+        self._info = info
+        self._incarnation_id = info.incarnation_id
+        self._config = copy.deepcopy(info.config)
+        self._synced_config = copy.deepcopy(info.config)
+        self._tags = list(info.tags)
+        self._synced_tags = list(info.tags)
+        self._description = info.description
+        self._synced_description = info.description
 
     # ---- identity ---------------------------------------------------------------------
 
@@ -263,24 +366,98 @@ class Run:
         state = "closed" if self._closed else "open"
         return f"<Run project={self._project!r} run_id={self._run_id!r} {state}>"
 
+    # ---- local metadata (DigitalHub: edit, then save(); refresh() re-reads) -------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's config, as a local dict: edit it in place or assign a new dict, then call
+        `save()` to push the changes (numbers come back from the service as float)."""
+        return self._config
+
+    @config.setter
+    def config(self, value: Mapping[str, Any]) -> None:
+        if not isinstance(value, Mapping):
+            raise InvalidArgumentError(f"config must be a dict, got {type(value).__name__}")
+        self._config = dict(value)
+
+    @property
+    def tags(self) -> list[str]:
+        """The run's tags, as a local list: edit it or assign a new list, then `save()`."""
+        return self._tags
+
+    @tags.setter
+    def tags(self, value: Iterable[str]) -> None:
+        self._tags = check_tags(value)
+
+    @property
+    def description(self) -> str:
+        """The run's description (attribute sys/description), local until `save()`."""
+        return self._description
+
+    @description.setter
+    def description(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise InvalidArgumentError(f"description must be a str, got {type(value).__name__}")
+        self._description = value
+
+    @property
+    def state(self) -> str:
+        """ "RUNNING", "STOPPED", "FINISHED" or "FAILED": as of creation, the last `refresh()`,
+        and this Run's own stop/resume/close."""
+        return self._info.state
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Single-value metrics (`log_metric(..., single_value=True)`), as of the last
+        `refresh()` plus the ones this Run logged since."""
+        return dict(self._info.values)
+
+    @property
+    def incarnations(self) -> list[Incarnation]:
+        """The run's incarnations as of creation or the last `refresh()`, oldest first (see
+        `history()` for a fresh read)."""
+        return list(self._info.incarnations)
+
+    def get_run_url(self) -> str | None:
+        """Link to this run in the service's web view, or None when the service serves none."""
+        return self.get_run().url
+
+    def get_experiment_url(self) -> str | None:
+        """Link to this run's experiment in the web view; None without a web view or an
+        experiment."""
+        return self.get_run().experiment_url
+
     # ---- logging (never waits on the network) --------------------------------------------
 
     def log_metrics(
         self,
-        data: Mapping[str, float],
+        data: Mapping[str, float | Iterable[float]],
         step: float | None = None,
         *,
+        overwrite: bool = False,
         timestamp: float | None = None,
     ) -> None:
         """Append one point to each series in `data`, all at `step`.
 
         With `step` None the service gives each series its next step (floor + 1, or 0 for a
-        new series). `timestamp` (seconds since the epoch) defaults to now. Values may be any
-        real numbers, NaN and infinities included. Raises InvalidArgumentError (a ValueError)
-        for a bad name, step or value; blocks only while the queue is full.
+        new series). A list value (DigitalHub) appends its elements at consecutive steps:
+        `step`, `step + 1`, ... or the service's next steps. `overwrite=True` replaces each
+        named series: its visible history restarts empty (so without a step the first point
+        lands at 0) and the replaced points stay readable as an older generation
+        (`read_series(..., generation=N)`). `timestamp` (seconds since the epoch) defaults to
+        now. Values may be any real numbers, NaN and infinities included. Raises
+        InvalidArgumentError (a ValueError) for a bad name, step or value, before anything is
+        queued; blocks only while the queue is full.
         """
-        record = self._records.float_rows(data, step, timestamp)
-        if record is not None:
+        if not isinstance(overwrite, bool):
+            raise InvalidArgumentError(f"overwrite must be a bool, got {overwrite!r}")
+        record = self._records.float_rows(data, step, timestamp, overwrite)
+        if record is None:
+            return
+        if isinstance(record, list):
+            for item in record:
+                self._put(item)
+        else:
             self._put(record)
 
     def log_metric(
@@ -289,16 +466,57 @@ class Run:
         value: float | Iterable[float],
         step: float | None = None,
         *,
+        overwrite: bool = False,
+        single_value: bool = False,
         timestamp: float | None = None,
     ) -> None:
-        """Append `value` to the series `name` at `step`.
+        """Append `value` to the series `name` at `step` (DigitalHub's `log_metric`).
 
         A list (or other iterable) of values appends each at consecutive steps: `step`,
         `step + 1`, ... when `step` is given, else the service's next steps.
+        `overwrite=True` replaces the series (see `log_metrics`): `log_metric("acc",
+        [0.8, 0.9], overwrite=True)` leaves the series [0.8, 0.9] at steps 0 and 1.
+
+        `single_value=True` stores one number as a run attribute instead (`run.values`,
+        `RunInfo.values`), replacing an earlier value of that name; it has no step or
+        timestamp and is queued like `log_configs`. Single values are JSON numbers, so they
+        must be finite. A single value and a series may share a name; they are separate.
         """
-        record = self._records.float_values(name, value, step, timestamp)
+        if not isinstance(overwrite, bool):
+            raise InvalidArgumentError(f"overwrite must be a bool, got {overwrite!r}")
+        if single_value:
+            self._log_single_value(name, value, step, timestamp)
+            return
+        record = self._records.float_values(name, value, step, timestamp, overwrite)
         if record is not None:
             self._put(record)
+
+    def _log_single_value(self, name: str, value: object, step: object, timestamp: object) -> None:
+        check_name(name, "value name")
+        if isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray)):
+            raise InvalidArgumentError(
+                f"single_value=True stores one number, got a {type(value).__name__} for "
+                f"{name!r}; log a list without single_value to append it to the series"
+            )
+        if step is not None:
+            raise InvalidArgumentError(
+                f"single_value=True stores an attribute, which has no step (got step={step!r})"
+            )
+        if timestamp is not None:
+            raise InvalidArgumentError(
+                "single_value=True stores an attribute, which has no timestamp "
+                f"(got timestamp={timestamp!r})"
+            )
+        # Single values travel as JSON numbers (google.protobuf.Struct): finite only.
+        number = check_real(value, f"single value {name!r}")
+        values = struct_from_dict({name: number}, "values")
+        request = runs_pb2.UpdateRunConfigRequest(
+            project=self._project, run_id=self._run_id, values=values
+        )
+        self._submit(
+            "UpdateRunConfig", lambda stub: stub.UpdateRunConfig(request, timeout=UNARY_TIMEOUT)
+        )
+        self._info = dataclasses.replace(self._info, values={**self._info.values, name: number})
 
     def log_strings(
         self,
@@ -323,32 +541,46 @@ class Run:
         """Merge `config` into the run's config (a key "sys/description" sets the description).
 
         Checked now, sent by the background thread in order with the points; a failure goes
-        to on_error.
+        to on_error. The local `run.config` / `run.description` are updated at once.
         """
+        struct = struct_from_dict(config)
+        _check_description_entry(config)
         request = runs_pb2.UpdateRunConfigRequest(
-            project=self._project, run_id=self._run_id, config=struct_from_dict(config)
+            project=self._project, run_id=self._run_id, config=struct
         )
         self._submit(
             "UpdateRunConfig", lambda stub: stub.UpdateRunConfig(request, timeout=UNARY_TIMEOUT)
         )
+        for key, value in dict_from_struct(struct).items():
+            if key == DESCRIPTION_KEY:
+                self._description = self._synced_description = value
+            else:
+                self._config[key] = value
+                self._synced_config[key] = copy.deepcopy(value)
 
     def add_tags(self, tags: str | Iterable[str]) -> None:
-        """Add tags (queued like log_configs)."""
+        """Add tags (queued like log_configs; the local `run.tags` is updated at once)."""
+        added = check_tags(tags)
         request = runs_pb2.UpdateRunTagsRequest(
-            project=self._project, run_id=self._run_id, add=check_tags(tags)
+            project=self._project, run_id=self._run_id, add=added
         )
         self._submit(
             "UpdateRunTags", lambda stub: stub.UpdateRunTags(request, timeout=UNARY_TIMEOUT)
         )
+        self._tags = sorted(set(self._tags) | set(added))
+        self._synced_tags = sorted(set(self._synced_tags) | set(added))
 
     def remove_tags(self, tags: str | Iterable[str]) -> None:
-        """Remove tags (queued like log_configs)."""
+        """Remove tags (queued like log_configs; the local `run.tags` is updated at once)."""
+        removed = check_tags(tags)
         request = runs_pb2.UpdateRunTagsRequest(
-            project=self._project, run_id=self._run_id, remove=check_tags(tags)
+            project=self._project, run_id=self._run_id, remove=removed
         )
         self._submit(
             "UpdateRunTags", lambda stub: stub.UpdateRunTags(request, timeout=UNARY_TIMEOUT)
         )
+        self._tags = sorted(set(self._tags) - set(removed))
+        self._synced_tags = sorted(set(self._synced_tags) - set(removed))
 
     def _submit(
         self, name: str, call: UnaryCall | None = None, *, report: bool = True
@@ -382,12 +614,15 @@ class Run:
         return self
 
     def stop(self) -> None:
-        """Wait for everything logged so far, then move the run to STOPPED."""
+        """Wait for everything logged so far, then move the run to STOPPED.
+
+        Points logged while the run is stopped are rejected (RUN_NOT_ACTIVE) until resume().
+        """
         request = runs_pb2.StopRunRequest(project=self._project, run_id=self._run_id)
         future = self._submit(
             "StopRun", lambda stub: stub.StopRun(request, timeout=UNARY_TIMEOUT), report=False
         )
-        self._await(future, None, True, "stop()")
+        self._note_state(self._await(future, None, True, "stop()"))
 
     def resume(self) -> None:
         """Move the run back to RUNNING (after stop(), or for a FINISHED/FAILED run)."""
@@ -395,7 +630,14 @@ class Run:
         future = self._submit(
             "ResumeRun", lambda stub: stub.ResumeRun(request, timeout=UNARY_TIMEOUT), report=False
         )
-        self._await(future, None, True, "resume()")
+        self._note_state(self._await(future, None, True, "resume()"))
+
+    def _note_state(self, response: Any) -> None:
+        """Keep `state` current after a state change, without touching local edits."""
+        run = getattr(response, "run", None)
+        if isinstance(run, runs_pb2.Run):
+            state = run_info_from_proto(run).state
+            self._info = dataclasses.replace(self._info, state=state)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, move the run to FINISHED, stop the background thread. Idempotent.
@@ -425,7 +667,7 @@ class Run:
             self._raise_if_failed()
             final = self._sender.submit(Operation(name, call=call))
             stop = self._sender.submit(Operation("stop", stop=True))
-            self._await(final, remaining(), True, "close()")
+            self._note_state(self._await(final, remaining(), True, "close()"))
             self._await(stop, remaining(), False, "close()")
             self._sender.join(remaining())
         except RunClosedError:
@@ -537,8 +779,33 @@ class Run:
 
     # ---- reads (synchronous) --------------------------------------------------------
 
-    def _read_client(self) -> RunClient:
-        return RunClient(self._address) if self._closed else self._client
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[RunClient]:
+        """The Run's own RunService channel, or a temporary one once the Run is closed."""
+        if not self._closed:
+            yield self._client
+            return
+        client = RunClient(self._address)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def _flush(self) -> None:
+        """wait() quietly, unless there is nothing a wait could deliver any more."""
+        if not self._closed and self._sender.fatal is None:
+            self.wait(verbose=False)
+
+    def _selector(
+        self, incarnation_id: str | None, own_points_only: bool
+    ) -> runs_pb2.SeriesSelector:
+        if incarnation_id is None:
+            return make_selector(
+                self._project, run_id=self._run_id, own_points_only=own_points_only
+            )
+        return make_selector(
+            self._project, incarnation_id=incarnation_id, own_points_only=own_points_only
+        )
 
     def read_series(
         self,
@@ -547,45 +814,361 @@ class Run:
         step_min: float | None = None,
         step_max: float | None = None,
         own_points_only: bool = False,
+        max_points: int | None = None,
+        incarnation_id: str | None = None,
+        generation: int | None = None,
+        string_series: bool | None = None,
     ) -> Series:
-        """Read one series of this run (inherited points included unless own_points_only).
+        """Read one series of this run, in step order.
+
+        By default the run's current view, with the points it inherits from its fork parents
+        (Neptune's "show inherited metrics"); `own_points_only=True` returns only the points
+        this run's incarnation stored itself. `incarnation_id` reads exactly that incarnation
+        instead (an archived one from `history()`, or any other "immutable run ID").
+
+        `step_min`/`step_max` bound the steps (inclusive). `max_points` downsamples to at
+        most that many points for plotting, keeping each bucket's first, last, minimum and
+        maximum point and its first NaN (the service needs max_points >= 5). `generation`
+        reads an older generation of a series replaced by `overwrite=True` (0 = before the
+        first overwrite; own points of the viewed incarnation). A float and a string series
+        may share a name: the float one is returned unless `string_series=True`. A series
+        that does not exist reads as an empty Series.
 
         Reads what the service has stored: call wait() first to read what you just logged.
         """
         check_name(name, "series name")
-        lo = None if step_min is None else check_real(step_min, "step_min")
-        hi = None if step_max is None else check_real(step_max, "step_max")
-        client = self._read_client()
-        try:
+        selector = self._selector(incarnation_id, own_points_only)
+        lo, hi, most, gen = check_read_range(step_min, step_max, max_points, generation)
+        with self._reader() as client:
             return client.read_series(
-                self._project,
-                self._run_id,
+                selector,
                 name,
                 step_min=lo,
                 step_max=hi,
-                own_points_only=own_points_only,
+                max_points=most,
+                generation=gen,
+                string_series=string_series,
             )
-        finally:
-            if client is not self._client:
-                client.close()
 
-    def list_series(self, *, own_points_only: bool = False) -> list[SeriesSummary]:
-        """Summaries of every series visible in this run, sorted by name."""
-        client = self._read_client()
-        try:
-            return client.list_series(self._project, self._run_id, own_points_only=own_points_only)
-        finally:
-            if client is not self._client:
-                client.close()
+    def list_series(
+        self, *, own_points_only: bool = False, incarnation_id: str | None = None
+    ) -> list[SeriesSummary]:
+        """Summaries of every series visible in this run (or in `incarnation_id`), sorted by
+        name; float and string series alike."""
+        selector = self._selector(incarnation_id, own_points_only)
+        with self._reader() as client:
+            return client.list_series(selector)
+
+    def summary(
+        self, *, own_points_only: bool = False, incarnation_id: str | None = None
+    ) -> dict[str, SeriesSummary]:
+        """W&B's run summary: float series name -> SeriesSummary (count, last step, last,
+        min, max, generation), computed by the service from the current view, so it follows
+        rewinds and overwrites. String series are left out (see `logs()`)."""
+        return {
+            s.name: s
+            for s in self.list_series(
+                own_points_only=own_points_only, incarnation_id=incarnation_id
+            )
+            if not s.string_series
+        }
+
+    def logs(
+        self,
+        *,
+        step_min: float | None = None,
+        step_max: float | None = None,
+        own_points_only: bool = False,
+        incarnation_id: str | None = None,
+    ) -> dict[str, list[tuple[float, str]]]:
+        """The run's string series (console lines, `log_strings`): name -> [(step, line)].
+
+        Inherited lines are included unless `own_points_only`; a rewind cuts them back like
+        any other series. Reads what the service has stored: call wait() first.
+        """
+        selector = self._selector(incarnation_id, own_points_only)
+        lo, hi, _, _ = check_read_range(step_min, step_max, None, None)
+        with self._reader() as client:
+            names = [s.name for s in client.list_series(selector) if s.string_series]
+            if not names:
+                return {}
+            _, strings = client.read(selector, names, step_min=lo, step_max=hi)
+        return {
+            name: list(zip(series.steps, series.values, strict=True))  # type: ignore[arg-type]
+            for name, series in sorted(strings.items())
+        }
 
     def get_run(self) -> RunInfo:
-        """The run as the service knows it now: state, tags, config, lineage."""
-        client = self._read_client()
-        try:
+        """The run as the service knows it now: state, tags, config, values, incarnations."""
+        with self._reader() as client:
             return client.get_run(self._project, self._run_id)
-        finally:
-            if client is not self._client:
-                client.close()
+
+    def history(self) -> list[Incarnation]:
+        """This run's rewind history (W&B's "Forked From"): its incarnations, oldest first.
+
+        The last one is current; each earlier one was archived by a rewind and stays readable
+        with `read_series(..., incarnation_id=...)`. Each has its parent (the incarnation it
+        continues: the previous one for a rewind, the fork parent for the first incarnation
+        of a fork), the step where that parent was cut (`fork_step`) and its creation time.
+        """
+        return list(self.get_run().incarnations)
+
+    def lineage(self) -> list[Incarnation]:
+        """Where this run's current view comes from: the chain of incarnations, oldest first,
+        ending with the current one.
+
+        Follows parents across runs (forks) and within a run (rewinds). Each entry's
+        `fork_step` is where its parent was cut, so the points visible now are: the oldest
+        entry's up to the next entry's fork_step, and so on (each hop also limited by the
+        cuts below it). A parent that cannot be read (e.g. in another project) ends the
+        chain with an entry whose origin is "UNKNOWN".
+        """
+        with self._reader() as client:
+            return _lineage(client, self._project, self.get_run())
+
+    # ---- DigitalHub CRUD: refresh, save, export -----------------------------------------
+
+    def refresh(self) -> Run:
+        """Re-read the run from the service into this object: state, tags, description,
+        config, values, incarnations. Waits for everything logged so far first (like
+        wait()), so it reads this Run's own queued updates; unsaved local edits of
+        `config`, `tags` and `description` are replaced. Returns the Run."""
+        self._flush()
+        with self._reader() as client:
+            info = client.get_run(self._project, self._run_id)
+        self._adopt(info)
+        return self
+
+    def save(self) -> Run:
+        """Push the local metadata you changed to the service, then refresh. Returns the Run.
+
+        Local metadata is `run.config`, `run.tags` and `run.description`. Config entries
+        added or changed since the last read are merged into the service's config; tags
+        added or removed locally are added or removed; a changed description is set. Changes
+        made on the service meanwhile by others are kept (only your edits are sent). The
+        service's config can only be merged into, so a config key deleted locally raises
+        InvalidArgumentError (set it to None instead). Everything is checked before anything
+        is sent; earlier log calls and queued updates are applied first.
+        """
+        removed = sorted(key for key in self._synced_config if key not in self._config)
+        if removed:
+            raise InvalidArgumentError(
+                f"config keys {removed} were removed from run.config, but the service's config "
+                "can only be merged into; put them back (set them to None to clear them)"
+            )
+        if DESCRIPTION_KEY in self._config:
+            raise InvalidArgumentError(
+                f"run.config has a {DESCRIPTION_KEY!r} key; set run.description instead"
+            )
+        changed = {
+            key: value
+            for key, value in self._config.items()
+            if key not in self._synced_config or self._synced_config[key] != value
+        }
+        description = self._description
+        if not isinstance(description, str):
+            raise InvalidArgumentError(
+                f"run.description must be a str, got {type(description).__name__}"
+            )
+        if description != self._synced_description:
+            changed[DESCRIPTION_KEY] = description
+        struct = struct_from_dict(changed, "run.config") if changed else None
+        tags = set(check_tags(self._tags, "run.tags"))
+        add = sorted(tags - set(self._synced_tags))
+        remove = sorted(set(self._synced_tags) - tags)
+        self._flush()
+        with self._reader() as client:
+            if struct is not None:
+                client.update_run_config(self._project, self._run_id, config=struct)
+            if add or remove:
+                client.update_run_tags(self._project, self._run_id, add=add, remove=remove)
+            info = client.get_run(self._project, self._run_id)
+        self._adopt(info)
+        return self
+
+    def export(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        format: str | None = None,
+        include_series: bool = False,
+    ) -> str:
+        """Write the run to a local YAML or JSON file; returns the file's path.
+
+        The file holds the run as the service has it, after everything logged so far is
+        acknowledged (unsaved local edits are not in it: save() first): project, run_id,
+        experiment, state, description, tags, config, values, times, the rewind history, the
+        lineage (incarnations with their parents and fork steps, oldest first), a summary of
+        every series, and with `include_series=True` every series' points (steps, values,
+        timestamps; inherited points included). `path` defaults to "<run_id>.yaml" in the
+        current directory; the format comes from `format` ("yaml" or "json") or else from the
+        extension (.yaml, .yml, .json). No YAML library is needed; `stepstream.load_export()`
+        reads the file back.
+        """
+        if path is None:
+            chosen = format if format is not None else "yaml"
+            target = Path.cwd() / f"{self._run_id.replace(':', '_')}.{chosen}"
+        else:
+            target = Path(path)
+        kind = export_format(target, format)
+        self._flush()
+        selector = self._selector(None, False)
+        with self._reader() as client:
+            info = client.get_run(self._project, self._run_id)
+            lineage = _lineage(client, self._project, info)
+            summaries = client.list_series(selector)
+            floats, strings = client.read(selector) if include_series else ({}, {})
+        document = export_document(info, lineage, summaries, floats, strings, include_series)
+        write_document(document, target, kind)
+        return str(target)
+
+
+def _branch(
+    run_id: str | None,
+    *,
+    fork_run_id: str | None,
+    fork_step: float | None,
+    fork_incarnation_id: str | None,
+    fork_from: str | None,
+    resume_from: str | None,
+    resume: bool,
+    inherit_configs: bool,
+) -> _Branch:
+    """Check the arguments that say where a run comes from (fork, rewind, new)."""
+    if fork_from is not None and resume_from is not None:
+        raise InvalidArgumentError(
+            "fork_from and resume_from are mutually exclusive: fork_from starts a new run from "
+            "'<run_id>?_step=<N>', resume_from rewinds that run itself; give one of them"
+        )
+    moment = (
+        "fork_from" if fork_from is not None else "resume_from" if resume_from is not None else None
+    )
+    if moment is not None:
+        others = [
+            what
+            for what, value in (
+                ("fork_run_id", fork_run_id),
+                ("fork_step", fork_step),
+                ("fork_incarnation_id", fork_incarnation_id),
+            )
+            if value is not None
+        ]
+        if others:
+            raise InvalidArgumentError(
+                f"{moment} already names the run and the step ('<run_id>?_step=<N>'); do not "
+                f"also give {', '.join(others)}"
+            )
+    if fork_from is not None:
+        parent, step = parse_run_moment(fork_from, "fork_from")
+        if run_id is not None and run_id == parent:
+            raise InvalidArgumentError(
+                f"fork_from {fork_from!r} names this run's own run_id {run_id!r}; a fork is a "
+                f"new run and needs another run_id (or none). To cut run {run_id!r} back to "
+                f"that step and continue it, use resume_from={fork_from!r} instead"
+            )
+        return _Branch(fork_run_id=parent, fork_step=step)
+    if resume_from is not None:
+        target, step = parse_run_moment(resume_from, "resume_from")
+        if run_id is not None and run_id != target:
+            raise InvalidArgumentError(
+                f"run_id {run_id!r} and resume_from {resume_from!r} name different runs; "
+                f"resume_from rewinds and attaches to run {target!r}: omit run_id or give "
+                f"run_id={target!r}"
+            )
+        if resume:
+            raise InvalidArgumentError(
+                "resume_from already attaches to the run it rewinds; drop resume=True"
+            )
+        if inherit_configs:
+            raise InvalidArgumentError(
+                "inherit_configs applies to forks; resume_from keeps the run's config (merge "
+                "entries into it with config=...)"
+            )
+        return _Branch(rewind_run_id=target, rewind_step=step)
+    if fork_incarnation_id is not None:
+        if fork_run_id is not None:
+            raise InvalidArgumentError(
+                "give fork_run_id or fork_incarnation_id, not both (got "
+                f"fork_run_id={fork_run_id!r}, fork_incarnation_id={fork_incarnation_id!r})"
+            )
+        check_id(fork_incarnation_id, "fork_incarnation_id")
+        if fork_step is None:
+            raise InvalidArgumentError(
+                f"fork_incarnation_id needs fork_step (got fork_incarnation_id="
+                f"{fork_incarnation_id!r}, fork_step=None)"
+            )
+        return _Branch(
+            fork_incarnation_id=fork_incarnation_id, fork_step=check_real(fork_step, "fork_step")
+        )
+    if (fork_run_id is None) != (fork_step is None):
+        raise InvalidArgumentError(
+            "fork_run_id and fork_step must be given together "
+            f"(got fork_run_id={fork_run_id!r}, fork_step={fork_step!r})"
+        )
+    if fork_run_id is not None:
+        check_id(fork_run_id, "fork_run_id")
+        return _Branch(fork_run_id=fork_run_id, fork_step=check_real(fork_step, "fork_step"))
+    if inherit_configs:
+        raise InvalidArgumentError(
+            "inherit_configs=True needs a fork: give fork_run_id, fork_incarnation_id or fork_from"
+        )
+    return _Branch()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Branch:
+    """Where a new Run comes from: a fork parent (run or incarnation, with the step), a run
+    to rewind (resume_from), or nothing."""
+
+    fork_run_id: str = ""
+    fork_incarnation_id: str = ""
+    fork_step: float | None = None
+    rewind_run_id: str = ""
+    rewind_step: float = 0.0
+
+
+def _check_description_entry(config: Mapping[str, Any]) -> None:
+    if DESCRIPTION_KEY in config and not isinstance(config[DESCRIPTION_KEY], str):
+        value = config[DESCRIPTION_KEY]
+        raise InvalidArgumentError(
+            f"config[{DESCRIPTION_KEY!r}] sets the description and must be a str, got "
+            f"{type(value).__name__}"
+        )
+
+
+def _lineage(client: RunClient, project: str, info: RunInfo) -> list[Incarnation]:
+    """The chain of incarnations behind `info`'s current one, oldest first (see
+    Run.lineage); one GetRun per other run on the way."""
+    known = {i.incarnation_id: i for i in info.incarnations}
+    read_runs = {info.run_id}
+    current = known.get(info.incarnation_id)
+    if current is None:  # the service always lists the current incarnation; be safe anyway
+        return []
+    chain = [current]
+    seen = {current.incarnation_id}
+    while current.parent_incarnation_id and current.parent_incarnation_id not in seen:
+        parent_id = current.parent_incarnation_id
+        seen.add(parent_id)
+        parent_run = current.parent_run_id
+        if parent_id not in known and parent_run and parent_run not in read_runs:
+            read_runs.add(parent_run)
+            try:
+                parent_info = client.get_run(project, parent_run)
+            except RPCError as exc:
+                if exc.code is not grpc.StatusCode.NOT_FOUND:
+                    raise
+            else:
+                known.update((i.incarnation_id, i) for i in parent_info.incarnations)
+        parent = known.get(parent_id)
+        if parent is None:
+            chain.append(
+                Incarnation(incarnation_id=parent_id, run_id=parent_run or "", origin="UNKNOWN")
+            )
+            break
+        chain.append(parent)
+        current = parent
+    chain.reverse()
+    return chain
 
 
 def _copy_error(error: StepstreamError) -> StepstreamError:

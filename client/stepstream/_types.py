@@ -63,7 +63,8 @@ class Series:
 
 @dataclass(frozen=True)
 class SeriesSummary:
-    """Summary of one series as seen in a run's current view.
+    """Summary of one series as seen in a view (a run's current view, an incarnation, or an
+    experiment's lineage).
 
     Attributes:
         name: the series name.
@@ -74,6 +75,9 @@ class SeriesSummary:
         min: smallest value, ignoring NaN (NaN when there is none).
         max: largest value, ignoring NaN (NaN when there is none).
         last_string: the string at `last_step`, for a string series ("" otherwise).
+        generation: how often the series was overwritten (`log_metric(..., overwrite=True)`)
+            in the viewed incarnation; 0 if never. Older generations stay readable with
+            `read_series(..., generation=N)`.
     """
 
     name: str
@@ -84,11 +88,16 @@ class SeriesSummary:
     min: float
     max: float
     last_string: str = ""
+    generation: int = 0
 
 
 @dataclass(frozen=True)
 class Incarnation:
-    """One immutable stretch of a run's history.
+    """One immutable stretch of a run's history ("immutable run ID").
+
+    A fork's first incarnation has the parent run's incarnation as parent; a rewind's new
+    incarnation has the run's previous incarnation as parent. `fork_step` is where that
+    parent's history was cut: the parent's points with step <= fork_step are visible here.
 
     Attributes:
         incarnation_id: the immutable ID.
@@ -128,6 +137,12 @@ class RunInfo:
         failure_reason: why the run failed, for FAILED runs, else None.
         create_time: when the run was created (UTC), if known.
         update_time: when it last changed (UTC), if known.
+        values: single-value metrics (`log_metric(..., single_value=True)`), numbers as float.
+        experiment_head: True when the run is the most recently created run of its
+            experiment (the one an experiment read follows).
+        url: link to the run in the service's web view; None when the service serves none.
+        experiment_url: link to the run's experiment in the web view; None without a web
+            view or an experiment.
     """
 
     run_id: str
@@ -142,6 +157,10 @@ class RunInfo:
     failure_reason: str | None = None
     create_time: datetime.datetime | None = None
     update_time: datetime.datetime | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    experiment_head: bool = False
+    url: str | None = None
+    experiment_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,57 @@ def check_tags(tags: Any, what: str = "tags") -> list[str]:
     for tag in items:
         check_name(tag, f"tag in {what}")
     return items
+
+
+RUN_MOMENT_FORMAT = "'<run_id>?_step=<N>'"
+RUN_MOMENT_EXAMPLE = "'my-run?_step=200'"
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def parse_run_moment(value: object, what: str) -> tuple[str, float]:
+    """Parse W&B's `fork_from` / `resume_from` string `"<run_id>?_step=<N>"`.
+
+    Exactly one key, `_step`; N a finite decimal number (fractional and negative allowed, like
+    every step). Returns (run_id, step); raises InvalidArgumentError quoting the expected
+    format and saying what is wrong.
+    """
+    if not isinstance(value, str):
+        raise InvalidArgumentError(
+            f"{what} must be a str {RUN_MOMENT_FORMAT} (e.g. {RUN_MOMENT_EXAMPLE}), "
+            f"got {type(value).__name__}: {_shorten(repr(value))}"
+        )
+
+    def bad(detail: str) -> InvalidArgumentError:
+        return InvalidArgumentError(
+            f"{what} {_shorten(value)!r} is not {RUN_MOMENT_FORMAT} "
+            f"(e.g. {RUN_MOMENT_EXAMPLE}): {detail}"
+        )
+
+    run_id, mark, query = value.partition("?")
+    if not mark:
+        raise bad("there is no '?_step=<N>' after the run ID")
+    if not run_id:
+        raise bad("the run ID before '?' is empty")
+    if not _ID_RE.fullmatch(run_id):
+        raise bad(f"the run ID {_shorten(run_id)!r} must be 1-128 characters of [A-Za-z0-9._:-]")
+    if not query:
+        raise bad("nothing follows '?'")
+    pairs = query.split("&")
+    keys = [pair.partition("=")[0] for pair in pairs]
+    if len(pairs) > 1:
+        quoted = ", ".join(repr(_shorten(key, 20)) for key in keys)
+        raise bad(f"it has {len(pairs)} keys ({quoted}); exactly one, _step, is allowed")
+    key, _, number = query.partition("=")
+    if key != "_step":
+        raise bad(f"the key must be _step, got {_shorten(key)!r}")
+    if not number:
+        raise bad("_step has no value")
+    if not _NUMBER_RE.fullmatch(number):
+        lowered = number.lower().lstrip("+-")
+        if lowered in ("inf", "infinity", "nan"):
+            raise bad(f"_step must be finite, got {_shorten(number)!r}")
+        raise bad(f"_step must be a number, got {_shorten(number)!r}")
+    step = float(number)
+    if not math.isfinite(step):  # e.g. 1e999
+        raise bad(f"_step must be finite, got {_shorten(number)!r}")
+    return run_id, step
