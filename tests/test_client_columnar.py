@@ -41,6 +41,7 @@ def fs(
     values: list[float],
     times: list[float] | None = None,
     assign: bool = False,
+    overwrite: bool = False,
 ) -> ingest_pb2.FloatSeries:
     return ingest_pb2.FloatSeries(
         name=name,
@@ -48,6 +49,7 @@ def fs(
         values=values,
         timestamps=times if times is not None else [T] * len(values),
         assign_steps=assign,
+        overwrite=overwrite,
     )
 
 
@@ -149,6 +151,79 @@ def test_a_column_continues_rows_of_the_same_series() -> None:
         [rows(1, {"x": 1}), Column("x", 2.0, T, pack_doubles([2, 3]))],
         [fs("x", [1, 2, 3], [1, 2, 3])],
     )
+
+
+def ow(step: float | None, data: dict[str, float]) -> Rows:
+    """A log_metrics(..., overwrite=True) record."""
+    return Rows(step, T, tuple(data), pack_doubles(list(data.values())), overwrite=True)
+
+
+def test_overwrite_starts_a_flagged_entry_that_later_points_may_join() -> None:
+    # The service restarts the series before the flagged entry's first point, so what follows
+    # in the same entry lands on top of the restart, in order.
+    assert_encodes_as(
+        [
+            rows(1, {"a": 1, "b": 1}),
+            ow(0, {"a": 2, "b": 2}),
+            rows(1, {"a": 3, "b": 3}),
+            rows(2, {"a": 4}),
+        ],
+        [
+            fs("a", [1], [1]),
+            fs("a", [0, 1, 2], [2, 3, 4], overwrite=True),
+            fs("b", [1], [1]),
+            fs("b", [0, 1], [2, 3], overwrite=True),
+        ],
+    )
+
+
+def test_each_overwrite_restarts_again() -> None:
+    assert_encodes_as(
+        [ow(None, {"a": 1}), ow(None, {"a": 2}), rows(None, {"a": 3})],
+        [
+            fs("a", [], [1], assign=True, overwrite=True),
+            fs("a", [], [2, 3], [T, T], assign=True, overwrite=True),
+        ],
+    )
+
+
+def test_overwrite_columns() -> None:
+    assert_encodes_as(
+        [
+            Column("acc", None, T, pack_doubles([0.7, 0.75])),
+            Column("acc", None, T, pack_doubles([0.8, 0.9]), overwrite=True),
+            Column("acc", 5.0, T, pack_doubles([1.0])),
+        ],
+        [
+            fs("acc", [], [0.7, 0.75], assign=True),
+            fs("acc", [], [0.8, 0.9], assign=True, overwrite=True),
+            fs("acc", [5], [1.0]),
+        ],
+    )
+
+
+def test_split_records_restart_each_series_exactly_once() -> None:
+    # A wide overwrite row split across batches holds different series in each half: both
+    # halves restart theirs. A long column split across batches is one series: only its
+    # head restarts it, or the tail would erase the head.
+    head, tail = ow(3, {"a": 1, "b": 2, "c": 3}).split(2)
+    assert (head.keys, head.overwrite, tail.keys, tail.overwrite) == (
+        ("a", "b"),
+        True,
+        ("c",),
+        True,
+    )
+    column = Column("x", None, T, pack_doubles([1.0, 2.0, 3.0]), overwrite=True)
+    first, rest = column.split(2)
+    assert (first.points, first.overwrite, rest.points, rest.overwrite) == (2, True, 1, False)
+    buffer: Buffer[str] = Buffer(10**6, lambda: None)
+    buffer.put(Column("x", 10.0, T, pack_doubles([float(v) for v in range(25)]), True), 25)
+    flags = []
+    for sequence, items in enumerate(drain(buffer, 10), 1):
+        records = [r for r in items if not isinstance(r, str)]
+        (entry,) = decode(encode_batch(sequence, records).request).float_series
+        flags.append((entry.steps[0], entry.overwrite))
+    assert flags == [(10, True), (20, False), (30, False)]
 
 
 def test_string_series() -> None:

@@ -109,6 +109,9 @@ def test_run_info_from_proto() -> None:
         create_time=_timestamp(1_700_000_000),
     )
     message.config.update({"lr": 0.1})
+    message.values.update({"best": 0.9})
+    message.experiment_head = True
+    message.url = "http://127.0.0.1:8081/runs/vision/child"
     message.incarnations.add(
         incarnation_id="inc-1",
         run_id="child",
@@ -135,6 +138,8 @@ def test_run_info_from_proto() -> None:
         "FAILED",
     )
     assert info.tags == ["a", "b"] and info.config == {"lr": 0.1}
+    assert info.values == {"best": 0.9} and info.experiment_head
+    assert (info.url, info.experiment_url) == ("http://127.0.0.1:8081/runs/vision/child", None)
     assert info.incarnation_id == "inc-2"
     assert info.failure_reason == "RuntimeError('boom')"
     assert info.create_time == datetime.datetime.fromtimestamp(
@@ -160,6 +165,12 @@ def test_run_info_defaults() -> None:
     message.incarnations.add(incarnation_id="i", run_id="r", origin=1)
     info = run_info_from_proto(message)
     assert info.experiment is None and info.failure_reason is None and info.state == "RUNNING"
+    assert (info.values, info.experiment_head, info.url, info.experiment_url) == (
+        {},
+        False,
+        None,
+        None,
+    )
     (only,) = info.incarnations
     assert (only.parent_incarnation_id, only.parent_run_id, only.fork_step) == (None, None, None)
 
@@ -167,7 +178,13 @@ def test_run_info_defaults() -> None:
 def test_series_summary_from_proto() -> None:
     summary = summary_from_proto(
         runs_pb2.SeriesSummary(
-            name="loss", count=3, last_step=2.0, last=math.inf, min=0.1, max=math.inf
+            name="loss",
+            count=3,
+            last_step=2.0,
+            last=math.inf,
+            min=0.1,
+            max=math.inf,
+            generation=2,
         )
     )
     assert summary == stepstream.SeriesSummary(
@@ -178,6 +195,7 @@ def test_series_summary_from_proto() -> None:
         last=math.inf,
         min=0.1,
         max=math.inf,
+        generation=2,
     )
 
 

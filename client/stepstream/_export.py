@@ -354,7 +354,7 @@ class _Flow:
     def whole(self, flow: bool) -> Any:
         value = self.value(flow)
         self.skip()
-        if self.pos < len(self.text):
+        if self.pos < len(self.text) and not self.text.startswith("#", self.pos):
             raise self.error("unexpected text after the value")
         return value
 
@@ -532,7 +532,7 @@ def _block_sequence(lines: list[_Line], i: int, indent: int, source: str) -> tup
         where = f"{source}:{line.number}"
         if not rest:
             value, i = _nested(lines, i + 1, indent, source)
-        elif _split_key(_Line(indent + 2, rest, line.number), where) is not None:
+        elif rest.startswith("? ") or _split_key(_Line(0, rest, line.number), where) is not None:
             # "- key: value": a mapping whose first entry shares the item's line.
             lines[i] = _Line(indent + len(line.text) - len(rest), rest, line.number)
             value, i = _block_mapping(lines, i, lines[i].indent, source)
