@@ -34,6 +34,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def interpreter() -> str:
+    """sys.executable, relative to the repository when it lives there (.venv/bin/python)."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(exe)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     reps = args.reps or (1 if args.quick else 3)
@@ -45,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown case(s) {unknown}; choose from {list(available)}", file=sys.stderr)
         return 2
     chosen = [c for c in available if c in chosen]  # dependency order
-    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join([interpreter(), "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     work_dir = Path(tempfile.mkdtemp(prefix="stepstream-bench-"))
     started = time.monotonic()
     mlflow_server = None

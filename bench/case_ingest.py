@@ -178,7 +178,17 @@ def ingest(ctx: Context, shape: Shape) -> list[Row]:
 
 
 def mlflow_ingest(ctx: Context, shape: Shape, mode: str) -> tuple[list[float], str]:
-    """MLflow points/s per repetition for `shape` (empty with a reason when unavailable)."""
+    """MLflow points/s per repetition for `shape` (empty with a reason when unavailable or
+    when MLflow failed: the other columns of the row stand on their own)."""
+    try:
+        return _mlflow_ingest(ctx, shape, mode)
+    except (BenchError, OSError) as exc:  # OSError: urllib's errors creating a shared run
+        first = str(exc).strip().splitlines()[0][:300]
+        ctx.progress(f"MLflow {shape.key} {mode} failed: {first}")
+        return [], f"MLflow failed: {first}"
+
+
+def _mlflow_ingest(ctx: Context, shape: Shape, mode: str) -> tuple[list[float], str]:
     server = ctx.mlflow
     if server is None:
         return [], ctx.mlflow_reason

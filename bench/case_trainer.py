@@ -119,8 +119,10 @@ def stall(ctx: Context) -> list[Row]:
             target="returns until the bound is reached; nothing lost",
             met=(blocked_after is None or before >= max_queued) and lossless,
             notes=[
-                f"after SIGCONT all {result['points']:,} logged points were acknowledged: {lossless}; "
-                "the client's policy for a full queue is to block (documented in stepstream.Run)"
+                f"after SIGCONT, all {result['points']:,} logged points acknowledged: {lossless}; "
+                "points accepted before blocking = the queue bound plus what the sender had "
+                "already taken into in-flight batches (held back by gRPC flow control); the "
+                "client's documented policy for a full queue is to block the log call"
             ],
         ),
         Row(

@@ -37,11 +37,7 @@ class Writer:
     def __init__(self, command: Message, index: int) -> None:
         self.client = MlflowClient(tracking_uri=command["uri"])
         run_ids = command.get("run_ids")
-        self.run_id = (
-            run_ids[index % len(run_ids)]
-            if run_ids
-            else self.client.create_run(experiment_id="0").info.run_id
-        )
+        self.run_id = run_ids[index % len(run_ids)] if run_ids else self.create_run()
         prefix = command.get("prefixes", [""] * (index + 1))[index]
         self.keys = [f"{prefix}m{k:04d}" for k in range(int(command["series"]))]
         self.steps_per_call = int(command.get("steps_per_call", 1))
@@ -53,6 +49,18 @@ class Writer:
         self.t0 = 0.0
         self.t1 = 0.0
         self.cpu = 0.0
+
+    def create_run(self, attempts: int = 5) -> str:
+        """A new run; retried a few times, since a busy server may run out of database
+        connections (SQLAlchemy's QueuePool) while other writers are still being answered."""
+        for attempt in range(attempts):
+            try:
+                return str(self.client.create_run(experiment_id="0").info.run_id)
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
 
     def batch(self, step: int) -> list[Metric]:
         now = int(time.time() * 1000)

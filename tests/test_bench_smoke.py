@@ -49,7 +49,7 @@ def test_bench_quick_prints_the_table(tmp_path: Path) -> None:
     table = done.stdout
     assert "| case | stepstream | no-op sink | stepstream / no-op | MLflow |" in table
     assert "machine: " in table
-    assert "command: `python -m bench --quick --no-mlflow" in table
+    assert "-m bench --quick --no-mlflow --out" in table
     for row in EXPECTED_ROWS:
         assert row in table, f"missing row {row!r} in:\n{table}"
     assert "FAILED" not in table
