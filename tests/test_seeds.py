@@ -203,8 +203,18 @@ def test_rewind_twice_and_resume_from_errors(address: str) -> None:
         run.log_metric("m", list(range(10)))
     with stepstream.Run(run_id="r", resume_from="r?_step=5", address=address) as again:
         again.log_metric("m", [100.0] * 6)  # steps 6..11
-    with stepstream.Run(resume_from="r?_step=8", address=address) as third:
+    with stepstream.Run(
+        resume_from="r?_step=8",
+        address=address,
+        config={"sys/description": "rewound twice", "lr": 0.5},
+        tags=["again"],
+    ) as third:
         third.log_metric("m", -1.0, step=9)
+        assert (third.config, third.tags, third.description) == (
+            {"lr": 0.5},
+            ["again"],
+            "rewound twice",
+        )
     assert points(third.read_series("m")) == [
         *((i, i) for i in range(6)),
         (6, 100),

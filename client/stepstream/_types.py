@@ -102,7 +102,8 @@ class Incarnation:
     Attributes:
         incarnation_id: the immutable ID.
         run_id: the run it belongs to.
-        origin: "CREATED", "FORKED" or "REWOUND".
+        origin: "CREATED", "FORKED" or "REWOUND"; "UNKNOWN" only in `Run.lineage()`, for a
+            parent that could not be read (e.g. a fork across projects).
         parent_incarnation_id: the parent incarnation, or None.
         parent_run_id: the parent's run ID, or None.
         fork_step: where the parent's history was cut, or None without a parent.
