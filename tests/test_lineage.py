@@ -434,3 +434,10 @@ async def test_selector_needs_exactly_one_target(runs):
         "INVALID_SELECTOR: give exactly one of run_id, incarnation_id and experiment;"
         " got run_id, experiment"
     )
+
+
+async def test_rewind_sets_description_from_config(runs):
+    await create_run(runs, "r", description="old")
+    run = await rewind(runs, "r", 0, **{"sys/description": "after rewind", "lr": 0.5})
+    assert run.description == "after rewind"
+    assert dict(run.config) == {"lr": 0.5}

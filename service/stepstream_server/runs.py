@@ -198,6 +198,14 @@ class RunManager:
             raise errors.invalid(
                 "INVALID_REWIND_STEP", f"rewind step must be finite, got {step!r}", step=step
             )
+        config = dict(config)
+        description = config.pop(DESCRIPTION_KEY, None)
+        if description is not None and not isinstance(description, str):
+            raise errors.invalid(
+                "INVALID_DESCRIPTION",
+                f"{DESCRIPTION_KEY} must be a string, got {type(description).__name__}",
+                field=DESCRIPTION_KEY,
+            )
         for key in config:
             check_name("config key", key)
         await self.get(project, run_id)
@@ -219,6 +227,10 @@ class RunManager:
                     now=time.time(),
                 )
             )
+            if description is not None:
+                record = await self._update(
+                    current.project, current.run_id, description=description
+                )
             self.worker.run_changed(record)
         return record
 
