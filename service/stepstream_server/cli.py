@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> None:
         "--grace", type=float, default=defaults.grace_seconds, help="drain time on SIGTERM, seconds"
     )
     serve.add_argument("--max-queued-points", type=int, default=defaults.max_queued_points)
+    serve.add_argument(
+        "--web-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve the read-only web view over HTTP on this address (off by default)",
+    )
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         sqlite_synchronous=args.sqlite_synchronous,
         grace_seconds=args.grace,
         max_queued_points=args.max_queued_points,
+        web_address=args.web_address,
     )
     from .server import serve as run
 

@@ -20,6 +20,8 @@ class Settings:
     grace_seconds: float = 5.0
     max_queued_points: int = 2_000_000
     read_threads: int = 2
+    # HOST:PORT for the read-only web view (HTTP); None: no web view, and runs carry no URLs.
+    web_address: str | None = None
 
     @property
     def store_path(self) -> Path:

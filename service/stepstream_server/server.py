@@ -1,4 +1,5 @@
-"""Wiring: store, Redis, worker, servicers, health and reflection in one grpc.aio server."""
+"""Wiring: store, Redis, worker, servicers, health and reflection in one grpc.aio server, and
+the optional read-only web view on the same event loop."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .reading import Reader
 from .runs import RunManager
 from .servicer import IngestServicer, RunServicer, ingest_handler
 from .sqlite_store import SqliteStore
+from .web import WebView
 
 log = logging.getLogger("stepstream")
 
@@ -55,6 +57,7 @@ class Service:
     health: Any  # grpc_health's asyncio HealthServicer (untyped)
     embedded: EmbeddedRedis | None
     executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor]
+    web: WebView | None = None
 
     @property
     def address(self) -> str:
@@ -85,10 +88,15 @@ class Service:
             limits=WorkerLimits(max_queued_points=settings.max_queued_points),
         )
         worker.start()
+        runs, reader = RunManager(worker), Reader(worker)
+        # Bound before the servicer exists: runs carry links with the web view's real port.
+        web = None
+        if settings.web_address is not None:
+            web = await WebView.start(settings.web_address, runs, reader)
         server = grpc.aio.server(options=GRPC_OPTIONS)
         server.add_generic_rpc_handlers((ingest_handler(IngestServicer(worker)),))
         runs_pb2_grpc.add_RunServiceServicer_to_server(
-            RunServicer(RunManager(worker), Reader(worker)), server
+            RunServicer(runs, reader, web.url if web is not None else ""), server
         )
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -102,17 +110,21 @@ class Service:
         )
         port = server.add_insecure_port(settings.address)
         if port == 0:
+            if web is not None:
+                await web.stop()
             raise RuntimeError(f"could not bind {settings.address}")
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         return cls(
-            settings, server, port, worker, store, client, health_servicer, embedded, executors
+            settings, server, port, worker, store, client, health_servicer, embedded, executors, web
         )
 
     async def stop(self) -> None:
         """Stop taking work, let streams finish for the grace period, commit what is queued,
         then close the store and stop the Redis this service started."""
+        if self.web is not None:
+            await self.web.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds)
         await self.worker.drain_and_stop()
@@ -134,6 +146,8 @@ async def serve(settings: Settings) -> None:
         settings.store_path.resolve(),
         redis_where,
     )
+    if service.web is not None:
+        log.info("stepstream web view on %s", service.web.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

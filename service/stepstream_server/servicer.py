@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
 
-from . import errors
+from . import errors, web
 from .decode import Decoder
 from .ingest import IngestWorker, StoreFailed
 from .model import (
@@ -316,7 +316,8 @@ def incarnation_proto(inc: Incarnation) -> runs_pb2.Incarnation:
     )
 
 
-def run_proto(record: RunRecord) -> runs_pb2.Run:
+def run_proto(record: RunRecord, web_url: str = "") -> runs_pb2.Run:
+    """The run as protobuf; `web_url` is the web view's base URL, empty when it is off."""
     config = struct_pb2.Struct()
     config.update(record.config)
     values = struct_pb2.Struct()
@@ -336,6 +337,8 @@ def run_proto(record: RunRecord) -> runs_pb2.Run:
         failure_reason=record.failure_reason,
         values=values,
         experiment_head=record.experiment_head,
+        url=web.run_url(web_url, record.project, record.run_id),
+        experiment_url=web.experiment_url(web_url, record.project, record.experiment),
     )
 
 
@@ -352,9 +355,10 @@ def selector_of(sel: runs_pb2.SeriesSelector) -> Selector:
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
     """RunService: every method converts, calls RunManager or Reader, converts back."""
 
-    def __init__(self, runs: RunManager, reader: Reader) -> None:
+    def __init__(self, runs: RunManager, reader: Reader, web_url: str = "") -> None:
         self.runs = runs
         self.reader = reader
+        self.web_url = web_url
 
     async def CreateRun(
         self, request: runs_pb2.CreateRunRequest, context: Any
@@ -379,20 +383,20 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             await abort(context, exc)
             raise  # unreachable: abort raises
         return runs_pb2.CreateRunResponse(
-            run=run_proto(record), parent_fallback=fallback, existed=existed
+            run=run_proto(record, self.web_url), parent_fallback=fallback, existed=existed
         )
 
     async def GetRun(
         self, request: runs_pb2.GetRunRequest, context: Any
     ) -> runs_pb2.GetRunResponse:
         record = await _call(context, self.runs.get(request.project, request.run_id))
-        return runs_pb2.GetRunResponse(run=run_proto(record))
+        return runs_pb2.GetRunResponse(run=run_proto(record, self.web_url))
 
     async def ListRuns(
         self, request: runs_pb2.ListRunsRequest, context: Any
     ) -> runs_pb2.ListRunsResponse:
         records = await _call(context, self.runs.list(request.project, request.experiment))
-        return runs_pb2.ListRunsResponse(runs=[run_proto(r) for r in records])
+        return runs_pb2.ListRunsResponse(runs=[run_proto(r, self.web_url) for r in records])
 
     async def StopRun(
         self, request: runs_pb2.StopRunRequest, context: Any
@@ -400,7 +404,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         record = await _call(
             context, self.runs.set_state(request.project, request.run_id, RunState.STOPPED)
         )
-        return runs_pb2.StopRunResponse(run=run_proto(record))
+        return runs_pb2.StopRunResponse(run=run_proto(record, self.web_url))
 
     async def FinishRun(
         self, request: runs_pb2.FinishRunRequest, context: Any
@@ -408,7 +412,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         record = await _call(
             context, self.runs.set_state(request.project, request.run_id, RunState.FINISHED)
         )
-        return runs_pb2.FinishRunResponse(run=run_proto(record))
+        return runs_pb2.FinishRunResponse(run=run_proto(record, self.web_url))
 
     async def FailRun(
         self, request: runs_pb2.FailRunRequest, context: Any
@@ -417,7 +421,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             context,
             self.runs.set_state(request.project, request.run_id, RunState.FAILED, request.reason),
         )
-        return runs_pb2.FailRunResponse(run=run_proto(record))
+        return runs_pb2.FailRunResponse(run=run_proto(record, self.web_url))
 
     async def ResumeRun(
         self, request: runs_pb2.ResumeRunRequest, context: Any
@@ -425,7 +429,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         record = await _call(
             context, self.runs.set_state(request.project, request.run_id, RunState.RUNNING)
         )
-        return runs_pb2.ResumeRunResponse(run=run_proto(record))
+        return runs_pb2.ResumeRunResponse(run=run_proto(record, self.web_url))
 
     async def UpdateRunConfig(
         self, request: runs_pb2.UpdateRunConfigRequest, context: Any
@@ -441,7 +445,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     request.project, request.run_id, struct_dict(request.values)
                 ),
             )
-        return runs_pb2.UpdateRunConfigResponse(run=run_proto(record))
+        return runs_pb2.UpdateRunConfigResponse(run=run_proto(record, self.web_url))
 
     async def RewindRun(
         self, request: runs_pb2.RewindRunRequest, context: Any
@@ -452,7 +456,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 request.project, request.run_id, request.step, struct_dict(request.config)
             ),
         )
-        return runs_pb2.RewindRunResponse(run=run_proto(record))
+        return runs_pb2.RewindRunResponse(run=run_proto(record, self.web_url))
 
     async def UpdateRunTags(
         self, request: runs_pb2.UpdateRunTagsRequest, context: Any
@@ -463,7 +467,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 request.project, request.run_id, list(request.add), list(request.remove)
             ),
         )
-        return runs_pb2.UpdateRunTagsResponse(run=run_proto(record))
+        return runs_pb2.UpdateRunTagsResponse(run=run_proto(record, self.web_url))
 
     async def ListSeries(
         self, request: runs_pb2.ListSeriesRequest, context: Any
