@@ -373,6 +373,12 @@ async def test_index_lists_runs_grouped_by_experiment(service, runs, lineage):
     other = await get(service, "/?project=other")
     assert other.status == 200 and "No runs" in other.text
     assert (await get(service, "/?project=bad%20name")).status == 400
+    await create_run(runs, "elsewhere", project="p2")
+    listed = (await get(service, "/?project=other")).text
+    assert (
+        'Other projects: <a href="/?project=default">default</a>, <a href="/?project=p2">p2</a>'
+        in listed
+    )
 
 
 async def test_run_page_shows_lineage_archived_ids_and_escaped_series(service, lineage):

@@ -322,6 +322,10 @@ class SqliteStore:
             )
         return [self._run_from_row(row) for row in rows.fetchall()]
 
+    def list_projects(self) -> list[str]:
+        rows = self._conn().execute("SELECT DISTINCT project FROM runs ORDER BY project")
+        return [str(r[0]) for r in rows]
+
     def experiment_head(self, project: str, experiment: str) -> RunRecord | None:
         row = (
             self._conn()

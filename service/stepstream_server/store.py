@@ -49,6 +49,8 @@ class Store(Protocol):
 
     def list_runs(self, project: str, experiment: str) -> list[RunRecord]: ...
 
+    def list_projects(self) -> list[str]: ...
+
     def update_run(
         self,
         project: str,

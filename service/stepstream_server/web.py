@@ -763,8 +763,18 @@ class WebView:
         groups: dict[str, list[RunRecord]] = {}
         for r in records:
             groups.setdefault(r.experiment, []).append(r)
+        others = [p for p in await self.runs.projects() if p != project]
         parts = [
             f"<h1>Runs in project <code>{esc(project)}</code></h1>",
+            *(
+                [
+                    "<p>Other projects: "
+                    + ", ".join(f'<a href="/?project={quote(p)}">{esc(p)}</a>' for p in others)
+                    + "</p>"
+                ]
+                if others
+                else []
+            ),
             '<form class=project method=get action="/"><label>project '
             f'<input name=project value="{esc(project)}"></label> <button>show</button></form>',
         ]
