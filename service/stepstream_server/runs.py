@@ -170,13 +170,13 @@ class RunManager:
             )
         return record
 
+    async def projects(self) -> list[str]:
+        return await self.worker.in_store(self.store.list_projects)
+
     async def list(self, project: str, experiment: str) -> list[RunRecord]:
         return await self.worker.in_store(
             self.store.list_runs, project_of(project), experiment_of(experiment)
         )
-
-    async def projects(self) -> list[str]:
-        return await self.worker.in_store(self.store.list_projects)
 
     async def set_state(
         self, project: str, run_id: str, state: RunState, failure_reason: str = ""
