@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +42,25 @@ def interpreter() -> str:
         return str(exe.relative_to(REPO_ROOT))
     except ValueError:
         return str(exe)
+
+
+def code_version() -> str:
+    """The commit measured, and whether service/, client/ or protos/ had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "service", "client", "protos"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown (no git)"
+    return f"git {head or 'unknown'}" + (
+        " with uncommitted changes in service/client/protos" if dirty else ""
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if mlflow_server is not None:
             mlflow_server.stop()
-    header = [
+    header: list[str] = [
         f"{reps} repetition(s) per case{' (quick mode: tiny shapes)' if args.quick else ''}; "
         "values are medians, ratios compare medians measured in this run; "
         f"total {time.monotonic() - started:.0f} s",
@@ -98,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             else f"MLflow: n/a ({reason})"
         ),
     ]
+    header.insert(0, f"code: {code_version()}")
     text = report(command, header, rows, [])
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

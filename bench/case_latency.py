@@ -36,7 +36,7 @@ def latency(ctx: Context, key: str) -> list[Row]:
                 pool.command({"cmd": "finish"})
                 methods.add(result["method"])
                 into = found.setdefault(target.label, {})
-                for name in ("p50", "p99", "achieved_rate"):
+                for name in ("p50", "p99", "achieved_rate", "points_per_batch"):
                     into.setdefault(name, []).append(float(result[name]))
                 wire = raw_wire_latency(target, key, offered, seconds, rep)
                 for name in ("p50", "p99"):
@@ -73,7 +73,11 @@ def latency(ctx: Context, key: str) -> list[Row]:
             row.target = "< 20 ms at half load"
             row.met = value is not None and value < MAX_P99
             achieved = median(ss["achieved_rate"]) or 0.0
-            row.notes.append(f"{basis}; achieved {achieved:,.0f} pts/s; measured {how}")
+            row.notes.append(
+                f"{basis}; achieved {achieved:,.0f} pts/s; the client sent "
+                f"{median(ss['points_per_batch']) or 0:,.0f} points per batch on average "
+                f"(no-op: {median(noop['points_per_batch']) or 0:,.0f}); measured {how}"
+            )
         rows.append(row)
     wire_row = Row(
         f"4. ack latency p99, shape ({key}), raw wire (1 PointBatch per ~10 ms tick)",

@@ -37,15 +37,19 @@ def reads(ctx: Context) -> list[Row]:
         found = result[key]
         counts = set(found["points"]) if isinstance(found["points"], list) else {found["points"]}
         value = float(found["median"])
+        fmt = table.seconds if limit is None or limit >= 0.1 else table.millis
         return Row(
             f"6. read {what}",
-            table.seconds if limit is None or limit >= 0.1 else table.millis,
+            fmt,
             value,
             noop_text="n/a",
             mlflow_text="—",
             target=target,
             met=None if limit is None else value < limit,
-            notes=[f"points returned: {', '.join(f'{c:,}' for c in sorted(counts))}"],
+            notes=[
+                f"points returned: {', '.join(f'{c:,}' for c in sorted(counts))}; per "
+                f"repetition: {', '.join(fmt(t) for t in found['seconds'])}"
+            ],
         )
 
     n = f"{points:,}"

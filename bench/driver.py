@@ -189,8 +189,10 @@ def latency(command: Message, state: dict[str, Any]) -> Message:
         if scheduled - start >= warmup:
             latencies.append(acks[cursor][0] - scheduled)
     latencies.sort()
+    stats = run.stats
     return {
         "method": method,
+        "points_per_batch": stats.logged_points / max(1, stats.batches_sent),
         "offered_rate": rate,
         "achieved_rate": done * len(data) / offered_seconds,
         "bursts": len(latencies),
