@@ -67,8 +67,10 @@ class Sink:
                 )
                 continue
             batch = request.batch
-            points = sum(len(s.values) for s in batch.float_series) + sum(
-                len(s.values) for s in batch.string_series
+            points = (
+                sum(len(s.values) for s in batch.float_series)
+                + sum(len(s.values) for s in batch.string_series)
+                + sum(len(b.values) for b in batch.float_blocks)
             )
             if self.delay:
                 await asyncio.sleep(self.delay)

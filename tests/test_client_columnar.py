@@ -14,7 +14,7 @@ import time
 import pytest
 import stepstream
 from stepstream._buffer import Buffer
-from stepstream._columnar import encode_batch, varint
+from stepstream._columnar import encode_batch, split_for_blocks, varint
 from stepstream._records import Column, Record, RecordMaker, Rows, pack_doubles
 from stepstream.v1 import ingest_pb2
 
@@ -53,20 +53,71 @@ def fs(
     )
 
 
+def as_applied(*batches: ingest_pb2.PointBatch) -> ingest_pb2.PointBatch:
+    """Batches as the service applies them, one after the other: in each, FloatSeries entries
+    first, then each FloatBlock expanded into one FloatSeries per name. The result groups the
+    entries by name (series are independent), keeps each series' order, and merges a series'
+    consecutive explicit entries, which apply like one."""
+    entries: list[ingest_pb2.FloatSeries] = []
+    strings: list[ingest_pb2.StringSeries] = []
+    for batch in batches:
+        entries.extend(batch.float_series)
+        strings.extend(batch.string_series)
+        for block in batch.float_blocks:
+            width = len(block.names)
+            for i, name in enumerate(block.names):
+                entries.append(
+                    ingest_pb2.FloatSeries(
+                        name=name,
+                        steps=block.steps,
+                        values=block.values[i::width],
+                        timestamps=block.timestamps,
+                    )
+                )
+    order = {name: n for n, name in enumerate(dict.fromkeys(e.name for e in entries))}
+    entries.sort(key=lambda e: order[e.name])
+    merged: list[ingest_pb2.FloatSeries] = []
+    for e in entries:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.name == e.name
+            and not (last.assign_steps or e.assign_steps or e.overwrite)
+            and e.steps[0] > last.steps[-1]
+        ):
+            last.steps.extend(e.steps)
+            last.values.extend(e.values)
+            last.timestamps.extend(e.timestamps)
+        else:
+            copy = ingest_pb2.FloatSeries()
+            copy.CopyFrom(e)
+            merged.append(copy)
+    return ingest_pb2.PointBatch(
+        sequence=batches[0].sequence if batches else 0, float_series=merged, string_series=strings
+    )
+
+
 def assert_encodes_as(
     records: list[Record],
     float_series: list[ingest_pb2.FloatSeries],
     string_series: list[ingest_pb2.StringSeries] = (),  # type: ignore[assignment]
     sequence: int = 1,
 ) -> None:
-    batch = encode_batch(sequence, records)
+    """The records, cut by split_for_blocks and encoded batch by batch, apply exactly like
+    the expected FloatSeries entries (in log order)."""
+    parts = split_for_blocks(records)
+    batches = [encode_batch(sequence + i, part) for i, part in enumerate(parts)]
+    sent = [decode(b.request) for b in batches]
     expected = ingest_pb2.PointBatch(
         sequence=sequence, float_series=float_series, string_series=string_series
     )
-    assert decode(batch.request) == expected
-    # Same bytes as the generated code would send (fields in number order, packed doubles).
-    assert batch.request == ingest_pb2.AppendPointsRequest(batch=expected).SerializeToString()
-    assert batch.points == sum(len(s.values) for s in [*float_series, *string_series])
+    assert as_applied(*sent) == as_applied(expected)
+    for b, message in zip(batches, sent, strict=True):
+        # Same bytes as the generated code would send (fields in number order, packed).
+        assert b.request == ingest_pb2.AppendPointsRequest(batch=message).SerializeToString()
+    assert sum(b.points for b in batches) == sum(
+        len(s.values) for s in [*float_series, *string_series]
+    )
 
 
 def test_one_row() -> None:
@@ -153,6 +204,16 @@ def test_a_column_continues_rows_of_the_same_series() -> None:
     )
 
 
+def test_split_only_where_a_series_entry_would_overtake_block_points() -> None:
+    column = Column("x", 5.0, T, pack_doubles([5, 6]))
+    # Rows of x (a block), then a log_metric list of x: the list must not overtake the rows.
+    assert [len(p) for p in split_for_blocks([rows(1, {"x": 1}), column])] == [1, 1]
+    # The other order, or other series, share one batch.
+    assert [len(p) for p in split_for_blocks([column, rows(9, {"x": 1})])] == [2]
+    assert [len(p) for p in split_for_blocks([rows(1, {"y": 1}), column])] == [2]
+    assert [len(p) for p in split_for_blocks([rows(1, {"x": 1}), rows(None, {"x": 2})])] == [1, 1]
+
+
 def ow(step: float | None, data: dict[str, float]) -> Rows:
     """A log_metrics(..., overwrite=True) record."""
     return Rows(step, T, tuple(data), pack_doubles(list(data.values())), overwrite=True)
@@ -221,7 +282,7 @@ def test_split_records_restart_each_series_exactly_once() -> None:
     flags = []
     for sequence, items in enumerate(drain(buffer, 10), 1):
         records = [r for r in items if not isinstance(r, str)]
-        (entry,) = decode(encode_batch(sequence, records).request).float_series
+        (entry,) = as_applied(decode(encode_batch(sequence, records).request)).float_series
         flags.append((entry.steps[0], entry.overwrite))
     assert flags == [(10, True), (20, False), (30, False)]
 
@@ -256,7 +317,9 @@ def test_floats_and_strings_in_one_batch() -> None:
 
 def test_non_finite_values_and_negative_zero_travel_bit_for_bit() -> None:
     values = [math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308]
-    batch = decode(encode_batch(1, [rows(1, {f"s{i}": v for i, v in enumerate(values)})]).request)
+    batch = as_applied(
+        decode(encode_batch(1, [rows(1, {f"s{i}": v for i, v in enumerate(values)})]).request)
+    )
     sent = [entry.values[0] for entry in batch.float_series]
     assert [struct.pack("<d", v) for v in sent] == [struct.pack("<d", v) for v in values]
 
@@ -288,7 +351,7 @@ def test_wide_dicts_over_many_steps() -> None:
         record = maker.float_rows({k: i * 1000 + step for i, k in enumerate(keys)}, step, T)
         assert record is not None
         records.append(record)
-    batch = decode(encode_batch(3, records).request)
+    batch = as_applied(decode(encode_batch(3, records).request))
     assert [entry.name for entry in batch.float_series] == keys
     for i, entry in enumerate(batch.float_series):
         assert list(entry.steps) == list(range(20))
@@ -328,7 +391,7 @@ def test_a_record_larger_than_a_batch_is_split_in_order() -> None:
     names: list[str] = []
     for sequence, items in enumerate(batches, 1):
         records = [r for r in items if not isinstance(r, str)]
-        for entry in decode(encode_batch(sequence, records).request).float_series:
+        for entry in as_applied(decode(encode_batch(sequence, records).request)).float_series:
             assert list(entry.steps) == [7] and list(entry.values) == [data[entry.name]]
             names.append(entry.name)
     assert names == list(data)
@@ -342,7 +405,7 @@ def test_a_long_column_is_split_with_continuing_steps() -> None:
     values: list[float] = []
     for sequence, items in enumerate(drain(buffer, 10), 1):
         records = [r for r in items if not isinstance(r, str)]
-        (entry,) = decode(encode_batch(sequence, records).request).float_series
+        (entry,) = as_applied(decode(encode_batch(sequence, records).request)).float_series
         assert len(entry.values) <= 10
         steps.extend(entry.steps)
         values.extend(entry.values)

@@ -220,3 +220,37 @@ async def test_series_are_independent_within_a_batch(runs, ingest):
     assert resp.appended.accepted_count == 6
     (rej,) = resp.appended.rejections
     assert (rej.series, rej.reason) == ("c", "STEPS_NOT_STRICTLY_INCREASING")
+
+
+async def test_float_block_is_one_series_per_name(runs, ingest):
+    from wire import fblock
+
+    await create_run(runs, "r1")
+    s = Stream(ingest)
+    await s.open("r1")
+    resp = await s.send(
+        fblock(["loss", "acc"], [1, 2, 3], [[0.5, 0.1], [0.4, 0.2], [math.nan, math.inf]])
+    )
+    assert resp.appended.accepted_count == 6
+    assert (await read_points(runs, "r1", "loss"))[0] == [1, 2, 3]
+    _, acc = await read_points(runs, "r1", "acc")
+    assert acc == [0.1, 0.2, math.inf]
+    # Rows below the floor are a rejected prefix for every series of the block.
+    resp = await s.send(fblock(["loss", "acc", "new"], [3, 4], [[9, 9, 9], [0.3, 0.3, 0.3]]))
+    assert resp.appended.accepted_count == 3 + 1  # step 4 of all three, step 3 of "new"
+    assert sorted((r.series, r.reason, r.count, r.floor) for r in resp.appended.rejections) == [
+        ("acc", "STEP_NOT_INCREASING", 1, 3.0),
+        ("loss", "STEP_NOT_INCREASING", 1, 3.0),
+    ]
+
+
+async def test_float_series_apply_before_blocks(runs, ingest):
+    from wire import fblock
+
+    await create_run(runs, "r1")
+    s = Stream(ingest)
+    await s.open("r1")
+    # float_series (step 1) goes first, then the block (steps 2, 3), whatever the send order.
+    resp = await s.send(fblock(["m"], [2, 3], [[2], [3]]), fseries("m", [1], [1]))
+    assert resp.appended.accepted_count == 3 and not resp.appended.rejections
+    assert (await read_points(runs, "r1", "m"))[0] == [1, 2, 3]

@@ -295,3 +295,56 @@ async def test_config_description_must_be_a_string(runs):
         await runs.UpdateRunConfig(runs_pb2.UpdateRunConfigRequest(run_id="r1", config=cfg))
     assert rpc_reason(exc.value) == "INVALID_DESCRIPTION"
     assert exc.value.details() == "INVALID_DESCRIPTION: sys/description must be a string, got float"
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        (
+            {"names": ["a", "b"], "steps": [1, 2], "values": [1, 2, 3]},
+            [("a", "LENGTH_MISMATCH", "block has 3 values for 2 steps x 2 series")] * 1
+            + [("b", "LENGTH_MISMATCH", "block has 3 values for 2 steps x 2 series")],
+        ),
+        (
+            {"names": ["a"], "steps": [1, 2], "values": [1, 2], "timestamps": [1.0]},
+            [("a", "LENGTH_MISMATCH", "block has 2 steps but 1 timestamps")],
+        ),
+        (
+            {"names": ["a"], "steps": [1], "values": [1], "timestamps": [math.inf]},
+            [("a", "INVALID_TIMESTAMP", "timestamps must be finite")],
+        ),
+        (
+            {"names": ["a", "b"], "steps": [2, 1], "values": [1, 2, 3, 4]},
+            [
+                (
+                    n,
+                    "STEPS_NOT_STRICTLY_INCREASING",
+                    "step 1.0 at index 1 does not follow 2.0; steps in a batch must strictly increase",
+                )
+                for n in ("a", "b")
+            ],
+        ),
+        (
+            {"names": ["a"], "steps": [math.nan], "values": [1]},
+            [("a", "NON_FINITE_STEP", "step nan at index 0 is not a finite number")],
+        ),
+        (
+            {"names": ["a", "", "a"], "steps": [1], "values": [1, 2, 3]},
+            [
+                ("", "INVALID_SERIES_NAME", "series name '' is empty"),
+                (
+                    "a",
+                    "DUPLICATE_SERIES_IN_BLOCK",
+                    "series 'a' appears more than once in one block",
+                ),
+            ],
+        ),
+    ],
+)
+async def test_bad_block_rejected_neighbours_land(runs, stream, block, expected):
+    resp = await stream.send(ingest_pb2.FloatBlock(**block), fseries("good", [1], [7.0]))
+    got = sorted((r.series, r.reason, r.message) for r in resp.appended.rejections)
+    assert got == sorted(expected)
+    good_points = 1 + (1 if block["names"][0] == "a" and expected[0][0] == "" else 0)
+    assert resp.appended.accepted_count == good_points
+    assert await read_points(runs, "r1", "good") == ([1], [7.0])

@@ -36,6 +36,21 @@ def sseries(
     )
 
 
+def fblock(
+    names: Sequence[str],
+    steps: Sequence[float],
+    rows: Sequence[Sequence[float]] | None = None,
+    *,
+    values: Sequence[float] | None = None,
+    timestamps: Sequence[float] = (),
+) -> ingest_pb2.FloatBlock:
+    """A FloatBlock from rows (one list of values per step) or from flat `values`."""
+    flat = list(values) if values is not None else [v for row in rows or () for v in row]
+    return ingest_pb2.FloatBlock(
+        names=list(names), steps=list(steps), values=flat, timestamps=list(timestamps)
+    )
+
+
 class Stream:
     """One AppendPoints stream: send requests, read the answers in order."""
 
@@ -65,11 +80,12 @@ class Stream:
             self.next_seq += 1
         batch = ingest_pb2.PointBatch(sequence=seq)
         for s in series:
-            (
-                batch.string_series
-                if isinstance(s, ingest_pb2.StringSeries)
-                else batch.float_series
-            ).append(s)
+            if isinstance(s, ingest_pb2.FloatBlock):
+                batch.float_blocks.append(s)
+            elif isinstance(s, ingest_pb2.StringSeries):
+                batch.string_series.append(s)
+            else:
+                batch.float_series.append(s)
         await self.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
         resp = await self.call.read()
         assert resp is not grpc.aio.EOF

@@ -1,7 +1,10 @@
 """The columnar encoding of log records into `PointBatch` messages.
 
-The sender thread turns runs of records (see `_records`) into one `AppendPointsRequest` whose
-`PointBatch` carries, per series, packed columns of steps, values and timestamps.
+The sender thread turns runs of records (see `_records`) into one `AppendPointsRequest`. Rows
+logged with explicit steps (a training loop's `log_metrics`) travel as `FloatBlock`s: the keys
+once, one step and timestamp per row, and the row-major matrix of values as it was packed in
+the trainer thread. Everything else (`log_metric` lists, server-assigned steps, overwrites)
+travels as one `FloatSeries` per series with packed steps, values and timestamps.
 
 Float columns are encoded by hand: a packed `repeated double` on the wire is the values as
 little-endian 8-byte floats, which is exactly what `struct.pack("<Nd", ...)` produces in the
@@ -29,6 +32,11 @@ from ._records import Column, Record, Rows, double_packer, pack_doubles
 _BATCH_SEQUENCE = b"\x08"  # PointBatch.sequence = 1
 _BATCH_FLOAT_SERIES = 0x12  # PointBatch.float_series = 2
 _BATCH_STRING_SERIES = 0x1A  # PointBatch.string_series = 3
+_BATCH_FLOAT_BLOCKS = 0x22  # PointBatch.float_blocks = 4
+_BLOCK_NAME = 0x0A  # FloatBlock.names = 1
+_BLOCK_STEPS = 0x12  # FloatBlock.steps = 2
+_BLOCK_VALUES = 0x1A  # FloatBlock.values = 3
+_BLOCK_TIMESTAMPS = 0x22  # FloatBlock.timestamps = 4
 _SERIES_NAME = 0x0A  # FloatSeries.name = 1
 _SERIES_STEPS = 0x12  # FloatSeries.steps = 2
 _SERIES_VALUES = 0x1A  # FloatSeries.values = 3
@@ -62,6 +70,11 @@ def varint(value: int) -> bytes:
 def _name_field(name: str) -> bytes:
     encoded = name.encode("utf-8")
     return bytes((_SERIES_NAME,)) + varint(len(encoded)) + encoded
+
+
+@functools.lru_cache(maxsize=256)
+def _block_names(keys: tuple[str, ...]) -> bytes:
+    return b"".join(_name_field(key) for key in keys)  # FloatBlock.names has FloatSeries.name's tag
 
 
 def _field(tag: int, data: bytes) -> bytes:
@@ -147,6 +160,7 @@ class BatchEncoder:
         self._block_steps: list[float] = []
         self._block_times: list[float] = []
         self._block_values: list[bytes] = []
+        self._blocks: list[bytes] = []  # encoded FloatBlock fields, in log order
 
     def add(self, record: Record) -> None:
         self.points += record.points
@@ -167,6 +181,7 @@ class BatchEncoder:
             parts.extend(entry.encode(name) for entry in floats)
         for name, strings in self._strings.items():
             parts.extend(entry.encode(name) for entry in strings)
+        parts.extend(self._blocks)
         batch = b"".join(parts)
         request = bytes((_REQUEST_BATCH,)) + varint(len(batch)) + batch
         return EncodedBatch(sequence=sequence, request=request, points=self.points)
@@ -205,6 +220,18 @@ class BatchEncoder:
         step_bytes = b"" if assign else pack_doubles(steps)
         time_bytes = pack_doubles(times)
         matrix = values[0] if count == 1 else b"".join(values)
+        if not (assign or overwrite):
+            # Rows of explicit steps travel as one FloatBlock: the matrix as it is, row-major.
+            body = b"".join(
+                (
+                    _block_names(keys),
+                    _field(_BLOCK_STEPS, step_bytes),
+                    _field(_BLOCK_VALUES, matrix),
+                    _field(_BLOCK_TIMESTAMPS, time_bytes),
+                )
+            )
+            self._blocks.append(_field(_BATCH_FLOAT_BLOCKS, body))
+            return
         # Only ever sliced and copied, never read as numbers, so native order is irrelevant.
         view = memoryview(matrix).cast("d")
         first, last = steps[0], steps[-1]
@@ -254,6 +281,35 @@ class BatchEncoder:
             entry.values.append(value)
             entry.times.append(rows.time)
             entry.last_step = step
+
+
+def split_for_blocks(records: list[Record]) -> list[list[Record]]:
+    """Cut `records` where a batch would reorder a series.
+
+    The service applies a batch's FloatSeries entries before its FloatBlocks. Explicit-step
+    rows travel in blocks; server-assigned, overwriting and `log_metric` list records travel
+    as FloatSeries entries. A FloatSeries record for a series that already has block points in
+    the batch would thus overtake them: such a record starts the next batch.
+    """
+    parts: list[list[Record]] = [[]]
+    in_blocks: set[str] = set()
+    for record in records:
+        if isinstance(record, Column):
+            keys: tuple[str, ...] = (record.name,)
+            as_block = False
+        elif isinstance(record.values, bytes):
+            keys = record.keys
+            as_block = record.step is not None and not record.overwrite
+        else:
+            parts[-1].append(record)  # strings: a namespace of their own, no blocks
+            continue
+        if as_block:
+            in_blocks.update(keys)
+        elif in_blocks and not in_blocks.isdisjoint(keys):
+            parts.append([])
+            in_blocks = set()
+        parts[-1].append(record)
+    return [part for part in parts if part]
 
 
 def encode_batch(sequence: int, records: list[Record]) -> EncodedBatch:

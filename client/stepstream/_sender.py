@@ -36,7 +36,7 @@ from stepstream.v1 import ingest_pb2, runs_pb2_grpc
 
 from ._buffer import Buffer
 from ._client import CHANNEL_OPTIONS
-from ._columnar import EncodedBatch, encode_batch
+from ._columnar import EncodedBatch, encode_batch, split_for_blocks
 from ._convert import (
     ingest_error_from_rejection,
     ingest_error_from_rpc_error,
@@ -375,6 +375,10 @@ class Sender:
             await self._send_new(records)
 
     async def _send_new(self, records: list[Record]) -> None:
+        for part in split_for_blocks(records):
+            await self._send_batch(part)
+
+    async def _send_batch(self, records: list[Record]) -> None:
         async with self._write_lock:
             assert self._next_sequence is not None
             batch = encode_batch(self._next_sequence, records)

@@ -30,8 +30,10 @@ class Decoder:
     def batch(
         self, batch: ingest_pb2.PointBatch, now: float
     ) -> tuple[list[SeriesEntry], list[Rejection], BatchFailure | None]:
-        total = sum(len(s.values) for s in batch.float_series) + sum(
-            len(s.values) for s in batch.string_series
+        total = (
+            sum(len(s.values) for s in batch.float_series)
+            + sum(len(s.values) for s in batch.string_series)
+            + sum(len(b.values) for b in batch.float_blocks)
         )
         if total > MAX_BATCH_POINTS:
             return (
@@ -44,14 +46,81 @@ class Decoder:
                     {"points": str(total), "limit": str(MAX_BATCH_POINTS)},
                 ),
             )
-        clock = np.full(total, now, dtype=np.float64)  # shared by series without timestamps
+        clock = np.full(total, now, dtype=np.float64)  # shared by entries without timestamps
         entries: list[SeriesEntry] = []
         rejections: list[Rejection] = []
         for fs in batch.float_series:
             self._shape(fs, False, clock, entries, rejections)
         for ss in batch.string_series:
             self._shape(ss, True, clock, entries, rejections)
-        return self._check_steps(entries, rejections), rejections, None
+        entries = self._check_steps(entries, rejections)
+        for block in batch.float_blocks:  # applied after float_series (see the proto)
+            self._block(block, clock, entries, rejections)
+        return entries, rejections, None
+
+    def _block(
+        self,
+        block: ingest_pb2.FloatBlock,
+        clock: Floats,
+        entries: list[SeriesEntry],
+        rejections: list[Rejection],
+    ) -> None:
+        """One entry per series of the block, sharing the block's steps and timestamps; the
+        values are the columns of the row-major matrix."""
+        names = list(block.names)
+        rows, width, n_values = len(block.steps), len(names), len(block.values)
+
+        def reject_all(reason: str, message: str) -> None:
+            for name in names or [""]:
+                rejections.append(Rejection(name, reason, message, rows))
+
+        if n_values != rows * width:
+            return reject_all(
+                "LENGTH_MISMATCH",
+                f"block has {n_values} values for {rows} steps x {width} series",
+            )
+        if n_values == 0:
+            return None
+        n_ts = len(block.timestamps)
+        if n_ts not in (0, rows):
+            return reject_all("LENGTH_MISMATCH", f"block has {rows} steps but {n_ts} timestamps")
+        if n_ts:
+            timestamps = np.array(block.timestamps, dtype=np.float64)
+            if not np.isfinite(timestamps).all():
+                return reject_all("INVALID_TIMESTAMP", "timestamps must be finite")
+        else:
+            timestamps = clock[:rows]
+        steps = np.array(block.steps, dtype=np.float64)
+        problem = step_problem(steps)
+        if problem is not None:
+            return reject_all(*problem)
+        matrix = np.array(block.values, dtype=np.float64).reshape(rows, width)
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                rejections.append(
+                    Rejection(
+                        name,
+                        "DUPLICATE_SERIES_IN_BLOCK",
+                        f"series {name[:64]!r} appears more than once in one block",
+                        rows,
+                    )
+                )
+                continue
+            seen.add(name)
+            if name not in self._known:
+                why = name_problem(name)
+                if why is not None:
+                    rejections.append(
+                        Rejection(
+                            name, "INVALID_SERIES_NAME", f"series name {name[:64]!r} {why}", rows
+                        )
+                    )
+                    continue
+                if len(self._known) < _KNOWN_NAMES_LIMIT:
+                    self._known.add(name)
+            entries.append(SeriesEntry(name, False, steps, matrix[:, i], timestamps, False))
+        return None
 
     def _shape(
         self,

@@ -94,6 +94,7 @@ class PointBatch(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     FLOAT_SERIES_FIELD_NUMBER: _builtins.int
     STRING_SERIES_FIELD_NUMBER: _builtins.int
+    FLOAT_BLOCKS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Sequence number of this batch for its writer: 1 for the writer's first
     batch, then consecutive. A sequence number the server has already
@@ -110,20 +111,79 @@ class PointBatch(_message.Message):
     def string_series(self) -> _containers.RepeatedCompositeFieldContainer[Global___StringSeries]:
         """String series (for example console lines) in this batch."""
 
+    @_builtins.property
+    def float_blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___FloatBlock]:
+        """Float series logged together, row by row (a training loop's metrics).
+        The service applies float_series entries first, then float_blocks, each
+        in order; a writer that logs a series in both within one batch must
+        therefore put its float_series points first (or start a new batch).
+        """
+
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         float_series: _abc.Iterable[Global___FloatSeries] | None = ...,
         string_series: _abc.Iterable[Global___StringSeries] | None = ...,
+        float_blocks: _abc.Iterable[Global___FloatBlock] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["float_series", b"float_series", "sequence", b"sequence", "string_series", b"string_series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["float_blocks", b"float_blocks", "float_series", b"float_series", "sequence", b"sequence", "string_series", b"string_series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PointBatch: _TypeAlias = PointBatch  # noqa: Y015
+
+@_typing.final
+class FloatBlock(_message.Message):
+    """FloatBlock carries rows of points for several float series that share
+    their steps: row r gives series names[i] the value
+    values[r * len(names) + i] at steps[r]. It is the compact form of one
+    FloatSeries per name with the same steps and timestamps.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Series names, distinct, with the same rules as FloatSeries.name."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """One step per row, finite and strictly increasing."""
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """len(steps) * len(names) values, row-major; NaN, +Inf and -Inf are
+        stored faithfully.
+        """
+
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Optional wall-clock time per row, in seconds since the Unix epoch;
+        empty means "the server's receive time".
+        """
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        steps: _abc.Iterable[_builtins.float] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        timestamps: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "steps", b"steps", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FloatBlock: _TypeAlias = FloatBlock  # noqa: Y015
 
 @_typing.final
 class FloatSeries(_message.Message):
@@ -379,7 +439,8 @@ class SeriesRejection(_message.Message):
     reason: _builtins.str
     """UPPER_SNAKE reason: STEP_NOT_INCREASING (steps at or below the floor),
     INVALID_SERIES_NAME, NON_FINITE_STEP, STEPS_NOT_STRICTLY_INCREASING,
-    LENGTH_MISMATCH, STEPS_WITH_ASSIGN_STEPS.
+    LENGTH_MISMATCH, STEPS_WITH_ASSIGN_STEPS, INVALID_TIMESTAMP,
+    DUPLICATE_SERIES_IN_BLOCK, STEP_OVERFLOW.
     """
     message: _builtins.str
     """Human-readable explanation quoting the values below."""
