@@ -13,9 +13,9 @@ import grpc
 DOMAIN = "stepstream.dev"
 
 
-@dataclass(frozen=True)
+@dataclass
 class ServiceError(Exception):
-    """A failure a client can act on."""
+    """A failure a client can act on. (Not frozen: raising sets __traceback__.)"""
 
     code: grpc.StatusCode
     reason: str

@@ -20,7 +20,7 @@ import logging
 import math
 import secrets
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -132,6 +132,7 @@ class IngestWorker:
         self._runs: dict[tuple[str, str], RunRecord] = {}
         self.epoch = secrets.token_hex(4)
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Task[None] | None = None  # the group commit under way
         self.stats = {"groups": 0, "batches": 0, "points": 0}
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -151,7 +152,7 @@ class IngestWorker:
         """Commit everything queued, then stop."""
         while not self._queue.empty():
             await asyncio.sleep(0.01)
-        async with self.lock:
+        async with self.exclusive():
             pass
         if self._task is not None:
             self._task.cancel()
@@ -257,6 +258,8 @@ class IngestWorker:
     # -- the worker -------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Take groups and judge each while the previous one commits (one commit in flight):
+        the Redis round trip and the preparation of group N+1 overlap group N's fsync."""
         while True:
             first = await self._queue.get()
             group = [first]
@@ -271,14 +274,39 @@ class IngestWorker:
                 points += item.points
             try:
                 async with self.lock:
-                    await self._process(group)
+                    writes, commits, outcomes = await self._judge(group)
+                    if not await self._settle():
+                        # Judged against floors the failed group had advanced: not valid.
+                        raise StoreFailed("an earlier group could not be committed")
+                    self._inflight = asyncio.create_task(
+                        self._commit(group, points, writes, commits, outcomes)
+                    )
             except Exception as exc:  # keep serving: the group's streams reconnect and re-send
                 log.exception("group commit failed")
                 self._fail(group, exc)
-            finally:
-                async with self._space:
-                    self._queued_points -= points
-                    self._space.notify_all()
+                await self._release(points)
+
+    async def _settle(self) -> bool:
+        """Wait for the commit in flight (and its acknowledgements); False if it failed."""
+        task = self._inflight
+        if task is None:
+            return True
+        await asyncio.wait([task])
+        return not task.cancelled() and task.exception() is None
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the worker still: no group is being judged or committed meanwhile. Run
+        mutations that change what ingest sees (state, current incarnation, snapshots) run
+        inside, so every batch lands wholly before or after them."""
+        async with self.lock:
+            await self._settle()
+            yield
+
+    async def _release(self, points: int) -> None:
+        async with self._space:
+            self._queued_points -= points
+            self._space.notify_all()
 
     def _fail(self, group: Sequence[Pending], exc: BaseException) -> None:
         self.epoch = secrets.token_hex(4)  # floors may have run ahead of the store
@@ -290,14 +318,17 @@ class IngestWorker:
                     fut.set_exception(StoreFailed(str(exc)))
             writer.inflight.clear()
 
-    async def _process(self, group: Sequence[Pending]) -> None:
+    async def _judge(
+        self, group: Sequence[Pending]
+    ) -> tuple[list[ChunkWrite], list[WriterCommit], dict[int, Outcome]]:
+        """Decide every batch of the group (floors advance in Redis); build what to store."""
         outcomes: dict[int, Outcome] = {}
         judged: list[tuple[int, Pending, RunRecord]] = []
         for i, item in enumerate(group):
+            if item.future.done():  # failed with an earlier group; its stream re-sends it
+                continue
             if item.failure is not None:
                 outcomes[i] = item.failure
-                continue
-            if item.future.done():  # failed with an earlier group; its stream re-sends it
                 continue
             try:
                 record = await self.run_record(item.writer.project, item.writer.run_id)
@@ -343,7 +374,25 @@ class IngestWorker:
             for i, item in enumerate(group)
             if i in outcomes
         ]
-        await self.in_store_write(self.store.commit, writes, commits)
+        return writes, commits, outcomes
+
+    async def _commit(
+        self,
+        group: Sequence[Pending],
+        points: int,
+        writes: list[ChunkWrite],
+        commits: list[WriterCommit],
+        outcomes: dict[int, Outcome],
+    ) -> None:
+        """Store the group in one transaction, then acknowledge its batches."""
+        try:
+            await self.in_store_write(self.store.commit, writes, commits)
+        except Exception as exc:
+            log.exception("group commit failed")
+            self._fail(group, exc)
+            raise
+        finally:
+            await self._release(points)
         accepted = 0
         for i, item in enumerate(group):
             outcome = outcomes.get(i)
@@ -435,6 +484,9 @@ class IngestWorker:
         return floor_key(*view) + ":" + self.epoch
 
     async def _load_floors(self, view: tuple[str, str, str]) -> None:
+        # The store must hold everything judged so far before floors are read from it.
+        if not await self._settle():
+            raise StoreFailed("an earlier group could not be committed")
         segments = await self.in_store(self.store.segments, view[2])
         floors = await self.in_store(self.store.floors, segments)
         await self.floors.load(self._key(view), floors)

@@ -89,7 +89,7 @@ class RunManager:
                 fork_step=req.fork_step,
             )
 
-        async with self.worker.lock:
+        async with self.worker.exclusive():
             if req.get_if_exists:
                 existing = await self.worker.in_store(self.store.get_run, project, run_id)
                 if existing is not None:
@@ -182,7 +182,7 @@ class RunManager:
         self, project: str, run_id: str, state: RunState, failure_reason: str = ""
     ) -> RunRecord:
         await self.get(project, run_id)
-        async with self.worker.lock:
+        async with self.worker.exclusive():
             record = await self._update(
                 project,
                 run_id,
@@ -212,7 +212,7 @@ class RunManager:
         for key in config:
             check_name("config key", key)
         await self.get(project, run_id)
-        async with self.worker.lock:
+        async with self.worker.exclusive():
             current = await self.get(project, run_id)
             parent = await self.worker.in_store(
                 self.store.get_incarnation, current.current_incarnation_id
