@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     chosen = [c for c in available if c in chosen]  # dependency order
     command = shlex.join([interpreter(), "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    code_at_start = code_version()
     work_dir = Path(tempfile.mkdtemp(prefix="stepstream-bench-"))
     started = time.monotonic()
     mlflow_server = None
@@ -118,7 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             else f"MLflow: n/a ({reason})"
         ),
     ]
-    header.insert(0, f"code: {code_version()}")
+    code_at_end = code_version()
+    header.insert(
+        0,
+        f"code: {code_at_start}"
+        if code_at_end == code_at_start
+        # Drivers and servers import the editable installs when they start: a commit landing
+        # mid-run means later cases measured other code.
+        else f"code: CHANGED DURING THE RUN: {code_at_start} at the start, {code_at_end} at the end",
+    )
     text = report(command, header, rows, [])
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
