@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
 
 from . import errors, web
 from .decode import Decoder
-from .ingest import IngestWorker, StoreFailed
+from .ingest import IngestWorker, StoreFailed, Writer
 from .model import (
     BatchFailure,
     Incarnation,
@@ -156,84 +156,12 @@ class IngestServicer:
         requests: AsyncIterator[ingest_pb2.AppendPointsRequest | Malformed],
         answers: asyncio.Queue[Awaitable[Answer] | None],
     ) -> None:
-        writer = None
+        stream = _Stream()
         try:
             async for request in requests:
-                if isinstance(request, Malformed):
-                    await answers.put(
-                        _ready(_malformed(f"request could not be decoded: {request.detail}"))
-                    )
-                    continue
-                kind = request.WhichOneof("kind")
-                if kind == "open":
-                    if writer is not None:
-                        await answers.put(
-                            _ready(
-                                failure_response(
-                                    0,
-                                    _failure(
-                                        errors.failed_precondition(
-                                            "STREAM_ALREADY_OPEN",
-                                            "the stream is already open; open once per stream",
-                                        )
-                                    ),
-                                )
-                            )
-                        )
-                        continue
-                    try:
-                        writer, record = await self._open(request.open)
-                    except errors.ServiceError as exc:
-                        await answers.put(_ready(exc))
-                        return
-                    await answers.put(
-                        _ready(
-                            ingest_pb2.AppendPointsResponse(
-                                opened=ingest_pb2.OpenStreamResult(
-                                    last_committed_sequence=writer.committed,
-                                    incarnation_id=record.current_incarnation_id,
-                                )
-                            )
-                        )
-                    )
-                elif kind == "batch":
-                    seq = request.batch.sequence
-                    if writer is None:
-                        await answers.put(
-                            _ready(
-                                failure_response(
-                                    seq,
-                                    _failure(
-                                        errors.failed_precondition(
-                                            "STREAM_NOT_OPEN",
-                                            "the first request of a stream must be `open`",
-                                        )
-                                    ),
-                                )
-                            )
-                        )
-                        continue
-                    if seq == 0:
-                        await answers.put(
-                            _ready(
-                                failure_response(
-                                    0,
-                                    _failure(
-                                        errors.invalid(
-                                            "INVALID_SEQUENCE",
-                                            "batch sequence numbers start at 1",
-                                            sequence="0",
-                                        )
-                                    ),
-                                )
-                            )
-                        )
-                        continue
-                    entries, rejections, failure = self.decoder.batch(request.batch, time.time())
-                    outcome = await self.worker.submit(writer, seq, entries, rejections, failure)
-                    await answers.put(_respond(seq, outcome))
-                else:
-                    await answers.put(_ready(_malformed("request has neither `open` nor `batch`")))
+                await answers.put(await self._handle(request, stream))
+                if stream.ended:
+                    return
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -250,19 +178,83 @@ class IngestServicer:
         finally:
             await answers.put(None)
 
-    async def _open(self, req: ingest_pb2.OpenStream) -> Any:
+    async def _handle(
+        self, request: ingest_pb2.AppendPointsRequest | Malformed, stream: _Stream
+    ) -> Awaitable[Answer]:
+        """What answers one request; waits only while the worker applies backpressure."""
+        if isinstance(request, Malformed):
+            return _refused(
+                0,
+                errors.invalid(
+                    "MALFORMED_REQUEST", f"request could not be decoded: {request.detail}"
+                ),
+            )
+        kind = request.WhichOneof("kind")
+        if kind == "open":
+            if stream.writer is not None:
+                return _refused(
+                    0,
+                    errors.failed_precondition(
+                        "STREAM_ALREADY_OPEN", "the stream is already open; open once per stream"
+                    ),
+                )
+            try:
+                stream.writer, record = await self._open(request.open)
+            except errors.ServiceError as exc:
+                stream.ended = True
+                return _ready(exc)
+            return _ready(
+                ingest_pb2.AppendPointsResponse(
+                    opened=ingest_pb2.OpenStreamResult(
+                        last_committed_sequence=stream.writer.committed,
+                        incarnation_id=record.current_incarnation_id,
+                    )
+                )
+            )
+        if kind != "batch":
+            return _refused(
+                0, errors.invalid("MALFORMED_REQUEST", "request has neither `open` nor `batch`")
+            )
+        seq = request.batch.sequence
+        if stream.writer is None:
+            return _refused(
+                seq,
+                errors.failed_precondition(
+                    "STREAM_NOT_OPEN", "the first request of a stream must be `open`"
+                ),
+            )
+        if seq == 0:
+            return _refused(
+                0,
+                errors.invalid(
+                    "INVALID_SEQUENCE", "batch sequence numbers start at 1", sequence="0"
+                ),
+            )
+        entries, rejections, failure = self.decoder.batch(request.batch, time.time())
+        outcome = await self.worker.submit(stream.writer, seq, entries, rejections, failure)
+        return _respond(seq, outcome)
+
+    async def _open(self, req: ingest_pb2.OpenStream) -> tuple[Writer, RunRecord]:
         project = project_of(req.project)
         run_id = run_id_of(req.run_id)
         writer_id = check_id("writer_id", req.writer_id, "INVALID_WRITER_ID")
         return await self.worker.open_writer(project, run_id, writer_id)
 
 
+@dataclass
+class _Stream:
+    """What one AppendPoints stream knows about itself."""
+
+    writer: Writer | None = None
+    ended: bool = False
+
+
+def _refused(sequence: int, err: errors.ServiceError) -> Awaitable[Answer]:
+    return _ready(failure_response(sequence, _failure(err)))
+
+
 def _failure(err: errors.ServiceError) -> BatchFailure:
     return BatchFailure(err.code.name, err.reason, err.message, err.metadata)
-
-
-def _malformed(message: str) -> ingest_pb2.AppendPointsResponse:
-    return failure_response(0, _failure(errors.invalid("MALFORMED_REQUEST", message)))
 
 
 async def _ready(answer: Answer) -> Answer:
@@ -295,9 +287,7 @@ def ingest_handler(servicer: IngestServicer) -> grpc.GenericRpcHandler[Any, Any]
 # -- runs -----------------------------------------------------------------------------------
 
 
-def _timestamp(seconds: float) -> Any:
-    from google.protobuf import timestamp_pb2
-
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
