@@ -15,8 +15,10 @@ test_client_columnar.py` checks the bytes against the generated message classes.
 
 Batching never changes what the service decides: per series, points stay in log order, and a
 series entry is closed (a new entry starts) wherever its steps stop strictly increasing or
-switch between explicit and server-assigned steps, so each point is judged against the floor
-exactly as if it had been sent alone.
+switch between explicit and server-assigned steps, and a batch ends where a `FloatSeries`
+entry would overtake block points of the same series (the service applies a batch's
+`float_series` before its `float_blocks`; see `split_for_blocks`), so each point is judged
+against the floor exactly as if it had been sent alone.
 """
 
 from __future__ import annotations
