@@ -7,6 +7,8 @@ first bad step of each bad series.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 import numpy as np
 from stepstream.v1 import ingest_pb2
@@ -81,15 +83,9 @@ class Decoder:
             )
         if n_values == 0:
             return None
-        n_ts = len(block.timestamps)
-        if n_ts not in (0, rows):
-            return reject_all("LENGTH_MISMATCH", f"block has {rows} steps but {n_ts} timestamps")
-        if n_ts:
-            timestamps = np.array(block.timestamps, dtype=np.float64)
-            if not np.isfinite(timestamps).all():
-                return reject_all("INVALID_TIMESTAMP", "timestamps must be finite")
-        else:
-            timestamps = clock[:rows]
+        timestamps = _timestamps(block.timestamps, rows, clock, "block has {n} steps")
+        if isinstance(timestamps, tuple):
+            return reject_all(*timestamps)
         steps = np.array(block.steps, dtype=np.float64)
         problem = step_problem(steps)
         if problem is not None:
@@ -147,15 +143,9 @@ class Decoder:
                 return reject("INVALID_SERIES_NAME", f"series name {name[:64]!r} {problem}")
             if len(self._known) < _KNOWN_NAMES_LIMIT:
                 self._known.add(name)
-        n_ts = len(wire.timestamps)
-        if n_ts not in (0, n):
-            return reject("LENGTH_MISMATCH", f"series has {n} values but {n_ts} timestamps")
-        if n_ts:
-            timestamps = np.array(wire.timestamps, dtype=np.float64)
-            if not np.isfinite(timestamps).all():
-                return reject("INVALID_TIMESTAMP", "timestamps must be finite")
-        else:
-            timestamps = clock[:n]
+        timestamps = _timestamps(wire.timestamps, n, clock, "series has {n} values")
+        if isinstance(timestamps, tuple):
+            return reject(*timestamps)
         values: Floats | list[str]
         if isinstance(wire, ingest_pb2.StringSeries):
             values = list(wire.values)
@@ -204,6 +194,20 @@ class Decoder:
                     Rejection(e.name, reason, message, e.count, is_string=e.is_string)
                 )
         return good
+
+
+def _timestamps(
+    wire: Sequence[float], n: int, clock: Floats, what: str
+) -> Floats | tuple[str, str]:
+    """n timestamps (the receive time when none were sent), or (reason, message)."""
+    if not wire:
+        return clock[:n]
+    if len(wire) != n:
+        return "LENGTH_MISMATCH", f"{what.format(n=n)} but {len(wire)} timestamps"
+    timestamps = np.array(wire, dtype=np.float64)
+    if not np.isfinite(timestamps).all():
+        return "INVALID_TIMESTAMP", "timestamps must be finite"
+    return timestamps
 
 
 def step_problem(steps: Floats) -> tuple[str, str] | None:

@@ -46,5 +46,22 @@ def unavailable(reason: str, message: str, **metadata: object) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, _meta(metadata))
 
 
+def run_not_found(project: str, run_id: str) -> ServiceError:
+    return not_found(
+        "RUN_NOT_FOUND",
+        f"run {run_id!r} not found in project {project!r}",
+        project=project,
+        run_id=run_id,
+    )
+
+
+def incarnation_not_found(incarnation_id: str) -> ServiceError:
+    return not_found(
+        "INCARNATION_NOT_FOUND",
+        f"incarnation {incarnation_id!r} not found",
+        incarnation_id=incarnation_id,
+    )
+
+
 def _meta(values: dict[str, object]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else repr(v) for k, v in values.items()}

@@ -166,12 +166,7 @@ class IngestWorker:
         if record is None:
             found = await self.in_store(self.store.get_run, project, run_id)
             if found is None:
-                raise errors.not_found(
-                    "RUN_NOT_FOUND",
-                    f"run {run_id!r} not found in project {project!r}",
-                    project=project,
-                    run_id=run_id,
-                )
+                raise errors.run_not_found(project, run_id)
             if len(self._runs) >= CACHE_LIMIT:  # oldest first; the store has them all
                 del self._runs[next(iter(self._runs))]
             record = self._runs[(project, run_id)] = found

@@ -48,11 +48,7 @@ class Reader:
         if sel.incarnation_id:
             inc = await self.worker.in_store(self.store.get_incarnation, sel.incarnation_id)
             if inc is None:
-                raise errors.not_found(
-                    "INCARNATION_NOT_FOUND",
-                    f"incarnation {sel.incarnation_id!r} not found",
-                    incarnation_id=sel.incarnation_id,
-                )
+                raise errors.incarnation_not_found(sel.incarnation_id)
             incarnation_id = inc.incarnation_id
         elif sel.experiment:
             project = project_of(sel.project)
@@ -69,12 +65,7 @@ class Reader:
             project, run_id = project_of(sel.project), run_id_of(sel.run_id)
             record = await self.worker.in_store(self.store.get_run, project, run_id)
             if record is None:
-                raise errors.not_found(
-                    "RUN_NOT_FOUND",
-                    f"run {run_id!r} not found in project {project!r}",
-                    project=project,
-                    run_id=run_id,
-                )
+                raise errors.run_not_found(project, run_id)
             incarnation_id = record.current_incarnation_id
         segments = await self.worker.in_store(
             lambda: self.store.segments(incarnation_id, own_only=sel.own_points_only)

@@ -131,11 +131,7 @@ class RunManager:
         if req.fork_incarnation_id:
             inc = await self.worker.in_store(self.store.get_incarnation, req.fork_incarnation_id)
             if inc is None:
-                raise errors.not_found(
-                    "INCARNATION_NOT_FOUND",
-                    f"incarnation {req.fork_incarnation_id!r} not found",
-                    incarnation_id=req.fork_incarnation_id,
-                )
+                raise errors.incarnation_not_found(req.fork_incarnation_id)
             return inc, False
         if not req.fork_run_id:
             return None, False
@@ -162,12 +158,7 @@ class RunManager:
         project, run_id = project_of(project), run_id_of(run_id)
         record = await self.worker.in_store(self.store.get_run, project, run_id)
         if record is None:
-            raise errors.not_found(
-                "RUN_NOT_FOUND",
-                f"run {run_id!r} not found in project {project!r}",
-                project=project,
-                run_id=run_id,
-            )
+            raise errors.run_not_found(project, run_id)
         return record
 
     async def projects(self) -> list[str]:

@@ -377,12 +377,7 @@ class SqliteStore:
             (*args, project, run_id),
         )
         if cur.rowcount == 0:
-            raise errors.not_found(
-                "RUN_NOT_FOUND",
-                f"run {run_id!r} not found in project {project!r}",
-                project=project,
-                run_id=run_id,
-            )
+            raise errors.run_not_found(project, run_id)
         record = self.get_run(project, run_id)
         assert record is not None
         return record
