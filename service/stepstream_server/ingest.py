@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -45,7 +44,15 @@ from .model import (
     outcome_from_json,
     value_token,
 )
-from .ordering import NO_FLOOR, CheckEntry, Floor, FloorCache, assigned_start, floor_key
+from .ordering import (
+    NO_FLOOR,
+    CheckEntry,
+    Floor,
+    FloorCache,
+    LazyToken,
+    assigned_start,
+    floor_key,
+)
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -426,7 +433,7 @@ class IngestWorker:
             checks = requests[view] = []
             for name, uses in fields.items():
                 if all(not (e.assign or e.overwrite) for _, _, e in uses):
-                    top = max(uses, key=lambda u: float(u[2].steps[-1]))[2]  # type: ignore[index]
+                    top = max(uses, key=lambda u: u[2].last_step)[2]
                     checks.append(_check_entry(name, top))
                 else:
                     checks.extend(_check_entry(name, e) for _, _, e in uses)
@@ -467,9 +474,8 @@ class IngestWorker:
                     floor = next(answer)
                     for b, k, e in uses:
                         out[b][k] = floor
-                        last = float(e.steps[-1])  # type: ignore[index]
-                        if last > floor.step:
-                            floor = Floor(last, value_token(e.values[-1]))
+                        if e.last_step > floor.step:
+                            floor = Floor(e.last_step, LazyToken(e.values))
                 else:
                     for b, k, _ in uses:
                         out[b][k] = next(answer)
@@ -517,6 +523,8 @@ class IngestWorker:
                 assigned.append(Assigned(entry.name, start, entry.count, entry.is_string))
                 values = entry.values
                 ts = entry.timestamps
+            elif entry.first_step > floor.step:  # the common case: every point is new
+                steps, values, ts = entry.steps, entry.values, entry.timestamps  # type: ignore[assignment]
             else:
                 assert entry.steps is not None
                 steps = entry.steps
@@ -525,7 +533,7 @@ class IngestWorker:
                 if (
                     cut > 0
                     and steps[cut - 1] == floor.step
-                    and value_token(entry.values[cut - 1]) == floor.token
+                    and value_token(entry.values[cut - 1]) == str(floor.token)
                 ):
                     duplicates += 1
                     rejected -= 1
@@ -561,7 +569,7 @@ def _check_entry(field: str, e: SeriesEntry) -> CheckEntry:
         field,
         e.assign,
         e.overwrite,
-        math.nan if e.steps is None else float(e.steps[-1]),
+        e.last_step,
         e.count,
         value_token(e.values[-1]),
     )

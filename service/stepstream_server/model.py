@@ -94,6 +94,11 @@ class SeriesEntry:
     assign: bool
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        # Read for every entry on the hot path; plain floats, computed once.
+        self.first_step = math.nan if self.steps is None else float(self.steps[0])
+        self.last_step = math.nan if self.steps is None else float(self.steps[-1])
+
     @property
     def count(self) -> int:
         return len(self.values)

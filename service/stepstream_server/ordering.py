@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from .model import Floats, value_token
+
 LOADED = "!loaded"
 
 # KEYS[1]: the floor hash of one incarnation.
@@ -117,12 +119,24 @@ class CheckEntry:
     last_token: str
 
 
+class LazyToken:
+    """The token of an entry's last value, computed only when a duplicate check needs it."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Floats | list[str]) -> None:
+        self.values = values
+
+    def __str__(self) -> str:
+        return value_token(self.values[-1])
+
+
 @dataclass(frozen=True)
 class Floor:
     """A series' floor before an entry was applied."""
 
     step: float  # -inf for a new series
-    token: str
+    token: str | LazyToken
 
 
 NO_FLOOR = Floor(-math.inf, "")
