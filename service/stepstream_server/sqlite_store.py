@@ -8,6 +8,7 @@ chunk cap) segments and reading is a range scan per segment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -154,6 +155,18 @@ class SqliteStore:
                 self._connections.append(conn)
         return conn
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     def close(self) -> None:
         with self._guard:
             for conn in self._connections:
@@ -178,48 +191,42 @@ class SqliteStore:
         fork_step: float | None,
         now: float,
     ) -> RunRecord:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "INSERT INTO runs (project, run_id, experiment, state, tags, description, config,"
-                " current_incarnation, created_at, updated_at, vals) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    project,
-                    run_id,
-                    experiment,
-                    int(RunState.RUNNING),
-                    json.dumps(sorted(set(tags))),
-                    description,
-                    json.dumps(config),
-                    incarnation_id,
-                    now,
-                    now,
-                    json.dumps(values),
-                ),
-            )
-            self._insert_incarnation(
-                conn,
-                incarnation_id=incarnation_id,
-                project=project,
-                run_id=run_id,
-                parent=parent,
-                fork_step=fork_step,
-                origin=Origin.FORKED if parent else Origin.CREATED,
-                now=now,
-            )
-            conn.execute("COMMIT")
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO runs (project, run_id, experiment, state, tags, description, config,"
+                    " current_incarnation, created_at, updated_at, vals) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        project,
+                        run_id,
+                        experiment,
+                        int(RunState.RUNNING),
+                        json.dumps(sorted(set(tags))),
+                        description,
+                        json.dumps(config),
+                        incarnation_id,
+                        now,
+                        now,
+                        json.dumps(values),
+                    ),
+                )
+                self._insert_incarnation(
+                    conn,
+                    incarnation_id=incarnation_id,
+                    project=project,
+                    run_id=run_id,
+                    parent=parent,
+                    fork_step=fork_step,
+                    origin=Origin.FORKED if parent else Origin.CREATED,
+                    now=now,
+                )
         except sqlite3.IntegrityError:
-            conn.execute("ROLLBACK")
             raise errors.already_exists(
                 "RUN_ALREADY_EXISTS",
                 f"run {run_id!r} already exists in project {project!r}",
                 project=project,
                 run_id=run_id,
             ) from None
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         record = self.get_run(project, run_id)
         assert record is not None
         return record
@@ -269,9 +276,7 @@ class SqliteStore:
     ) -> RunRecord:
         """Give a run a new current incarnation (a rewind), archive the old one, set the
         merged config and make the run RUNNING, in one transaction."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as conn:
             self._insert_incarnation(
                 conn,
                 incarnation_id=incarnation_id,
@@ -291,10 +296,6 @@ class SqliteStore:
                 " failure_reason = '' WHERE project = ? AND run_id = ?",
                 (incarnation_id, now, json.dumps(config), int(RunState.RUNNING), project, run_id),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         record = self.get_run(project, run_id)
         assert record is not None
         return record
@@ -480,49 +481,59 @@ class SqliteStore:
         return None if row is None else str(row[0])
 
     def commit(self, chunks: Sequence[ChunkWrite], writers: Sequence[WriterCommit]) -> None:
-        conn = self._conn()
-        cached = dict(self._series_ids)  # restored if the transaction fails
-        conn.execute("BEGIN IMMEDIATE")
+        # Series IDs cached by this transaction, with what they replaced: undone on failure.
+        undo: dict[tuple[str, bool, str], int | None] = {}
         try:
-            rows = []
-            for chunk in chunks:
-                key = (chunk.incarnation_id, chunk.is_string, chunk.name)
-                if chunk.new_generation:
-                    # Its first chunk decides which snapshots see it: insert that one alone.
-                    series_id = self._new_generation(conn, key)
-                    cur = conn.execute(_INSERT_CHUNK, (series_id, *_chunk_row(chunk)))
-                    conn.execute(
-                        "UPDATE series SET created_chunk = ? WHERE series_id = ?",
-                        (cur.lastrowid, series_id),
-                    )
-                    continue
-                series_id = self._series_ids.get(key) or self._series_id(conn, key)
-                rows.append((series_id, *_chunk_row(chunk)))
-            conn.executemany(_INSERT_CHUNK, rows)
-            last: dict[tuple[str, str, str], int] = {}
-            for w in writers:
-                key3 = (w.project, w.run_id, w.writer_id)
-                last[key3] = max(last.get(key3, 0), w.sequence)
-            conn.executemany(
-                "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) VALUES (?,?,?,?,?)",
-                [(w.project, w.run_id, w.writer_id, w.sequence, w.outcome_json) for w in writers],
-            )
-            conn.executemany(
-                "INSERT INTO writers (project, run_id, writer_id, last_sequence) VALUES (?,?,?,?)"
-                " ON CONFLICT DO UPDATE SET last_sequence = excluded.last_sequence",
-                [(*k, seq) for k, seq in last.items()],
-            )
-            conn.executemany(
-                "DELETE FROM acks WHERE project = ? AND run_id = ? AND writer_id = ? AND sequence <= ?",
-                [(*k, seq - ACK_RETENTION) for k, seq in last.items() if seq > ACK_RETENTION],
-            )
-            conn.execute("COMMIT")
+            with self._write() as conn:
+                rows = []
+                for chunk in chunks:
+                    key = (chunk.incarnation_id, chunk.is_string, chunk.name)
+                    if chunk.new_generation:
+                        # Its first chunk decides which snapshots see it: insert that one alone.
+                        series_id = self._new_generation(conn, key, undo)
+                        cur = conn.execute(_INSERT_CHUNK, (series_id, *_chunk_row(chunk)))
+                        conn.execute(
+                            "UPDATE series SET created_chunk = ? WHERE series_id = ?",
+                            (cur.lastrowid, series_id),
+                        )
+                        continue
+                    series_id = self._series_ids.get(key) or self._series_id(conn, key, undo)
+                    rows.append((series_id, *_chunk_row(chunk)))
+                conn.executemany(_INSERT_CHUNK, rows)
+                last: dict[tuple[str, str, str], int] = {}
+                for w in writers:
+                    key3 = (w.project, w.run_id, w.writer_id)
+                    last[key3] = max(last.get(key3, 0), w.sequence)
+                conn.executemany(
+                    "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) VALUES (?,?,?,?,?)",
+                    [
+                        (w.project, w.run_id, w.writer_id, w.sequence, w.outcome_json)
+                        for w in writers
+                    ],
+                )
+                conn.executemany(
+                    "INSERT INTO writers (project, run_id, writer_id, last_sequence) VALUES (?,?,?,?)"
+                    " ON CONFLICT DO UPDATE SET last_sequence = excluded.last_sequence",
+                    [(*k, seq) for k, seq in last.items()],
+                )
+                conn.executemany(
+                    "DELETE FROM acks WHERE project = ? AND run_id = ? AND writer_id = ? AND sequence <= ?",
+                    [(*k, seq - ACK_RETENTION) for k, seq in last.items() if seq > ACK_RETENTION],
+                )
         except BaseException:
-            conn.execute("ROLLBACK")
-            self._series_ids = cached
+            for key, previous in undo.items():
+                if previous is None:
+                    self._series_ids.pop(key, None)
+                else:
+                    self._series_ids[key] = previous
             raise
 
-    def _series_id(self, conn: sqlite3.Connection, key: tuple[str, bool, str]) -> int:
+    def _series_id(
+        self,
+        conn: sqlite3.Connection,
+        key: tuple[str, bool, str],
+        undo: dict[tuple[str, bool, str], int | None],
+    ) -> int:
         """The current generation's series row, created (generation 0) when missing."""
         incarnation_id, is_string, name = key
         row = conn.execute(
@@ -538,10 +549,16 @@ class SqliteStore:
             series_id = int(cur.lastrowid or 0)
         else:
             series_id = int(row[0])
+        undo.setdefault(key, self._series_ids.get(key))
         self._series_ids[key] = series_id
         return series_id
 
-    def _new_generation(self, conn: sqlite3.Connection, key: tuple[str, bool, str]) -> int:
+    def _new_generation(
+        self,
+        conn: sqlite3.Connection,
+        key: tuple[str, bool, str],
+        undo: dict[tuple[str, bool, str], int | None],
+    ) -> int:
         incarnation_id, is_string, name = key
         cur = conn.execute(
             "INSERT INTO series (incarnation_id, name, is_string, generation) VALUES (?,?,?,"
@@ -550,6 +567,7 @@ class SqliteStore:
             (incarnation_id, name, int(is_string), incarnation_id, int(is_string), name),
         )
         series_id = int(cur.lastrowid or 0)
+        undo.setdefault(key, self._series_ids.get(key))
         self._series_ids[key] = series_id
         return series_id
 
