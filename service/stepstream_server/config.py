@@ -15,6 +15,12 @@ class Settings:
     data_dir: Path = Path(os.environ.get("STEPSTREAM_DATA_DIR", ".stepstream"))
     # None: start the embedded redis-server on a private socket under data_dir.
     redis_url: str | None = None
+    # redis_url names one node of a Redis Cluster (redis-py's cluster client).
+    redis_cluster: bool = False
+    # sqlite:///path or postgresql://user@host:port/db; None: SQLite under data_dir.
+    store: str | None = os.environ.get("STEPSTREAM_STORE") or None
+    # How long a replica's judgment may stay uncommitted before others fence it (seconds).
+    lease_seconds: float = 10.0
     # SQLite synchronous mode: FULL fsyncs every group commit (durable across power loss).
     sqlite_synchronous: str = "FULL"
     grace_seconds: float = 5.0
@@ -26,3 +32,7 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return self.data_dir / "stepstream.sqlite3"
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite://{self.store_path.resolve()}"

@@ -70,6 +70,9 @@ class RunRecord:
     incarnations: tuple[Incarnation, ...] = ()
     values: dict[str, Any] = field(default_factory=dict)
     experiment_head: bool = False
+    # Raised by every change ingest must see (docs/replicas.md); commits under an older epoch
+    # of the run are refused.
+    fence: int = 0
 
 
 @dataclass(frozen=True)

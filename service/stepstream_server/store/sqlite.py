@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from . import errors
-from .model import (
+from .. import errors
+from ..model import (
     NO_CHUNK_CAP,
     ChunkWrite,
     Floats,
@@ -30,15 +30,16 @@ from .model import (
     RunState,
     Segment,
     SeriesPoints,
-    WriterCommit,
     value_token,
 )
+from .base import Refused, RunCommit
+from .schema import SchemaTooNew
 
 # Acknowledgements kept per writer for exact re-acks of re-sent batches; a client never has more
 # than its in-flight window unacknowledged, which is far below this.
 ACK_RETENTION = 4096
 
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
     project TEXT NOT NULL,
     run_id TEXT NOT NULL,
@@ -106,6 +107,13 @@ CREATE TABLE IF NOT EXISTS acks (
 ) WITHOUT ROWID;
 """
 
+# Schema version N is reached by running MIGRATIONS[N - 1]; PRAGMA user_version records it.
+# A file from before versioning (tables, user_version 0) is version 1.
+MIGRATIONS = (
+    SCHEMA_V1,
+    "ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;",
+)
+
 
 def encode_values(values: Floats | list[str]) -> bytes:
     if isinstance(values, list):
@@ -140,7 +148,22 @@ class SqliteStore:
         # (incarnation, is_string, name) -> series_id; only the committing thread writes it.
         self._series_ids: dict[tuple[str, bool, str], int] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn().executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version == 0 and conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'runs'"
+            ).fetchone():
+                version = 1
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(str(self.path), version, len(MIGRATIONS))
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -293,7 +316,7 @@ class SqliteStore:
             )
             conn.execute(
                 "UPDATE runs SET current_incarnation = ?, updated_at = ?, config = ?, state = ?,"
-                " failure_reason = '' WHERE project = ? AND run_id = ?",
+                " failure_reason = '', fence = fence + 1 WHERE project = ? AND run_id = ?",
                 (incarnation_id, now, json.dumps(config), int(RunState.RUNNING), project, run_id),
             )
         record = self.get_run(project, run_id)
@@ -355,7 +378,7 @@ class SqliteStore:
         sets = ["updated_at = ?"]
         args: list[Any] = [now]
         if state is not None:
-            sets.append("state = ?")
+            sets.append("state = ?, fence = fence + 1")
             args.append(int(state))
         if tags is not None:
             sets.append("tags = ?")
@@ -398,6 +421,7 @@ class SqliteStore:
             updated,
             vals,
             head,
+            fence,
         ) = row
         incarnations = tuple(
             self._incarnation_from_row(r)
@@ -422,6 +446,7 @@ class SqliteStore:
             incarnations=incarnations,
             values=json.loads(vals),
             experiment_head=bool(head),
+            fence=fence,
         )
 
     def get_incarnation(self, incarnation_id: str) -> Incarnation | None:
@@ -480,36 +505,41 @@ class SqliteStore:
         )
         return None if row is None else str(row[0])
 
-    def commit(self, chunks: Sequence[ChunkWrite], writers: Sequence[WriterCommit]) -> None:
+    def commit(self, parts: Sequence[RunCommit]) -> Refused:
         # Series IDs cached by this transaction, with what they replaced: undone on failure.
         undo: dict[tuple[str, bool, str], int | None] = {}
+        refused: Refused = {}
         try:
             with self._write() as conn:
                 rows = []
-                for chunk in chunks:
-                    key = (chunk.incarnation_id, chunk.is_string, chunk.name)
-                    if chunk.new_generation:
-                        # Its first chunk decides which snapshots see it: insert that one alone.
-                        series_id = self._new_generation(conn, key, undo)
-                        cur = conn.execute(_INSERT_CHUNK, (series_id, *_chunk_row(chunk)))
-                        conn.execute(
-                            "UPDATE series SET created_chunk = ? WHERE series_id = ?",
-                            (cur.lastrowid, series_id),
-                        )
-                        continue
-                    series_id = self._series_ids.get(key) or self._series_id(conn, key, undo)
-                    rows.append((series_id, *_chunk_row(chunk)))
-                conn.executemany(_INSERT_CHUNK, rows)
+                acks = []
                 last: dict[tuple[str, str, str], int] = {}
-                for w in writers:
-                    key3 = (w.project, w.run_id, w.writer_id)
-                    last[key3] = max(last.get(key3, 0), w.sequence)
+                for part in parts:
+                    verdict = self._refusal(conn, part)
+                    if verdict is not None:
+                        refused[(part.project, part.run_id)] = verdict
+                        continue
+                    for chunk in part.chunks:
+                        key = (chunk.incarnation_id, chunk.is_string, chunk.name)
+                        if chunk.new_generation:
+                            # Its first chunk decides which snapshots see it: insert it alone.
+                            series_id = self._new_generation(conn, key, undo)
+                            cur = conn.execute(_INSERT_CHUNK, (series_id, *_chunk_row(chunk)))
+                            conn.execute(
+                                "UPDATE series SET created_chunk = ? WHERE series_id = ?",
+                                (cur.lastrowid, series_id),
+                            )
+                            continue
+                        series_id = self._series_ids.get(key) or self._series_id(conn, key, undo)
+                        rows.append((series_id, *_chunk_row(chunk)))
+                    for w in part.writers:
+                        key3 = (w.project, w.run_id, w.writer_id)
+                        last[key3] = max(last.get(key3, 0), w.sequence)
+                        acks.append((*key3, w.sequence, w.outcome_json))
+                conn.executemany(_INSERT_CHUNK, rows)
                 conn.executemany(
                     "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) VALUES (?,?,?,?,?)",
-                    [
-                        (w.project, w.run_id, w.writer_id, w.sequence, w.outcome_json)
-                        for w in writers
-                    ],
+                    acks,
                 )
                 conn.executemany(
                     "INSERT INTO writers (project, run_id, writer_id, last_sequence) VALUES (?,?,?,?)"
@@ -527,6 +557,45 @@ class SqliteStore:
                 else:
                     self._series_ids[key] = previous
             raise
+        return refused
+
+    @staticmethod
+    def _refusal(conn: sqlite3.Connection, part: RunCommit) -> int | None:
+        """The run's fence when the part must be refused (docs/replicas.md), else None."""
+        row = conn.execute(
+            "SELECT fence FROM runs WHERE project = ? AND run_id = ?", (part.project, part.run_id)
+        ).fetchone()
+        fence = -1 if row is None else int(row[0])
+        if fence > part.epoch or row is None:
+            return fence
+        first: dict[str, int] = {}
+        for w in part.writers:
+            first[w.writer_id] = min(first.get(w.writer_id, w.sequence), w.sequence)
+        for writer_id, sequence in first.items():
+            stored = conn.execute(
+                "SELECT last_sequence FROM writers WHERE project = ? AND run_id = ? AND writer_id = ?",
+                (part.project, part.run_id, writer_id),
+            ).fetchone()
+            if stored is not None and int(stored[0]) >= sequence:
+                return fence
+        return None
+
+    def raise_fence(self, project: str, run_id: str, at_least: int) -> int:
+        return self._set_fence(project, run_id, "MAX(fence, ?)", at_least)
+
+    def advance_fence(self, project: str, run_id: str) -> int:
+        return self._set_fence(project, run_id, "fence + ?", 1)
+
+    def _set_fence(self, project: str, run_id: str, expression: str, arg: int) -> int:
+        with self._write() as conn:
+            row = conn.execute(
+                f"UPDATE runs SET fence = {expression} WHERE project = ? AND run_id = ?"
+                " RETURNING fence",
+                (arg, project, run_id),
+            ).fetchone()
+        if row is None:
+            raise errors.run_not_found(project, run_id)
+        return int(row[0])
 
     def _series_id(
         self,
@@ -720,7 +789,7 @@ _RUN_COLUMNS = (
     "project, run_id, experiment, state, tags, description, config, current_incarnation,"
     " failure_reason, created_at, updated_at, vals, experiment != '' AND run_id = (SELECT"
     " h.run_id FROM runs h WHERE h.project = runs.project AND h.experiment = runs.experiment"
-    " ORDER BY h.rowid DESC LIMIT 1)"
+    " ORDER BY h.rowid DESC LIMIT 1), fence"
 )
 _INCARNATION_COLUMNS = (
     "i.incarnation_id, i.project, i.run_id, i.parent_incarnation,"

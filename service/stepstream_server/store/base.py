@@ -1,14 +1,16 @@
-"""The durable store: the source of truth for runs, points, floors and writer sequences.
+"""The durable store: the source of truth for runs, points, floors, fences and writer sequences.
 
-Every method is synchronous and runs on a store thread; the service calls them through
-`asyncio.to_thread`-style executors. `commit` is the only method that writes points, and it
-writes them together with the writers' sequence numbers and acknowledgements in one transaction,
-which is what makes delivery exactly-once across restarts.
+Every method is synchronous and runs on a store thread; the service reaches them only through
+`AsyncStore` (seam.py). `commit` is the only method that writes points, and it writes them
+together with the writers' sequence numbers and acknowledgements in one transaction, which is
+what makes delivery exactly-once across restarts and replicas. The fence (docs/replicas.md) is
+checked in that same transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .model import (
@@ -21,6 +23,22 @@ from .model import (
     SeriesPoints,
     WriterCommit,
 )
+
+
+@dataclass(frozen=True)
+class RunCommit:
+    """What one group commits for one run, judged under `epoch` (docs/replicas.md)."""
+
+    project: str
+    run_id: str
+    epoch: int
+    chunks: Sequence[ChunkWrite]
+    writers: Sequence[WriterCommit]
+
+
+# A refused part: the run's fence is above the part's epoch, or one of its writers already
+# has a sequence at or above one in the part. Maps (project, run_id) to the run's fence.
+Refused = dict[tuple[str, str], int]
 
 
 class Store(Protocol):
@@ -43,7 +61,10 @@ class Store(Protocol):
         parent: Incarnation | None,
         fork_step: float | None,
         now: float,
-    ) -> RunRecord: ...
+    ) -> RunRecord:
+        """Create a run and its first incarnation. A fork's snapshot (the highest chunk ID)
+        is read while the parent run's row is held, so no commit to it straddles the snapshot."""
+        ...
 
     def get_run(self, project: str, run_id: str) -> RunRecord | None: ...
 
@@ -63,7 +84,9 @@ class Store(Protocol):
         description: str | None = None,
         failure_reason: str | None = None,
         values: dict[str, Any] | None = None,
-    ) -> RunRecord: ...
+    ) -> RunRecord:
+        """Change a run; a state change also raises its fence (ingest must see it)."""
+        ...
 
     def add_incarnation(
         self,
@@ -76,7 +99,10 @@ class Store(Protocol):
         origin: Origin,
         config: dict[str, Any],
         now: float,
-    ) -> RunRecord: ...
+    ) -> RunRecord:
+        """Give a run a new current incarnation (archiving the old one), set its config, make
+        it RUNNING and raise its fence, in one transaction."""
+        ...
 
     def get_incarnation(self, incarnation_id: str) -> Incarnation | None: ...
 
@@ -89,7 +115,18 @@ class Store(Protocol):
         self, project: str, run_id: str, writer_id: str, sequence: int
     ) -> str | None: ...
 
-    def commit(self, chunks: Sequence[ChunkWrite], writers: Sequence[WriterCommit]) -> None: ...
+    def commit(self, parts: Sequence[RunCommit]) -> Refused:
+        """Write every part that is not refused, in one transaction; return the refused ones."""
+        ...
+
+    def raise_fence(self, project: str, run_id: str, at_least: int) -> int:
+        """Raise the run's fence to at least `at_least` (waiting for commits holding the run)
+        and return it. `RUN_NOT_FOUND` if there is no such run."""
+        ...
+
+    def advance_fence(self, project: str, run_id: str) -> int:
+        """Raise the run's fence by one and return it (a new epoch above every one used)."""
+        ...
 
     # Reading.
     def segments(self, incarnation_id: str, *, own_only: bool = False) -> list[Segment]: ...
