@@ -6,14 +6,19 @@ service rebuilds from the store, so there is nothing for Redis to keep.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis
+
+log = logging.getLogger(__name__)
 
 
 def redis_server_binary() -> str:
@@ -86,3 +91,49 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+class RedisWatch:
+    """Notices a crashed embedded redis-server and starts it again. Health says NOT_SERVING
+    until it is back; floors are then rebuilt from the store (the run epochs are gone, so each
+    run moves to a new epoch above its fence: docs/replicas.md)."""
+
+    def __init__(
+        self,
+        redis: EmbeddedRedis,
+        set_serving: Callable[[bool], Awaitable[None]],
+        *,
+        interval: float = 0.2,
+    ) -> None:
+        self.redis = redis
+        self.set_serving = set_serving
+        self.interval = interval
+        self.restarts = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="redis-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            proc = self.redis.process
+            if proc is None or proc.poll() is None:
+                continue
+            log.error("embedded redis-server exited with %s; restarting it", proc.returncode)
+            await self.set_serving(False)
+            while True:
+                try:
+                    await asyncio.to_thread(self.redis.start)
+                    break
+                except RuntimeError as exc:
+                    log.error("embedded redis-server did not start again: %s", exc)
+                    await asyncio.sleep(1.0)
+            self.restarts += 1
+            await self.set_serving(True)

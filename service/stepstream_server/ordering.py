@@ -1,15 +1,19 @@
-"""The ordering check: per-series floors cached in Redis, judged and advanced atomically.
+"""The ordering check: per-series floors cached in Redis, judged and advanced atomically, and
+the epochs and leases that keep the judgments of many replicas honest (docs/replicas.md).
 
-Keys (one run's keys share the hash tag `{project/run_id}`, so every check for a batch of one
-run runs in one Redis Cluster slot):
+Keys (one run's keys share the hash tag `{project/run_id}`, so every script of a run runs in one
+Redis Cluster slot):
 
-    ss:{<project>/<run_id>}:floors:<incarnation_id>   hash
-        "f:<name>" / "s:<name>"  ->  "<floor step, %.17g> <value token of the point at the floor>"
-        "!loaded"                ->  "1" once every floor of the incarnation came from the store
+    ss:{<project>/<run_id>}:run                       hash
+        "epoch"      ->  the run's current epoch (an integer, as text)
+        "t:<token>"  ->  lease deadline (ms, Redis clock) of an in-flight judgment
+    ss:{<project>/<run_id>}:floors:<incarnation_id>:<epoch>   hash
+        "f:<name>" / "s:<name>"  ->  "<floor step, %.17g> <value token> <mover>", the mover
+                                     being the token of the judgment that last moved it, or "-"
+        "!loaded"                ->  "1" once every floor came from the store
 
-The store is the source of truth. A hash without "!loaded" (a restarted or evicted Redis, a new
-incarnation) makes the check answer NEED_LOAD; the caller reads the floors from the store, loads
-them with LOAD_SCRIPT and asks again, so no point is judged against a missing floor.
+The store is the source of truth; floors are loaded from it only after its fence reached the
+epoch (the caller's duty), so everything committed under an older epoch is in them.
 """
 
 from __future__ import annotations
@@ -17,33 +21,76 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from .model import Floats, value_token
 
 LOADED = "!loaded"
+# Floors of an idle run fall out of Redis after a day; they are rebuilt from the store.
+FLOORS_TTL_MS = 86_400_000
 
-# KEYS[1]: the floor hash of one incarnation.
-# ARGV[1]: the entries, 4 fields each, every field ended by a NUL byte (names never hold NUL):
+# Raise the run's epoch to `target` (dropping every lease) unless it is already there.
+_RAISE_LUA = """
+local function raise(run, target)
+  local cur = tonumber(redis.call('HGET', run, 'epoch') or '-1')
+  if cur >= target then return tostring(cur) end
+  redis.call('DEL', run)
+  redis.call('HSET', run, 'epoch', tostring(target))
+  return tostring(target)
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS[1]: the run hash. KEYS[2]: the floor hash of the incarnation at ARGV[1].
+# ARGV[1]: the epoch the caller believes; ARGV[2]: this judgment's token; ARGV[3]: lease (ms);
+# ARGV[4]: the caller's own token prefix (its earlier judgments are not dependencies);
+# ARGV[5]: the entries, 4 fields each, every field ended by a NUL byte (names never hold NUL):
 #   field   "f:<name>" or "s:<name>"
 #   mode    "e" (explicit steps) or "a" (assign steps); "oe" / "oa" overwrite first: the
 #           series' floor is taken as absent (-inf), as for a new series
 #   arg     mode e: the entry's last (largest) step as %.17g; mode a: the number of points
 #   token   value token of the entry's last point
-# Entries are applied in order. Returns 0 when the hash is not loaded (nothing changed), else
-# one string: for each entry, its floor before it was applied ("" for a new series) and that
-# point's token, each ended by NUL. An explicit entry advances the floor to its last step when
-# that is above it; an assigned entry takes steps floor+1 (math.floor(floor)+1 for a fractional
-# floor; 0 for a new series) onwards. The caller derives accepted points, duplicates and assigned
-# steps from the returned floors.
-CHECK_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], '!loaded') == 0 then return 0 end
-local packed = ARGV[1]
-local out = {}
+# Returns {"epoch", <current epoch or "">} when the caller's epoch is not current (also after
+# this script raised it: a lease had expired, or the floors are missing while a lease is held);
+# {"load"} when the floors at this epoch are not loaded; else {"ok", floors, dependencies}:
+# for each entry its floor before it was applied ("" for a new series, else "<step> <token>"),
+# and the tokens of other callers' in-flight judgments that moved a floor read here, each ended
+# by NUL. An explicit entry advances the floor to its last step when that is above it; an
+# assigned entry takes steps floor+1 (math.floor(floor)+1 for a fractional floor; 0 for a new
+# series) onwards. A judgment that moved a floor takes a lease under its token.
+CHECK_SCRIPT = (
+    _RAISE_LUA
+    + """
+local run, floors = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', run, 'epoch')
+if epoch ~= ARGV[1] then return {'epoch', epoch or ''} end
+local now = now_ms()
+local leases = redis.call('HGETALL', run)
+local held = false
+for i = 1, #leases, 2 do
+  if string.sub(leases[i], 1, 2) == 't:' then
+    held = true
+    if tonumber(leases[i + 1]) < now then
+      return {'epoch', raise(run, tonumber(epoch) + 1)}
+    end
+  end
+end
+if redis.call('HEXISTS', floors, '!loaded') == 0 then
+  if held then return {'epoch', raise(run, tonumber(epoch) + 1)} end
+  return {'load'}
+end
+local me, own = ARGV[2], ARGV[4]
+local packed = ARGV[5]
+local out, seen, deps = {}, {}, {}
+local moved = false
 local pos = 1
 local function nxt()
-  local z = string.find(packed, '\\0', pos, true)
+  local z = string.find(packed, '\0', pos, true)
   local v = string.sub(packed, pos, z - 1)
   pos = z + 1
   return v
@@ -53,49 +100,106 @@ while pos <= #packed do
   local mode = nxt()
   local arg = nxt()
   local token = nxt()
-  local cur = redis.call('HGET', KEYS[1], field)
+  local cur = redis.call('HGET', floors, field)
   if string.byte(mode, 1) == 111 then -- 'o': overwrite
     cur = false
     mode = string.sub(mode, 2)
   end
   local floor = nil
   if cur then
-    local sp = string.find(cur, ' ', 1, true)
-    floor = tonumber(string.sub(cur, 1, sp - 1))
-    out[#out + 1] = cur
+    local a = string.find(cur, ' ', 1, true)
+    local b = string.find(cur, ' ', a + 1, true)
+    floor = tonumber(string.sub(cur, 1, a - 1))
+    out[#out + 1] = string.sub(cur, 1, b - 1)
+    local mover = string.sub(cur, b + 1)
+    if mover ~= '-' and mover ~= me and string.sub(mover, 1, #own) ~= own then
+      seen[mover] = true
+    end
   else
     out[#out + 1] = ''
   end
   if mode == 'e' then
     if floor == nil or tonumber(arg) > floor then
-      redis.call('HSET', KEYS[1], field, arg .. ' ' .. token)
+      redis.call('HSET', floors, field, arg .. ' ' .. token .. ' ' .. me)
+      moved = true
     end
   else
     local start = 0
     if floor ~= nil then start = math.floor(floor) + 1 end
     local last = start + tonumber(arg) - 1
     if floor == nil or (start > floor and last >= start) then
-      redis.call('HSET', KEYS[1], field, string.format('%.17g', last) .. ' ' .. token)
+      redis.call('HSET', floors, field, string.format('%.17g', last) .. ' ' .. token .. ' ' .. me)
+      moved = true
     end
   end
 end
+for mover in pairs(seen) do
+  if redis.call('HEXISTS', run, 't:' .. mover) == 1 then deps[#deps + 1] = mover end
+end
+if moved then redis.call('HSET', run, 't:' .. me, tostring(now + tonumber(ARGV[3]))) end
 out[#out + 1] = ''
-return table.concat(out, '\\0')
+deps[#deps + 1] = ''
+return {'ok', table.concat(out, '\0'), table.concat(deps, '\0')}
 """
+)
 
-# KEYS[1]: the floor hash of one incarnation. ARGV: field, "<step> <token>", field, ... as read
-# from the store. Loads them and marks the hash loaded unless another loader got there first
-# (its floors may already have advanced). Returns 1 when loaded, 0 when it already was.
+# KEYS[1]: the run hash; KEYS[2]: the floor hash at ARGV[1]. ARGV[2..]: field, "<step> <token>"
+# pairs as read from the store. Loads them only if ARGV[1] is still the epoch and nobody loaded
+# them first (their floors may already have moved). Returns 1 when loaded, 0 otherwise.
 LOAD_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], '!loaded') == 1 then return 0 end
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], '!loaded', '1')
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[2], '!loaded') == 1 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ' -') end
+redis.call('HSET', KEYS[2], '!loaded', '1')
+redis.call('PEXPIRE', KEYS[2], TTL)
 return 1
+""".replace("TTL", str(FLOORS_TTL_MS))
+
+# KEYS[1]: the run hash; KEYS[2] (optional): the floor hash the caller judged under, dropped
+# when the epoch moves. ARGV[1]: the epoch to raise to. Returns the epoch now in force.
+RAISE_SCRIPT = (
+    _RAISE_LUA
+    + """
+local before = redis.call('HGET', KEYS[1], 'epoch')
+local after = raise(KEYS[1], tonumber(ARGV[1]))
+if KEYS[2] and after ~= before then redis.call('DEL', KEYS[2]) end
+return after
 """
+)
+
+# KEYS[1]: the run hash. ARGV[1]: the epoch of the waiting judgment; ARGV[2..]: the tokens it
+# depends on. Returns "moved" when the epoch is no longer ARGV[1] (also after raising it here
+# because a dependency's lease expired), "wait" while a dependency holds its lease, else "ok":
+# every dependency committed and released.
+AWAIT_SCRIPT = (
+    _RAISE_LUA
+    + """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch ~= ARGV[1] then return 'moved' end
+local now = now_ms()
+local waiting = false
+for i = 2, #ARGV do
+  local deadline = redis.call('HGET', KEYS[1], 't:' .. ARGV[i])
+  if deadline then
+    if tonumber(deadline) < now then
+      raise(KEYS[1], tonumber(epoch) + 1)
+      return 'moved'
+    end
+    waiting = true
+  end
+end
+if waiting then return 'wait' end
+return 'ok'
+"""
+)
 
 
-def floor_key(project: str, run_id: str, incarnation_id: str) -> str:
-    return f"ss:{{{project}/{run_id}}}:floors:{incarnation_id}"
+def run_key(project: str, run_id: str) -> str:
+    return f"ss:{{{project}/{run_id}}}:run"
+
+
+def floor_key(project: str, run_id: str, incarnation_id: str, epoch: int) -> str:
+    return f"ss:{{{project}/{run_id}}}:floors:{incarnation_id}:{epoch}"
 
 
 def fmt_step(step: float) -> str:
@@ -142,52 +246,145 @@ class Floor:
 NO_FLOOR = Floor(-math.inf, "")
 
 
-class FloorCache:
-    """Runs the check and load scripts; one pipelined round trip serves many incarnations."""
+@dataclass(frozen=True)
+class CheckRequest:
+    """One run's entries to judge under `epoch`, in the floors of one incarnation."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    project: str
+    run_id: str
+    incarnation_id: str
+    epoch: int
+    entries: Sequence[CheckEntry]
+
+
+@dataclass(frozen=True)
+class CheckAnswer:
+    """`kind` "ok" (floors, dependencies), "load", or "epoch" (the epoch in force, None if the
+    run has none in this Redis)."""
+
+    kind: str
+    floors: list[Floor]
+    dependencies: tuple[str, ...] = ()
+    epoch: int | None = None
+
+
+def _text(reply: Any) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+class FloorCache:
+    """Runs the scripts; one pipelined round trip serves every run of a group. Works with
+    redis-py's standalone and cluster clients alike (every call names its keys)."""
+
+    def __init__(self, client: Any, *, replica: str, lease_seconds: float) -> None:
         self.client = client
+        self.replica = replica
+        self.lease_ms = max(1, int(lease_seconds * 1000))
         self._check = client.register_script(CHECK_SCRIPT)
         self._load = client.register_script(LOAD_SCRIPT)
+        self._raise = client.register_script(RAISE_SCRIPT)
+        self._await = client.register_script(AWAIT_SCRIPT)
 
-    async def check(
-        self, requests: Sequence[tuple[str, Sequence[CheckEntry]]]
-    ) -> list[list[Floor] | None]:
-        """Judge each (key, entries) in one round trip; None for a key that needs loading."""
-        if not requests:
+    async def check(self, token: str, requests: Sequence[CheckRequest]) -> list[CheckAnswer]:
+        """Judge every request in one round trip, under the judgment token `token`."""
+        calls = []
+        for r in requests:
+            parts = []
+            for e in r.entries:
+                mode = ("o" if e.overwrite else "") + ("a" if e.assign else "e")
+                arg = str(e.count) if e.assign else fmt_step(e.last_step)
+                parts.append(f"{e.field}\0{mode}\0{arg}\0{e.last_token}\0")
+            keys = [
+                run_key(r.project, r.run_id),
+                floor_key(r.project, r.run_id, r.incarnation_id, r.epoch),
+            ]
+            args = [str(r.epoch), token, self.lease_ms, self.replica + ".", "".join(parts)]
+            calls.append((keys, args))
+        return [_answer(reply) for reply in await self._pipelined(self._check, calls)]
+
+    async def _pipelined(
+        self, script: Any, calls: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run one script for many key sets in one round trip. EVALSHA goes through
+        `execute_command` because redis-py's cluster pipeline refuses Script objects; a node
+        that does not know the script (NOSCRIPT: it did not run) gets it loaded and only those
+        calls are sent again. Any other error is raised: its script may have run."""
+        if not calls:
             return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key, entries in requests:
-                parts = []
-                for e in entries:
-                    mode = ("o" if e.overwrite else "") + ("a" if e.assign else "e")
-                    arg = str(e.count) if e.assign else fmt_step(e.last_step)
-                    parts.append(f"{e.field}\0{mode}\0{arg}\0{e.last_token}\0")
-                await self._check(keys=[key], args=["".join(parts)], client=pipe)
-            replies = await pipe.execute()
-        out: list[list[Floor] | None] = []
+        replies = await self._send(script, calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            await self.client.script_load(script.script)
+            again = await self._send(script, [calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
         for reply in replies:
-            if reply == 0:
-                out.append(None)
-                continue
-            text = reply.decode() if isinstance(reply, bytes) else str(reply)
-            floors = []
-            for item in text.split("\0")[:-1]:
-                if not item:
-                    floors.append(NO_FLOOR)
-                else:
-                    step, token = item.split(" ", 1)
-                    floors.append(Floor(float(step), token))
-            out.append(floors)
-        return out
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
-    async def load(self, key: str, floors: dict[str, tuple[float, str]]) -> None:
-        argv: list[str] = []
+    async def _send(self, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def load(
+        self,
+        project: str,
+        run_id: str,
+        incarnation_id: str,
+        epoch: int,
+        floors: dict[str, tuple[float, str]],
+    ) -> None:
+        argv: list[str] = [str(epoch)]
         for field, (step, token) in floors.items():
             argv += [field, f"{fmt_step(step)} {token}"]
-        await self._load(keys=[key], args=argv)
+        await self._load(
+            keys=[run_key(project, run_id), floor_key(project, run_id, incarnation_id, epoch)],
+            args=argv,
+        )
 
-    async def forget(self, keys: Sequence[str]) -> None:
-        """Drop cached floors (after a failed commit) so the next check reloads from the store."""
-        if keys:
-            await self.client.delete(*keys)
+    async def raise_epoch(
+        self, project: str, run_id: str, target: int, judged: tuple[str, int] | None = None
+    ) -> int:
+        """Raise the run's epoch to at least `target`; `judged` (incarnation, epoch) names
+        floors to drop when it moves. Returns the epoch in force."""
+        keys = [run_key(project, run_id)]
+        if judged is not None:
+            keys.append(floor_key(project, run_id, *judged))
+        return int(_text(await self._raise(keys=keys, args=[target])))
+
+    async def await_dependencies(
+        self, waits: Sequence[tuple[str, str, int, Sequence[str]]]
+    ) -> list[str]:
+        """For each (project, run_id, epoch, tokens): "ok", "wait" or "moved"."""
+        calls = [([run_key(p, r)], [str(epoch), *tokens]) for p, r, epoch, tokens in waits]
+        return [_text(r) for r in await self._pipelined(self._await, calls)]
+
+    async def release(self, token: str, runs: Sequence[tuple[str, str]]) -> None:
+        """Drop the leases of a committed judgment so that its dependents may commit."""
+        if not runs:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for project, run_id in runs:
+                pipe.hdel(run_key(project, run_id), "t:" + token)
+            await pipe.execute()
+
+
+def _answer(reply: Any) -> CheckAnswer:
+    kind = _text(reply[0])
+    if kind == "epoch":
+        text = _text(reply[1])
+        return CheckAnswer("epoch", [], epoch=int(text) if text else None)
+    if kind == "load":
+        return CheckAnswer("load", [])
+    floors = []
+    for item in _text(reply[1]).split("\0")[:-1]:
+        if not item:
+            floors.append(NO_FLOOR)
+        else:
+            step, token = item.split(" ", 1)
+            floors.append(Floor(float(step), token))
+    dependencies = tuple(_text(reply[2]).split("\0")[:-1])
+    return CheckAnswer("ok", floors, dependencies)

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import errors
-from .ingest import IngestWorker
 from .model import Floats, Segment, SeriesPoints, SeriesSummary
-from .store import Store
+from .store import AsyncStore, Store
 from .validation import project_of, run_id_of
 
 # Points per streamed message: keeps every message far below gRPC's size limits.
@@ -32,9 +31,8 @@ class Selector:
 class Reader:
     """Plain logic behind ListSeries and ReadSeries."""
 
-    def __init__(self, worker: IngestWorker) -> None:
-        self.worker = worker
-        self.store: Store = worker.store
+    def __init__(self, store: AsyncStore) -> None:
+        self.store = store
 
     async def view(self, sel: Selector) -> tuple[str, list[Segment]]:
         given = [k for k in ("run_id", "incarnation_id", "experiment") if getattr(sel, k)]
@@ -46,13 +44,13 @@ class Reader:
                 given=",".join(given),
             )
         if sel.incarnation_id:
-            inc = await self.worker.in_store(self.store.get_incarnation, sel.incarnation_id)
+            inc = await self.store.read(lambda s: s.get_incarnation(sel.incarnation_id))
             if inc is None:
                 raise errors.incarnation_not_found(sel.incarnation_id)
             incarnation_id = inc.incarnation_id
         elif sel.experiment:
             project = project_of(sel.project)
-            head = await self.worker.in_store(self.store.experiment_head, project, sel.experiment)
+            head = await self.store.read(lambda s: s.experiment_head(project, sel.experiment))
             if head is None:
                 raise errors.not_found(
                     "EXPERIMENT_NOT_FOUND",
@@ -63,18 +61,18 @@ class Reader:
             incarnation_id = head.current_incarnation_id
         else:
             project, run_id = project_of(sel.project), run_id_of(sel.run_id)
-            record = await self.worker.in_store(self.store.get_run, project, run_id)
+            record = await self.store.read(lambda s: s.get_run(project, run_id))
             if record is None:
                 raise errors.run_not_found(project, run_id)
             incarnation_id = record.current_incarnation_id
-        segments = await self.worker.in_store(
-            lambda: self.store.segments(incarnation_id, own_only=sel.own_points_only)
+        segments = await self.store.read(
+            lambda s: s.segments(incarnation_id, own_only=sel.own_points_only)
         )
         return incarnation_id, segments
 
     async def summaries(self, sel: Selector) -> tuple[str, list[SeriesSummary]]:
         incarnation_id, segments = await self.view(sel)
-        return incarnation_id, await self.worker.in_store(_summarise, self.store, segments)
+        return incarnation_id, await self.store.read(lambda s: _summarise(s, segments))
 
     async def read(
         self,
@@ -94,8 +92,9 @@ class Reader:
                 max_points=max_points,
             )
         _, segments = await self.view(sel)
-        return await self.worker.in_store(
-            _read_all, self.store, segments, list(names), step_min, step_max, max_points, generation
+        wanted = list(names)
+        return await self.store.read(
+            lambda s: _read_all(s, segments, wanted, step_min, step_max, max_points, generation)
         )
 
 

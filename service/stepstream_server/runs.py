@@ -1,7 +1,8 @@
 """Run management: create (and fork), state changes, config and tags.
 
-Mutations that change what ingest sees (state, current incarnation, a fork's snapshot) run
-under the ingest worker's lock, so a batch is judged wholly before or wholly after them.
+Mutations that change what ingest sees (state, current incarnation) raise the run's fence in
+the store transaction that makes them, so a batch judged before them either landed first or is
+refused and judged again after them, on whichever replica (docs/replicas.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from . import errors
 from .ingest import IngestWorker
 from .model import Incarnation, Origin, RunRecord, RunState
+from .store import AsyncStore
 from .validation import check_name, experiment_of, project_of, run_id_of
 
 DESCRIPTION_KEY = "sys/description"
@@ -49,9 +51,9 @@ class CreateRun:
 class RunManager:
     """Plain logic behind RunService; the servicer only converts."""
 
-    def __init__(self, worker: IngestWorker) -> None:
+    def __init__(self, store: AsyncStore, worker: IngestWorker) -> None:
+        self.store = store
         self.worker = worker
-        self.store = worker.store
 
     async def create(self, req: CreateRun) -> tuple[RunRecord, bool, bool]:
         """Create a run; returns (run, parent_fallback, existed)."""
@@ -89,56 +91,52 @@ class RunManager:
                 fork_step=req.fork_step,
             )
 
-        async with self.worker.exclusive():
-            if req.get_if_exists:
-                existing = await self.worker.in_store(self.store.get_run, project, run_id)
-                if existing is not None:
-                    return existing, False, True
-            parent, fallback = await self._fork_parent(project, experiment, req)
-            tags = set(req.tags)
-            values: dict[str, Any] = {}
-            if parent is not None:
-                parent_run = await self.worker.in_store(
-                    self.store.get_run, parent.project, parent.run_id
-                )
-                assert parent_run is not None
-                tags |= set(parent_run.tags)
-                description = description or parent_run.description
-                if req.inherit_configs:
-                    config = {**parent_run.config, **config}
-                    values = dict(parent_run.values)
-            record = await self.worker.in_store_write(
-                lambda: self.store.create_run(
-                    project=project,
-                    run_id=run_id,
-                    experiment=experiment,
-                    tags=sorted(tags),
-                    description=description,
-                    config=config,
-                    values=values,
-                    incarnation_id=new_incarnation_id(),
-                    parent=parent,
-                    fork_step=req.fork_step if parent is not None else None,
-                    now=time.time(),
-                )
+        if req.get_if_exists:
+            existing = await self.store.read(lambda s: s.get_run(project, run_id))
+            if existing is not None:
+                return existing, False, True
+        parent, fallback = await self._fork_parent(project, experiment, req)
+        tags = set(req.tags)
+        values: dict[str, Any] = {}
+        if parent is not None:
+            parent_run = await self.store.read(lambda s: s.get_run(parent.project, parent.run_id))
+            assert parent_run is not None
+            tags |= set(parent_run.tags)
+            description = description or parent_run.description
+            if req.inherit_configs:
+                config = {**parent_run.config, **config}
+                values = dict(parent_run.values)
+        record = await self.store.write(
+            lambda s: s.create_run(
+                project=project,
+                run_id=run_id,
+                experiment=experiment,
+                tags=sorted(tags),
+                description=description,
+                config=config,
+                values=values,
+                incarnation_id=new_incarnation_id(),
+                parent=parent,
+                fork_step=req.fork_step if parent is not None else None,
+                now=time.time(),
             )
-            self.worker.run_changed(record)
+        )
         return record, fallback, False
 
     async def _fork_parent(
         self, project: str, experiment: str, req: CreateRun
     ) -> tuple[Incarnation | None, bool]:
         if req.fork_incarnation_id:
-            inc = await self.worker.in_store(self.store.get_incarnation, req.fork_incarnation_id)
+            inc = await self.store.read(lambda s: s.get_incarnation(req.fork_incarnation_id))
             if inc is None:
                 raise errors.incarnation_not_found(req.fork_incarnation_id)
             return inc, False
         if not req.fork_run_id:
             return None, False
-        parent_run = await self.worker.in_store(self.store.get_run, project, req.fork_run_id)
+        parent_run = await self.store.read(lambda s: s.get_run(project, req.fork_run_id))
         fallback = False
         if parent_run is None and experiment:
-            parent_run = await self.worker.in_store(self.store.experiment_head, project, experiment)
+            parent_run = await self.store.read(lambda s: s.experiment_head(project, experiment))
             fallback = parent_run is not None
         if parent_run is None:
             raise errors.not_found(
@@ -148,39 +146,39 @@ class RunManager:
                 project=project,
                 run_id=req.fork_run_id,
             )
-        inc = await self.worker.in_store(
-            self.store.get_incarnation, parent_run.current_incarnation_id
-        )
+        current = parent_run.current_incarnation_id
+        inc = await self.store.read(lambda s: s.get_incarnation(current))
         assert inc is not None
         return inc, fallback
 
     async def get(self, project: str, run_id: str) -> RunRecord:
         project, run_id = project_of(project), run_id_of(run_id)
-        record = await self.worker.in_store(self.store.get_run, project, run_id)
+        record = await self.store.read(lambda s: s.get_run(project, run_id))
         if record is None:
             raise errors.run_not_found(project, run_id)
         return record
 
+    async def incarnation(self, incarnation_id: str) -> Incarnation | None:
+        return await self.store.read(lambda s: s.get_incarnation(incarnation_id))
+
     async def projects(self) -> list[str]:
-        return await self.worker.in_store(self.store.list_projects)
+        return await self.store.read(lambda s: s.list_projects())
 
     async def list(self, project: str, experiment: str) -> list[RunRecord]:
-        return await self.worker.in_store(
-            self.store.list_runs, project_of(project), experiment_of(experiment)
-        )
+        project, experiment = project_of(project), experiment_of(experiment)
+        return await self.store.read(lambda s: s.list_runs(project, experiment))
 
     async def set_state(
         self, project: str, run_id: str, state: RunState, failure_reason: str = ""
     ) -> RunRecord:
         await self.get(project, run_id)
-        async with self.worker.exclusive():
-            record = await self._update(
-                project,
-                run_id,
-                state=state,
-                failure_reason=failure_reason if state is RunState.FAILED else "",
-            )
-            self.worker.run_changed(record)
+        record = await self._update(
+            project,
+            run_id,
+            state=state,
+            failure_reason=failure_reason if state is RunState.FAILED else "",
+        )
+        await self.worker.judge.run_changed(record)
         return record
 
     async def rewind(
@@ -202,30 +200,21 @@ class RunManager:
             )
         for key in config:
             check_name("config key", key)
-        await self.get(project, run_id)
-        async with self.worker.exclusive():
-            current = await self.get(project, run_id)
-            parent = await self.worker.in_store(
-                self.store.get_incarnation, current.current_incarnation_id
+        current = await self.get(project, run_id)
+        record = await self.store.write(
+            lambda s: s.add_incarnation(
+                project=current.project,
+                run_id=current.run_id,
+                incarnation_id=new_incarnation_id(),
+                config=config,
+                fork_step=step,
+                origin=Origin.REWOUND,
+                now=time.time(),
             )
-            assert parent is not None
-            record = await self.worker.in_store_write(
-                lambda: self.store.add_incarnation(
-                    project=current.project,
-                    run_id=current.run_id,
-                    incarnation_id=new_incarnation_id(),
-                    parent=parent,
-                    fork_step=step,
-                    origin=Origin.REWOUND,
-                    config={**current.config, **config},
-                    now=time.time(),
-                )
-            )
-            if description is not None:
-                record = await self._update(
-                    current.project, current.run_id, description=description
-                )
-            self.worker.run_changed(record)
+        )
+        if description is not None:
+            record = await self._update(current.project, current.run_id, description=description)
+        await self.worker.judge.run_changed(record)
         return record
 
     async def update_values(self, project: str, run_id: str, values: dict[str, Any]) -> RunRecord:
@@ -270,6 +259,6 @@ class RunManager:
 
     async def _update(self, project: str, run_id: str, **changes: Any) -> RunRecord:
         project, run_id = project_of(project), run_id_of(run_id)
-        return await self.worker.in_store_write(
-            lambda: self.store.update_run(project, run_id, now=time.time(), **changes)
+        return await self.store.write(
+            lambda s: s.update_run(project, run_id, now=time.time(), **changes)
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +18,15 @@ from redis.backoff import NoBackoff
 from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
 
 from .config import Settings
-from .embedded_redis import EmbeddedRedis
+from .datadir import DataDirLock
+from .embedded_redis import EmbeddedRedis, RedisWatch
 from .ingest import IngestWorker, WorkerLimits
+from .judge import new_replica_id
 from .ordering import FloorCache
 from .reading import Reader
 from .runs import RunManager
 from .servicer import IngestServicer, RunServicer, ingest_handler
-from .sqlite_store import SqliteStore
+from .store import AsyncStore, open_store
 from .web import WebView
 
 log = logging.getLogger("stepstream")
@@ -52,11 +53,12 @@ class Service:
     server: grpc.aio.Server
     port: int
     worker: IngestWorker
-    store: SqliteStore
-    redis_client: aioredis.Redis
+    store: AsyncStore
+    redis_client: Any  # redis.asyncio.Redis or RedisCluster
     health: Any  # grpc_health's asyncio HealthServicer (untyped)
     embedded: EmbeddedRedis | None
-    executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor]
+    lock: DataDirLock | None
+    watch: RedisWatch | None = None
     web: WebView | None = None
 
     @property
@@ -66,29 +68,36 @@ class Service:
 
     @classmethod
     async def start(cls, settings: Settings) -> Service:
+        # One process per data directory: the embedded store and Redis live there.
+        lock = None
+        if settings.store is None or settings.redis_url is None:
+            lock = DataDirLock(settings.data_dir).acquire()
         embedded = None
-        redis_url = settings.redis_url
-        if redis_url is None:
-            embedded = EmbeddedRedis(settings.data_dir / "redis")
-            await asyncio.to_thread(embedded.start)
-            redis_url = embedded.url
-        # No silent retries: a re-run check script would judge points against floors it moved
-        # itself. The worker retries on fresh keys instead (see IngestWorker._check).
-        client = aioredis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0))
-        store = SqliteStore(settings.store_path, synchronous=settings.sqlite_synchronous)
-        executors = (
-            ThreadPoolExecutor(1, thread_name_prefix="store-write"),
-            ThreadPoolExecutor(settings.read_threads, thread_name_prefix="store-read"),
-        )
+        try:
+            redis_url = settings.redis_url
+            if redis_url is None:
+                embedded = EmbeddedRedis(settings.data_dir / "redis")
+                await asyncio.to_thread(embedded.start)
+                redis_url = embedded.url
+            client = redis_client(redis_url, cluster=settings.redis_cluster)
+            store = AsyncStore(
+                await asyncio.to_thread(
+                    open_store, settings.store_url, sqlite_synchronous=settings.sqlite_synchronous
+                ),
+                read_threads=settings.read_threads,
+            )
+        except BaseException:
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+            if lock is not None:
+                lock.release()
+            raise
+        floors = FloorCache(client, replica=new_replica_id(), lease_seconds=settings.lease_seconds)
         worker = IngestWorker(
-            store,
-            FloorCache(client),
-            write_executor=executors[0],
-            read_executor=executors[1],
-            limits=WorkerLimits(max_queued_points=settings.max_queued_points),
+            store, floors, limits=WorkerLimits(max_queued_points=settings.max_queued_points)
         )
         worker.start()
-        runs, reader = RunManager(worker), Reader(worker)
+        runs, reader = RunManager(store, worker), Reader(store)
         # Bound before the servicer exists: runs carry links with the web view's real port.
         web = None
         if settings.web_address is not None:
@@ -114,11 +123,23 @@ class Service:
                 await web.stop()
             raise RuntimeError(f"could not bind {settings.address}")
         await server.start()
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return cls(
-            settings, server, port, worker, store, client, health_servicer, embedded, executors, web
+        service = cls(
+            settings, server, port, worker, store, client, health_servicer, embedded, lock, web=web
         )
+        await service.set_serving(True)
+        if embedded is not None:
+            service.watch = RedisWatch(embedded, service.set_serving)
+            service.watch.start()
+        return service
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
 
     async def stop(self) -> None:
         """Stop taking work, let streams finish for the grace period, commit what is queued,
@@ -128,12 +149,33 @@ class Service:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds)
         await self.worker.drain_and_stop()
+        if self.watch is not None:
+            await self.watch.stop()
         await self.redis_client.aclose()
-        for executor in self.executors:
-            executor.shutdown(wait=True)
-        self.store.close()
+        await asyncio.to_thread(self.store.close)
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+        if self.lock is not None:
+            self.lock.release()
+
+
+def redis_client(url: str, *, cluster: bool) -> Any:
+    """No silent retries: a re-run check script would judge points against floors it moved
+    itself. The judge moves to a new epoch instead (judge.py)."""
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0))
+    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
+
+
+def _redact(url: str) -> str:
+    """The store URL without its password, for the log."""
+    head, sep, tail = url.rpartition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, credentials = head.partition("//")
+    return f"{scheme}//{credentials.split(':', 1)[0]}:***@{tail}"
 
 
 async def serve(settings: Settings) -> None:
@@ -143,7 +185,7 @@ async def serve(settings: Settings) -> None:
     log.info(
         "stepstream listening on %s (store: %s, redis: %s)",
         service.address,
-        settings.store_path.resolve(),
+        _redact(settings.store_url),
         redis_where,
     )
     if service.web is not None:

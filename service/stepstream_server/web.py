@@ -738,9 +738,7 @@ class WebView:
         visible_to = math.inf
         next_id: str | None = record.current_incarnation_id
         while next_id is not None and next_id not in {n.inc.incarnation_id for n in chain}:
-            inc = known.get(next_id) or await self.runs.worker.in_store(
-                self.runs.store.get_incarnation, next_id
-            )
+            inc = known.get(next_id) or await self.runs.incarnation(next_id)
             if inc is None:
                 break
             chain.append(Node(inc, not chain, True, None if math.isinf(visible_to) else visible_to))

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .model import (
+from ..model import (
     ChunkWrite,
     Incarnation,
     Origin,
@@ -94,14 +94,14 @@ class Store(Protocol):
         project: str,
         run_id: str,
         incarnation_id: str,
-        parent: Incarnation,
         fork_step: float,
         origin: Origin,
         config: dict[str, Any],
         now: float,
     ) -> RunRecord:
-        """Give a run a new current incarnation (archiving the old one), set its config, make
-        it RUNNING and raise its fence, in one transaction."""
+        """Rewind: give a run a new current incarnation whose parent is its current one at
+        `fork_step` (read inside the transaction, so concurrent rewinds chain), archive the old
+        one, merge `config` into the run's, make it RUNNING and raise its fence."""
         ...
 
     def get_incarnation(self, incarnation_id: str) -> Incarnation | None: ...

@@ -17,27 +17,27 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import errors
 from ..model import (
-    NO_CHUNK_CAP,
-    ChunkWrite,
-    Floats,
     Incarnation,
     Origin,
     RunRecord,
     RunState,
     Segment,
     SeriesPoints,
-    value_token,
 )
 from .base import Refused, RunCommit
+from .codec import (
+    ACK_RETENTION,
+    chunk_columns,
+    floor_of,
+    fold_visible,
+    incarnation_from_row,
+    own_generation,
+    points_of,
+    view_segments,
+)
 from .schema import SchemaTooNew
-
-# Acknowledgements kept per writer for exact re-acks of re-sent batches; a client never has more
-# than its in-flight window unacknowledged, which is far below this.
-ACK_RETENTION = 4096
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -115,27 +115,6 @@ MIGRATIONS = (
 )
 
 
-def encode_values(values: Floats | list[str]) -> bytes:
-    if isinstance(values, list):
-        raw = [v.encode("utf-8", "surrogatepass") for v in values]
-        lengths = np.fromiter((len(r) for r in raw), dtype=np.int64, count=len(raw))
-        return lengths.tobytes() + b"".join(raw)
-    return np.ascontiguousarray(values, dtype=np.float64).tobytes()
-
-
-def decode_values(blob: bytes, n: int, is_string: bool) -> Floats | list[str]:
-    if not is_string:
-        return np.frombuffer(blob, dtype=np.float64, count=n)
-    lengths = np.frombuffer(blob, dtype=np.int64, count=n)
-    ends = np.cumsum(lengths) + 8 * n
-    out: list[str] = []
-    start = 8 * n
-    for end in ends.tolist():
-        out.append(blob[start:end].decode("utf-8", "surrogatepass"))
-        start = end
-    return out
-
-
 class SqliteStore:
     """`Store` on one SQLite file in WAL mode; each thread gets its own connection."""
 
@@ -153,9 +132,10 @@ class SqliteStore:
     def _migrate(self) -> None:
         with self._write() as conn:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version == 0 and conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'runs'"
-            ).fetchone():
+            if (
+                version == 0
+                and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
+            ):
                 version = 1
             if version > len(MIGRATIONS):
                 raise SchemaTooNew(str(self.path), version, len(MIGRATIONS))
@@ -291,15 +271,21 @@ class SqliteStore:
         project: str,
         run_id: str,
         incarnation_id: str,
-        parent: Incarnation,
         fork_step: float,
         origin: Origin,
         config: dict[str, Any],
         now: float,
     ) -> RunRecord:
-        """Give a run a new current incarnation (a rewind), archive the old one, set the
-        merged config and make the run RUNNING, in one transaction."""
         with self._write() as conn:
+            row = conn.execute(
+                "SELECT current_incarnation, config FROM runs WHERE project = ? AND run_id = ?",
+                (project, run_id),
+            ).fetchone()
+            if row is None:
+                raise errors.run_not_found(project, run_id)
+            parent = self.get_incarnation(row[0])
+            assert parent is not None
+            config = {**json.loads(row[1]), **config}
             self._insert_incarnation(
                 conn,
                 incarnation_id=incarnation_id,
@@ -424,7 +410,7 @@ class SqliteStore:
             fence,
         ) = row
         incarnations = tuple(
-            self._incarnation_from_row(r)
+            incarnation_from_row(r)
             for r in self._conn().execute(
                 f"SELECT {_INCARNATION_COLUMNS} FROM incarnations i"
                 " WHERE i.project = ? AND i.run_id = ? ORDER BY i.rowid",
@@ -458,25 +444,7 @@ class SqliteStore:
             )
             .fetchone()
         )
-        return None if row is None else self._incarnation_from_row(row)
-
-    @staticmethod
-    def _incarnation_from_row(row: tuple[Any, ...]) -> Incarnation:
-        iid, project, run_id, parent, parent_run, fork_step, snapshot, origin, created, archived = (
-            row
-        )
-        return Incarnation(
-            incarnation_id=iid,
-            project=project,
-            run_id=run_id,
-            parent_incarnation_id=parent,
-            parent_run_id=parent_run,
-            fork_step=fork_step,
-            snapshot_chunk=snapshot,
-            origin=Origin(origin),
-            created_at=created,
-            archived=bool(archived),
-        )
+        return None if row is None else incarnation_from_row(row)
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -524,14 +492,14 @@ class SqliteStore:
                         if chunk.new_generation:
                             # Its first chunk decides which snapshots see it: insert it alone.
                             series_id = self._new_generation(conn, key, undo)
-                            cur = conn.execute(_INSERT_CHUNK, (series_id, *_chunk_row(chunk)))
+                            cur = conn.execute(_INSERT_CHUNK, (series_id, *chunk_columns(chunk)))
                             conn.execute(
                                 "UPDATE series SET created_chunk = ? WHERE series_id = ?",
                                 (cur.lastrowid, series_id),
                             )
                             continue
                         series_id = self._series_ids.get(key) or self._series_id(conn, key, undo)
-                        rows.append((series_id, *_chunk_row(chunk)))
+                        rows.append((series_id, *chunk_columns(chunk)))
                     for w in part.writers:
                         key3 = (w.project, w.run_id, w.writer_id)
                         last[key3] = max(last.get(key3, 0), w.sequence)
@@ -645,19 +613,9 @@ class SqliteStore:
     def segments(self, incarnation_id: str, *, own_only: bool = False) -> list[Segment]:
         """The view of an incarnation, oldest ancestor first, each hop cut at its fork step and
         at the chunk snapshot taken when the child was created."""
-        out = [Segment(incarnation_id)]
         if own_only:
-            return out
-        step_cap, chunk_cap = math.inf, NO_CHUNK_CAP
-        current = self.get_incarnation(incarnation_id)
-        while current is not None and current.parent_incarnation_id is not None:
-            assert current.fork_step is not None and current.snapshot_chunk is not None
-            step_cap = min(step_cap, current.fork_step)
-            chunk_cap = min(chunk_cap, current.snapshot_chunk)
-            out.append(Segment(current.parent_incarnation_id, step_cap, chunk_cap))
-            current = self.get_incarnation(current.parent_incarnation_id)
-        out.reverse()
-        return out
+            return [Segment(incarnation_id)]
+        return view_segments(incarnation_id, self.get_incarnation)
 
     def _visible(
         self, segments: Sequence[Segment]
@@ -666,26 +624,19 @@ class SqliteStore:
         the viewed incarnation up, each hop shows the newest generation its snapshot can see;
         a generation above 0 was an overwrite and hides everything older."""
         conn = self._conn()
-        found: dict[tuple[str, bool], list[tuple[Segment, int, int]]] = {}
-        closed: set[tuple[str, bool]] = set()
-        for seg in reversed(segments):
-            rows = conn.execute(
-                "SELECT name, is_string, series_id, generation FROM series s WHERE"
-                " incarnation_id = ? AND created_chunk <= ? AND generation = (SELECT"
-                " MAX(g.generation) FROM series g WHERE g.incarnation_id = s.incarnation_id"
-                " AND g.is_string = s.is_string AND g.name = s.name AND g.created_chunk <= ?)",
-                (seg.incarnation_id, seg.chunk_cap, seg.chunk_cap),
+        return fold_visible(
+            (
+                seg,
+                conn.execute(
+                    "SELECT name, is_string, series_id, generation FROM series s WHERE"
+                    " incarnation_id = ? AND created_chunk <= ? AND generation = (SELECT"
+                    " MAX(g.generation) FROM series g WHERE g.incarnation_id = s.incarnation_id"
+                    " AND g.is_string = s.is_string AND g.name = s.name AND g.created_chunk <= ?)",
+                    (seg.incarnation_id, seg.chunk_cap, seg.chunk_cap),
+                ),
             )
-            for name, is_string, series_id, generation in rows:
-                key = (name, bool(is_string))
-                if key in closed:
-                    continue
-                found.setdefault(key, []).append((seg, series_id, generation))
-                if generation > 0:
-                    closed.add(key)
-        for parts in found.values():
-            parts.reverse()
-        return found
+            for seg in reversed(segments)
+        )
 
     def floors(self, segments: Sequence[Segment]) -> dict[str, tuple[float, str]]:
         """For every series visible in the view: its largest step and that point's value token.
@@ -703,11 +654,8 @@ class SqliteStore:
                 if row is None:
                     continue
                 n, steps_blob, vals_blob = row
-                steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
-                idx = int(np.searchsorted(steps, seg.step_cap, side="right")) - 1
-                values = decode_values(vals_blob, n, is_string)
-                key = ("s:" if is_string else "f:") + name
-                result[key] = (float(steps[idx]), value_token(values[idx]))
+                key, floor = floor_of(name, is_string, n, steps_blob, vals_blob, seg.step_cap)
+                result[key] = floor
                 break
         return result
 
@@ -726,8 +674,7 @@ class SqliteStore:
                 for seg, series_id, _ in parts
             )
             if visible:
-                own = parts[-1][2] if parts[-1][0] is segments[-1] else 0
-                out.append((name, is_string, own))
+                out.append((name, is_string, own_generation(parts, segments)))
         return sorted(out)
 
     def read(
@@ -756,33 +703,15 @@ class SqliteStore:
                 " AND min_step <= ? AND max_step >= ? ORDER BY chunk_id",
                 (series_id, seg.chunk_cap, _sql_real(hi), _sql_real(step_min)),
             )
-            for n, steps_blob, vals_blob, ts_blob in rows:
-                steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
-                lo_i = int(np.searchsorted(steps, step_min, side="left"))
-                hi_i = int(np.searchsorted(steps, hi, side="right"))
-                if lo_i >= hi_i:
-                    continue
-                values = decode_values(vals_blob, n, is_string)
-                ts = np.frombuffer(ts_blob, dtype=np.float64, count=n)
-                yield SeriesPoints(
-                    name, is_string, steps[lo_i:hi_i], values[lo_i:hi_i], ts[lo_i:hi_i]
-                )
+            for row in rows:
+                points = points_of(name, is_string, row, step_min, hi)
+                if points is not None:
+                    yield points
 
 
 _INSERT_CHUNK = (
     "INSERT INTO chunks (series_id, min_step, max_step, n, steps, vals, ts) VALUES (?,?,?,?,?,?,?)"
 )
-
-
-def _chunk_row(chunk: ChunkWrite) -> tuple[float, float, int, bytes, bytes, bytes]:
-    return (
-        float(chunk.steps[0]),
-        float(chunk.steps[-1]),
-        len(chunk.steps),
-        chunk.steps.tobytes(),
-        encode_values(chunk.values),
-        chunk.timestamps.tobytes(),
-    )
 
 
 _RUN_COLUMNS = (

@@ -1,0 +1,447 @@
+"""Judging one group: every entry against its floor in Redis, under the run's epoch.
+
+The judge knows which epoch each run is in, caches run records (state and current
+incarnation), loads floors from the store when Redis lacks them, and splits each entry into
+rejected prefix, duplicate and accepted rest (SPEC §2). What it returns is, per run, what to
+commit and under which epoch; the worker commits it (docs/replicas.md has the protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import errors
+from .model import (
+    AppendAck,
+    Assigned,
+    BatchFailure,
+    ChunkWrite,
+    Floats,
+    Outcome,
+    Rejection,
+    RunRecord,
+    RunState,
+    SeriesEntry,
+    value_token,
+)
+from .ordering import (
+    NO_FLOOR,
+    CheckAnswer,
+    CheckEntry,
+    CheckRequest,
+    Floor,
+    FloorCache,
+    LazyToken,
+    assigned_start,
+)
+from .store import AsyncStore
+
+if TYPE_CHECKING:
+    from .ingest import Pending
+
+RunKey = tuple[str, str]
+# Accepted points per (incarnation, is_string, name): runs of parts, each run flagged when it
+# starts a new generation of the series (an overwrite).
+Part = tuple[Floats, Floats | list[str], Floats]
+Chunks = dict[tuple[str, bool, str], list[tuple[bool, list[Part]]]]
+
+# Runs kept in memory; beyond this the oldest are re-read from the store on use.
+CACHE_LIMIT = 100_000
+ATTEMPTS = 8
+REDIS_FAILURES = (RedisConnectionError, RedisTimeoutError)
+
+
+@dataclass
+class RunPart:
+    """What a group commits for one run: the batches (group indices), their points, and the
+    epoch and dependencies they were judged under."""
+
+    project: str
+    run_id: str
+    epoch: int
+    incarnation_id: str
+    indices: list[int] = field(default_factory=list)
+    chunks: list[ChunkWrite] = field(default_factory=list)
+    dependencies: tuple[str, ...] = ()
+    checked: bool = False  # floors moved under the group's token
+
+    @property
+    def key(self) -> RunKey:
+        return (self.project, self.run_id)
+
+
+@dataclass
+class Judgment:
+    token: str
+    parts: list[RunPart]
+    outcomes: dict[int, Outcome]
+    # Answered with no run to store them under (not found): acknowledged, not kept.
+    loose: list[int] = field(default_factory=list)
+
+
+class Judge:
+    """Decides batches against the floors every replica shares."""
+
+    def __init__(self, store: AsyncStore, floors: FloorCache) -> None:
+        self.store = store
+        self.floors = floors
+        self._runs: dict[RunKey, RunRecord] = {}
+        self._epochs: dict[RunKey, int] = {}
+        self._groups = itertools.count(1)
+
+    # -- runs as ingest sees them -----------------------------------------------------------
+
+    async def run_record(self, project: str, run_id: str) -> RunRecord:
+        record = self._runs.get((project, run_id))
+        if record is None:
+            found = await self.store.read(lambda s: s.get_run(project, run_id))
+            if found is None:
+                raise errors.run_not_found(project, run_id)
+            record = self.remember(found)
+        return record
+
+    def remember(self, record: RunRecord) -> RunRecord:
+        if len(self._runs) >= CACHE_LIMIT:  # oldest first; the store has them all
+            del self._runs[next(iter(self._runs))]
+        self._runs[(record.project, record.run_id)] = record
+        return record
+
+    async def run_changed(self, record: RunRecord) -> None:
+        """After a run mutation (which raised the fence): move the Redis epoch up to it, so
+        that no replica judges under the old one any longer. Best effort: a commit judged under
+        the old epoch is refused by the store's fence anyway."""
+        self.remember(record)
+        with contextlib.suppress(RedisError):
+            await self.moved(record.project, record.run_id, record.fence)
+
+    async def moved(
+        self, project: str, run_id: str, at_least: int, judged: tuple[str, int] | None = None
+    ) -> None:
+        """Raise the run's epoch to at least `at_least` (floors judged under an older epoch are
+        no longer to be trusted) and forget its cached record."""
+        self._runs.pop((project, run_id), None)
+        self._epochs[(project, run_id)] = await self.floors.raise_epoch(
+            project, run_id, at_least, judged
+        )
+
+    # -- judging ----------------------------------------------------------------------------
+
+    async def judge(self, group: Sequence[Pending]) -> Judgment:
+        token = f"{self.floors.replica}.{next(self._groups)}"
+        outcomes: dict[int, Outcome] = {}
+        by_run: dict[RunKey, list[int]] = {}
+        for i, item in enumerate(group):
+            if item.future.done():  # failed with an earlier group; its stream re-sends it
+                continue
+            by_run.setdefault(item.writer.run_key, []).append(i)
+        parts: dict[RunKey, RunPart] = {}
+        records: dict[RunKey, RunRecord] = {}
+        for key, indices in by_run.items():
+            try:
+                records[key] = await self.run_record(*key)
+            except errors.ServiceError as exc:
+                for i in indices:
+                    outcomes[i] = BatchFailure(exc.code.name, exc.reason, exc.message, exc.metadata)
+                continue
+            parts[key] = RunPart(*key, records[key].fence, records[key].current_incarnation_id)
+        try:
+            floors = await self._check(group, by_run, records, parts, token)
+        except BaseException:
+            await self._abandon(parts.values())
+            raise
+        chunks: dict[RunKey, Chunks] = {}
+        for key, part in parts.items():
+            record = records[key]
+            for i in by_run[key]:
+                item = group[i]
+                part.indices.append(i)
+                if item.failure is not None:
+                    outcomes[i] = item.failure
+                elif record.state is not RunState.RUNNING:
+                    outcomes[i] = _not_active(record)
+                else:
+                    outcomes[i] = _apply(
+                        item, record, floors.get(i, []), chunks.setdefault(key, {})
+                    )
+            part.chunks = _chunk_writes(chunks.get(key, {}))
+        stored = {i for p in parts.values() for i in p.indices}
+        loose = [i for i in outcomes if i not in stored]
+        return Judgment(token, list(parts.values()), outcomes, loose)
+
+    async def _abandon(self, parts: Sequence[RunPart] | Any) -> None:
+        """Floors moved under a judgment that will not commit: move past their epoch."""
+        for part in parts:
+            if part.checked:
+                # On failure its lease expires and the next check moves past it.
+                with contextlib.suppress(RedisError):
+                    await self.moved(
+                        part.project, part.run_id, part.epoch + 1, (part.incarnation_id, part.epoch)
+                    )
+
+    async def abandon(self, parts: Sequence[RunPart]) -> None:
+        await self._abandon(parts)
+
+    async def _check(
+        self,
+        group: Sequence[Pending],
+        by_run: dict[RunKey, list[int]],
+        records: dict[RunKey, RunRecord],
+        parts: dict[RunKey, RunPart],
+        token: str,
+    ) -> dict[int, list[Floor]]:
+        """Every judged entry's floor before it, per group index; parts get their epochs."""
+        plans = {
+            key: _plan([group[i] for i in by_run[key] if group[i].failure is None])
+            for key in parts
+            if records[key].state is RunState.RUNNING
+        }
+        todo = [key for key, plan in plans.items() if plan[1]]
+        answers: dict[RunKey, CheckAnswer] = {}
+        unsure: dict[RunKey, int] = {}  # epochs a lost reply may have judged under
+        for attempt in range(ATTEMPTS):
+            try:
+                for key, epoch in list(unsure.items()):
+                    await self.moved(*key, epoch + 1, (records[key].current_incarnation_id, epoch))
+                    del unsure[key]
+                requests = [
+                    CheckRequest(
+                        *key,
+                        records[key].current_incarnation_id,
+                        self._epochs.get(key, -1),
+                        plans[key][1],
+                    )
+                    for key in todo
+                ]
+                try:
+                    replies = await self.floors.check(token, requests)
+                except REDIS_FAILURES:
+                    # A lost reply may hide a script that ran: never judge again under it.
+                    unsure.update({r_key(r): r.epoch for r in requests})
+                    raise
+                again = []
+                for req, answer in zip(requests, replies, strict=True):
+                    key = r_key(req)
+                    if answer.kind == "ok":
+                        answers[key] = answer
+                        part = parts[key]
+                        part.epoch, part.checked = req.epoch, True
+                        part.dependencies = answer.dependencies
+                        continue
+                    if answer.kind == "epoch":
+                        await self._adopt(key, answer.epoch)
+                    else:
+                        records[key] = await self._load(key, records[key], req.epoch)
+                        parts[key].incarnation_id = records[key].current_incarnation_id
+                        parts[key].epoch = records[key].fence
+                        if records[key].state is not RunState.RUNNING:
+                            continue  # stopped meanwhile: its batches are answered as such
+                    again.append(key)
+                todo = again
+            except REDIS_FAILURES:
+                await asyncio.sleep(0.05 * 2**attempt)
+            if not todo and not unsure:
+                break
+        else:
+            raise errors.unavailable(
+                "FLOORS_UNAVAILABLE", "the ordering check could not reach Redis"
+            )
+        out: dict[int, list[Floor]] = {}
+        for key, answer in answers.items():
+            indices = [i for i in by_run[key] if group[i].failure is None]
+            for i, item_floors in zip(indices, _spread(plans[key][0], answer.floors), strict=True):
+                out[i] = item_floors
+        return out
+
+    async def _adopt(self, key: RunKey, epoch: int | None) -> None:
+        if epoch is None:  # this Redis never saw the run (or lost it): start above the fence
+            fence = await self.store.write(lambda s: s.advance_fence(*key))
+            epoch = await self.floors.raise_epoch(*key, fence)
+        self._epochs[key] = epoch
+
+    async def _load(self, key: RunKey, record: RunRecord, epoch: int) -> RunRecord:
+        """Fence the store at `epoch`, then load the floors from it (docs/replicas.md). Returns
+        the run as it stands behind the fence; the caller re-plans if it changed."""
+        fence = await self.store.write(lambda s: s.raise_fence(*key, epoch))
+        if fence > epoch:
+            await self._adopt(key, await self.floors.raise_epoch(*key, fence))
+        fresh = await self.store.read(lambda s: s.get_run(*key))
+        if fresh is None:
+            raise errors.run_not_found(*key)
+        self.remember(fresh)
+        if fence > epoch or fresh.current_incarnation_id != record.current_incarnation_id:
+            return fresh
+        incarnation = fresh.current_incarnation_id
+
+        def read(s: Any) -> dict[str, tuple[float, str]]:
+            return s.floors(s.segments(incarnation))  # type: ignore[no-any-return]
+
+        await self.floors.load(*key, incarnation, epoch, await self.store.read(read))
+        return fresh
+
+
+def r_key(r: CheckRequest) -> RunKey:
+    return (r.project, r.run_id)
+
+
+def _not_active(record: RunRecord) -> BatchFailure:
+    return BatchFailure(
+        grpc.StatusCode.FAILED_PRECONDITION.name,
+        "RUN_NOT_ACTIVE",
+        f"run {record.run_id!r} is {record.state.name}, not RUNNING; resume it to write",
+        {"run_id": record.run_id, "state": record.state.name},
+    )
+
+
+# (batch index, entry index, entry) per field, in group order; and the entries to check.
+Uses = dict[str, list[tuple[int, int, SeriesEntry]]]
+
+
+def _plan(items: Sequence[Pending]) -> tuple[tuple[Uses, list[int]], list[CheckEntry]]:
+    """What to send for one run. A series whose entries in this group all carry explicit
+    steps is sent once, as its largest step: the script advances the floor to it, and the
+    floor before each entry follows from the returned starting floor. Series with assigned
+    steps or an overwrite send every entry, in order: their floors depend on what came before."""
+    uses: Uses = {}
+    for b, item in enumerate(items):
+        for k, e in enumerate(item.entries):
+            uses.setdefault(e.field, []).append((b, k, e))
+    checks: list[CheckEntry] = []
+    for name, entries in uses.items():
+        if all(not (e.assign or e.overwrite) for _, _, e in entries):
+            checks.append(_check_entry(name, max(entries, key=lambda u: u[2].last_step)[2]))
+        else:
+            checks.extend(_check_entry(name, e) for _, _, e in entries)
+    return (uses, [len(item.entries) for item in items]), checks
+
+
+def _spread(plan: tuple[Uses, list[int]], answer: list[Floor]) -> list[list[Floor]]:
+    """Each batch's entries' floors before them, from the script's answer."""
+    uses, sizes = plan
+    out: list[list[Floor]] = [[NO_FLOOR] * n for n in sizes]
+    replies = iter(answer)
+    for entries in uses.values():
+        if all(not (e.assign or e.overwrite) for _, _, e in entries):
+            floor = next(replies)
+            for b, k, e in entries:
+                out[b][k] = floor
+                if e.last_step > floor.step:
+                    floor = Floor(e.last_step, LazyToken(e.values))
+        else:
+            for b, k, _ in entries:
+                out[b][k] = next(replies)
+    return out
+
+
+def _apply(item: Pending, record: RunRecord, floors: Sequence[Floor], chunks: Chunks) -> AppendAck:
+    """Split each entry into rejected prefix, duplicate and accepted rest (SPEC §2)."""
+    incarnation = record.current_incarnation_id
+    accepted = duplicates = 0
+    rejections = list(item.rejections)
+    assigned: list[Assigned] = []
+    for entry, floor in zip(item.entries, floors, strict=True):
+        if entry.assign:
+            start = assigned_start(floor.step)
+            if not start > floor.step:
+                rejections.append(
+                    Rejection(
+                        entry.name,
+                        "STEP_OVERFLOW",
+                        f"no step above floor {floor.step!r} is representable",
+                        entry.count,
+                        floor=floor.step,
+                        is_string=entry.is_string,
+                    )
+                )
+                continue
+            steps = start + np.arange(entry.count, dtype=np.float64)
+            assigned.append(Assigned(entry.name, start, entry.count, entry.is_string))
+            values = entry.values
+            ts = entry.timestamps
+        elif entry.first_step > floor.step:  # the common case: every point is new
+            steps, values, ts = entry.steps, entry.values, entry.timestamps  # type: ignore[assignment]
+        else:
+            assert entry.steps is not None
+            steps = entry.steps
+            cut = int(np.searchsorted(steps, floor.step, side="right"))
+            rejected = cut
+            if (
+                cut > 0
+                and steps[cut - 1] == floor.step
+                and value_token(entry.values[cut - 1]) == str(floor.token)
+            ):
+                duplicates += 1
+                rejected -= 1
+            if rejected:
+                rejections.append(
+                    Rejection(
+                        entry.name,
+                        "STEP_NOT_INCREASING",
+                        f"{rejected} point(s) at steps {float(steps[0])!r}..{float(steps[rejected - 1])!r}"
+                        f" are not above the series' floor {floor.step!r}",
+                        rejected,
+                        float(steps[0]),
+                        float(steps[rejected - 1]),
+                        floor.step,
+                        entry.is_string,
+                    )
+                )
+            if cut == len(steps):
+                continue
+            steps = steps[cut:]
+            values = entry.values[cut:]
+            ts = entry.timestamps[cut:]
+        accepted += len(steps)
+        generations = chunks.setdefault((incarnation, entry.is_string, entry.name), [])
+        if entry.overwrite or not generations:
+            generations.append((entry.overwrite, []))
+        generations[-1][1].append((steps, values, ts))
+    return AppendAck(accepted, duplicates, tuple(rejections), tuple(assigned), incarnation)
+
+
+def _chunk_writes(chunks: Chunks) -> list[ChunkWrite]:
+    return [
+        ChunkWrite(
+            inc,
+            name,
+            is_string,
+            _concat_floats([p[0] for p in parts]),
+            _concat_values([p[1] for p in parts], is_string),
+            _concat_floats([p[2] for p in parts]),
+            new_generation,
+        )
+        for (inc, is_string, name), generations in chunks.items()
+        for new_generation, parts in generations
+    ]
+
+
+def _check_entry(field: str, e: SeriesEntry) -> CheckEntry:
+    return CheckEntry(field, e.assign, e.overwrite, e.last_step, e.count, value_token(e.values[-1]))
+
+
+def _concat_floats(parts: list[Floats]) -> Floats:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _concat_values(parts: list[Floats | list[str]], is_string: bool) -> Floats | list[str]:
+    if is_string:
+        out: list[str] = []
+        for p in parts:
+            out.extend(p)
+        return out
+    return _concat_floats(parts)  # type: ignore[arg-type]
+
+
+def new_replica_id() -> str:
+    return "r" + secrets.token_hex(5)

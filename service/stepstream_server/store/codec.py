@@ -1,0 +1,153 @@
+"""What every engine shares: how a chunk is packed, how a view is walked and how chunks read back
+become floors and points. The engines differ only in the SQL around these."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..model import (
+    NO_CHUNK_CAP,
+    ChunkWrite,
+    Floats,
+    Incarnation,
+    Origin,
+    Segment,
+    SeriesPoints,
+    value_token,
+)
+
+# Acknowledgements kept per writer for exact re-acks of re-sent batches; a client never has more
+# than its in-flight window unacknowledged, which is far below this.
+ACK_RETENTION = 4096
+
+Ref = TypeVar("Ref")
+
+
+def encode_values(values: Floats | list[str]) -> bytes:
+    if isinstance(values, list):
+        raw = [v.encode("utf-8", "surrogatepass") for v in values]
+        lengths = np.fromiter((len(r) for r in raw), dtype=np.int64, count=len(raw))
+        return lengths.tobytes() + b"".join(raw)
+    return np.ascontiguousarray(values, dtype=np.float64).tobytes()
+
+
+def decode_values(blob: bytes, n: int, is_string: bool) -> Floats | list[str]:
+    if not is_string:
+        return np.frombuffer(blob, dtype=np.float64, count=n)
+    lengths = np.frombuffer(blob, dtype=np.int64, count=n)
+    ends = np.cumsum(lengths) + 8 * n
+    out: list[str] = []
+    start = 8 * n
+    for end in ends.tolist():
+        out.append(blob[start:end].decode("utf-8", "surrogatepass"))
+        start = end
+    return out
+
+
+def chunk_columns(chunk: ChunkWrite) -> tuple[float, float, int, bytes, bytes, bytes]:
+    """min_step, max_step, n and the three packed columns of a chunk row."""
+    return (
+        float(chunk.steps[0]),
+        float(chunk.steps[-1]),
+        len(chunk.steps),
+        chunk.steps.tobytes(),
+        encode_values(chunk.values),
+        chunk.timestamps.tobytes(),
+    )
+
+
+def view_segments(
+    incarnation_id: str, get_incarnation: Callable[[str], Incarnation | None]
+) -> list[Segment]:
+    """The view of an incarnation, oldest ancestor first, each hop cut at its fork step and
+    at the chunk snapshot taken when the child was created."""
+    out = [Segment(incarnation_id)]
+    step_cap, chunk_cap = math.inf, NO_CHUNK_CAP
+    current = get_incarnation(incarnation_id)
+    while current is not None and current.parent_incarnation_id is not None:
+        assert current.fork_step is not None and current.snapshot_chunk is not None
+        step_cap = min(step_cap, current.fork_step)
+        chunk_cap = min(chunk_cap, current.snapshot_chunk)
+        out.append(Segment(current.parent_incarnation_id, step_cap, chunk_cap))
+        current = get_incarnation(current.parent_incarnation_id)
+    out.reverse()
+    return out
+
+
+def fold_visible(
+    hops: Iterable[tuple[Segment, Iterable[tuple[str, bool, Ref, int]]]],
+) -> dict[tuple[str, bool], list[tuple[Segment, Ref, int]]]:
+    """Per series of a view: (segment, series, generation), oldest first. `hops` go from the
+    viewed incarnation up, each with the (name, is_string, series, generation) of the newest
+    generation its snapshot can see; a generation above 0 was an overwrite and hides
+    everything older."""
+    found: dict[tuple[str, bool], list[tuple[Segment, Ref, int]]] = {}
+    closed: set[tuple[str, bool]] = set()
+    for seg, rows in hops:
+        for name, is_string, series, generation in rows:
+            key = (name, bool(is_string))
+            if key in closed:
+                continue
+            found.setdefault(key, []).append((seg, series, generation))
+            if generation > 0:
+                closed.add(key)
+    for parts in found.values():
+        parts.reverse()
+    return found
+
+
+def own_generation(parts: Sequence[tuple[Segment, Any, int]], segments: Sequence[Segment]) -> int:
+    """The generation a series has in the viewed incarnation itself (0 when only inherited)."""
+    return parts[-1][2] if parts[-1][0] is segments[-1] else 0
+
+
+def floor_of(
+    name: str, is_string: bool, n: int, steps_blob: bytes, vals_blob: bytes, step_cap: float
+) -> tuple[str, tuple[float, str]]:
+    """The floor key of a series and its last point at or below `step_cap` in this chunk."""
+    steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
+    idx = int(np.searchsorted(steps, step_cap, side="right")) - 1
+    values = decode_values(vals_blob, n, is_string)
+    key = ("s:" if is_string else "f:") + name
+    return key, (float(steps[idx]), value_token(values[idx]))
+
+
+def points_of(
+    name: str,
+    is_string: bool,
+    row: tuple[int, bytes, bytes, bytes],
+    step_min: float,
+    step_max: float,
+) -> SeriesPoints | None:
+    """The points of one chunk row (n, steps, vals, ts) within [step_min, step_max]."""
+    n, steps_blob, vals_blob, ts_blob = row
+    steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
+    lo_i = int(np.searchsorted(steps, step_min, side="left"))
+    hi_i = int(np.searchsorted(steps, step_max, side="right"))
+    if lo_i >= hi_i:
+        return None
+    values = decode_values(vals_blob, n, is_string)
+    ts = np.frombuffer(ts_blob, dtype=np.float64, count=n)
+    return SeriesPoints(name, is_string, steps[lo_i:hi_i], values[lo_i:hi_i], ts[lo_i:hi_i])
+
+
+def incarnation_from_row(row: Sequence[Any]) -> Incarnation:
+    """From (id, project, run_id, parent, parent run, fork step, snapshot, origin, created,
+    archived)."""
+    iid, project, run_id, parent, parent_run, fork_step, snapshot, origin, created, archived = row
+    return Incarnation(
+        incarnation_id=iid,
+        project=project,
+        run_id=run_id,
+        parent_incarnation_id=parent,
+        parent_run_id=parent_run,
+        fork_step=fork_step,
+        snapshot_chunk=snapshot,
+        origin=Origin(origin),
+        created_at=created,
+        archived=bool(archived),
+    )
