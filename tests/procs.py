@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -16,10 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 class ServiceProcess:
     """`stepstream serve` in a child process; ended only by its own PID."""
 
-    def __init__(self, data_dir: Path, redis_url: str | None, port: int) -> None:
+    def __init__(
+        self, data_dir: Path, redis_url: str | None, port: int, *, extra: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.redis_url = redis_url
         self.port = port
+        self.extra = list(extra)  # e.g. --store URL, --lease SECONDS, --redis-cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,6 +45,7 @@ class ServiceProcess:
                 "--grace",
                 "1",
                 *(["--redis-url", self.redis_url] if self.redis_url else []),
+                *self.extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -56,6 +61,14 @@ class ServiceProcess:
         self.proc.wait()
         self.proc = None
 
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def children(self) -> list[int]:
         assert self.proc is not None
         found = []
@@ -66,6 +79,7 @@ class ServiceProcess:
     def terminate(self) -> int:
         if self.proc is None:
             return 0
+        os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         os.kill(self.proc.pid, signal.SIGTERM)
         try:
             code = self.proc.wait(30)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import sys
 from pathlib import Path
 
 from .config import Settings
@@ -27,7 +29,28 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument(
         "--redis-url",
         default=None,
-        help="use this Redis (redis://host:port/db or unix:///path) instead of starting the embedded one",
+        help="use this Redis (redis://host:port/db or unix:///path) instead of starting the embedded one (env STEPSTREAM_REDIS_URL)",
+    )
+    serve.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=os.environ.get("STEPSTREAM_REDIS_CLUSTER", "") not in ("", "0", "false"),
+        help="--redis-url names one node of a Redis Cluster (env STEPSTREAM_REDIS_CLUSTER=1)",
+    )
+    serve.add_argument(
+        "--store",
+        default=defaults.store,
+        metavar="URL",
+        help="postgresql://user@host:port/db or sqlite:///path (env STEPSTREAM_STORE;"
+        " default: SQLite in the data directory)",
+    )
+    serve.add_argument(
+        "--lease",
+        type=float,
+        default=defaults.lease_seconds,
+        metavar="SECONDS",
+        help="how long a replica's judgment may stay uncommitted before the others fence it"
+        " (default %(default)s)",
     )
     serve.add_argument(
         "--sqlite-synchronous",
@@ -53,15 +76,26 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(
         address=args.address,
         data_dir=args.data_dir,
-        redis_url=args.redis_url,
+        redis_url=args.redis_url or os.environ.get("STEPSTREAM_REDIS_URL") or None,
+        redis_cluster=args.redis_cluster,
+        store=args.store,
+        lease_seconds=args.lease,
         sqlite_synchronous=args.sqlite_synchronous,
         grace_seconds=args.grace,
         max_queued_points=args.max_queued_points,
         web_address=args.web_address,
     )
+    if settings.redis_cluster and not settings.redis_url:
+        parser.error("--redis-cluster needs --redis-url naming one node of the cluster")
+    from .datadir import DataDirInUse
     from .server import serve as run
+    from .store.schema import SchemaTooNew
 
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except (DataDirInUse, SchemaTooNew, ValueError) as exc:
+        print(f"stepstream: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class IngestWorker:
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[set[tuple[str, str]]] | None = None  # commit under way
         self._background: set[asyncio.Task[None]] = set()
-        self.stats = {"groups": 0, "batches": 0, "points": 0, "rejudged": 0}
+        self.stats = {"groups": 0, "batches": 0, "points": 0, "refused": 0, "rejudged": 0}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ingest-worker")
@@ -170,6 +170,9 @@ class IngestWorker:
             return self._as_duplicate(inflight)
         if sequence <= writer.committed:
             return loop.create_task(self._stored_outcome(writer, sequence))
+        # The committed sequence may have moved past what this replica queued (the writer
+        # also wrote through another replica).
+        writer.next_expected = max(writer.next_expected, writer.committed + 1)
         if sequence != writer.next_expected:
             done: asyncio.Future[Outcome] = loop.create_future()
             done.set_result(
@@ -311,6 +314,7 @@ class IngestWorker:
         landed: list[RunPart] = []
         for p in parts:
             if p.key in refused:
+                self.stats["refused"] += 1
                 with contextlib.suppress(RedisError):
                     await self.judge.moved(
                         *p.key, max(refused[p.key], p.epoch + 1), (p.incarnation_id, p.epoch)
