@@ -1,5 +1,7 @@
-"""Real components for every test: an embedded redis-server on a free port, a SQLite store in
-the test's own directory, and the grpc.aio service on a free loopback port."""
+"""Real components for every test: an embedded redis-server on a free port, a store (SQLite in
+the test's own directory; also PostgreSQL for modules marked `stores("sqlite", "postgresql")`,
+in a database of this test run, emptied before each test), and the grpc.aio service on a free
+loopback port."""
 
 from __future__ import annotations
 
@@ -33,12 +35,45 @@ def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         server.stop()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("stores")
+        metafunc.parametrize("store_kind", marker.args if marker else ("sqlite",))
+
+
+@pytest.fixture(scope="session")
+def pg_run_database() -> Iterator[str]:
+    """One PostgreSQL database for this test run, migrated once."""
+    from pg import create_database, drop_database
+    from stepstream_server.store.postgres import PostgresStore
+
+    url = create_database()
+    PostgresStore(url).close()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
 @pytest.fixture
-def settings(tmp_path: Path, redis_server: EmbeddedRedis) -> Settings:
+def store_url(store_kind: str, request: pytest.FixtureRequest) -> str | None:
+    """None for the default SQLite store, else a PostgreSQL database emptied for this test."""
+    if store_kind == "sqlite":
+        return None
+    from pg import empty_database
+
+    url: str = request.getfixturevalue("pg_run_database")
+    empty_database(url)
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_server: EmbeddedRedis, store_url: str | None) -> Settings:
     return Settings(
         address="127.0.0.1:0",
         data_dir=tmp_path / "data",
         redis_url=redis_server.url,
+        store=store_url,
         grace_seconds=1.0,
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from typing import Any
 
 import grpc
 from stepstream.v1 import ingest_pb2, ingest_pb2_grpc
@@ -65,7 +66,7 @@ async def main() -> None:
             async with grpc.aio.insecure_channel(address) as ch:
                 call = ingest_pb2_grpc.IngestServiceStub(ch).AppendPoints()
 
-                async def read() -> ingest_pb2.AppendPointsResponse:
+                async def read(call: Any = call) -> ingest_pb2.AppendPointsResponse:
                     resp = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
                     if resp is grpc.aio.EOF:
                         raise ConnectionError("stream ended")

@@ -11,6 +11,8 @@ from stepstream_server.embedded_redis import EmbeddedRedis
 from stepstream_server.server import Service
 from wire import Stream, create_run, fseries, read_points, rpc_reason
 
+pytestmark = pytest.mark.stores("sqlite", "postgresql")
+
 
 async def test_resent_batch_gets_its_original_ack(runs, ingest):
     await create_run(runs, "r1")

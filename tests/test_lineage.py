@@ -12,6 +12,8 @@ from google.protobuf import struct_pb2
 from stepstream.v1 import runs_pb2
 from wire import Stream, create_run, fseries, read_points, rpc_reason, sseries
 
+pytestmark = pytest.mark.stores("sqlite", "postgresql")
+
 
 def struct(d: dict) -> struct_pb2.Struct:
     s = struct_pb2.Struct()

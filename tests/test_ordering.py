@@ -6,7 +6,10 @@ import asyncio
 import math
 import struct
 
+import pytest
 from wire import Stream, create_run, fseries, read_points, sseries
+
+pytestmark = pytest.mark.stores("sqlite", "postgresql")
 
 
 def bits(x: float) -> bytes:

@@ -10,6 +10,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from stepstream.v1 import runs_pb2
 from wire import Stream, create_run, fseries, rpc_reason
 
+pytestmark = pytest.mark.stores("sqlite", "postgresql")
+
 
 def struct(d: dict) -> struct_pb2.Struct:
     s = struct_pb2.Struct()

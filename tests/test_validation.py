@@ -10,6 +10,8 @@ from stepstream.v1 import ingest_pb2, runs_pb2
 from stepstream_server.decode import MAX_BATCH_POINTS
 from wire import Stream, create_run, error_reason, fseries, read_points, rpc_reason, sseries
 
+pytestmark = pytest.mark.stores("sqlite", "postgresql")
+
 
 @pytest.fixture
 async def stream(runs, ingest):
