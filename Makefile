@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_OUT := client
 
-.PHONY: run test protos lint bench venv clean
+.PHONY: run test protos lint bench cluster venv clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: venv
 
 bench: venv
 	$(PY) -m bench $(ARGS)
+
+# A local 3-replica demo: this machine's PostgreSQL and a Redis Cluster from the embedded binary.
+cluster: venv
+	$(PY) scripts/cluster_demo.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ from stepstream_server.embedded_redis import EmbeddedRedis
 from stepstream_server.server import Service
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))  # redis_cluster.py
 
 
 def free_port() -> int:
