@@ -44,7 +44,8 @@ class Incarnation:
     parent_incarnation_id: str | None
     parent_run_id: str | None
     fork_step: float | None
-    # The highest chunk ID of the store when the incarnation was created: inheritance is a
+    # A chunk ID at least as high as every chunk of the parent's lineage that was durable when
+    # the incarnation was created, and below every one written later: inheritance is a
     # snapshot, so parent chunks written later stay invisible to it.
     snapshot_chunk: int | None
     origin: Origin
