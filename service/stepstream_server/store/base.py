@@ -27,7 +27,8 @@ from ..model import (
 
 @dataclass(frozen=True)
 class RunCommit:
-    """What one group commits for one run, judged under `epoch` (docs/replicas.md)."""
+    """What one group commits for one run, judged under `epoch` (docs/replicas.md). A commit
+    holds at most one part per run."""
 
     project: str
     run_id: str
