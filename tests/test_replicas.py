@@ -287,7 +287,11 @@ async def fault_run(procs: list[ServiceProcess], *, rewind_step: float | None) -
             chaos_task = asyncio.create_task(chaos(procs, writers))
             rewound = None
             if rewind_step is not None:
-                await asyncio.sleep(1.5)  # the writers are streaming through every replica
+                for _ in range(600):  # until the writers stream through every replica
+                    steps, _ = await read_points(stub, "r", "shared")
+                    if len(steps) >= 4 * WRITERS:
+                        break
+                    await asyncio.sleep(0.05)
                 rewound = await stub.RewindRun(
                     runs_pb2.RewindRunRequest(run_id="r", step=rewind_step)
                 )

@@ -254,33 +254,38 @@ class IngestWorker:
                 self._fail(group, exc)
                 continue
             previous = await self._settle()
-            if previous is None:
-                # Judged against floors the failed group had advanced: not valid.
-                await self.judge.abandon(judgment.parts)
-                self._fail(group, StoreFailed("an earlier group could not be committed"))
-                continue
             if previous:
-                # Judged on top of batches that are to be judged again: these follow them.
+                # Judged on top of batches that are to be judged again (or failed): these
+                # follow them, judged afresh.
                 later = [p for p in judgment.parts if p.key in previous]
                 judgment.parts = [p for p in judgment.parts if p.key not in previous]
                 await self.judge.abandon(later)
                 await self._again_in_order(group, later)
             self._inflight = asyncio.create_task(self._commit(group, judgment))
 
-    async def _settle(self) -> set[tuple[str, str]] | None:
+    async def _settle(self) -> set[tuple[str, str]]:
         """Wait for the commit in flight: the runs whose batches went back to be judged
-        again, or None if it failed."""
+        again or failed (a later judgment of theirs must not commit as it is)."""
         task, self._inflight = self._inflight, None
         if task is None:
             return set()
         await asyncio.wait([task])
-        if task.cancelled() or task.exception() is not None:
-            return None
         return task.result()
 
     async def _commit(self, group: Sequence[Pending], judgment: Judgment) -> set[tuple[str, str]]:
         """Store the group in one transaction, acknowledge what landed, and send refused
-        parts back to be judged again. Returns the runs sent back."""
+        parts back to be judged again. Returns the runs sent back or failed."""
+        try:
+            return await self._commit_group(group, judgment)
+        except Exception as exc:  # only this group's batches fail; their streams re-send
+            log.exception("group commit failed")
+            await self.judge.abandon(judgment.parts)
+            self._fail(group, exc)
+            return {p.key for p in judgment.parts}
+
+    async def _commit_group(
+        self, group: Sequence[Pending], judgment: Judgment
+    ) -> set[tuple[str, str]]:
         parts = judgment.parts
         moved = await self._await_dependencies(parts)
         commits = [
@@ -303,13 +308,7 @@ class IngestWorker:
             for p in parts
             if p.key not in moved
         ]
-        try:
-            refused = await self.store.write(lambda s: s.commit(commits))
-        except Exception as exc:
-            log.exception("group commit failed")
-            await self.judge.abandon(parts)
-            self._fail(group, exc)
-            raise
+        refused = await self.store.write(lambda s: s.commit(commits))
         back: list[RunPart] = []
         landed: list[RunPart] = []
         for p in parts:

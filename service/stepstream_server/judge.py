@@ -99,6 +99,8 @@ class Judge:
         self.floors = floors
         self._runs: dict[RunKey, RunRecord] = {}
         self._epochs: dict[RunKey, int] = {}
+        # Epoch raises that Redis did not take: (at least, floors judged under) per run.
+        self._owed: dict[RunKey, tuple[int, tuple[str, int] | None]] = {}
         self._groups = itertools.count(1)
 
     # -- runs as ingest sees them -----------------------------------------------------------
@@ -123,18 +125,33 @@ class Judge:
         that no replica judges under the old one any longer. Best effort: a commit judged under
         the old epoch is refused by the store's fence anyway."""
         self.remember(record)
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(RedisError):  # then owed, and the store fence holds meanwhile
             await self.moved(record.project, record.run_id, record.fence)
 
     async def moved(
         self, project: str, run_id: str, at_least: int, judged: tuple[str, int] | None = None
     ) -> None:
         """Raise the run's epoch to at least `at_least` (floors judged under an older epoch are
-        no longer to be trusted) and forget its cached record."""
-        self._runs.pop((project, run_id), None)
-        self._epochs[(project, run_id)] = await self.floors.raise_epoch(
-            project, run_id, at_least, judged
-        )
+        no longer to be trusted) and forget its cached record. If Redis cannot be reached, the
+        raise is owed: no check of the run is made before it succeeds, since this replica's
+        own unstored judgments are never its dependencies (docs/replicas.md)."""
+        key = (project, run_id)
+        self._runs.pop(key, None)
+        owed = self._owed.get(key)
+        if owed is not None and owed[0] >= at_least:
+            at_least, judged = owed
+        try:
+            self._epochs[key] = await self.floors.raise_epoch(project, run_id, at_least, judged)
+        except RedisError:
+            self._owed[key] = (at_least, judged)
+            raise
+        self._owed.pop(key, None)
+
+    async def _pay_owed(self, keys: Sequence[RunKey]) -> None:
+        for key in keys:
+            owed = self._owed.get(key)
+            if owed is not None:
+                await self.moved(*key, *owed)
 
     # -- judging ----------------------------------------------------------------------------
 
@@ -184,7 +201,7 @@ class Judge:
         """Floors moved under a judgment that will not commit: move past their epoch."""
         for part in parts:
             if part.checked:
-                # On failure its lease expires and the next check moves past it.
+                # On failure the raise is owed (see moved); others' checks see the lease expire.
                 with contextlib.suppress(RedisError):
                     await self.moved(
                         part.project, part.run_id, part.epoch + 1, (part.incarnation_id, part.epoch)
@@ -209,12 +226,18 @@ class Judge:
         }
         todo = [key for key, plan in plans.items() if plan[1]]
         answers: dict[RunKey, CheckAnswer] = {}
-        unsure: dict[RunKey, int] = {}  # epochs a lost reply may have judged under
         for attempt in range(ATTEMPTS):
             try:
-                for key, epoch in list(unsure.items()):
-                    await self.moved(*key, epoch + 1, (records[key].current_incarnation_id, epoch))
-                    del unsure[key]
+                await self._pay_owed(todo)
+                # A record read before the fence reached the epoch may be stale (stopped,
+                # rewound elsewhere): never judge under epoch E with a record older than E.
+                for key in list(todo):
+                    if records[key].fence < self._epochs.get(key, -1):
+                        records[key] = await self._fresh(key)
+                        parts[key].incarnation_id = records[key].current_incarnation_id
+                        parts[key].epoch = records[key].fence
+                        if records[key].state is not RunState.RUNNING:
+                            todo.remove(key)  # its batches are answered RUN_NOT_ACTIVE
                 requests = [
                     CheckRequest(
                         *key,
@@ -228,7 +251,9 @@ class Judge:
                     replies = await self.floors.check(token, requests)
                 except REDIS_FAILURES:
                     # A lost reply may hide a script that ran: never judge again under it.
-                    unsure.update({r_key(r): r.epoch for r in requests})
+                    for r in requests:
+                        if r.epoch >= 0 and r_key(r) not in self._owed:
+                            self._owed[r_key(r)] = (r.epoch + 1, (r.incarnation_id, r.epoch))
                     raise
                 again = []
                 for req, answer in zip(requests, replies, strict=True):
@@ -251,7 +276,7 @@ class Judge:
                 todo = again
             except REDIS_FAILURES:
                 await asyncio.sleep(0.05 * 2**attempt)
-            if not todo and not unsure:
+            if not todo:
                 break
         else:
             raise errors.unavailable(
@@ -263,6 +288,12 @@ class Judge:
             for i, item_floors in zip(indices, _spread(plans[key][0], answer.floors), strict=True):
                 out[i] = item_floors
         return out
+
+    async def _fresh(self, key: RunKey) -> RunRecord:
+        fresh = await self.store.read(lambda s: s.get_run(*key))
+        if fresh is None:
+            raise errors.run_not_found(*key)
+        return self.remember(fresh)
 
     async def _adopt(self, key: RunKey, epoch: int | None) -> None:
         if epoch is None:  # this Redis never saw the run (or lost it): start above the fence
@@ -276,11 +307,12 @@ class Judge:
         fence = await self.store.write(lambda s: s.raise_fence(*key, epoch))
         if fence > epoch:
             await self._adopt(key, await self.floors.raise_epoch(*key, fence))
-        fresh = await self.store.read(lambda s: s.get_run(*key))
-        if fresh is None:
-            raise errors.run_not_found(*key)
-        self.remember(fresh)
-        if fence > epoch or fresh.current_incarnation_id != record.current_incarnation_id:
+        fresh = await self._fresh(key)
+        if (
+            fence > epoch
+            or fresh.current_incarnation_id != record.current_incarnation_id
+            or fresh.state is not RunState.RUNNING
+        ):
             return fresh
         incarnation = fresh.current_incarnation_id
 

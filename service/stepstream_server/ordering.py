@@ -101,23 +101,23 @@ while pos <= #packed do
   local arg = nxt()
   local token = nxt()
   local cur = redis.call('HGET', floors, field)
-  if string.byte(mode, 1) == 111 then -- 'o': overwrite
-    cur = false
-    mode = string.sub(mode, 2)
-  end
   local floor = nil
   if cur then
     local a = string.find(cur, ' ', 1, true)
     local b = string.find(cur, ' ', a + 1, true)
-    floor = tonumber(string.sub(cur, 1, a - 1))
-    out[#out + 1] = string.sub(cur, 1, b - 1)
+    -- An overwrite starts the series afresh, but still follows whoever moved it last: its
+    -- new generation must not be committed before that judgment's points.
     local mover = string.sub(cur, b + 1)
     if mover ~= '-' and mover ~= me and string.sub(mover, 1, #own) ~= own then
       seen[mover] = true
     end
-  else
-    out[#out + 1] = ''
+    if string.byte(mode, 1) ~= 111 then -- not 'o' (overwrite)
+      floor = tonumber(string.sub(cur, 1, a - 1))
+      out[#out + 1] = string.sub(cur, 1, b - 1)
+    end
   end
+  if floor == nil then out[#out + 1] = '' end
+  if string.byte(mode, 1) == 111 then mode = string.sub(mode, 2) end
   if mode == 'e' then
     if floor == nil or tonumber(arg) > floor then
       redis.call('HSET', floors, field, arg .. ' ' .. token .. ' ' .. me)
