@@ -57,6 +57,18 @@ def pg_run_database() -> Iterator[str]:
 
 
 @pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, dropped after it."""
+    from pg import create_database, drop_database
+
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture
 def store_url(store_kind: str, request: pytest.FixtureRequest) -> str | None:
     """None for the default SQLite store, else a PostgreSQL database emptied for this test."""
     if store_kind == "sqlite":

@@ -106,3 +106,23 @@ def wait_serving(address: str, timeout: float, proc: subprocess.Popen[bytes] | N
             if time.monotonic() > deadline:
                 raise RuntimeError(f"service at {address} did not become SERVING")
             time.sleep(0.05)
+
+
+def run_writers(addresses: Sequence[str], run_id: str, mode: str, n: int) -> list[int]:
+    """One tests/writer_proc.py process per address (writer w-i on addresses[i]), all at
+    once; returns how many points each had accepted."""
+    here = Path(__file__).parent
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(here / "writer_proc.py"), address, run_id, f"w-{i}", mode, str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i, address in enumerate(addresses)
+    ]
+    counts = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+        counts.append(int(out.decode().split()[-1]))
+    return counts

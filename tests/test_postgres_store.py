@@ -44,15 +44,6 @@ def pg_url() -> Iterator[str]:
         drop_database(url)
 
 
-@pytest.fixture
-def fresh_url() -> Iterator[str]:
-    url = create_database()
-    try:
-        yield url
-    finally:
-        drop_database(url)
-
-
 @pytest.fixture(scope="session")
 def store(pg_url: str) -> Iterator[PostgresStore]:
     s = PostgresStore(pg_url)
@@ -157,24 +148,24 @@ def _version_rows(url: str) -> list[tuple[Any, ...]]:
         return conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
 
 
-def test_migrates_an_empty_database_and_reopens_it(fresh_url: str) -> None:
-    PostgresStore(fresh_url).close()
-    assert _version_rows(fresh_url) == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
-    with psycopg.connect(fresh_url) as conn:
+def test_migrates_an_empty_database_and_reopens_it(fresh_pg_url: str) -> None:
+    PostgresStore(fresh_pg_url).close()
+    assert _version_rows(fresh_pg_url) == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
+    with psycopg.connect(fresh_pg_url) as conn:
         tables = {
             r[0]
             for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
     assert {"runs", "incarnations", "series", "chunks", "writers", "acks"} <= tables
-    store = PostgresStore(fresh_url)  # already migrated: nothing to do
+    store = PostgresStore(fresh_pg_url)  # already migrated: nothing to do
     try:
         assert store.list_projects() == []
     finally:
         store.close()
-    assert _version_rows(fresh_url) == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
+    assert _version_rows(fresh_pg_url) == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
 
 
-def test_concurrent_migrations_do_not_race(fresh_url: str) -> None:
+def test_concurrent_migrations_do_not_race(fresh_pg_url: str) -> None:
     starters = 6
     barrier = threading.Barrier(starters)
     failures: list[BaseException] = []
@@ -182,7 +173,7 @@ def test_concurrent_migrations_do_not_race(fresh_url: str) -> None:
     def start() -> None:
         barrier.wait()
         try:
-            PostgresStore(fresh_url).close()
+            PostgresStore(fresh_pg_url).close()
         except BaseException as exc:
             failures.append(exc)
 
@@ -192,17 +183,17 @@ def test_concurrent_migrations_do_not_race(fresh_url: str) -> None:
     for t in threads:
         t.join(60)
     assert failures == []
-    assert _version_rows(fresh_url) == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
+    assert _version_rows(fresh_pg_url) == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
 
 
-def test_a_newer_schema_is_refused(fresh_url: str) -> None:
-    PostgresStore(fresh_url).close()
-    with psycopg.connect(fresh_url) as conn:
+def test_a_newer_schema_is_refused(fresh_pg_url: str) -> None:
+    PostgresStore(fresh_pg_url).close()
+    with psycopg.connect(fresh_pg_url) as conn:
         conn.execute("INSERT INTO schema_version (version) VALUES (99)")
     with pytest.raises(SchemaTooNew) as caught:
-        PostgresStore(fresh_url)
+        PostgresStore(fresh_pg_url)
     assert caught.value.found == 99 and caught.value.known == len(MIGRATIONS)
-    name = fresh_url.rsplit("/", 1)[1]
+    name = fresh_pg_url.rsplit("/", 1)[1]
     assert str(caught.value) == (
         f"the store at postgresql://postgres@127.0.0.1:5432/{name} has schema version 99, but"
         f" this stepstream knows only up to version {len(MIGRATIONS)}: upgrade stepstream (or"

@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import grpc
 from conftest import free_port
-from procs import ServiceProcess
+from procs import ServiceProcess, run_writers
 from stepstream.v1 import ingest_pb2, ingest_pb2_grpc, runs_pb2_grpc
 from stepstream_server.embedded_redis import EmbeddedRedis
 from wire import create_run, read_points
 
 HERE = Path(__file__).parent
-
-
-def run_writers(address: str, run_id: str, mode: str, writers: int, n: int) -> list[int]:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "writer_proc.py"), address, run_id, f"w-{i}", mode, str(n)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for i in range(writers)
-    ]
-    counts = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()
-        counts.append(int(out.decode().split()[-1]))
-    return counts
 
 
 async def test_writer_processes_never_land_two_points_at_one_step(
@@ -46,7 +27,7 @@ async def test_writer_processes_never_land_two_points_at_one_step(
             await create_run(runs, "assign")
             n, writers = 60, 4
             counts = await asyncio.to_thread(
-                run_writers, svc.address, "explicit", "explicit", writers, n
+                run_writers, [svc.address] * writers, "explicit", "explicit", n
             )
             steps, values = await read_points(runs, "explicit", "shared")
             assert steps == [float(i) for i in range(n)]  # each step exactly once
@@ -54,7 +35,7 @@ async def test_writer_processes_never_land_two_points_at_one_step(
             assert Counter(values) == Counter({float(i): c for i, c in enumerate(counts) if c})
 
             counts = await asyncio.to_thread(
-                run_writers, svc.address, "assign", "assign", writers, n
+                run_writers, [svc.address] * writers, "assign", "assign", n
             )
             steps, values = await read_points(runs, "assign", "shared")
             assert counts == [n] * writers

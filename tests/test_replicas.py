@@ -19,8 +19,7 @@ import grpc
 import pytest
 from conftest import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pg import create_database, drop_database
-from procs import ServiceProcess
+from procs import ServiceProcess, run_writers
 from redis_cluster import RedisCluster
 from stepstream.v1 import ingest_pb2_grpc, runs_pb2, runs_pb2_grpc
 from stepstream_server.config import Settings
@@ -30,15 +29,6 @@ from wire import Stream, create_run, fseries, read_points
 
 HERE = Path(__file__).parent
 LEASE = 1.0
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url = create_database()
-    try:
-        yield url
-    finally:
-        drop_database(url)
 
 
 @pytest.fixture
@@ -70,27 +60,10 @@ def start_all(procs: list[ServiceProcess]) -> None:
 # -- two replicas, one series ---------------------------------------------------------------
 
 
-def run_writers(addresses: list[str], run_id: str, mode: str, n: int) -> list[int]:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "writer_proc.py"), address, run_id, f"w-{i}", mode, str(n)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for i, address in enumerate(addresses)
-    ]
-    counts = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()
-        counts.append(int(out.decode().split()[-1]))
-    return counts
-
-
 async def test_two_replicas_one_series_explicit_and_assigned_steps(
-    tmp_path: Path, redis_server: EmbeddedRedis, pg_url: str
+    tmp_path: Path, redis_server: EmbeddedRedis, fresh_pg_url: str
 ) -> None:
-    a, b = procs = replicas(tmp_path, 2, redis_server.url, pg_url)
+    a, b = procs = replicas(tmp_path, 2, redis_server.url, fresh_pg_url)
     start_all(procs)
     try:
         async with grpc.aio.insecure_channel(a.address) as ch:
@@ -119,7 +92,7 @@ async def test_two_replicas_one_series_explicit_and_assigned_steps(
 
 @pytest.fixture
 async def two_services(
-    tmp_path: Path, redis_server: EmbeddedRedis, pg_url: str
+    tmp_path: Path, redis_server: EmbeddedRedis, fresh_pg_url: str
 ) -> AsyncIterator[tuple[Service, Service]]:
     services = []
     for name in ("a", "b"):
@@ -127,7 +100,7 @@ async def two_services(
             address="127.0.0.1:0",
             data_dir=tmp_path / name,
             redis_url=redis_server.url,
-            store=pg_url,
+            store=fresh_pg_url,
             lease_seconds=0.5,
             grace_seconds=1.0,
         )
@@ -348,19 +321,23 @@ async def verify(
 
 
 async def test_faults_kill_and_stop_replicas(
-    tmp_path: Path, redis_server: EmbeddedRedis, pg_url: str
+    tmp_path: Path, redis_server: EmbeddedRedis, fresh_pg_url: str
 ) -> None:
-    await fault_run(replicas(tmp_path, 3, redis_server.url, pg_url), rewind_step=None)
+    await fault_run(replicas(tmp_path, 3, redis_server.url, fresh_pg_url), rewind_step=None)
 
 
 async def test_faults_rewind_through_one_replica_while_others_ingest(
-    tmp_path: Path, redis_server: EmbeddedRedis, pg_url: str
+    tmp_path: Path, redis_server: EmbeddedRedis, fresh_pg_url: str
 ) -> None:
-    await fault_run(replicas(tmp_path, 3, redis_server.url, pg_url), rewind_step=60.0)
+    await fault_run(replicas(tmp_path, 3, redis_server.url, fresh_pg_url), rewind_step=60.0)
 
 
-async def test_faults_on_redis_cluster(tmp_path: Path, cluster: RedisCluster, pg_url: str) -> None:
-    await fault_run(replicas(tmp_path, 3, cluster.url, pg_url, cluster=True), rewind_step=60.0)
+async def test_faults_on_redis_cluster(
+    tmp_path: Path, cluster: RedisCluster, fresh_pg_url: str
+) -> None:
+    await fault_run(
+        replicas(tmp_path, 3, cluster.url, fresh_pg_url, cluster=True), rewind_step=60.0
+    )
 
 
 # -- refusing unsafe set-ups ------------------------------------------------------------------
