@@ -120,7 +120,7 @@ def test_run_fails_fast_without_a_service() -> None:
 
 
 def test_default_address_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stepstream._client import resolve_address
+    from stepstream._targets import resolve_address
 
     monkeypatch.delenv("STEPSTREAM_ADDRESS", raising=False)
     assert resolve_address(None) == "127.0.0.1:50051"

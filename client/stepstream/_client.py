@@ -1,61 +1,82 @@
-"""Synchronous RunService calls: where grpc.RpcError becomes RPCError for the trainer's thread."""
+"""Synchronous RunService calls: where grpc.RpcError becomes RPCError for the trainer's thread.
+Channels come from `_targets.resolve_target`."""
 
 from __future__ import annotations
 
-import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 from google.protobuf import struct_pb2
 
 from stepstream.v1 import runs_pb2, runs_pb2_grpc
 
 from ._convert import run_info_from_proto, summary_from_proto
 from ._exceptions import InvalidArgumentError, RPCError
+from ._targets import Address, Target, resolve_target
 from ._types import RunInfo, Series, SeriesSummary
 from ._validate import check_id, check_name, check_positive_int, check_real
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-ADDRESS_ENV = "STEPSTREAM_ADDRESS"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-# Shared by the synchronous channel here and the sender's asyncio channel. Keepalive pings
-# every 60 s find a dead connection during a quiet stretch (a server must permit pings that
-# often); the reconnect backoff matches the sender's own (50 ms doubling to 2 s), so a service
-# that comes back is found within about two seconds.
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-]
-
 # Deadline for one read or state call made from the trainer's thread.
 CALL_TIMEOUT = 60.0
+# A rotating target retries a round of entries that all failed after this pause (doubling).
+ROUND_PAUSE_MIN = 0.05
+ROUND_PAUSE_MAX = 2.0
 
 _Response = TypeVar("_Response")
+_Stub = runs_pb2_grpc.RunServiceStub
+_SETTLED = frozenset(
+    {
+        grpc.ChannelConnectivity.READY,
+        grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+        grpc.ChannelConnectivity.SHUTDOWN,
+    }
+)
 
 
-def resolve_address(address: str | None) -> str:
-    """`address`, else $STEPSTREAM_ADDRESS, else 127.0.0.1:50051."""
-    return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+def _wait_connected(channel: grpc.Channel, timeout: float) -> bool:
+    """Whether `channel` is connected, or connects within `timeout` s; False at once when it
+    fails to connect. Sends nothing, so giving up on a stalled service is never ambiguous."""
+    settled = threading.Event()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        if state in _SETTLED and not settled.is_set():
+            states.append(state)
+            settled.set()
+
+    channel.subscribe(watch, try_to_connect=True)
+    try:
+        settled.wait(timeout)
+    finally:
+        channel.unsubscribe(watch)
+    return bool(states) and states[0] is grpc.ChannelConnectivity.READY
 
 
 class RunClient:
-    """RunService over one synchronous channel; every gRPC failure raises RPCError."""
+    """RunService over a synchronous channel (one per entry of a rotating target); every gRPC
+    failure raises RPCError."""
 
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = runs_pb2_grpc.RunServiceStub(self._channel)
+    def __init__(self, address: Address | Target) -> None:
+        self.target = resolve_target(address)
+        self.address = self.target.address
+        self._channels: dict[int, grpc.Channel] = {}
+        self._stubs: dict[int, _Stub] = {}
+        self._index = 0  # the entry of a rotating target that calls go to
+
+    def _stub(self) -> _Stub:
+        stub = self._stubs.get(self._index)
+        if stub is None:
+            channel = self._channels[self._index] = self.target.channel(self._index)
+            stub = self._stubs[self._index] = runs_pb2_grpc.RunServiceStub(channel)
+        return stub
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels.values():
+            channel.close()
 
     def __enter__(self) -> RunClient:
         return self
@@ -65,26 +86,93 @@ class RunClient:
 
     def _call(
         self,
-        method: Callable[..., _Response],
+        method: Callable[[_Stub], Callable[..., _Response]],
         request: object,
         *,
         timeout: float = CALL_TIMEOUT,
         wait_for_ready: bool = False,
+        read: bool = False,
     ) -> _Response:
-        try:
-            return method(request, timeout=timeout, wait_for_ready=wait_for_ready)
-        except grpc.RpcError as exc:
-            raise RPCError.from_grpc(exc) from None
+        return self._failover(
+            lambda stub, left, ready: method(stub)(request, timeout=left, wait_for_ready=ready),
+            timeout=timeout,
+            wait_for_ready=wait_for_ready,
+            read=read,
+        )
+
+    def _failover(
+        self,
+        attempt: Callable[[_Stub, float, bool], _Response],
+        *,
+        timeout: float,
+        wait_for_ready: bool,
+        read: bool,
+    ) -> _Response:
+        """`attempt(stub, timeout, wait_for_ready)`, gRPC errors as RPCError.
+
+        A rotating target runs it on the current entry if that one connects, else on the next
+        one that does: each entry gets its share of the time left to connect (a stalled one
+        never does), one that fails to connect is skipped at once, and nothing was sent to
+        the entries skipped. Once every entry failed, the call fails; with `wait_for_ready`
+        another round follows after a pause, until `timeout`. A call that fails with
+        UNAVAILABLE moves the client to the next entry; a `read` (RETRIED_METHODS, as the
+        round-robin channels retry them) is then tried there, anything else fails.
+        """
+        if not self.target.rotating:
+            try:
+                return attempt(self._stub(), timeout, wait_for_ready)
+            except grpc.RpcError as exc:
+                raise RPCError.from_grpc(exc) from None
+        entries = len(self.target.grpc_targets)
+        deadline = time.monotonic() + timeout
+        failed = 0
+        pause = ROUND_PAUSE_MIN
+        while True:
+            stub = self._stub()
+            left = deadline - time.monotonic()
+            share = left / (entries - failed % entries)
+            if _wait_connected(self._channels[self._index], share):
+                try:
+                    return attempt(stub, max(deadline - time.monotonic(), 0.0), False)
+                except grpc.RpcError as exc:
+                    error = RPCError.from_grpc(exc)
+                if error.code is not grpc.StatusCode.UNAVAILABLE:
+                    raise error from None
+                if not read:
+                    self._index = (self._index + 1) % entries
+                    raise error from None
+            else:
+                error = RPCError(
+                    grpc.StatusCode.UNAVAILABLE
+                    if time.monotonic() < deadline
+                    else grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"could not connect to {self.target.grpc_targets[self._index]}",
+                )
+            self._index = (self._index + 1) % entries
+            failed += 1
+            if failed % entries == 0:
+                if not wait_for_ready or time.monotonic() + pause >= deadline:
+                    raise RPCError(
+                        error.code,
+                        f"every entry of {self.address} failed (the last: {error.message})",
+                        reason=error.reason,
+                        domain=error.domain,
+                        metadata=error.metadata,
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, ROUND_PAUSE_MAX)
 
     def create_run(
         self, request: runs_pb2.CreateRunRequest, *, timeout: float
     ) -> runs_pb2.CreateRunResponse:
         # wait_for_ready: a service that is still starting gets `timeout` to come up.
-        return self._call(self._stub.CreateRun, request, timeout=timeout, wait_for_ready=True)
+        return self._call(
+            lambda stub: stub.CreateRun, request, timeout=timeout, wait_for_ready=True
+        )
 
     def resume_run(self, project: str, run_id: str) -> RunInfo:
         request = runs_pb2.ResumeRunRequest(project=project, run_id=run_id)
-        return run_info_from_proto(self._call(self._stub.ResumeRun, request).run)
+        return run_info_from_proto(self._call(lambda stub: stub.ResumeRun, request).run)
 
     def get_run(
         self,
@@ -96,13 +184,20 @@ class RunClient:
     ) -> RunInfo:
         request = runs_pb2.GetRunRequest(project=project, run_id=run_id)
         response = self._call(
-            self._stub.GetRun, request, timeout=timeout, wait_for_ready=wait_for_ready
+            lambda stub: stub.GetRun,
+            request,
+            timeout=timeout,
+            wait_for_ready=wait_for_ready,
+            read=True,
         )
         return run_info_from_proto(response.run)
 
     def list_runs(self, project: str, experiment: str) -> list[RunInfo]:
         request = runs_pb2.ListRunsRequest(project=project, experiment=experiment)
-        return [run_info_from_proto(r) for r in self._call(self._stub.ListRuns, request).runs]
+        return [
+            run_info_from_proto(r)
+            for r in self._call(lambda stub: stub.ListRuns, request, read=True).runs
+        ]
 
     def rewind_run(
         self, project: str, run_id: str, step: float, config: struct_pb2.Struct | None
@@ -110,7 +205,7 @@ class RunClient:
         request = runs_pb2.RewindRunRequest(
             project=project, run_id=run_id, step=step, config=config
         )
-        return run_info_from_proto(self._call(self._stub.RewindRun, request).run)
+        return run_info_from_proto(self._call(lambda stub: stub.RewindRun, request).run)
 
     def update_run_config(
         self,
@@ -123,7 +218,7 @@ class RunClient:
         request = runs_pb2.UpdateRunConfigRequest(
             project=project, run_id=run_id, config=config, values=values
         )
-        return run_info_from_proto(self._call(self._stub.UpdateRunConfig, request).run)
+        return run_info_from_proto(self._call(lambda stub: stub.UpdateRunConfig, request).run)
 
     def update_run_tags(
         self, project: str, run_id: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()
@@ -131,10 +226,11 @@ class RunClient:
         request = runs_pb2.UpdateRunTagsRequest(
             project=project, run_id=run_id, add=list(add), remove=list(remove)
         )
-        return run_info_from_proto(self._call(self._stub.UpdateRunTags, request).run)
+        return run_info_from_proto(self._call(lambda stub: stub.UpdateRunTags, request).run)
 
     def list_series(self, selector: runs_pb2.SeriesSelector) -> list[SeriesSummary]:
-        response = self._call(self._stub.ListSeries, runs_pb2.ListSeriesRequest(selector=selector))
+        request = runs_pb2.ListSeriesRequest(selector=selector)
+        response = self._call(lambda stub: stub.ListSeries, request, read=True)
         return [summary_from_proto(s) for s in response.series]
 
     def read(
@@ -159,16 +255,20 @@ class RunClient:
             max_points=max_points,
             generation=generation,
         )
-        parts: tuple[dict[str, _Parts], dict[str, _Parts]] = ({}, {})
-        try:
-            for part in self._stub.ReadSeries(request, timeout=CALL_TIMEOUT):
+
+        def attempt(
+            stub: _Stub, timeout: float, wait_for_ready: bool
+        ) -> tuple[dict[str, _Parts], dict[str, _Parts]]:
+            parts: tuple[dict[str, _Parts], dict[str, _Parts]] = ({}, {})
+            for part in stub.ReadSeries(request, timeout=timeout, wait_for_ready=wait_for_ready):
                 kind = parts[1] if part.string_series else parts[0]
                 steps, values, timestamps = kind.setdefault(part.name, ([], [], []))
                 steps.extend(part.steps)
                 timestamps.extend(part.timestamps)
                 values.extend(part.string_values if part.string_series else part.values)
-        except grpc.RpcError as exc:
-            raise RPCError.from_grpc(exc) from None
+            return parts
+
+        parts = self._failover(attempt, timeout=CALL_TIMEOUT, wait_for_ready=False, read=True)
         floats, strings = (
             {
                 name: Series(name=name, steps=steps, values=values, timestamps=timestamps)
@@ -266,20 +366,20 @@ def check_read_range(
 # ---- module-level reads (stepstream.get_run, ...) ----------------------------------------
 
 
-def get_run(run_id: str, *, project: str | None = None, address: str | None = None) -> RunInfo:
+def get_run(run_id: str, *, project: str | None = None, address: Address | None = None) -> RunInfo:
     """Fetch a run's state, tags, config, values and incarnations without opening it."""
     check_id(run_id, "run_id")
-    with RunClient(resolve_address(address)) as client:
+    with RunClient(resolve_target(address)) as client:
         return client.get_run(project or "", run_id)
 
 
 def list_runs(
-    *, project: str | None = None, experiment: str | None = None, address: str | None = None
+    *, project: str | None = None, experiment: str | None = None, address: Address | None = None
 ) -> list[RunInfo]:
     """The runs of a project, or of one experiment, oldest first."""
     if experiment is not None:
         check_name(experiment, "experiment")
-    with RunClient(resolve_address(address)) as client:
+    with RunClient(resolve_target(address)) as client:
         return client.list_runs(project or "", experiment or "")
 
 
@@ -289,7 +389,7 @@ def list_series(
     experiment: str | None = None,
     incarnation_id: str | None = None,
     project: str | None = None,
-    address: str | None = None,
+    address: Address | None = None,
     own_points_only: bool = False,
 ) -> list[SeriesSummary]:
     """Summaries of every series visible in a run, sorted by name.
@@ -305,7 +405,7 @@ def list_series(
         experiment=experiment,
         own_points_only=own_points_only,
     )
-    with RunClient(resolve_address(address)) as client:
+    with RunClient(resolve_target(address)) as client:
         return client.list_series(selector)
 
 
@@ -316,7 +416,7 @@ def read_series(
     experiment: str | None = None,
     incarnation_id: str | None = None,
     project: str | None = None,
-    address: str | None = None,
+    address: Address | None = None,
     step_min: float | None = None,
     step_max: float | None = None,
     own_points_only: bool = False,
@@ -349,7 +449,7 @@ def read_series(
         own_points_only=own_points_only,
     )
     lo, hi, most, gen = check_read_range(step_min, step_max, max_points, generation)
-    with RunClient(resolve_address(address)) as client:
+    with RunClient(resolve_target(address)) as client:
         return client.read_series(
             selector,
             name,

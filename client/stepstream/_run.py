@@ -24,7 +24,7 @@ import grpc
 
 from stepstream.v1 import runs_pb2
 
-from ._client import RunClient, check_read_range, make_selector, resolve_address
+from ._client import RunClient, check_read_range, make_selector
 from ._convert import dict_from_struct, run_info_from_proto, struct_from_dict
 from ._exceptions import (
     InvalidArgumentError,
@@ -36,6 +36,7 @@ from ._exceptions import (
 from ._export import export_document, export_format, write_document
 from ._records import Record, RecordMaker
 from ._sender import UNARY_TIMEOUT, Operation, Sender, UnaryCall
+from ._targets import Address, resolve_target
 from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
 from ._validate import (
     check_id,
@@ -96,7 +97,12 @@ class Run:
             generate one.
         project: the project; None means the service's default.
         experiment_name: an experiment to create the run in (the run becomes its head).
-        address: "host:port" of the service; default $STEPSTREAM_ADDRESS or 127.0.0.1:50051.
+        address: where the service is; default $STEPSTREAM_ADDRESS or 127.0.0.1:50051.
+            "host:port"; any gRPC target, e.g. "dns:///metrics:50051", "unix:/path" or
+            "ipv4:10.0.0.1:50051,10.0.0.2:50051"; or several replicas, as a list of
+            "host:port" strings or one comma-separated string. Over several replicas the
+            client balances round-robin, and a stream that fails (or stalls) is reopened on
+            another one.
         tags, description, config: initial metadata.
         fork_run_id, fork_incarnation_id, fork_step, fork_from, resume_from, resume: see above.
         inherit_configs: with a fork, inherit the parent's config and single values too.
@@ -128,7 +134,7 @@ class Run:
         *,
         project: str | None = None,
         experiment_name: str | None = None,
-        address: str | None = None,
+        address: Address | None = None,
         tags: Iterable[str] | None = None,
         description: str | None = None,
         config: Mapping[str, Any] | None = None,
@@ -209,8 +215,9 @@ class Run:
         self._records = RecordMaker()
         self._closed = False
 
-        self._address = resolve_address(address)
-        self._client = RunClient(self._address)
+        self._target = resolve_target(address)
+        self._address = self._target.address
+        self._client = RunClient(self._target)
         fallback = False
         try:
             if branch.rewind_run_id:
@@ -261,7 +268,7 @@ class Run:
             )
 
         self._sender = Sender(
-            address=self._address,
+            address=self._target,
             project=self._project,
             run_id=self._run_id,
             writer_id=self._writer_id,
@@ -792,7 +799,7 @@ class Run:
         if not self._closed:
             yield self._client
             return
-        client = RunClient(self._address)
+        client = RunClient(self._target)
         try:
             yield client
         finally:

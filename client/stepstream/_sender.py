@@ -12,6 +12,13 @@ Two tasks share the loop:
   in order, and then reads the one answer per batch. When the stream fails it backs off (50 ms
   doubling to 2 s, with jitter) and reconnects, for up to `reconnect_timeout` seconds.
 
+Failover: a stream that fails (UNAVAILABLE, a reset connection, a replica killed) is reopened
+on the same channel, where a round-robin target (several replicas) puts it on a replica that is
+connected; a rotating target (a list naming hosts by name, see `_targets.Target`) moves to its
+next entry first. A stalled replica (SIGSTOP) may keep its connection up: when batches wait
+`ack_timeout` seconds for their next answer, the stream is cancelled and reopened the same way
+(and the channel's keepalive, 20 s + 10 s, fails a stalled connection even when nothing waits).
+
 The service answers a re-sent batch it had already committed with its original result
 (`duplicate_batch`), so a batch is applied exactly once however often it travels.
 """
@@ -24,6 +31,7 @@ import contextlib
 import logging
 import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,7 +43,6 @@ import grpc.aio
 from stepstream.v1 import ingest_pb2, runs_pb2_grpc
 
 from ._buffer import Buffer
-from ._client import CHANNEL_OPTIONS
 from ._columnar import EncodedBatch, encode_batch, split_for_blocks
 from ._convert import (
     ingest_error_from_rejection,
@@ -44,6 +51,7 @@ from ._convert import (
 )
 from ._exceptions import RPCError, RunClosedError, StepstreamError
 from ._records import Record
+from ._targets import Address, Target, resolve_target
 from ._types import IngestError, SenderStats
 
 if TYPE_CHECKING:  # the generated stubs declare the asyncio stub type for checkers only
@@ -58,6 +66,10 @@ BACKOFF_MAX = 2.0
 UNARY_TIMEOUT = 60.0
 # How long a clean shutdown waits for the service to end the stream after we half-close it.
 HALF_CLOSE_GRACE = 5.0
+# How long sent batches may wait for their next answer before the stream is taken for stalled
+# (a replica stopped with its connection still up) and reopened, on another replica if the
+# target names several. Well above what a live service takes to answer one batch.
+ACK_TIMEOUT = 30.0
 
 # A stream that fails with one of these is reopened; any other status is final.
 RETRYABLE = frozenset(
@@ -96,6 +108,10 @@ class _StreamEnded(Exception):
     """The service ended the stream without an error status; reconnect."""
 
 
+class _Stalled(Exception):
+    """Sent batches waited ack_timeout for an answer; reconnect."""
+
+
 class _Fatal(Exception):
     """Raised inside the loop once the sender has failed for good."""
 
@@ -106,6 +122,7 @@ _EXPECTED_STREAM_ERRORS = (
     asyncio.TimeoutError,
     asyncio.InvalidStateError,
     _StreamEnded,
+    _Stalled,
 )
 
 
@@ -129,6 +146,8 @@ def _as_rpc_error(exc: BaseException) -> RPCError:
         return RPCError(grpc.StatusCode.DEADLINE_EXCEEDED, "the service did not answer OpenStream")
     if isinstance(exc, (_StreamEnded, asyncio.InvalidStateError)):
         return RPCError(grpc.StatusCode.UNAVAILABLE, "the stream ended unexpectedly")
+    if isinstance(exc, _Stalled):
+        return RPCError(grpc.StatusCode.UNAVAILABLE, str(exc))
     return RPCError(grpc.StatusCode.INTERNAL, f"client error: {exc!r}")
 
 
@@ -138,7 +157,7 @@ class Sender:
     def __init__(
         self,
         *,
-        address: str,
+        address: Address | Target,
         project: str,
         run_id: str,
         writer_id: str,
@@ -148,8 +167,10 @@ class Sender:
         max_inflight_batches: int,
         connect_timeout: float,
         reconnect_timeout: float,
+        ack_timeout: float | None = None,
     ) -> None:
-        self._address = address
+        self._target = resolve_target(address)
+        self._address = self._target.address
         self._open_request = ingest_pb2.AppendPointsRequest(
             open=ingest_pb2.OpenStream(project=project, run_id=run_id, writer_id=writer_id)
         ).SerializeToString()
@@ -158,6 +179,7 @@ class Sender:
         self._max_inflight = max_inflight_batches
         self._connect_timeout = connect_timeout
         self._reconnect_timeout = reconnect_timeout
+        self._ack_timeout = ACK_TIMEOUT if ack_timeout is None else ack_timeout
         self.buffer: Buffer[Operation] = Buffer(max_queued_points, self._wakeup)
 
         self._thread = threading.Thread(
@@ -172,12 +194,18 @@ class Sender:
         self._opened = asyncio.Event()  # the first stream was opened
         self._write_lock = asyncio.Lock()
         self._call: _Stream | None = None
+        # Since when sent batches wait for their next answer on the current stream (None:
+        # nothing waits); the watchdog of the stream reads it.
+        self._ack_clock: float | None = None
+        self._channels: dict[int, grpc.aio.Channel] = {}
+        self._index = 0  # the entry of a rotating target in use
         self._unacked: OrderedDict[int, EncodedBatch] = OrderedDict()
         self._next_sequence: int | None = None
         self._last_answered = 0  # highest sequence number answered
         self._backoff = BACKOFF_MIN
         self._failing_since: float | None = None
         self._stopping = False
+        self._closing = False  # set before anything cancels the producer
         self._producer: asyncio.Task[None] | None = None
         self._connector: asyncio.Task[None] | None = None
         self._current_op: Operation | None = None
@@ -284,17 +312,36 @@ class Sender:
                 loop.close()
 
     def _cancel_main(self) -> None:
+        self._closing = True
         if self._main_task is not None:
             self._main_task.cancel()
 
-    async def _main(self) -> None:
-        channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+    def _use_channel(self, index: int) -> None:
+        """Send over the channel of entry `index` (there is one entry unless rotating)."""
+        channel = self._channels.get(index)
+        if channel is None:
+            channel = self._channels[index] = self._target.aio_channel(index)
+        self._index = index
         self._append_points = channel.stream_stream(
             APPEND_POINTS,
             request_serializer=None,  # requests are pre-encoded bytes (see _columnar)
             response_deserializer=ingest_pb2.AppendPointsResponse.FromString,
         )
         self._runs = runs_pb2_grpc.RunServiceStub(channel)
+
+    def _next_entry(self) -> None:
+        """After a failure, a rotating target moves on to its next entry. (A round-robin
+        channel needs nothing: its next call goes to a replica that is connected.)"""
+        if self._target.rotating:
+            self._use_channel((self._index + 1) % len(self._target.grpc_targets))
+
+    def _where(self) -> str:
+        if self._target.rotating:
+            return self._target.grpc_targets[self._index]
+        return self._address
+
+    async def _main(self) -> None:
+        self._use_channel(0)
         producer = asyncio.create_task(self._produce())
         connector = asyncio.create_task(self._connect())
         self._producer = producer
@@ -311,7 +358,8 @@ class Sender:
                 task.cancel()
             await asyncio.gather(producer, connector, return_exceptions=True)
             self._fail_current_op()
-            await channel.close(grace=None)
+            for channel in self._channels.values():
+                await channel.close(grace=None)
 
     def _fail(self, error: StepstreamError) -> None:
         """Give up for good: report, refuse new records, fail every pending operation."""
@@ -329,6 +377,7 @@ class Sender:
         self._progress.set()
         self._wake.set()
         if self._producer is not None and self._producer is not asyncio.current_task():
+            self._closing = True
             self._producer.cancel()
 
     def _fail_current_op(self) -> None:
@@ -388,10 +437,28 @@ class Sender:
             call = self._call
             if call is None:
                 return  # the connector re-sends it once a stream is open
-            try:
-                await call.write(batch.request)
-            except (grpc.RpcError, asyncio.InvalidStateError):
+            if self._ack_clock is None:
+                self._ack_clock = time.monotonic()
+            if not await self._on_stream(call, call.write(batch.request)):
                 call.cancel()  # the reader sees the failure and the connector reconnects
+
+    async def _on_stream(self, call: _Stream, step: Awaitable[None]) -> bool:
+        """Await a write (or the half-close) of `call`; False if the stream is gone.
+
+        grpc.aio raises CancelledError in whoever waits on a call that was cancelled. When the
+        connector abandoned the call (stalled, or ended: it is no longer `_call`), that only
+        means the stream is gone; the producer's own cancellation always comes after
+        `_closing` is set.
+        """
+        try:
+            await step
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            return False
+        except asyncio.CancelledError:
+            if self._closing or self._call is call:
+                raise
+            return False
+        return True
 
     async def _run_operation(self, op: Operation) -> None:
         self._current_op = op
@@ -424,6 +491,7 @@ class Sender:
                 error = RPCError.from_grpc(exc)
                 if error.code != grpc.StatusCode.UNAVAILABLE or loop.time() >= give_up:
                     raise error from None
+            self._next_entry()
             await asyncio.sleep(backoff_delay(backoff))
             backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -432,11 +500,7 @@ class Sender:
         self._stopping = True
         async with self._write_lock:
             call = self._call
-            if call is None:
-                return
-            try:
-                await call.done_writing()
-            except (grpc.RpcError, asyncio.InvalidStateError):
+            if call is None or not await self._on_stream(call, call.done_writing()):
                 return
         if self._connector is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -468,7 +532,7 @@ class Sender:
                     self._failing_since = now
                     logger.warning(
                         "stepstream: the stream to %s failed (%s); reconnecting for up to %g s",
-                        self._address,
+                        self._where(),
                         error,
                         self._reconnect_timeout,
                     )
@@ -484,13 +548,36 @@ class Sender:
                         )
                     )
                     return
-                logger.debug("stepstream: reconnect failed (%s)", error)
+                logger.debug("stepstream: reconnect to %s failed (%s)", self._where(), error)
+                self._next_entry()
                 await asyncio.sleep(backoff_delay(self._backoff))
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
     async def _session(self) -> None:
-        """One stream: open, re-send what is unanswered, then read answers until it ends."""
+        """One stream, watched: it ends when batches wait ack_timeout for an answer."""
         call: _Stream = self._append_points(None)
+        self._ack_clock = None
+        stream = asyncio.create_task(self._stream(call))
+        watchdog = asyncio.create_task(self._watch_acks())
+        try:
+            await asyncio.wait((stream, watchdog), return_when=asyncio.FIRST_COMPLETED)
+            if not stream.done():
+                raise _Stalled(
+                    f"no answer to {len(self._unacked)} sent batches for {self._ack_timeout:g} s"
+                )
+            if stream.cancelled():  # the call was cancelled under it (a failed write)
+                raise _StreamEnded
+            stream.result()
+        finally:
+            self._call = None
+            self.connected = False
+            call.cancel()
+            for task in (stream, watchdog):
+                task.cancel()
+            await asyncio.gather(stream, watchdog, return_exceptions=True)
+
+    async def _stream(self, call: _Stream) -> None:
+        """Open, re-send what is unanswered, then read answers until the stream ends."""
         reader: asyncio.Task[None] | None = None
         try:
             async with self._write_lock:
@@ -504,15 +591,24 @@ class Sender:
                 self.connected = True
             await reader
         finally:
-            self._call = None
-            self.connected = False
             if reader is not None:
                 if reader.done():
                     if not reader.cancelled():
                         reader.exception()  # retrieved: the call's own error says it all
                 else:
                     reader.cancel()
-            call.cancel()
+
+    async def _watch_acks(self) -> None:
+        """Return once sent batches have waited ack_timeout for their next answer."""
+        while True:
+            since = self._ack_clock
+            if since is None:
+                await asyncio.sleep(self._ack_timeout)  # a clock started meanwhile ends later
+                continue
+            left = since + self._ack_timeout - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
 
     async def _open(self, call: _Stream) -> ingest_pb2.OpenStreamResult:
         await call.write(self._open_request)
@@ -553,9 +649,10 @@ class Sender:
         if self._failing_since is not None:
             logger.info(
                 "stepstream: reconnected to %s; re-sending %d unacknowledged batches",
-                self._address,
+                self._where(),
                 len(self._unacked),
             )
+        self._ack_clock = time.monotonic() if self._unacked else None
         self.connections += 1
         self._failing_since = None
         self._backoff = BACKOFF_MIN
@@ -606,4 +703,5 @@ class Sender:
                     )
                 )
         self.answered_points += batch.points
+        self._ack_clock = time.monotonic() if self._unacked else None
         self._progress.set()
