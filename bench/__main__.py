@@ -1,9 +1,10 @@
-"""`python -m bench [--quick] [--reps N] [--cases a,b,...] [--no-mlflow]`: run the benchmark,
-print one markdown table and write it to bench/results/latest.md."""
+"""`python -m bench [--quick] [--reps N] [--cases a,b,...] [--no-mlflow] [--no-postgres]`: run
+the benchmark, print one markdown table and write it to bench/results/latest.md."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -13,8 +14,9 @@ import time
 from pathlib import Path
 
 from bench import cases, mlflow_env
-from bench.procs import REPO_ROOT
+from bench.procs import REPO_ROOT, BenchError
 from bench.table import Row, report
+from bench.targets import probe_postgres
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.md"
 
@@ -30,6 +32,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "stall, reads; default all",
     )
     parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow baseline")
+    parser.add_argument(
+        "--no-postgres",
+        action="store_true",
+        help="skip the PostgreSQL targets of shapes a, b, c (1 and 2 replicas)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the table")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     return parser.parse_args(argv)
@@ -63,6 +70,10 @@ def code_version() -> str:
     )
 
 
+def load_text(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     reps = args.reps or (1 if args.quick else 3)
@@ -78,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     code_at_start = code_version()
     work_dir = Path(tempfile.mkdtemp(prefix="stepstream-bench-"))
     started = time.monotonic()
+    load_at_start = os.getloadavg()
     mlflow_server = None
     reason = ""
     version = ""
@@ -91,7 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         except mlflow_env.MlflowUnavailable as exc:
             reason = f"MLflow unavailable: {exc}"
             print(f"bench: {reason}", file=sys.stderr)
-    ctx = cases.Context(reps, args.quick, work_dir, mlflow_server, reason)
+    pg_reason = pg_text = ""
+    if args.no_postgres:
+        pg_reason = "skipped: --no-postgres"
+    elif any(c in chosen for c in cases.PG_SHAPES):
+        try:
+            pg_text = probe_postgres()
+        except BenchError as exc:
+            pg_reason = f"PostgreSQL unavailable: {exc}"
+            print(f"bench: {pg_reason}", file=sys.stderr)
+    ctx = cases.Context(reps, args.quick, work_dir, mlflow_server, reason, pg_reason)
     rows: list[Row] = []
     failed = False
     try:
@@ -109,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     header: list[str] = [
         f"{reps} repetition(s) per case{' (quick mode: tiny shapes)' if args.quick else ''}; "
         "values are medians, ratios compare medians measured in this run; "
-        f"total {time.monotonic() - started:.0f} s",
+        f"total {time.monotonic() - started:.0f} s; load average (1/5/15 min) "
+        f"{load_text(load_at_start)} at the start, {load_text(os.getloadavg())} at the end "
+        "(anything else running on these cores shares them with the benchmark)",
         "",
-        "stepstream: `stepstream serve` with defaults (embedded Redis, SQLite store, "
+        "stepstream (SQLite), and every row that names no store: `stepstream serve` with "
+        "defaults (embedded Redis, SQLite store, "
         "synchronous=FULL), fresh --data-dir per case; no-op sink: bench/noop_sink.py; "
         + (
             f"MLflow {version}: `mlflow server` with a SQLite backend store"
@@ -119,6 +143,20 @@ def main(argv: list[str] | None = None) -> int:
             else f"MLflow: n/a ({reason})"
         ),
     ]
+    if pg_text:
+        header += [
+            "",
+            f"stepstream (PostgreSQL, N replicas), shapes {', '.join(cases.PG_SHAPES)}: N x "
+            "`stepstream serve --store postgresql://… --redis-url redis://…` (own --data-dir "
+            f"and port each) on one fresh database of the local {pg_text} and one private "
+            "redis-server (persistence off), per case; writer process i logs to replica "
+            "i % N, so a one-process shape through 2 replicas loads the first replica only. "
+            "Every target of a shape (SQLite, PostgreSQL x1, x2, no-op) is measured in turn, "
+            "repetition by repetition, all running throughout (the idle ones too), on the same "
+            "cores as the PostgreSQL server itself.",
+        ]
+    elif pg_reason and any(c in chosen for c in cases.PG_SHAPES):
+        header += ["", f"stepstream (PostgreSQL): n/a ({pg_reason})"]
     code_at_end = code_version()
     header.insert(
         0,

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from bench import table
 from bench.mlflow_env import MlflowServer
 from bench.procs import BenchError, Message, bench_env
 from bench.table import Row
-from bench.targets import Target, start_noop_sink, start_stepstream
+from bench.targets import Target, start_noop_sink, start_stepstream, start_stepstream_pg
 
 # Targets from the issue.
 SHAPE_B_MIN_RATE = 2_000_000
@@ -28,6 +28,14 @@ MIN_OVER_MLFLOW = 300
 MAX_P99 = 0.020
 MAX_CPU_PER_POINT = 1e-6
 SHAPE_C_MIN_OF_SINGLE = 0.8
+# PostgreSQL targets (the replicas issue): shape (a) through 1 replica at least half of the
+# SQLite figure; shape (b) through 1 replica at least 1M points/s, durable. Shape (c) through
+# 2 replicas is reported as a ratio to 1 replica, with no target set.
+PG_SHAPE_A_MIN_OF_SQLITE = 0.5
+PG_SHAPE_B_MIN_RATE = 1_000_000
+# The PostgreSQL targets measured beside SQLite in the ingest shapes below (replica counts).
+PG_REPLICAS = (1, 2)
+PG_SHAPES = ("a", "b", "c")
 MAX_READ_WHOLE = 0.3
 MAX_READ_DOWN = 0.030
 
@@ -121,6 +129,8 @@ class Context:
     work_dir: Path
     mlflow: MlflowServer | None
     mlflow_reason: str
+    # "" when the PostgreSQL targets can run; else why not (--no-postgres, unreachable).
+    postgres_reason: str = ""
     # Medians other cases build on: "rate:a" (stepstream points/s of shape a), ...
     measured: dict[str, float] = field(default_factory=dict)
 
@@ -144,6 +154,24 @@ def both_targets(ctx: Context) -> Iterator[tuple[Target, Target]]:
             noop.stop()
     finally:
         stepstream.stop()
+
+
+@contextmanager
+def ingest_targets(ctx: Context, postgres: bool) -> Iterator[list[Target]]:
+    """Every target an ingest shape alternates over, in measuring order: stepstream on SQLite,
+    then (with `postgres`) stepstream on PostgreSQL through each of PG_REPLICAS replicas, then
+    the no-op sink; all stopped afterwards (servers by their PIDs, databases dropped)."""
+    factories: list[Callable[[], Target]] = [lambda: start_stepstream(ctx.work_dir)]
+    if postgres:
+        factories += [functools.partial(start_stepstream_pg, ctx.work_dir, n) for n in PG_REPLICAS]
+    factories.append(lambda: start_noop_sink(ctx.work_dir))
+    with ExitStack() as stack:
+        targets = []
+        for factory in factories:
+            target = factory()
+            stack.callback(target.stop)
+            targets.append(target)
+        yield targets
 
 
 def create_run(address: str, run_id: str) -> None:
