@@ -152,3 +152,32 @@ async def test_an_epoch_raise_redis_refused_is_owed_before_the_next_check(
     again = await submit(a, "w", 2, entries([10, 11, 12]))
     assert isinstance(again, AppendAck) and again.accepted == 3 and not again.rejections
     assert replicas.points() == [1.0, 10.0, 11.0, 12.0]
+
+
+async def test_a_run_judged_before_a_redis_error_is_not_judged_again(
+    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replicas.worker("rA"), replicas.worker("rB")
+    runs = await create(a)
+    await runs.create(CreateRun("p", "", "r2", (), "", {}, "", "", None, False, False))
+    assert (await submit(b, "w", 1, entries([1]))).accepted == 1  # r's floors loaded on B
+    # One group on B: r is judged at once; r2 is new to B and its floors fail to load once.
+    real_load, failed = b.floors.load, []
+
+    async def load_once_failing(*args: Any) -> None:
+        if not failed:
+            failed.append(True)
+            raise RedisConnectionError("connection to Redis reset")
+        await real_load(*args)
+
+    monkeypatch.setattr(b.floors, "load", load_once_failing)
+    w1, _ = await b.open_writer("p", "r", "w")
+    w2, _ = await b.open_writer("p", "r2", "w")
+    f1 = await b.submit(w1, 2, entries([2, 3]), [], None)
+    f2 = await b.submit(w2, 1, entries([5]), [], None)
+    first, second = await f1, await f2
+    assert failed
+    assert isinstance(first, AppendAck) and first.accepted == 2 and not first.rejections
+    assert isinstance(second, AppendAck) and second.accepted == 1
+    assert replicas.points() == [1.0, 2.0, 3.0]
+    assert replicas.points("r2") == [5.0]

@@ -232,19 +232,18 @@ async def chaos(procs: list[ServiceProcess], writers: list[subprocess.Popen[byte
     writers are done (bounded). Returns how many faults were injected."""
     rng = random.Random(7)
     faults = 0
+    loop = asyncio.get_running_loop()
     for _ in range(40):
         if all(w.poll() is not None for w in writers):
             break
         await asyncio.sleep(rng.uniform(0.3, 0.8))
         procs[0].kill9()
-        faults += 1
+        procs[1].pause()
+        faults += 2
+        paused_at = loop.time()
         await asyncio.sleep(0.2)
         await asyncio.to_thread(procs[0].start)
-        if all(w.poll() is not None for w in writers):
-            break
-        procs[1].pause()
-        faults += 1
-        await asyncio.sleep(LEASE * 2.5)
+        await asyncio.sleep(max(0.0, paused_at + LEASE * 2.5 - loop.time()))
         procs[1].resume()
     return faults
 

@@ -255,7 +255,7 @@ class Judge:
                         if r.epoch >= 0 and r_key(r) not in self._owed:
                             self._owed[r_key(r)] = (r.epoch + 1, (r.incarnation_id, r.epoch))
                     raise
-                again = []
+                behind = []
                 for req, answer in zip(requests, replies, strict=True):
                     key = r_key(req)
                     if answer.kind == "ok":
@@ -263,17 +263,15 @@ class Judge:
                         part = parts[key]
                         part.epoch, part.checked = req.epoch, True
                         part.dependencies = answer.dependencies
-                        continue
-                    if answer.kind == "epoch":
-                        await self._adopt(key, answer.epoch)
                     else:
-                        records[key] = await self._load(key, records[key], req.epoch)
-                        parts[key].incarnation_id = records[key].current_incarnation_id
-                        parts[key].epoch = records[key].fence
-                        if records[key].state is not RunState.RUNNING:
-                            continue  # stopped meanwhile: its batches are answered as such
-                    again.append(key)
-                todo = again
+                        behind.append((req, answer))
+                # Judged runs leave `todo` at once: a retry must never check them again (their
+                # floors now hold this very judgment). The others catch up side by side.
+                todo = [r_key(req) for req, _ in behind]
+                caught_up = await asyncio.gather(
+                    *(self._catch_up(req, answer, records, parts) for req, answer in behind)
+                )
+                todo = [key for key, ok in zip(todo, caught_up, strict=True) if ok]
             except REDIS_FAILURES:
                 await asyncio.sleep(0.05 * 2**attempt)
             if not todo:
@@ -289,6 +287,24 @@ class Judge:
                 out[i] = item_floors
         return out
 
+    async def _catch_up(
+        self,
+        req: CheckRequest,
+        answer: CheckAnswer,
+        records: dict[RunKey, RunRecord],
+        parts: dict[RunKey, RunPart],
+    ) -> bool:
+        """Move a run to the epoch in force, or load its floors; False if it stopped meanwhile
+        (its batches are then answered RUN_NOT_ACTIVE)."""
+        key = r_key(req)
+        if answer.kind == "epoch":
+            await self._adopt(key, answer.epoch)
+            return True
+        records[key] = await self._load(key, records[key], req.epoch)
+        parts[key].incarnation_id = records[key].current_incarnation_id
+        parts[key].epoch = records[key].fence
+        return records[key].state is RunState.RUNNING
+
     async def _fresh(self, key: RunKey) -> RunRecord:
         fresh = await self.store.read(lambda s: s.get_run(*key))
         if fresh is None:
@@ -303,17 +319,20 @@ class Judge:
 
     async def _load(self, key: RunKey, record: RunRecord, epoch: int) -> RunRecord:
         """Fence the store at `epoch`, then load the floors from it (docs/replicas.md). Returns
-        the run as it stands behind the fence; the caller re-plans if it changed."""
-        fence = await self.store.write(lambda s: s.raise_fence(*key, epoch))
-        if fence > epoch:
-            await self._adopt(key, await self.floors.raise_epoch(*key, fence))
-        fresh = await self._fresh(key)
-        if (
-            fence > epoch
-            or fresh.current_incarnation_id != record.current_incarnation_id
-            or fresh.state is not RunState.RUNNING
-        ):
-            return fresh
+        the run as it stands behind the fence; the caller re-plans if it changed. A record
+        read when the fence already stood at `epoch` or above needs neither: fences only grow."""
+        fresh = record
+        if record.fence < epoch:
+            fence = await self.store.write(lambda s: s.raise_fence(*key, epoch))
+            if fence > epoch:
+                await self._adopt(key, await self.floors.raise_epoch(*key, fence))
+            fresh = await self._fresh(key)
+            if (
+                fence > epoch
+                or fresh.current_incarnation_id != record.current_incarnation_id
+                or fresh.state is not RunState.RUNNING
+            ):
+                return fresh
         incarnation = fresh.current_incarnation_id
 
         def read(s: Any) -> dict[str, tuple[float, str]]:

@@ -121,6 +121,8 @@ class RunManager:
                 now=time.time(),
             )
         )
+        # Its first epoch is its fence: the first write needs no store round trip to begin.
+        await self.worker.judge.run_changed(record)
         return record, fallback, False
 
     async def _fork_parent(
