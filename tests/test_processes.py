@@ -177,22 +177,3 @@ def test_serve_with_embedded_redis_drains_and_stops_its_redis(tmp_path: Path) ->
         assert stepstream.read_series("r", "m", address=svc2.address).values == [1.0]
     finally:
         svc2.terminate()
-
-
-def test_kill_9_of_the_service_leaves_no_redis_server(tmp_path: Path) -> None:
-    """The embedded redis-server dies with its service, however the service dies."""
-    import time
-
-    svc = ServiceProcess(tmp_path / "data", None, free_port())
-    for _ in range(3):
-        svc.start()
-        (redis_pid,) = svc.children()
-        svc.kill9()
-        for _ in range(200):
-            stat = Path(f"/proc/{redis_pid}/stat")
-            if not stat.exists() or stat.read_text().split()[2] == "Z":
-                break
-            time.sleep(0.05)
-        assert not Path(f"/proc/{redis_pid}").exists() or (
-            Path(f"/proc/{redis_pid}/stat").read_text().split()[2] == "Z"
-        ), f"redis-server {redis_pid} outlived its service"

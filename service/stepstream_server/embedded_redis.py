@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,16 +19,6 @@ from pathlib import Path
 import redis
 
 log = logging.getLogger(__name__)
-
-
-def _die_with_parent() -> None:
-    """In the forked child: the kernel sends SIGTERM when the thread that started it dies, so
-    the redis-server never outlives its service, kill -9 included (Linux prctl)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def redis_server_binary() -> str:
@@ -75,7 +63,7 @@ class EmbeddedRedis:
         ]
         if not self.port:  # no TCP at all: a socket only this user can reach
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
