@@ -176,7 +176,7 @@ class Judge:
         try:
             floors = await self._check(group, by_run, records, parts, token)
         except BaseException:
-            await self._abandon(parts.values())
+            await self.abandon(list(parts.values()))
             raise
         chunks: dict[RunKey, Chunks] = {}
         for key, part in parts.items():
@@ -197,7 +197,7 @@ class Judge:
         loose = [i for i in outcomes if i not in stored]
         return Judgment(token, list(parts.values()), outcomes, loose)
 
-    async def _abandon(self, parts: Sequence[RunPart] | Any) -> None:
+    async def abandon(self, parts: Sequence[RunPart]) -> None:
         """Floors moved under a judgment that will not commit: move past their epoch."""
         for part in parts:
             if part.checked:
@@ -206,9 +206,6 @@ class Judge:
                     await self.moved(
                         part.project, part.run_id, part.epoch + 1, (part.incarnation_id, part.epoch)
                     )
-
-    async def abandon(self, parts: Sequence[RunPart]) -> None:
-        await self._abandon(parts)
 
     async def _check(
         self,
