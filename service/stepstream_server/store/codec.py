@@ -3,6 +3,7 @@ become floors and points. The engines differ only in the SQL around these."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -151,3 +152,36 @@ def incarnation_from_row(row: Sequence[Any]) -> Incarnation:
         created_at=created,
         archived=bool(archived),
     )
+
+
+def run_changes(
+    placeholder: str,
+    *,
+    now: float,
+    state: int | None,
+    tags: Sequence[str] | None,
+    config: dict[str, Any] | None,
+    description: str | None,
+    failure_reason: str | None,
+    values: dict[str, Any] | None,
+    encode_text: Callable[[str], Any] = lambda text: text,
+) -> tuple[str, list[Any]]:
+    """`Store.update_run`'s SET clause and its arguments, for either engine: `placeholder` is
+    its parameter marker, `encode_text` how it stores free text. A state change also raises
+    the fence (ingest must see it: docs/replicas.md)."""
+    sets = [f"updated_at = {placeholder}"]
+    args: list[Any] = [now]
+    if state is not None:
+        sets.append(f"state = {placeholder}, fence = fence + 1")
+        args.append(state)
+    for column, value in (
+        ("tags", None if tags is None else json.dumps(sorted(set(tags)))),
+        ("config", None if config is None else json.dumps(config)),
+        ("description", None if description is None else encode_text(description)),
+        ("failure_reason", None if failure_reason is None else encode_text(failure_reason)),
+        ("vals", None if values is None else json.dumps(values)),
+    ):
+        if value is not None:
+            sets.append(f"{column} = {placeholder}")
+            args.append(value)
+    return ", ".join(sets), args

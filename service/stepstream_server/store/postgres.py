@@ -30,6 +30,7 @@ from .codec import (
     incarnation_from_row,
     own_generation,
     points_of,
+    run_changes,
     view_segments,
 )
 from .schema import SchemaTooNew
@@ -348,24 +349,21 @@ class PostgresStore:
         failure_reason: str | None = None,
         values: dict[str, Any] | None = None,
     ) -> RunRecord:
-        sets = ["updated_at = %s"]
-        args: list[Any] = [now]
-        if state is not None:
-            sets.append("state = %s, fence = fence + 1")
-            args.append(int(state))
-        for column, value in (
-            ("tags", None if tags is None else sorted(set(tags))),
-            ("config", config),
-            ("description", description),
-            ("failure_reason", failure_reason),
-            ("vals", values),
-        ):
-            if value is not None:
-                sets.append(f"{column} = %s")
-                args.append(json.dumps(value))
+        # Free text as JSON: PostgreSQL text cannot hold NUL.
+        sets, args = run_changes(
+            "%s",
+            now=now,
+            state=None if state is None else int(state),
+            tags=tags,
+            config=config,
+            description=description,
+            failure_reason=failure_reason,
+            values=values,
+            encode_text=json.dumps,
+        )
         with self._write() as cur:
             cur.execute(
-                f"UPDATE runs SET {', '.join(sets)} WHERE project = %s AND run_id = %s",
+                f"UPDATE runs SET {sets} WHERE project = %s AND run_id = %s",
                 (*args, project, run_id),
             )
             if cur.rowcount == 0:

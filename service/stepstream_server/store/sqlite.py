@@ -35,6 +35,7 @@ from .codec import (
     incarnation_from_row,
     own_generation,
     points_of,
+    run_changes,
     view_segments,
 )
 from .schema import SchemaTooNew
@@ -361,29 +362,19 @@ class SqliteStore:
         failure_reason: str | None = None,
         values: dict[str, Any] | None = None,
     ) -> RunRecord:
-        sets = ["updated_at = ?"]
-        args: list[Any] = [now]
-        if state is not None:
-            sets.append("state = ?, fence = fence + 1")
-            args.append(int(state))
-        if tags is not None:
-            sets.append("tags = ?")
-            args.append(json.dumps(sorted(set(tags))))
-        if config is not None:
-            sets.append("config = ?")
-            args.append(json.dumps(config))
-        if description is not None:
-            sets.append("description = ?")
-            args.append(description)
-        if failure_reason is not None:
-            sets.append("failure_reason = ?")
-            args.append(failure_reason)
-        if values is not None:
-            sets.append("vals = ?")
-            args.append(json.dumps(values))
+        sets, args = run_changes(
+            "?",
+            now=now,
+            state=None if state is None else int(state),
+            tags=tags,
+            config=config,
+            description=description,
+            failure_reason=failure_reason,
+            values=values,
+        )
         conn = self._conn()
         cur = conn.execute(
-            f"UPDATE runs SET {', '.join(sets)} WHERE project = ? AND run_id = ?",
+            f"UPDATE runs SET {sets} WHERE project = ? AND run_id = ?",
             (*args, project, run_id),
         )
         if cur.rowcount == 0:
