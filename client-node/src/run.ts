@@ -27,8 +27,13 @@ import { Sender, type Rejection, type SenderStats } from "./sender.js";
 
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
 
+/** The address to use when none is given: $STEPSTREAM_ADDRESS, else 127.0.0.1:50051. */
+function defaultAddress(): string {
+  return process.env.STEPSTREAM_ADDRESS || DEFAULT_ADDRESS;
+}
+
 export interface ConnectOptions {
-  /** host:port of the service (default 127.0.0.1:50051). */
+  /** host:port of the service (default $STEPSTREAM_ADDRESS, else 127.0.0.1:50051). */
   address?: string;
   /** Project; default "default". */
   project?: string;
@@ -176,7 +181,7 @@ export class Run extends EventEmitter<RunEvents> {
     if (fork && fork.runId === runId) {
       throw invalidArgument(`forkFrom names the run itself (${runId}); to rewind it use resumeFrom`);
     }
-    const client = new RunClient(options.address ?? DEFAULT_ADDRESS, { timeoutMs: options.timeoutMs });
+    const client = new RunClient(options.address ?? defaultAddress(), { timeoutMs: options.timeoutMs });
     try {
       const response = await client.call("createRun", {
         project,
@@ -208,7 +213,7 @@ export class Run extends EventEmitter<RunEvents> {
   /** Attaches to an existing run (RUN_NOT_FOUND when there is none) and opens its stream. */
   static async attach(runId: string, options: ConnectOptions = {}): Promise<Run> {
     checkId(runId, "runId");
-    const client = new RunClient(options.address ?? DEFAULT_ADDRESS, { timeoutMs: options.timeoutMs });
+    const client = new RunClient(options.address ?? defaultAddress(), { timeoutMs: options.timeoutMs });
     try {
       const response = await client.call("getRun", { project: options.project ?? "", runId });
       const run = new Run(client, runInfo(response.run!), options);
@@ -223,7 +228,7 @@ export class Run extends EventEmitter<RunEvents> {
   /** Rewinds an existing run to a step ("<run_id>?_step=<N>", W&B resume_from) and attaches. */
   static async rewind(moment: RunMoment, options: ConnectOptions & { config?: JsonObject } = {}): Promise<Run> {
     const { runId, step } = parseRunMoment(moment, "resumeFrom");
-    const client = new RunClient(options.address ?? DEFAULT_ADDRESS, { timeoutMs: options.timeoutMs });
+    const client = new RunClient(options.address ?? defaultAddress(), { timeoutMs: options.timeoutMs });
     try {
       const response = await client.call("rewindRun", {
         project: options.project ?? "",
