@@ -181,8 +181,7 @@ export class Run extends EventEmitter<RunEvents> {
     if (fork && fork.runId === runId) {
       throw invalidArgument(`forkFrom names the run itself (${runId}); to rewind it use resumeFrom`);
     }
-    const client = new RunClient(options.address ?? defaultAddress(), { timeoutMs: options.timeoutMs });
-    try {
+    return Run.open(options, async (client) => {
       const response = await client.call("createRun", {
         project,
         runId,
@@ -195,14 +194,8 @@ export class Run extends EventEmitter<RunEvents> {
         inheritConfigs: options.inheritConfigs ?? false,
         getIfExists: options.getIfExists ?? false,
       });
-      const run = new Run(client, runInfo(response.run!), options);
-      run.parentFallback = response.parentFallback;
-      await run.sender.start();
-      return run;
-    } catch (err) {
-      client.close();
-      throw err;
-    }
+      return { run: response.run!, parentFallback: response.parentFallback };
+    });
   }
 
   /** Forks `parent` ("<run_id>?_step=<N>" or {runId, step}) into a new run. */
@@ -213,30 +206,27 @@ export class Run extends EventEmitter<RunEvents> {
   /** Attaches to an existing run (RUN_NOT_FOUND when there is none) and opens its stream. */
   static async attach(runId: string, options: ConnectOptions = {}): Promise<Run> {
     checkId(runId, "runId");
-    const client = new RunClient(options.address ?? defaultAddress(), { timeoutMs: options.timeoutMs });
-    try {
-      const response = await client.call("getRun", { project: options.project ?? "", runId });
-      const run = new Run(client, runInfo(response.run!), options);
-      await run.sender.start();
-      return run;
-    } catch (err) {
-      client.close();
-      throw err;
-    }
+    return Run.open(options, (client) => client.call("getRun", { project: options.project ?? "", runId }));
   }
 
   /** Rewinds an existing run to a step ("<run_id>?_step=<N>", W&B resume_from) and attaches. */
   static async rewind(moment: RunMoment, options: ConnectOptions & { config?: JsonObject } = {}): Promise<Run> {
     const { runId, step } = parseRunMoment(moment, "resumeFrom");
+    return Run.open(options, (client) =>
+      client.call("rewindRun", { project: options.project ?? "", runId, step, config: options.config ?? {} }),
+    );
+  }
+
+  /** A channel, the RPC that names the run, then its stream; the channel closes on failure. */
+  private static async open(
+    options: ConnectOptions,
+    fetch: (client: RunClient) => Promise<{ run?: RunProto; parentFallback?: boolean }>,
+  ): Promise<Run> {
     const client = new RunClient(options.address ?? defaultAddress(), { timeoutMs: options.timeoutMs });
     try {
-      const response = await client.call("rewindRun", {
-        project: options.project ?? "",
-        runId,
-        step,
-        config: options.config ?? {},
-      });
+      const response = await fetch(client);
       const run = new Run(client, runInfo(response.run!), options);
+      run.parentFallback = response.parentFallback ?? false;
       await run.sender.start();
       return run;
     } catch (err) {
