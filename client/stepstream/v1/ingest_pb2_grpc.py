@@ -101,10 +101,12 @@ class IngestServiceServicer:
         INVALID_RUN_ID (field, value),
         INVALID_WRITER_ID (field, value): a bad `open`.
         NOT_FOUND         RUN_NOT_FOUND (project, run_id): `open` names no run.
-        UNAVAILABLE       COMMIT_FAILED: the store could not commit a batch
-        (or refused it too often); nothing of the unanswered
-        batches is applied. Reconnect and re-send them.
-        FLOORS_UNAVAILABLE: Redis could not be reached.
+        UNAVAILABLE       COMMIT_FAILED: a batch could not be judged or
+        committed (the store or Redis unreachable, or the
+        batch refused too often); the message says why.
+        Unanswered batches may or may not have been
+        applied: reconnect and re-send them unchanged (same
+        writer_id and sequence), which applies each once.
         INTERNAL          INTERNAL: the stream failed; reconnect and re-send.
         A failed `open` ends the RPC; a failed batch does not (see
         AppendPointsResponse.error).
