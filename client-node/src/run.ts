@@ -321,6 +321,7 @@ export class Run extends EventEmitter<RunEvents> {
     this.closed = true;
     try {
       await this.sender.close();
+      if (this.sender.fatal) throw this.sender.fatal;
       if (options.finish ?? true) {
         this.update(await this.client.call("finishRun", { project: this.project, runId: this.runId }));
       }

@@ -316,4 +316,23 @@ describe("exactly once", () => {
     assert.equal(run.stats.acceptedPoints + run.stats.duplicatePoints, 2 * steps);
     await run.close();
   });
+
+  test("a service that stays away fails the run after reconnectTimeoutMs, with the cause", async () => {
+    const run = await Run.create({ address: service.address, runId: "gone", reconnectTimeoutMs: 300 });
+    await service.kill9();
+    try {
+      run.log({ a: 1 }, 1);
+      const err = await run.flush().then(
+        () => assert.fail("flush should fail"),
+        (e) => e,
+      );
+      assert.ok(err instanceof StepstreamError);
+      assert.equal(err.code, status.UNAVAILABLE);
+      assert.ok(err.retryable);
+      assert.throws(() => run.log({ a: 2 }, 2), (e) => e === err);
+      await assert.rejects(run.close(), (e) => e === err);
+    } finally {
+      await service.up();
+    }
+  });
 });
