@@ -47,6 +47,8 @@ export interface ConnectOptions {
   lingerMs?: number;
   /** How long to keep reconnecting before failing (default 120 s). */
   reconnectTimeoutMs?: number;
+  /** Reopen the stream when sent batches wait this long for an answer (default 30 s). */
+  ackTimeoutMs?: number;
   /** Deadline of unary calls (default 30 s). */
   timeoutMs?: number;
 }
@@ -153,6 +155,7 @@ export class Run extends EventEmitter<RunEvents> {
       maxInflight: MAX_INFLIGHT_PER_STREAM,
       lingerMs: options.lingerMs ?? 50,
       reconnectTimeoutMs: options.reconnectTimeoutMs ?? 120_000,
+      ackTimeoutMs: options.ackTimeoutMs ?? 30_000,
       onRejection: (r) => {
         this.errors.push(r);
         this.emit("rejection", r);

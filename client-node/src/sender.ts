@@ -51,6 +51,8 @@ export interface SenderOptions {
   maxInflight: number;
   lingerMs: number;
   reconnectTimeoutMs: number;
+  /** Sent batches waiting this long for their next answer: the stream is reopened. */
+  ackTimeoutMs: number;
   onRejection: (r: Rejection) => void;
   onBatchError: (e: StepstreamError) => void;
   onReconnect: (attempt: number, cause: StepstreamError) => void;
@@ -90,6 +92,7 @@ export class Sender {
   private inflight = 0;
   private linger: NodeJS.Timeout | undefined;
   private reconnect: NodeJS.Timeout | undefined;
+  private ackClock: NodeJS.Timeout | undefined;
   private failingSince: number | undefined;
   private backoff = BACKOFF_MIN_MS;
   private attempts = 0;
@@ -165,6 +168,7 @@ export class Sender {
   }
 
   private stop(): void {
+    this.stopAckClock();
     clearTimeout(this.linger);
     clearTimeout(this.reconnect);
     const call = this.call;
@@ -196,6 +200,34 @@ export class Sender {
       this.writtenUpTo = batch.sequence;
       this.inflight++;
     }
+    if (this.inflight > 0 && this.ackClock === undefined) this.armAckClock();
+  }
+
+  /** A stalled service (SIGSTOP, a hung replica) may keep its connection up: when sent
+   * batches wait ackTimeoutMs for their next answer, reopen the stream and re-send them. */
+  private armAckClock(): void {
+    const call = this.call;
+    this.ackClock = setTimeout(() => {
+      this.ackClock = undefined;
+      if (call === undefined || this.call !== call || (this.open && this.inflight === 0)) return;
+      const seconds = this.options.ackTimeoutMs / 1000;
+      this.streamFailed(
+        call,
+        new StepstreamError({
+          code: grpc.status.UNAVAILABLE,
+          reason: "ACK_TIMEOUT",
+          message: this.open
+            ? `no answer for ${seconds} s with ${this.inflight} batch(es) sent; reconnecting`
+            : `no answer to open for ${seconds} s; reconnecting`,
+          metadata: { seconds: String(seconds), inflight: String(this.inflight) },
+        }),
+      );
+    }, this.options.ackTimeoutMs);
+  }
+
+  private stopAckClock(): void {
+    clearTimeout(this.ackClock);
+    this.ackClock = undefined;
   }
 
   private connect(): void {
@@ -230,6 +262,8 @@ export class Sender {
       ),
     );
     call.write(this.openBytes);
+    this.stopAckClock();
+    this.armAckClock(); // for the answer to `open`
   }
 
   private onOpened(response: AppendPointsResponse): void {
@@ -264,6 +298,7 @@ export class Sender {
     }
     if (opened.incarnationId) this.incarnationId = opened.incarnationId;
     this.open = true;
+    this.stopAckClock();
     this.stats.connections++;
     this.failingSince = undefined;
     this.backoff = BACKOFF_MIN_MS;
@@ -285,6 +320,7 @@ export class Sender {
     this.unacked.delete(sequence);
     this.unackedPoints -= batch.points;
     this.inflight--;
+    this.stopAckClock(); // pump() re-arms it while batches are still out
     this.lastAnswered = Math.max(this.lastAnswered, sequence);
     this.stats.batches++;
     const result = response.result;
@@ -342,8 +378,10 @@ export class Sender {
     if (this.call !== call || this.closing) return;
     this.call = undefined;
     this.open = false;
+    this.stopAckClock();
     call.removeAllListeners();
     call.on("error", () => {});
+    call.cancel();
     const now = Date.now();
     this.failingSince ??= now;
     const first = this.openWaiter !== undefined && this.stats.connections === 0;

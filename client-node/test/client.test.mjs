@@ -335,4 +335,23 @@ describe("exactly once", () => {
       await service.up();
     }
   });
+
+  test("a stalled service (SIGSTOP) is left after ackTimeoutMs; nothing is lost or doubled", async () => {
+    const run = await Run.create({ address: service.address, runId: "stalled", ackTimeoutMs: 300, lingerMs: 5 });
+    const causes = [];
+    run.on("reconnect", (_, cause) => causes.push(cause.reason));
+    run.log({ a: 0 }, 0);
+    await run.flush();
+    service.pause();
+    try {
+      for (const step of range(1, 200)) run.log({ a: step }, step);
+      while (!causes.includes("ACK_TIMEOUT")) await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      service.resume();
+    }
+    await run.flush();
+    const a = (await run.readSeries(["a"])).get("a");
+    assert.deepEqual([...a.steps], range(0, 200));
+    await run.close();
+  });
 });

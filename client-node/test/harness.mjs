@@ -76,7 +76,16 @@ export class Service {
     await exited(this.proc);
   }
 
+  pause() {
+    this.proc.kill("SIGSTOP");
+  }
+
+  resume() {
+    this.proc.kill("SIGCONT");
+  }
+
   async stop() {
+    this.proc?.kill("SIGCONT"); // a stopped process cannot act on SIGTERM
     if (this.proc && this.proc.exitCode === null) {
       this.proc.kill("SIGTERM");
       await exited(this.proc);
