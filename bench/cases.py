@@ -222,12 +222,14 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     which offer half of the throughput those measured)."""
     from bench.case_ingest import ingest
     from bench.case_latency import latency
+    from bench.case_node import node_ingest
     from bench.case_reads import reads
     from bench.case_trainer import cost, stall
 
     cases: dict[str, Callable[[Context], list[Row]]] = {}
     for key, shape in shapes.items():
         cases[key] = functools.partial(ingest, shape=shape)
+    cases["node"] = functools.partial(node_ingest, shape=shapes["b"])
     cases["latency"] = lambda ctx: latency(ctx, "a") + latency(ctx, "b")
     cases["cost"] = cost
     cases["stall"] = stall

@@ -10,7 +10,7 @@ import shutil
 import sys
 import sysconfig
 
-NEEDED = ["google/rpc/status.proto"]
+NEEDED = ["google/rpc/status.proto", "google/rpc/error_details.proto"]
 
 if __name__ == "__main__":
     out = pathlib.Path(sys.argv[1])

@@ -58,7 +58,7 @@ def test_empty_containers_keep_their_kind() -> None:
     ("config", "message"),
     [
         ("lr=1", "config must be a dict, got str"),
-        ({"": 1}, "config key must not be empty"),
+        ({"": 1}, "config key '' is empty"),
         ({"a\x00": 1}, "config key 'a\\x00' contains a NUL character"),
         ({3: 1}, "config key must be a str, got int: 3"),
         (

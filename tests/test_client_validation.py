@@ -47,7 +47,7 @@ def _raises(message: str) -> Any:
         ({"fork_run_id": "parent", "fork_step": math.nan}, "fork_step must be finite, got nan"),
         (
             {"fork_run_id": "a b", "fork_step": 1},
-            "fork_run_id 'a b' must be 1-128 characters of [A-Za-z0-9._:-]",
+            "fork_run_id 'a b' must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit",
         ),
         ({"resume": True}, "resume=True needs the run_id of the run to attach to"),
         (
@@ -61,7 +61,7 @@ def _raises(message: str) -> Any:
         ),
         (
             {"fork_incarnation_id": "inc 1", "fork_step": 1},
-            "fork_incarnation_id 'inc 1' must be 1-128 characters of [A-Za-z0-9._:-]",
+            "fork_incarnation_id 'inc 1' must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit",
         ),
         (
             {"fork_incarnation_id": "inc-1", "fork_step": math.inf},
@@ -75,16 +75,19 @@ def _raises(message: str) -> Any:
             {"config": {"sys/description": 3}},
             "config['sys/description'] sets the description and must be a str, got int",
         ),
-        ({"writer_id": ""}, "writer_id '' must be 1-128 characters of [A-Za-z0-9._:-]"),
+        (
+            {"writer_id": ""},
+            "writer_id '' must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit",
+        ),
         ({"config": [("lr", 1)]}, "config must be a dict, got list"),
         (
             {"config": {"lr": {1e-3, 1e-4}}},
             "config['lr'] has unsupported type set; use None, bool, int, float, str, list, tuple "
             "or dict",
         ),
-        ({"config": {"": 1}}, "config key must not be empty"),
+        ({"config": {"": 1}}, "config key '' is empty"),
         ({"tags": 3}, "tags must be a str or an iterable of str, got int"),
-        ({"tags": ["ok", ""]}, "tag in tags must not be empty"),
+        ({"tags": ["ok", ""]}, "tag in tags '' is empty"),
         ({"description": 3}, "description must be a str, got int"),
         ({"max_queued_points": 0}, "max_queued_points must be a positive int, got 0"),
         (
@@ -103,7 +106,9 @@ def test_run_rejects_bad_arguments_before_any_rpc(kwargs: dict[str, Any], messag
 
 
 def test_run_id_is_checked() -> None:
-    with _raises("run_id 'has/slash' must be 1-128 characters of [A-Za-z0-9._:-]"):
+    with _raises(
+        "run_id 'has/slash' must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit"
+    ):
         stepstream.Run("has/slash")
     with _raises("run_id must be a str, got int: 5"):
         stepstream.Run(5)  # type: ignore[arg-type]
@@ -135,10 +140,10 @@ def test_default_address_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("", "series name must not be empty"),
+        ("", "series name '' is empty"),
         ("a\x00b", "series name 'a\\x00b' contains a NUL character"),
-        ("x" * 1025, "series name '" + "x" * 59 + "…' is 1025 bytes in UTF-8; the limit is 1024"),
-        ("é" * 513, "series name '" + "é" * 59 + "…' is 1026 bytes in UTF-8; the limit is 1024"),
+        ("x" * 1025, "series name '" + "x" * 59 + "…' is 1025 bytes long; the limit is 1024"),
+        ("é" * 513, "series name '" + "é" * 59 + "…' is 1026 bytes long; the limit is 1024"),
         ("bad\ud800", "series name 'bad\\ud800' is not valid UTF-8 (surrogates not allowed)"),
         (7, "series name must be a str, got int: 7"),
     ],

@@ -601,7 +601,10 @@ EXPECTED = "'<run_id>?_step=<N>' (e.g. 'my-run?_step=200')"
         ("run1", "there is no '?_step=<N>' after the run ID"),
         ("run1_step=200", "there is no '?_step=<N>' after the run ID"),
         ("?_step=200", "the run ID before '?' is empty"),
-        ("run 1?_step=200", "the run ID 'run 1' must be 1-128 characters of [A-Za-z0-9._:-]"),
+        (
+            "run 1?_step=200",
+            "the run ID 'run 1' must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit",
+        ),
         ("run1?", "nothing follows '?'"),
         ("run1?step=200", "the key must be _step, got 'step'"),
         ("run1?_STEP=200", "the key must be _step, got '_STEP'"),

@@ -47,11 +47,11 @@ from ._validate import (
     check_tags,
     parse_run_moment,
 )
+from .rules import DESCRIPTION_KEY
+from .rules import MAX_BATCH_POINTS as SERVER_MAX_BATCH_POINTS
 
 logger = logging.getLogger("stepstream")
 
-SERVER_MAX_BATCH_POINTS = 100_000
-DESCRIPTION_KEY = "sys/description"
 MAX_KEPT_ERRORS = 1000
 # Without on_error, this many errors per (reason, series) are logged; the rest only counted.
 LOGGED_ERRORS_PER_KIND = 10

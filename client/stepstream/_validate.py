@@ -8,9 +8,7 @@ import re
 from typing import Any
 
 from ._exceptions import InvalidArgumentError
-
-MAX_NAME_BYTES = 1024
-_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+from .rules import ID_RULE, id_problem, name_problem
 
 
 def _shorten(text: str, limit: int = 60) -> str:
@@ -18,37 +16,25 @@ def _shorten(text: str, limit: int = 60) -> str:
 
 
 def check_name(name: object, what: str) -> str:
-    """Check a series or attribute name: str, 1-1024 UTF-8 bytes, no NUL.
+    """Check a series or attribute name (`stepstream.rules.name_problem`).
 
     `what` names the field in the message, e.g. "series name" or "config key".
     """
     if not isinstance(name, str):
         raise InvalidArgumentError(f"{what} must be a str, got {type(name).__name__}: {name!r}")
-    if not name:
-        raise InvalidArgumentError(f"{what} must not be empty")
-    if "\x00" in name:
-        raise InvalidArgumentError(f"{what} {_shorten(name)!r} contains a NUL character")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidArgumentError(
-            f"{what} {_shorten(name)!r} is not valid UTF-8 ({exc.reason})"
-        ) from None
-    if size > MAX_NAME_BYTES:
-        raise InvalidArgumentError(
-            f"{what} {_shorten(name)!r} is {size} bytes in UTF-8; the limit is {MAX_NAME_BYTES}"
-        )
+    problem = name_problem(name)
+    if problem is not None:
+        raise InvalidArgumentError(f"{what} {_shorten(name)!r} {problem}")
     return name
 
 
 def check_id(value: object, what: str) -> str:
-    """Check a run or writer ID: 1-128 characters of [A-Za-z0-9._:-]."""
+    """Check a project, run or writer ID (`stepstream.rules.id_problem`)."""
     if not isinstance(value, str):
         raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}: {value!r}")
-    if not _ID_RE.fullmatch(value):
-        raise InvalidArgumentError(
-            f"{what} {_shorten(value)!r} must be 1-128 characters of [A-Za-z0-9._:-]"
-        )
+    problem = id_problem(value)
+    if problem is not None:
+        raise InvalidArgumentError(f"{what} {_shorten(value)!r} {problem}")
     return value
 
 
@@ -127,8 +113,8 @@ def parse_run_moment(value: object, what: str) -> tuple[str, float]:
         raise bad("there is no '?_step=<N>' after the run ID")
     if not run_id:
         raise bad("the run ID before '?' is empty")
-    if not _ID_RE.fullmatch(run_id):
-        raise bad(f"the run ID {_shorten(run_id)!r} must be 1-128 characters of [A-Za-z0-9._:-]")
+    if id_problem(run_id) is not None:
+        raise bad(f"the run ID {_shorten(run_id)!r} must be {ID_RULE}")
     if not query:
         raise bad("nothing follows '?'")
     pairs = query.split("&")

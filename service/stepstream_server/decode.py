@@ -11,12 +11,11 @@ from collections.abc import Sequence
 
 import grpc
 import numpy as np
+from stepstream.rules import MAX_BATCH_POINTS, name_problem
 from stepstream.v1 import ingest_pb2
 
 from .model import BatchFailure, Floats, Rejection, SeriesEntry
-from .validation import name_problem
 
-MAX_BATCH_POINTS = 100_000
 # Names already seen valid; bounded so that a writer inventing names cannot grow it forever.
 _KNOWN_NAMES_LIMIT = 100_000
 

@@ -83,6 +83,10 @@ class WorkerLimits:
     max_attempts: int = 16
 
 
+# The one batch error the worker answers before the batch's turn (it does not use up a sequence).
+SEQUENCE_GAP = "SEQUENCE_GAP"
+
+
 class StoreFailed(Exception):
     """A group could not be committed; its streams must reconnect and re-send."""
 
@@ -178,7 +182,7 @@ class IngestWorker:
             done.set_result(
                 BatchFailure(
                     grpc.StatusCode.FAILED_PRECONDITION.name,
-                    "SEQUENCE_GAP",
+                    SEQUENCE_GAP,
                     f"batch sequence {sequence} skips ahead: the next expected sequence for writer"
                     f" {writer.writer_id!r} is {writer.next_expected}",
                     {"expected": str(writer.next_expected), "received": str(sequence)},

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from stepstream.rules import MIN_DOWNSAMPLE, POINTS_PER_MESSAGE
 
 from . import errors
 from .model import Floats, Segment, SeriesPoints, SeriesSummary
@@ -14,7 +15,6 @@ from .store import AsyncStore, Store
 from .validation import project_of, run_id_of
 
 # Points per streamed message: keeps every message far below gRPC's size limits.
-POINTS_PER_MESSAGE = 65_536
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,6 @@ class Reader:
         return await self.store.read(
             lambda s: _read_all(s, segments, wanted, step_min, step_max, max_points, generation)
         )
-
-
-# Downsampling keeps up to 5 points per bucket (first, last, min, max, first NaN).
-MIN_DOWNSAMPLE = 5
 
 
 def _read_all(

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stepstream.rules import DESCRIPTION_KEY
+
 from . import errors
 from .ingest import IngestWorker
 from .model import Incarnation, Origin, RunRecord, RunState
 from .store import AsyncStore
 from .validation import check_name, experiment_of, project_of, run_id_of
-
-DESCRIPTION_KEY = "sys/description"
 
 
 def new_incarnation_id() -> str:

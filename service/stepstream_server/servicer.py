@@ -14,11 +14,12 @@ import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from stepstream.rules import MAX_INFLIGHT_PER_STREAM
 from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
 
 from . import errors, web
 from .decode import Decoder
-from .ingest import IngestWorker, StoreFailed, Writer
+from .ingest import SEQUENCE_GAP, IngestWorker, StoreFailed, Writer
 from .model import (
     BatchFailure,
     Incarnation,
@@ -32,8 +33,6 @@ from .validation import check_id, project_of, run_id_of
 
 log = logging.getLogger(__name__)
 
-# Responses a stream may owe before it stops reading requests (gRPC flow control does the rest).
-MAX_INFLIGHT_PER_STREAM = 64
 SERVICE_NAME = "stepstream.v1.IngestService"
 
 
@@ -75,17 +74,22 @@ def lenient_request(data: bytes) -> ingest_pb2.AppendPointsRequest | Malformed:
         return Malformed(str(exc))
 
 
-def failure_response(sequence: int, failure: BatchFailure) -> ingest_pb2.AppendPointsResponse:
+def failure_response(
+    sequence: int, failure: BatchFailure, *, used: bool
+) -> ingest_pb2.AppendPointsResponse:
+    """A batch error; `used` says whether it used up its sequence number (ingest.proto's rule:
+    an error answered at the batch's turn does, one answered before it does not)."""
     code = grpc.StatusCode[failure.code]
+    meta = {"sequence_used": "true" if used else "false", **failure.metadata}
     return ingest_pb2.AppendPointsResponse(
-        sequence=sequence,
-        error=status_proto(code, failure.reason, failure.message, failure.metadata),
+        sequence=sequence, error=status_proto(code, failure.reason, failure.message, meta)
     )
 
 
 def outcome_response(sequence: int, outcome: Outcome) -> ingest_pb2.AppendPointsResponse:
     if isinstance(outcome, BatchFailure):
-        return failure_response(sequence, outcome)
+        # The worker answers every batch at its turn, except a batch that skips ahead.
+        return failure_response(sequence, outcome, used=outcome.reason != SEQUENCE_GAP)
     return ingest_pb2.AppendPointsResponse(
         sequence=sequence,
         appended=ingest_pb2.AppendResult(
@@ -250,7 +254,7 @@ class _Stream:
 
 
 def _refused(sequence: int, err: errors.ServiceError) -> Awaitable[Answer]:
-    return _ready(failure_response(sequence, _failure(err)))
+    return _ready(failure_response(sequence, _failure(err), used=False))
 
 
 def _failure(err: errors.ServiceError) -> BatchFailure:

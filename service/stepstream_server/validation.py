@@ -1,27 +1,11 @@
-"""Name rules shared by every entry point (SPEC §1)."""
+"""Name rules shared by every entry point (SPEC §1); the rules themselves are
+`stepstream.rules`, shared with the client."""
 
 from __future__ import annotations
 
-import re
+from stepstream.rules import DEFAULT_PROJECT, id_problem, name_problem
 
 from .errors import ServiceError, invalid
-
-MAX_NAME_BYTES = 1024
-DEFAULT_PROJECT = "default"
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-ID_RULE = "1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit"
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` is not a valid series or attribute name, or None when it is."""
-    size = len(name.encode("utf-8", "surrogatepass"))
-    if size == 0:
-        return "is empty"
-    if size > MAX_NAME_BYTES:
-        return f"is {size} bytes long; the limit is {MAX_NAME_BYTES}"
-    if "\x00" in name:
-        return "contains a NUL character"
-    return None
 
 
 def check_name(field: str, name: str) -> str:
@@ -32,10 +16,9 @@ def check_name(field: str, name: str) -> str:
 
 
 def check_id(field: str, value: str, reason: str) -> str:
-    if not _ID.fullmatch(value):
-        raise invalid(
-            reason, f"{field} {value[:140]!r} must be {ID_RULE}", field=field, value=value[:140]
-        )
+    problem = id_problem(value)
+    if problem is not None:
+        raise invalid(reason, f"{field} {value[:140]!r} {problem}", field=field, value=value[:140])
     return value
 
 

@@ -22,38 +22,39 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import error_details_pb2 as google_dot_rpc_dot_error__details__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astepstream/v1/ingest.proto\x12\rstepstream.v1\x1a\x17google/rpc/status.proto\"t\n\x13\x41ppendPointsRequest\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.stepstream.v1.OpenStreamH\x00\x12*\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.stepstream.v1.PointBatchH\x00\x42\x06\n\x04kind\"@\n\nOpenStream\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\twriter_id\x18\x03 \x01(\t\"\xb5\x01\n\nPointBatch\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x30\n\x0c\x66loat_series\x18\x02 \x03(\x0b\x32\x1a.stepstream.v1.FloatSeries\x12\x32\n\rstring_series\x18\x03 \x03(\x0b\x32\x1b.stepstream.v1.StringSeries\x12/\n\x0c\x66loat_blocks\x18\x04 \x03(\x0b\x32\x19.stepstream.v1.FloatBlock\"N\n\nFloatBlock\x12\r\n\x05names\x18\x01 \x03(\t\x12\r\n\x05steps\x18\x02 \x03(\x01\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\x12\n\ntimestamps\x18\x04 \x03(\x01\"w\n\x0b\x46loatSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x03(\x01\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\x12\n\ntimestamps\x18\x04 \x03(\x01\x12\x14\n\x0c\x61ssign_steps\x18\x05 \x01(\x08\x12\x11\n\toverwrite\x18\x06 \x01(\x08\"x\n\x0cStringSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x03(\x01\x12\x0e\n\x06values\x18\x03 \x03(\t\x12\x12\n\ntimestamps\x18\x04 \x03(\x01\x12\x14\n\x0c\x61ssign_steps\x18\x05 \x01(\x08\x12\x11\n\toverwrite\x18\x06 \x01(\x08\"\xbb\x01\n\x14\x41ppendPointsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x31\n\x06opened\x18\x02 \x01(\x0b\x32\x1f.stepstream.v1.OpenStreamResultH\x00\x12/\n\x08\x61ppended\x18\x03 \x01(\x0b\x32\x1b.stepstream.v1.AppendResultH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"K\n\x10OpenStreamResult\x12\x1f\n\x17last_committed_sequence\x18\x01 \x01(\x04\x12\x16\n\x0eincarnation_id\x18\x02 \x01(\t\"\xda\x01\n\x0c\x41ppendResult\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x04\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x04\x12\x17\n\x0f\x64uplicate_batch\x18\x03 \x01(\x08\x12\x32\n\nrejections\x18\x04 \x03(\x0b\x32\x1e.stepstream.v1.SeriesRejection\x12\x34\n\x0e\x61ssigned_steps\x18\x05 \x03(\x0b\x32\x1c.stepstream.v1.AssignedSteps\x12\x16\n\x0eincarnation_id\x18\x06 \x01(\t\"\x9e\x01\n\x0fSeriesRejection\x12\x0e\n\x06series\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\x12\n\nfirst_step\x18\x05 \x01(\x01\x12\x11\n\tlast_step\x18\x06 \x01(\x01\x12\r\n\x05\x66loor\x18\x07 \x01(\x01\x12\x15\n\rstring_series\x18\x08 \x01(\x08\"Y\n\rAssignedSteps\x12\x0e\n\x06series\x18\x01 \x01(\t\x12\x12\n\nfirst_step\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x15\n\rstring_series\x18\x04 \x01(\x08\x32l\n\rIngestService\x12[\n\x0c\x41ppendPoints\x12\".stepstream.v1.AppendPointsRequest\x1a#.stepstream.v1.AppendPointsResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astepstream/v1/ingest.proto\x12\rstepstream.v1\x1a\x1egoogle/rpc/error_details.proto\x1a\x17google/rpc/status.proto\"t\n\x13\x41ppendPointsRequest\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.stepstream.v1.OpenStreamH\x00\x12*\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.stepstream.v1.PointBatchH\x00\x42\x06\n\x04kind\"@\n\nOpenStream\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\twriter_id\x18\x03 \x01(\t\"\xb5\x01\n\nPointBatch\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x30\n\x0c\x66loat_series\x18\x02 \x03(\x0b\x32\x1a.stepstream.v1.FloatSeries\x12\x32\n\rstring_series\x18\x03 \x03(\x0b\x32\x1b.stepstream.v1.StringSeries\x12/\n\x0c\x66loat_blocks\x18\x04 \x03(\x0b\x32\x19.stepstream.v1.FloatBlock\"N\n\nFloatBlock\x12\r\n\x05names\x18\x01 \x03(\t\x12\r\n\x05steps\x18\x02 \x03(\x01\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\x12\n\ntimestamps\x18\x04 \x03(\x01\"w\n\x0b\x46loatSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x03(\x01\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\x12\n\ntimestamps\x18\x04 \x03(\x01\x12\x14\n\x0c\x61ssign_steps\x18\x05 \x01(\x08\x12\x11\n\toverwrite\x18\x06 \x01(\x08\"x\n\x0cStringSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x03(\x01\x12\x0e\n\x06values\x18\x03 \x03(\t\x12\x12\n\ntimestamps\x18\x04 \x03(\x01\x12\x14\n\x0c\x61ssign_steps\x18\x05 \x01(\x08\x12\x11\n\toverwrite\x18\x06 \x01(\x08\"\xbb\x01\n\x14\x41ppendPointsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x31\n\x06opened\x18\x02 \x01(\x0b\x32\x1f.stepstream.v1.OpenStreamResultH\x00\x12/\n\x08\x61ppended\x18\x03 \x01(\x0b\x32\x1b.stepstream.v1.AppendResultH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"K\n\x10OpenStreamResult\x12\x1f\n\x17last_committed_sequence\x18\x01 \x01(\x04\x12\x16\n\x0eincarnation_id\x18\x02 \x01(\t\"\xda\x01\n\x0c\x41ppendResult\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x04\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x04\x12\x17\n\x0f\x64uplicate_batch\x18\x03 \x01(\x08\x12\x32\n\nrejections\x18\x04 \x03(\x0b\x32\x1e.stepstream.v1.SeriesRejection\x12\x34\n\x0e\x61ssigned_steps\x18\x05 \x03(\x0b\x32\x1c.stepstream.v1.AssignedSteps\x12\x16\n\x0eincarnation_id\x18\x06 \x01(\t\"\x9e\x01\n\x0fSeriesRejection\x12\x0e\n\x06series\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\x12\n\nfirst_step\x18\x05 \x01(\x01\x12\x11\n\tlast_step\x18\x06 \x01(\x01\x12\r\n\x05\x66loor\x18\x07 \x01(\x01\x12\x15\n\rstring_series\x18\x08 \x01(\x08\"Y\n\rAssignedSteps\x12\x0e\n\x06series\x18\x01 \x01(\t\x12\x12\n\nfirst_step\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x15\n\rstring_series\x18\x04 \x01(\x08\x32l\n\rIngestService\x12[\n\x0c\x41ppendPoints\x12\".stepstream.v1.AppendPointsRequest\x1a#.stepstream.v1.AppendPointsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepstream.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPENDPOINTSREQUEST']._serialized_start=70
-  _globals['_APPENDPOINTSREQUEST']._serialized_end=186
-  _globals['_OPENSTREAM']._serialized_start=188
-  _globals['_OPENSTREAM']._serialized_end=252
-  _globals['_POINTBATCH']._serialized_start=255
-  _globals['_POINTBATCH']._serialized_end=436
-  _globals['_FLOATBLOCK']._serialized_start=438
-  _globals['_FLOATBLOCK']._serialized_end=516
-  _globals['_FLOATSERIES']._serialized_start=518
-  _globals['_FLOATSERIES']._serialized_end=637
-  _globals['_STRINGSERIES']._serialized_start=639
-  _globals['_STRINGSERIES']._serialized_end=759
-  _globals['_APPENDPOINTSRESPONSE']._serialized_start=762
-  _globals['_APPENDPOINTSRESPONSE']._serialized_end=949
-  _globals['_OPENSTREAMRESULT']._serialized_start=951
-  _globals['_OPENSTREAMRESULT']._serialized_end=1026
-  _globals['_APPENDRESULT']._serialized_start=1029
-  _globals['_APPENDRESULT']._serialized_end=1247
-  _globals['_SERIESREJECTION']._serialized_start=1250
-  _globals['_SERIESREJECTION']._serialized_end=1408
-  _globals['_ASSIGNEDSTEPS']._serialized_start=1410
-  _globals['_ASSIGNEDSTEPS']._serialized_end=1499
-  _globals['_INGESTSERVICE']._serialized_start=1501
-  _globals['_INGESTSERVICE']._serialized_end=1609
+  _globals['_APPENDPOINTSREQUEST']._serialized_start=102
+  _globals['_APPENDPOINTSREQUEST']._serialized_end=218
+  _globals['_OPENSTREAM']._serialized_start=220
+  _globals['_OPENSTREAM']._serialized_end=284
+  _globals['_POINTBATCH']._serialized_start=287
+  _globals['_POINTBATCH']._serialized_end=468
+  _globals['_FLOATBLOCK']._serialized_start=470
+  _globals['_FLOATBLOCK']._serialized_end=548
+  _globals['_FLOATSERIES']._serialized_start=550
+  _globals['_FLOATSERIES']._serialized_end=669
+  _globals['_STRINGSERIES']._serialized_start=671
+  _globals['_STRINGSERIES']._serialized_end=791
+  _globals['_APPENDPOINTSRESPONSE']._serialized_start=794
+  _globals['_APPENDPOINTSRESPONSE']._serialized_end=981
+  _globals['_OPENSTREAMRESULT']._serialized_start=983
+  _globals['_OPENSTREAMRESULT']._serialized_end=1058
+  _globals['_APPENDRESULT']._serialized_start=1061
+  _globals['_APPENDRESULT']._serialized_end=1279
+  _globals['_SERIESREJECTION']._serialized_start=1282
+  _globals['_SERIESREJECTION']._serialized_end=1440
+  _globals['_ASSIGNEDSTEPS']._serialized_start=1442
+  _globals['_ASSIGNEDSTEPS']._serialized_end=1531
+  _globals['_INGESTSERVICE']._serialized_start=1533
+  _globals['_INGESTSERVICE']._serialized_end=1641
 # @@protoc_insertion_point(module_scope)

@@ -63,12 +63,18 @@ class OpenStream(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     WRITER_ID_FIELD_NUMBER: _builtins.int
     project: _builtins.str
-    """Project of the run; empty means "default"."""
+    """Project of the run; empty means "default". Same rule as run_id:
+    1-128 characters of [A-Za-z0-9._:-], the first a letter or digit
+    (regular expression ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$).
+    """
     run_id: _builtins.str
-    """The run's user-visible ID. The run must exist (see RunService.CreateRun)."""
+    """The run's user-visible ID, ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$. The run
+    must exist (see RunService.CreateRun).
+    """
     writer_id: _builtins.str
-    """A writer ID, stable across reconnects of one client, 1-128 characters of
-    [A-Za-z0-9._:-]. Batch sequence numbers are counted per (run, writer).
+    """A writer ID, stable across reconnects of one client, with the rule of
+    run_id. Batch sequence numbers are counted per (run, writer); two live
+    clients must never share a writer ID.
     """
     def __init__(
         self,
@@ -98,13 +104,17 @@ class PointBatch(_message.Message):
     sequence: _builtins.int
     """Sequence number of this batch for its writer: 1 for the writer's first
     batch, then consecutive. A sequence number the server has already
-    committed is acknowledged again with its original result and applied
-    only once; skipping a number is a SEQUENCE_GAP error.
+    answered at its turn is answered again with its original result (an
+    acknowledgement with duplicate_batch set, or the same error) and applied
+    only once; skipping a number is a SEQUENCE_GAP error. Which errors use up
+    the sequence number is listed at AppendPointsResponse.error.
     """
     @_builtins.property
     def float_series(self) -> _containers.RepeatedCompositeFieldContainer[Global___FloatSeries]:
         """Float series in this batch. A series name may appear more than once; the
-        entries are applied in order.
+        entries are applied in order. All points of a batch (float_series,
+        string_series and float_blocks values together) count against the limit
+        of 100,000 per batch.
         """
 
     @_builtins.property
@@ -316,9 +326,35 @@ class AppendPointsResponse(_message.Message):
 
     @_builtins.property
     def error(self) -> _status_pb2.Status:
-        """The whole request failed; nothing of it was applied. `details` holds a
-        google.rpc.ErrorInfo whose `reason` names the cause (for example
-        SEQUENCE_GAP, RUN_NOT_ACTIVE, BATCH_TOO_LARGE, MALFORMED_REQUEST).
+        """The whole request failed; nothing of it was applied, and the stream
+        stays open. `details` holds one google.rpc.ErrorInfo (domain
+        "stepstream.dev"). The rule for sequence numbers, which makes a naive
+        retry safe: an error answered to a batch at its turn (its sequence was
+        the next one expected) USES UP the sequence number; its result is
+        stored, re-sending that sequence returns the same error again and
+        applies nothing, and the writer continues with the next number. Since
+        nothing of it was applied, re-sending its points in a new batch (a new
+        sequence number) is always safe. An error answered before the batch
+        had its turn does NOT use up the number: the next batch must carry the
+        same sequence the server still expects. ErrorInfo.metadata
+        "sequence_used" says which ("true" or "false") for every batch error.
+
+        Uses up the sequence (metadata sequence_used = "true"):
+          FAILED_PRECONDITION RUN_NOT_ACTIVE (run_id, state): the run is not
+                              RUNNING; after ResumeRun send the points again
+                              under a new sequence number.
+          INVALID_ARGUMENT    BATCH_TOO_LARGE (points, limit): more than
+                              100,000 points; split it.
+        Does not use up the sequence (sequence_used = "false"):
+          FAILED_PRECONDITION SEQUENCE_GAP (expected, received): the batch
+                              skips ahead; `expected` is the next sequence.
+          INVALID_ARGUMENT    INVALID_SEQUENCE (sequence): sequence 0.
+          FAILED_PRECONDITION STREAM_NOT_OPEN: a batch before `open`.
+          FAILED_PRECONDITION STREAM_ALREADY_OPEN: a second `open` (sequence 0).
+          INVALID_ARGUMENT    MALFORMED_REQUEST: undecodable bytes, or neither
+                              `open` nor `batch` (answered with sequence 0, in
+                              order, so it belongs to the oldest unanswered
+                              request).
         """
 
     def __init__(
@@ -348,12 +384,18 @@ class OpenStreamResult(_message.Message):
     LAST_COMMITTED_SEQUENCE_FIELD_NUMBER: _builtins.int
     INCARNATION_ID_FIELD_NUMBER: _builtins.int
     last_committed_sequence: _builtins.int
-    """The highest sequence number the server has committed for this writer,
-    0 if none. The next new batch must carry last_committed_sequence + 1
-    unless earlier unacknowledged batches are re-sent first.
+    """The highest sequence number the server has answered at its turn for
+    this writer (acknowledged, or an error that used it up), 0 if none. The
+    next new batch must carry last_committed_sequence + 1 unless earlier
+    unacknowledged batches are re-sent first (they are then answered again
+    with their original result).
     """
     incarnation_id: _builtins.str
-    """The run's current incarnation, which receives the points."""
+    """The run's current incarnation when the stream opened. The stream is
+    bound to the run, not to this incarnation: after a RewindRun the same
+    stream writes to the run's new incarnation, and each
+    AppendResult.incarnation_id says which incarnation received its points.
+    """
     def __init__(
         self,
         *,
@@ -447,9 +489,12 @@ class SeriesRejection(_message.Message):
     count: _builtins.int
     """Number of rejected points."""
     first_step: _builtins.float
-    """Lowest rejected step (NaN when steps were assigned or not decodable)."""
+    """Lowest rejected step. Set only for STEP_NOT_INCREASING with explicit
+    steps; NaN for every other reason (the validation rejections) and for
+    rejections of server-assigned steps.
+    """
     last_step: _builtins.float
-    """Highest rejected step (NaN when steps were assigned or not decodable)."""
+    """Highest rejected step; NaN exactly when first_step is."""
     floor: _builtins.float
     """The series' floor when the points were judged (-Inf for a new series,
     NaN when the floor was not consulted).

@@ -33,6 +33,23 @@ class IngestServiceStub:
     carries one batch, and the server answers every request with exactly one
     response, in request order. A bad batch gets an error response and the
     stream stays open.
+
+    Errors. Every error, whether a whole-RPC status or an
+    AppendPointsResponse.error, is a google.rpc.Status whose `details` holds
+    one google.rpc.ErrorInfo (google/rpc/error_details.proto, imported below so
+    that it is decodable from this repository) with domain "stepstream.dev",
+    an UPPER_SNAKE `reason`, and `metadata` carrying every value the message
+    quotes (all values are strings). A whole-RPC status carries the same Status
+    in the "grpc-status-details-bin" trailer. Retry guidance: UNAVAILABLE is
+    always safe to retry (reconnect and re-send every unacknowledged batch with
+    its original writer_id and sequence); every other code needs a change
+    first (fix the request, resume the run, ...).
+
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    stream reads no further requests while it owes 64 responses (gRPC flow
+    control then slows the writer). Throughput depends on batch size: batches
+    of one row are roughly 30 times slower per point than batches of a few
+    thousand points; FloatBlock is the fastest form for a training loop.
     """
 
     def __init__(self, channel):
@@ -56,11 +73,43 @@ class IngestServiceServicer:
     carries one batch, and the server answers every request with exactly one
     response, in request order. A bad batch gets an error response and the
     stream stays open.
+
+    Errors. Every error, whether a whole-RPC status or an
+    AppendPointsResponse.error, is a google.rpc.Status whose `details` holds
+    one google.rpc.ErrorInfo (google/rpc/error_details.proto, imported below so
+    that it is decodable from this repository) with domain "stepstream.dev",
+    an UPPER_SNAKE `reason`, and `metadata` carrying every value the message
+    quotes (all values are strings). A whole-RPC status carries the same Status
+    in the "grpc-status-details-bin" trailer. Retry guidance: UNAVAILABLE is
+    always safe to retry (reconnect and re-send every unacknowledged batch with
+    its original writer_id and sequence); every other code needs a change
+    first (fix the request, resume the run, ...).
+
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    stream reads no further requests while it owes 64 responses (gRPC flow
+    control then slows the writer). Throughput depends on batch size: batches
+    of one row are roughly 30 times slower per point than batches of a few
+    thousand points; FloatBlock is the fastest form for a training loop.
     """
 
     def AppendPoints(self, request_iterator, context):
         """AppendPoints streams batches of points into one run and acknowledges each
         batch after everything accepted from it is durably committed.
+
+        Errors that end the whole RPC (status of the call):
+        INVALID_ARGUMENT  INVALID_PROJECT (metadata: field, value),
+        INVALID_RUN_ID (field, value),
+        INVALID_WRITER_ID (field, value): a bad `open`.
+        NOT_FOUND         RUN_NOT_FOUND (project, run_id): `open` names no run.
+        UNAVAILABLE       COMMIT_FAILED: a batch could not be judged or
+        committed (the store or Redis unreachable, or the
+        batch refused too often); the message says why.
+        Unanswered batches may or may not have been
+        applied: reconnect and re-send them unchanged (same
+        writer_id and sequence), which applies each once.
+        INTERNAL          INTERNAL: the stream failed; reconnect and re-send.
+        A failed `open` ends the RPC; a failed batch does not (see
+        AppendPointsResponse.error).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +139,23 @@ class IngestService:
     carries one batch, and the server answers every request with exactly one
     response, in request order. A bad batch gets an error response and the
     stream stays open.
+
+    Errors. Every error, whether a whole-RPC status or an
+    AppendPointsResponse.error, is a google.rpc.Status whose `details` holds
+    one google.rpc.ErrorInfo (google/rpc/error_details.proto, imported below so
+    that it is decodable from this repository) with domain "stepstream.dev",
+    an UPPER_SNAKE `reason`, and `metadata` carrying every value the message
+    quotes (all values are strings). A whole-RPC status carries the same Status
+    in the "grpc-status-details-bin" trailer. Retry guidance: UNAVAILABLE is
+    always safe to retry (reconnect and re-send every unacknowledged batch with
+    its original writer_id and sequence); every other code needs a change
+    first (fix the request, resume the run, ...).
+
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    stream reads no further requests while it owes 64 responses (gRPC flow
+    control then slows the writer). Throughput depends on batch size: batches
+    of one row are roughly 30 times slower per point than batches of a few
+    thousand points; FloatBlock is the fastest form for a training loop.
     """
 
     @staticmethod

@@ -34,6 +34,23 @@ class IngestServiceStub:
     carries one batch, and the server answers every request with exactly one
     response, in request order. A bad batch gets an error response and the
     stream stays open.
+
+    Errors. Every error, whether a whole-RPC status or an
+    AppendPointsResponse.error, is a google.rpc.Status whose `details` holds
+    one google.rpc.ErrorInfo (google/rpc/error_details.proto, imported below so
+    that it is decodable from this repository) with domain "stepstream.dev",
+    an UPPER_SNAKE `reason`, and `metadata` carrying every value the message
+    quotes (all values are strings). A whole-RPC status carries the same Status
+    in the "grpc-status-details-bin" trailer. Retry guidance: UNAVAILABLE is
+    always safe to retry (reconnect and re-send every unacknowledged batch with
+    its original writer_id and sequence); every other code needs a change
+    first (fix the request, resume the run, ...).
+
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    stream reads no further requests while it owes 64 responses (gRPC flow
+    control then slows the writer). Throughput depends on batch size: batches
+    of one row are roughly 30 times slower per point than batches of a few
+    thousand points; FloatBlock is the fastest form for a training loop.
     """
 
     @_typing.overload
@@ -43,6 +60,21 @@ class IngestServiceStub:
     AppendPoints: _grpc.StreamStreamMultiCallable[_ingest_pb2.AppendPointsRequest, _ingest_pb2.AppendPointsResponse]
     """AppendPoints streams batches of points into one run and acknowledges each
     batch after everything accepted from it is durably committed.
+
+    Errors that end the whole RPC (status of the call):
+      INVALID_ARGUMENT  INVALID_PROJECT (metadata: field, value),
+                        INVALID_RUN_ID (field, value),
+                        INVALID_WRITER_ID (field, value): a bad `open`.
+      NOT_FOUND         RUN_NOT_FOUND (project, run_id): `open` names no run.
+      UNAVAILABLE       COMMIT_FAILED: a batch could not be judged or
+                        committed (the store or Redis unreachable, or the
+                        batch refused too often); the message says why.
+                        Unanswered batches may or may not have been
+                        applied: reconnect and re-send them unchanged (same
+                        writer_id and sequence), which applies each once.
+      INTERNAL          INTERNAL: the stream failed; reconnect and re-send.
+    A failed `open` ends the RPC; a failed batch does not (see
+    AppendPointsResponse.error).
     """
 
 @_typing.type_check_only
@@ -54,12 +86,44 @@ class IngestServiceAsyncStub(IngestServiceStub):
     carries one batch, and the server answers every request with exactly one
     response, in request order. A bad batch gets an error response and the
     stream stays open.
+
+    Errors. Every error, whether a whole-RPC status or an
+    AppendPointsResponse.error, is a google.rpc.Status whose `details` holds
+    one google.rpc.ErrorInfo (google/rpc/error_details.proto, imported below so
+    that it is decodable from this repository) with domain "stepstream.dev",
+    an UPPER_SNAKE `reason`, and `metadata` carrying every value the message
+    quotes (all values are strings). A whole-RPC status carries the same Status
+    in the "grpc-status-details-bin" trailer. Retry guidance: UNAVAILABLE is
+    always safe to retry (reconnect and re-send every unacknowledged batch with
+    its original writer_id and sequence); every other code needs a change
+    first (fix the request, resume the run, ...).
+
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    stream reads no further requests while it owes 64 responses (gRPC flow
+    control then slows the writer). Throughput depends on batch size: batches
+    of one row are roughly 30 times slower per point than batches of a few
+    thousand points; FloatBlock is the fastest form for a training loop.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     AppendPoints: _aio.StreamStreamMultiCallable[_ingest_pb2.AppendPointsRequest, _ingest_pb2.AppendPointsResponse]  # type: ignore[assignment]
     """AppendPoints streams batches of points into one run and acknowledges each
     batch after everything accepted from it is durably committed.
+
+    Errors that end the whole RPC (status of the call):
+      INVALID_ARGUMENT  INVALID_PROJECT (metadata: field, value),
+                        INVALID_RUN_ID (field, value),
+                        INVALID_WRITER_ID (field, value): a bad `open`.
+      NOT_FOUND         RUN_NOT_FOUND (project, run_id): `open` names no run.
+      UNAVAILABLE       COMMIT_FAILED: a batch could not be judged or
+                        committed (the store or Redis unreachable, or the
+                        batch refused too often); the message says why.
+                        Unanswered batches may or may not have been
+                        applied: reconnect and re-send them unchanged (same
+                        writer_id and sequence), which applies each once.
+      INTERNAL          INTERNAL: the stream failed; reconnect and re-send.
+    A failed `open` ends the RPC; a failed batch does not (see
+    AppendPointsResponse.error).
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -70,6 +134,23 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     carries one batch, and the server answers every request with exactly one
     response, in request order. A bad batch gets an error response and the
     stream stays open.
+
+    Errors. Every error, whether a whole-RPC status or an
+    AppendPointsResponse.error, is a google.rpc.Status whose `details` holds
+    one google.rpc.ErrorInfo (google/rpc/error_details.proto, imported below so
+    that it is decodable from this repository) with domain "stepstream.dev",
+    an UPPER_SNAKE `reason`, and `metadata` carrying every value the message
+    quotes (all values are strings). A whole-RPC status carries the same Status
+    in the "grpc-status-details-bin" trailer. Retry guidance: UNAVAILABLE is
+    always safe to retry (reconnect and re-send every unacknowledged batch with
+    its original writer_id and sequence); every other code needs a change
+    first (fix the request, resume the run, ...).
+
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    stream reads no further requests while it owes 64 responses (gRPC flow
+    control then slows the writer). Throughput depends on batch size: batches
+    of one row are roughly 30 times slower per point than batches of a few
+    thousand points; FloatBlock is the fastest form for a training loop.
     """
 
     @_abc_1.abstractmethod
@@ -80,6 +161,21 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_ingest_pb2.AppendPointsResponse], _abc.AsyncIterator[_ingest_pb2.AppendPointsResponse]]:
         """AppendPoints streams batches of points into one run and acknowledges each
         batch after everything accepted from it is durably committed.
+
+        Errors that end the whole RPC (status of the call):
+          INVALID_ARGUMENT  INVALID_PROJECT (metadata: field, value),
+                            INVALID_RUN_ID (field, value),
+                            INVALID_WRITER_ID (field, value): a bad `open`.
+          NOT_FOUND         RUN_NOT_FOUND (project, run_id): `open` names no run.
+          UNAVAILABLE       COMMIT_FAILED: a batch could not be judged or
+                            committed (the store or Redis unreachable, or the
+                            batch refused too often); the message says why.
+                            Unanswered batches may or may not have been
+                            applied: reconnect and re-send them unchanged (same
+                            writer_id and sequence), which applies each once.
+          INTERNAL          INTERNAL: the stream failed; reconnect and re-send.
+        A failed `open` ends the RPC; a failed batch does not (see
+        AppendPointsResponse.error).
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -255,23 +255,40 @@ class CreateRunRequest(_message.Message):
     project: _builtins.str
     """Project; empty means "default"."""
     experiment: _builtins.str
-    """Experiment to create the run in; the run becomes the experiment's head."""
+    """Experiment to create the run in (a name: UTF-8, 1-1024 bytes, no NUL);
+    the run becomes the experiment's head.
+    """
     run_id: _builtins.str
-    """Run ID, 1-128 characters of [A-Za-z0-9._:-]; empty: the server
-    generates one.
+    """Run ID, 1-128 characters of [A-Za-z0-9._:-], the first a letter or
+    digit; empty: the server generates one.
     """
     description: _builtins.str
     """Initial description."""
     fork_run_id: _builtins.str
-    """Fork from this run's current incarnation (with fork_step)."""
+    """Fork from this run's current incarnation (with fork_step). The child
+    inherits a snapshot of the parent lineage's float and string points
+    with step <= fork_step (inclusive), durable when the fork is created,
+    the parent's tags (added to the request's) and its description (unless
+    the request gives one);
+    points the parent writes later are never inherited, and forking never
+    changes the parent. The child's floor for an inherited series is its
+    largest inherited step, so a step t of that series is accepted only
+    when t is above it (parent_max_step < t, which may still be <=
+    fork_step). When no such run exists but `experiment` has a head run,
+    that head becomes the parent (parent_fallback in the response).
+    """
     fork_incarnation_id: _builtins.str
-    """Fork from exactly this incarnation (with fork_step); excludes
-    fork_run_id.
+    """Fork from exactly this incarnation (with fork_step), archived or not;
+    excludes fork_run_id.
     """
     fork_step: _builtins.float
-    """The step to fork at; required with a fork parent."""
+    """The step to fork at, finite; required with a fork parent, forbidden
+    without one.
+    """
     inherit_configs: _builtins.bool
-    """Inherit the parent's config too."""
+    """Inherit the parent's config too (by default config and single values
+    are not inherited).
+    """
     get_if_exists: _builtins.bool
     """When the run already exists: return it instead of ALREADY_EXISTS
     (a client reconnecting to its own run).
@@ -702,7 +719,9 @@ class RewindRunRequest(_message.Message):
     run_id: _builtins.str
     """The run ID."""
     step: _builtins.float
-    """Points with step <= this stay visible; later ones are archived."""
+    """Points with step <= this stay visible (inclusive); later ones are
+    archived. Must be finite.
+    """
     @_builtins.property
     def config(self) -> _struct_pb2.Struct:
         """Config entries merged into the preserved config."""
@@ -1003,9 +1022,12 @@ class ReadSeriesRequest(_message.Message):
     step_max: _builtins.float
     """Highest step to return (inclusive), when set."""
     max_points: _builtins.int
-    """When set, at most this many points per series: the range is cut into
-    buckets and each bucket keeps its first, last, minimum and maximum point
-    and its first NaN, so extremes, NaN and infinities stay visible.
+    """When set, at most this many points per series (at least 5): the range
+    of N points is cut into floor(max_points / 5) buckets of
+    ceil(N / buckets) consecutive points, and each bucket keeps its first,
+    last, minimum and maximum point and its first NaN (fewer when they
+    coincide), so extremes, NaN and infinities stay visible. A series with
+    at most max_points points is returned whole.
     """
     generation: _builtins.int
     """When set, reads this generation of the series' own points in the viewed

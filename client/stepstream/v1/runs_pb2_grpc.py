@@ -27,6 +27,26 @@ if _version_not_supported:
 
 class RunServiceStub:
     """RunService manages runs and reads their series.
+
+    Errors: a failed call ends with a gRPC status whose
+    "grpc-status-details-bin" trailer is a google.rpc.Status holding one
+    google.rpc.ErrorInfo (see google/rpc/error_details.proto) with domain
+    "stepstream.dev", an UPPER_SNAKE reason and metadata carrying every value
+    the message quotes. Listed per RPC as CODE REASON (metadata keys). Every
+    RPC that names a run can fail with
+    INVALID_ARGUMENT INVALID_PROJECT (field, value),
+    INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
+    NOT_FOUND        RUN_NOT_FOUND (project, run_id),
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
+    which is the one code that is always safe to retry unchanged. All RPCs
+    but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
+
+    Names and IDs: project, run_id and writer_id are 1-128 characters of
+    [A-Za-z0-9._:-], the first a letter or digit
+    (^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$); an empty project means "default".
+    Series names, attribute names, config keys, tags and experiment names are
+    UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
+    "sys/description" is the run's description.
     """
 
     def __init__(self, channel):
@@ -99,10 +119,38 @@ class RunServiceStub:
 
 class RunServiceServicer:
     """RunService manages runs and reads their series.
+
+    Errors: a failed call ends with a gRPC status whose
+    "grpc-status-details-bin" trailer is a google.rpc.Status holding one
+    google.rpc.ErrorInfo (see google/rpc/error_details.proto) with domain
+    "stepstream.dev", an UPPER_SNAKE reason and metadata carrying every value
+    the message quotes. Listed per RPC as CODE REASON (metadata keys). Every
+    RPC that names a run can fail with
+    INVALID_ARGUMENT INVALID_PROJECT (field, value),
+    INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
+    NOT_FOUND        RUN_NOT_FOUND (project, run_id),
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
+    which is the one code that is always safe to retry unchanged. All RPCs
+    but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
+
+    Names and IDs: project, run_id and writer_id are 1-128 characters of
+    [A-Za-z0-9._:-], the first a letter or digit
+    (^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$); an empty project means "default".
+    Series names, attribute names, config keys, tags and experiment names are
+    UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
+    "sys/description" is the run's description.
     """
 
     def CreateRun(self, request, context):
         """CreateRun creates a run, optionally as a fork of another run.
+
+        Errors: INVALID_ARGUMENT CONFLICTING_FORK_PARENT (fork_run_id,
+        fork_incarnation_id), FORK_STEP_REQUIRED (field), FORK_PARENT_REQUIRED
+        (field), INVALID_FORK_STEP (fork_step), INVALID_NAME (field: a bad
+        experiment, tag or config key), INVALID_DESCRIPTION (field);
+        NOT_FOUND RUN_NOT_FOUND (project, run_id, experiment: the fork parent),
+        INCARNATION_NOT_FOUND (incarnation_id); ALREADY_EXISTS
+        RUN_ALREADY_EXISTS (project, run_id) unless get_if_exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,34 +165,40 @@ class RunServiceServicer:
 
     def ListRuns(self, request, context):
         """ListRuns lists the runs of a project, optionally of one experiment.
+
+        Errors: INVALID_ARGUMENT INVALID_PROJECT, INVALID_NAME (experiment).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StopRun(self, request, context):
-        """StopRun moves a run to STOPPED; writes are rejected until ResumeRun.
+        """StopRun moves a run to STOPPED; writes are rejected with RUN_NOT_ACTIVE
+        until ResumeRun.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FinishRun(self, request, context):
-        """FinishRun moves a run to FINISHED.
+        """FinishRun moves a run to FINISHED; writes are rejected until ResumeRun.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FailRun(self, request, context):
-        """FailRun moves a run to FAILED, recording why.
+        """FailRun moves a run to FAILED, recording why; writes are rejected until
+        ResumeRun.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeRun(self, request, context):
-        """ResumeRun moves a run back to RUNNING.
+        """ResumeRun moves a run back to RUNNING. Batches answered RUN_NOT_ACTIVE
+        meanwhile used up their sequence numbers: send their points again in
+        new batches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,7 +207,17 @@ class RunServiceServicer:
     def RewindRun(self, request, context):
         """RewindRun cuts a run's history back to a step: the run keeps its ID and
         gets a new current incarnation whose parent is the old one cut at the
-        step. The old incarnation is archived, never deleted.
+        step (points with step <= the step stay visible). The old incarnation
+        is archived (read-only, readable by its ID), never deleted. The run
+        becomes RUNNING in any earlier state; config, tags and description are
+        kept and the request's config is merged in; floors and summaries are
+        those of the cut view, so logging resumes above the cut. Open streams
+        keep working: each batch lands wholly before the rewind (in the
+        archived incarnation) or wholly after it. Not idempotent: each call
+        adds an incarnation.
+
+        Errors: INVALID_ARGUMENT INVALID_REWIND_STEP (step: not finite),
+        INVALID_DESCRIPTION (field), INVALID_NAME (field).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +225,9 @@ class RunServiceServicer:
 
     def UpdateRunConfig(self, request, context):
         """UpdateRunConfig merges entries into a run's config.
+
+        Errors: INVALID_ARGUMENT INVALID_DESCRIPTION (field), INVALID_NAME
+        (field).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +235,8 @@ class RunServiceServicer:
 
     def UpdateRunTags(self, request, context):
         """UpdateRunTags adds and removes tags.
+
+        Errors: INVALID_ARGUMENT INVALID_NAME (field: a bad tag).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +245,10 @@ class RunServiceServicer:
     def ListSeries(self, request, context):
         """ListSeries lists the series visible in a run or incarnation with a
         summary of each.
+
+        Errors: INVALID_ARGUMENT INVALID_SELECTOR (given); NOT_FOUND
+        RUN_NOT_FOUND (project, run_id), INCARNATION_NOT_FOUND
+        (incarnation_id), EXPERIMENT_NOT_FOUND (project, experiment).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,7 +256,11 @@ class RunServiceServicer:
 
     def ReadSeries(self, request, context):
         """ReadSeries streams the points of a run's series, in step order, in
-        messages of bounded size.
+        messages of at most 65,536 points each (a series longer than that spans
+        several consecutive messages).
+
+        Errors: those of ListSeries, and INVALID_ARGUMENT INVALID_MAX_POINTS
+        (max_points: below 5).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -262,6 +339,26 @@ def add_RunServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RunService:
     """RunService manages runs and reads their series.
+
+    Errors: a failed call ends with a gRPC status whose
+    "grpc-status-details-bin" trailer is a google.rpc.Status holding one
+    google.rpc.ErrorInfo (see google/rpc/error_details.proto) with domain
+    "stepstream.dev", an UPPER_SNAKE reason and metadata carrying every value
+    the message quotes. Listed per RPC as CODE REASON (metadata keys). Every
+    RPC that names a run can fail with
+    INVALID_ARGUMENT INVALID_PROJECT (field, value),
+    INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
+    NOT_FOUND        RUN_NOT_FOUND (project, run_id),
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
+    which is the one code that is always safe to retry unchanged. All RPCs
+    but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
+
+    Names and IDs: project, run_id and writer_id are 1-128 characters of
+    [A-Za-z0-9._:-], the first a letter or digit
+    (^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$); an empty project means "default".
+    Series names, attribute names, config keys, tags and experiment names are
+    UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
+    "sys/description" is the run's description.
     """
 
     @staticmethod

@@ -27,83 +27,234 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RunServiceStub:
-    """RunService manages runs and reads their series."""
+    """RunService manages runs and reads their series.
+
+    Errors: a failed call ends with a gRPC status whose
+    "grpc-status-details-bin" trailer is a google.rpc.Status holding one
+    google.rpc.ErrorInfo (see google/rpc/error_details.proto) with domain
+    "stepstream.dev", an UPPER_SNAKE reason and metadata carrying every value
+    the message quotes. Listed per RPC as CODE REASON (metadata keys). Every
+    RPC that names a run can fail with
+      INVALID_ARGUMENT INVALID_PROJECT (field, value),
+      INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
+      NOT_FOUND        RUN_NOT_FOUND (project, run_id),
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
+    which is the one code that is always safe to retry unchanged. All RPCs
+    but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
+
+    Names and IDs: project, run_id and writer_id are 1-128 characters of
+    [A-Za-z0-9._:-], the first a letter or digit
+    (^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$); an empty project means "default".
+    Series names, attribute names, config keys, tags and experiment names are
+    UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
+    "sys/description" is the run's description.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RunServiceAsyncStub: ...
     CreateRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.CreateRunRequest, _runs_pb2.CreateRunResponse]
-    """CreateRun creates a run, optionally as a fork of another run."""
+    """CreateRun creates a run, optionally as a fork of another run.
+
+    Errors: INVALID_ARGUMENT CONFLICTING_FORK_PARENT (fork_run_id,
+    fork_incarnation_id), FORK_STEP_REQUIRED (field), FORK_PARENT_REQUIRED
+    (field), INVALID_FORK_STEP (fork_step), INVALID_NAME (field: a bad
+    experiment, tag or config key), INVALID_DESCRIPTION (field);
+    NOT_FOUND RUN_NOT_FOUND (project, run_id, experiment: the fork parent),
+    INCARNATION_NOT_FOUND (incarnation_id); ALREADY_EXISTS
+    RUN_ALREADY_EXISTS (project, run_id) unless get_if_exists.
+    """
     GetRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.GetRunRequest, _runs_pb2.GetRunResponse]
     """GetRun returns one run with its lineage."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListRunsRequest, _runs_pb2.ListRunsResponse]
-    """ListRuns lists the runs of a project, optionally of one experiment."""
+    """ListRuns lists the runs of a project, optionally of one experiment.
+
+    Errors: INVALID_ARGUMENT INVALID_PROJECT, INVALID_NAME (experiment).
+    """
     StopRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.StopRunRequest, _runs_pb2.StopRunResponse]
-    """StopRun moves a run to STOPPED; writes are rejected until ResumeRun."""
+    """StopRun moves a run to STOPPED; writes are rejected with RUN_NOT_ACTIVE
+    until ResumeRun.
+    """
     FinishRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.FinishRunRequest, _runs_pb2.FinishRunResponse]
-    """FinishRun moves a run to FINISHED."""
+    """FinishRun moves a run to FINISHED; writes are rejected until ResumeRun."""
     FailRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.FailRunRequest, _runs_pb2.FailRunResponse]
-    """FailRun moves a run to FAILED, recording why."""
+    """FailRun moves a run to FAILED, recording why; writes are rejected until
+    ResumeRun.
+    """
     ResumeRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ResumeRunRequest, _runs_pb2.ResumeRunResponse]
-    """ResumeRun moves a run back to RUNNING."""
+    """ResumeRun moves a run back to RUNNING. Batches answered RUN_NOT_ACTIVE
+    meanwhile used up their sequence numbers: send their points again in
+    new batches.
+    """
     RewindRun: _grpc.UnaryUnaryMultiCallable[_runs_pb2.RewindRunRequest, _runs_pb2.RewindRunResponse]
     """RewindRun cuts a run's history back to a step: the run keeps its ID and
     gets a new current incarnation whose parent is the old one cut at the
-    step. The old incarnation is archived, never deleted.
+    step (points with step <= the step stay visible). The old incarnation
+    is archived (read-only, readable by its ID), never deleted. The run
+    becomes RUNNING in any earlier state; config, tags and description are
+    kept and the request's config is merged in; floors and summaries are
+    those of the cut view, so logging resumes above the cut. Open streams
+    keep working: each batch lands wholly before the rewind (in the
+    archived incarnation) or wholly after it. Not idempotent: each call
+    adds an incarnation.
+
+    Errors: INVALID_ARGUMENT INVALID_REWIND_STEP (step: not finite),
+    INVALID_DESCRIPTION (field), INVALID_NAME (field).
     """
     UpdateRunConfig: _grpc.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunConfigRequest, _runs_pb2.UpdateRunConfigResponse]
-    """UpdateRunConfig merges entries into a run's config."""
+    """UpdateRunConfig merges entries into a run's config.
+
+    Errors: INVALID_ARGUMENT INVALID_DESCRIPTION (field), INVALID_NAME
+    (field).
+    """
     UpdateRunTags: _grpc.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunTagsRequest, _runs_pb2.UpdateRunTagsResponse]
-    """UpdateRunTags adds and removes tags."""
+    """UpdateRunTags adds and removes tags.
+
+    Errors: INVALID_ARGUMENT INVALID_NAME (field: a bad tag).
+    """
     ListSeries: _grpc.UnaryUnaryMultiCallable[_runs_pb2.ListSeriesRequest, _runs_pb2.ListSeriesResponse]
     """ListSeries lists the series visible in a run or incarnation with a
     summary of each.
+
+    Errors: INVALID_ARGUMENT INVALID_SELECTOR (given); NOT_FOUND
+    RUN_NOT_FOUND (project, run_id), INCARNATION_NOT_FOUND
+    (incarnation_id), EXPERIMENT_NOT_FOUND (project, experiment).
     """
     ReadSeries: _grpc.UnaryStreamMultiCallable[_runs_pb2.ReadSeriesRequest, _runs_pb2.ReadSeriesResponse]
     """ReadSeries streams the points of a run's series, in step order, in
-    messages of bounded size.
+    messages of at most 65,536 points each (a series longer than that spans
+    several consecutive messages).
+
+    Errors: those of ListSeries, and INVALID_ARGUMENT INVALID_MAX_POINTS
+    (max_points: below 5).
     """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
-    """RunService manages runs and reads their series."""
+    """RunService manages runs and reads their series.
+
+    Errors: a failed call ends with a gRPC status whose
+    "grpc-status-details-bin" trailer is a google.rpc.Status holding one
+    google.rpc.ErrorInfo (see google/rpc/error_details.proto) with domain
+    "stepstream.dev", an UPPER_SNAKE reason and metadata carrying every value
+    the message quotes. Listed per RPC as CODE REASON (metadata keys). Every
+    RPC that names a run can fail with
+      INVALID_ARGUMENT INVALID_PROJECT (field, value),
+      INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
+      NOT_FOUND        RUN_NOT_FOUND (project, run_id),
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
+    which is the one code that is always safe to retry unchanged. All RPCs
+    but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
+
+    Names and IDs: project, run_id and writer_id are 1-128 characters of
+    [A-Za-z0-9._:-], the first a letter or digit
+    (^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$); an empty project means "default".
+    Series names, attribute names, config keys, tags and experiment names are
+    UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
+    "sys/description" is the run's description.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.CreateRunRequest, _runs_pb2.CreateRunResponse]  # type: ignore[assignment]
-    """CreateRun creates a run, optionally as a fork of another run."""
+    """CreateRun creates a run, optionally as a fork of another run.
+
+    Errors: INVALID_ARGUMENT CONFLICTING_FORK_PARENT (fork_run_id,
+    fork_incarnation_id), FORK_STEP_REQUIRED (field), FORK_PARENT_REQUIRED
+    (field), INVALID_FORK_STEP (fork_step), INVALID_NAME (field: a bad
+    experiment, tag or config key), INVALID_DESCRIPTION (field);
+    NOT_FOUND RUN_NOT_FOUND (project, run_id, experiment: the fork parent),
+    INCARNATION_NOT_FOUND (incarnation_id); ALREADY_EXISTS
+    RUN_ALREADY_EXISTS (project, run_id) unless get_if_exists.
+    """
     GetRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.GetRunRequest, _runs_pb2.GetRunResponse]  # type: ignore[assignment]
     """GetRun returns one run with its lineage."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListRunsRequest, _runs_pb2.ListRunsResponse]  # type: ignore[assignment]
-    """ListRuns lists the runs of a project, optionally of one experiment."""
+    """ListRuns lists the runs of a project, optionally of one experiment.
+
+    Errors: INVALID_ARGUMENT INVALID_PROJECT, INVALID_NAME (experiment).
+    """
     StopRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.StopRunRequest, _runs_pb2.StopRunResponse]  # type: ignore[assignment]
-    """StopRun moves a run to STOPPED; writes are rejected until ResumeRun."""
+    """StopRun moves a run to STOPPED; writes are rejected with RUN_NOT_ACTIVE
+    until ResumeRun.
+    """
     FinishRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.FinishRunRequest, _runs_pb2.FinishRunResponse]  # type: ignore[assignment]
-    """FinishRun moves a run to FINISHED."""
+    """FinishRun moves a run to FINISHED; writes are rejected until ResumeRun."""
     FailRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.FailRunRequest, _runs_pb2.FailRunResponse]  # type: ignore[assignment]
-    """FailRun moves a run to FAILED, recording why."""
+    """FailRun moves a run to FAILED, recording why; writes are rejected until
+    ResumeRun.
+    """
     ResumeRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.ResumeRunRequest, _runs_pb2.ResumeRunResponse]  # type: ignore[assignment]
-    """ResumeRun moves a run back to RUNNING."""
+    """ResumeRun moves a run back to RUNNING. Batches answered RUN_NOT_ACTIVE
+    meanwhile used up their sequence numbers: send their points again in
+    new batches.
+    """
     RewindRun: _aio.UnaryUnaryMultiCallable[_runs_pb2.RewindRunRequest, _runs_pb2.RewindRunResponse]  # type: ignore[assignment]
     """RewindRun cuts a run's history back to a step: the run keeps its ID and
     gets a new current incarnation whose parent is the old one cut at the
-    step. The old incarnation is archived, never deleted.
+    step (points with step <= the step stay visible). The old incarnation
+    is archived (read-only, readable by its ID), never deleted. The run
+    becomes RUNNING in any earlier state; config, tags and description are
+    kept and the request's config is merged in; floors and summaries are
+    those of the cut view, so logging resumes above the cut. Open streams
+    keep working: each batch lands wholly before the rewind (in the
+    archived incarnation) or wholly after it. Not idempotent: each call
+    adds an incarnation.
+
+    Errors: INVALID_ARGUMENT INVALID_REWIND_STEP (step: not finite),
+    INVALID_DESCRIPTION (field), INVALID_NAME (field).
     """
     UpdateRunConfig: _aio.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunConfigRequest, _runs_pb2.UpdateRunConfigResponse]  # type: ignore[assignment]
-    """UpdateRunConfig merges entries into a run's config."""
+    """UpdateRunConfig merges entries into a run's config.
+
+    Errors: INVALID_ARGUMENT INVALID_DESCRIPTION (field), INVALID_NAME
+    (field).
+    """
     UpdateRunTags: _aio.UnaryUnaryMultiCallable[_runs_pb2.UpdateRunTagsRequest, _runs_pb2.UpdateRunTagsResponse]  # type: ignore[assignment]
-    """UpdateRunTags adds and removes tags."""
+    """UpdateRunTags adds and removes tags.
+
+    Errors: INVALID_ARGUMENT INVALID_NAME (field: a bad tag).
+    """
     ListSeries: _aio.UnaryUnaryMultiCallable[_runs_pb2.ListSeriesRequest, _runs_pb2.ListSeriesResponse]  # type: ignore[assignment]
     """ListSeries lists the series visible in a run or incarnation with a
     summary of each.
+
+    Errors: INVALID_ARGUMENT INVALID_SELECTOR (given); NOT_FOUND
+    RUN_NOT_FOUND (project, run_id), INCARNATION_NOT_FOUND
+    (incarnation_id), EXPERIMENT_NOT_FOUND (project, experiment).
     """
     ReadSeries: _aio.UnaryStreamMultiCallable[_runs_pb2.ReadSeriesRequest, _runs_pb2.ReadSeriesResponse]  # type: ignore[assignment]
     """ReadSeries streams the points of a run's series, in step order, in
-    messages of bounded size.
+    messages of at most 65,536 points each (a series longer than that spans
+    several consecutive messages).
+
+    Errors: those of ListSeries, and INVALID_ARGUMENT INVALID_MAX_POINTS
+    (max_points: below 5).
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
-    """RunService manages runs and reads their series."""
+    """RunService manages runs and reads their series.
+
+    Errors: a failed call ends with a gRPC status whose
+    "grpc-status-details-bin" trailer is a google.rpc.Status holding one
+    google.rpc.ErrorInfo (see google/rpc/error_details.proto) with domain
+    "stepstream.dev", an UPPER_SNAKE reason and metadata carrying every value
+    the message quotes. Listed per RPC as CODE REASON (metadata keys). Every
+    RPC that names a run can fail with
+      INVALID_ARGUMENT INVALID_PROJECT (field, value),
+      INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
+      NOT_FOUND        RUN_NOT_FOUND (project, run_id),
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
+    which is the one code that is always safe to retry unchanged. All RPCs
+    but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
+
+    Names and IDs: project, run_id and writer_id are 1-128 characters of
+    [A-Za-z0-9._:-], the first a letter or digit
+    (^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$); an empty project means "default".
+    Series names, attribute names, config keys, tags and experiment names are
+    UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
+    "sys/description" is the run's description.
+    """
 
     @_abc_1.abstractmethod
     def CreateRun(
@@ -111,7 +262,16 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.CreateRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.CreateRunResponse, _abc.Awaitable[_runs_pb2.CreateRunResponse]]:
-        """CreateRun creates a run, optionally as a fork of another run."""
+        """CreateRun creates a run, optionally as a fork of another run.
+
+        Errors: INVALID_ARGUMENT CONFLICTING_FORK_PARENT (fork_run_id,
+        fork_incarnation_id), FORK_STEP_REQUIRED (field), FORK_PARENT_REQUIRED
+        (field), INVALID_FORK_STEP (fork_step), INVALID_NAME (field: a bad
+        experiment, tag or config key), INVALID_DESCRIPTION (field);
+        NOT_FOUND RUN_NOT_FOUND (project, run_id, experiment: the fork parent),
+        INCARNATION_NOT_FOUND (incarnation_id); ALREADY_EXISTS
+        RUN_ALREADY_EXISTS (project, run_id) unless get_if_exists.
+        """
 
     @_abc_1.abstractmethod
     def GetRun(
@@ -127,7 +287,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.ListRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.ListRunsResponse, _abc.Awaitable[_runs_pb2.ListRunsResponse]]:
-        """ListRuns lists the runs of a project, optionally of one experiment."""
+        """ListRuns lists the runs of a project, optionally of one experiment.
+
+        Errors: INVALID_ARGUMENT INVALID_PROJECT, INVALID_NAME (experiment).
+        """
 
     @_abc_1.abstractmethod
     def StopRun(
@@ -135,7 +298,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.StopRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.StopRunResponse, _abc.Awaitable[_runs_pb2.StopRunResponse]]:
-        """StopRun moves a run to STOPPED; writes are rejected until ResumeRun."""
+        """StopRun moves a run to STOPPED; writes are rejected with RUN_NOT_ACTIVE
+        until ResumeRun.
+        """
 
     @_abc_1.abstractmethod
     def FinishRun(
@@ -143,7 +308,7 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.FinishRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.FinishRunResponse, _abc.Awaitable[_runs_pb2.FinishRunResponse]]:
-        """FinishRun moves a run to FINISHED."""
+        """FinishRun moves a run to FINISHED; writes are rejected until ResumeRun."""
 
     @_abc_1.abstractmethod
     def FailRun(
@@ -151,7 +316,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.FailRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.FailRunResponse, _abc.Awaitable[_runs_pb2.FailRunResponse]]:
-        """FailRun moves a run to FAILED, recording why."""
+        """FailRun moves a run to FAILED, recording why; writes are rejected until
+        ResumeRun.
+        """
 
     @_abc_1.abstractmethod
     def ResumeRun(
@@ -159,7 +326,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.ResumeRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.ResumeRunResponse, _abc.Awaitable[_runs_pb2.ResumeRunResponse]]:
-        """ResumeRun moves a run back to RUNNING."""
+        """ResumeRun moves a run back to RUNNING. Batches answered RUN_NOT_ACTIVE
+        meanwhile used up their sequence numbers: send their points again in
+        new batches.
+        """
 
     @_abc_1.abstractmethod
     def RewindRun(
@@ -169,7 +339,17 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runs_pb2.RewindRunResponse, _abc.Awaitable[_runs_pb2.RewindRunResponse]]:
         """RewindRun cuts a run's history back to a step: the run keeps its ID and
         gets a new current incarnation whose parent is the old one cut at the
-        step. The old incarnation is archived, never deleted.
+        step (points with step <= the step stay visible). The old incarnation
+        is archived (read-only, readable by its ID), never deleted. The run
+        becomes RUNNING in any earlier state; config, tags and description are
+        kept and the request's config is merged in; floors and summaries are
+        those of the cut view, so logging resumes above the cut. Open streams
+        keep working: each batch lands wholly before the rewind (in the
+        archived incarnation) or wholly after it. Not idempotent: each call
+        adds an incarnation.
+
+        Errors: INVALID_ARGUMENT INVALID_REWIND_STEP (step: not finite),
+        INVALID_DESCRIPTION (field), INVALID_NAME (field).
         """
 
     @_abc_1.abstractmethod
@@ -178,7 +358,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.UpdateRunConfigRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.UpdateRunConfigResponse, _abc.Awaitable[_runs_pb2.UpdateRunConfigResponse]]:
-        """UpdateRunConfig merges entries into a run's config."""
+        """UpdateRunConfig merges entries into a run's config.
+
+        Errors: INVALID_ARGUMENT INVALID_DESCRIPTION (field), INVALID_NAME
+        (field).
+        """
 
     @_abc_1.abstractmethod
     def UpdateRunTags(
@@ -186,7 +370,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runs_pb2.UpdateRunTagsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.UpdateRunTagsResponse, _abc.Awaitable[_runs_pb2.UpdateRunTagsResponse]]:
-        """UpdateRunTags adds and removes tags."""
+        """UpdateRunTags adds and removes tags.
+
+        Errors: INVALID_ARGUMENT INVALID_NAME (field: a bad tag).
+        """
 
     @_abc_1.abstractmethod
     def ListSeries(
@@ -196,6 +383,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runs_pb2.ListSeriesResponse, _abc.Awaitable[_runs_pb2.ListSeriesResponse]]:
         """ListSeries lists the series visible in a run or incarnation with a
         summary of each.
+
+        Errors: INVALID_ARGUMENT INVALID_SELECTOR (given); NOT_FOUND
+        RUN_NOT_FOUND (project, run_id), INCARNATION_NOT_FOUND
+        (incarnation_id), EXPERIMENT_NOT_FOUND (project, experiment).
         """
 
     @_abc_1.abstractmethod
@@ -205,7 +396,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_runs_pb2.ReadSeriesResponse], _abc.AsyncIterator[_runs_pb2.ReadSeriesResponse]]:
         """ReadSeries streams the points of a run's series, in step order, in
-        messages of bounded size.
+        messages of at most 65,536 points each (a series longer than that spans
+        several consecutive messages).
+
+        Errors: those of ListSeries, and INVALID_ARGUMENT INVALID_MAX_POINTS
+        (max_points: below 5).
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
