@@ -4,6 +4,7 @@ the optional read-only web view on the same event loop."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from dataclasses import dataclass
@@ -45,6 +46,28 @@ GRPC_OPTIONS = [
 ]
 
 
+class Readiness:
+    """gRPC health: SERVING only while every part the service needs is up (the embedded Redis,
+    the store taking writes). Reads keep working whatever it says."""
+
+    def __init__(self) -> None:
+        self.health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.down: set[str] = set()
+
+    async def set(self, part: str, up: bool) -> None:
+        if up:
+            self.down.discard(part)
+        else:
+            self.down.add(part)
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if self.down
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+
 @dataclass
 class Service:
     """A running service; `stop()` drains and releases everything it started."""
@@ -55,11 +78,15 @@ class Service:
     worker: IngestWorker
     store: AsyncStore
     redis_client: Any  # redis.asyncio.Redis or RedisCluster
-    health: Any  # grpc_health's asyncio HealthServicer (untyped)
+    readiness: Readiness
     embedded: EmbeddedRedis | None
     lock: DataDirLock | None
     watch: RedisWatch | None = None
     web: WebView | None = None
+
+    @property
+    def health(self) -> Any:
+        return self.readiness.health
 
     @property
     def address(self) -> str:
@@ -93,8 +120,12 @@ class Service:
                 lock.release()
             raise
         floors = FloorCache(client, replica=new_replica_id(), lease_seconds=settings.lease_seconds)
+        readiness = Readiness()
         worker = IngestWorker(
-            store, floors, limits=WorkerLimits(max_queued_points=settings.max_queued_points)
+            store,
+            floors,
+            limits=WorkerLimits(max_queued_points=settings.max_queued_points),
+            on_store_serving=functools.partial(readiness.set, "store"),
         )
         worker.start()
         runs, reader = RunManager(store, worker), Reader(store)
@@ -107,8 +138,7 @@ class Service:
         runs_pb2_grpc.add_RunServiceServicer_to_server(
             RunServicer(runs, reader, web.url if web is not None else ""), server
         )
-        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(readiness.health, server)
         reflection.enable_server_reflection(
             (
                 *SERVICE_NAMES,
@@ -124,31 +154,23 @@ class Service:
             raise RuntimeError(f"could not bind {settings.address}")
         await server.start()
         service = cls(
-            settings, server, port, worker, store, client, health_servicer, embedded, lock, web=web
+            settings, server, port, worker, store, client, readiness, embedded, lock, web=web
         )
-        await service.set_serving(True)
+        await readiness.set("store", True)
         if embedded is not None:
-            service.watch = RedisWatch(embedded, service.set_serving)
+            service.watch = RedisWatch(embedded, functools.partial(readiness.set, "redis"))
             service.watch.start()
         return service
 
-    async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, status)
-
     async def stop(self) -> None:
-        """Stop taking work, let streams finish for the grace period, commit what is queued,
-        then close the store and stop the Redis this service started."""
+        """Stop taking work, let streams finish for the grace period (then cancel them: a
+        long read is interrupted in the store), commit what is queued, then close the store
+        and stop the Redis this service started."""
         if self.web is not None:
             await self.web.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds)
-        await self.worker.drain_and_stop()
+        await self.worker.drain_and_stop(timeout=self.settings.grace_seconds)
         if self.watch is not None:
             await self.watch.stop()
         await self.redis_client.aclose()
