@@ -36,6 +36,7 @@ SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
 )
+MAX_PENDING_CALLS = 100_000
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -43,6 +44,13 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Calls that arrived but that the asyncio server has not taken up yet: beyond 3,000 of
+    # them (Core's default hard limit) new ones are refused with RESOURCE_EXHAUSTED "Too many
+    # pending requests for this server", which a grpc.aio client that is still writing sees
+    # as INTERNAL "Internal error from Core". A burst of thousands of streams opened at once
+    # is normal here (every rank of a job at start), so queue them instead (docs/faults.md).
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
 ]
 
 
