@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--wave", type=int, default=1_000_000, help="streams opened at once")
     parser.add_argument("--hold", type=float, default=5.0, help="seconds to keep them idle")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the client side needs them too
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
