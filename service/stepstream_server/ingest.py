@@ -123,6 +123,7 @@ class IngestWorker:
         )
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[set[tuple[str, str]]] | None = None  # commit under way
+        self._judging = False  # a group taken and not yet committing (drain waits for it)
         self._background: set[asyncio.Task[None]] = set()
         self.stats = {"groups": 0, "batches": 0, "points": 0, "refused": 0, "rejudged": 0}
 
