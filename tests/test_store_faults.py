@@ -68,9 +68,14 @@ def fill(where: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def connected(svc: Service) -> AsyncIterator[tuple[grpc.aio.Channel, object, object]]:
+async def writing(svc: Service) -> AsyncIterator[tuple[grpc.aio.Channel, object, Stream]]:
+    """A channel, its RunService stub, and a stream open on a new run r1 as writer w."""
     async with grpc.aio.insecure_channel(svc.address) as ch:
-        yield ch, runs_pb2_grpc.RunServiceStub(ch), ingest_pb2_grpc.IngestServiceStub(ch)
+        runs = runs_pb2_grpc.RunServiceStub(ch)
+        await create_run(runs, "r1")
+        s = Stream(ingest_pb2_grpc.IngestServiceStub(ch))
+        await s.open("r1", writer_id="w")
+        yield ch, runs, s
 
 
 def batch(first: int, n: int) -> object:
@@ -93,10 +98,7 @@ async def test_disk_full_heals_without_restart(
     )
     svc = await Service.start(settings)
     try:
-        async with connected(svc) as (ch, runs, ingest):
-            await create_run(runs, "r1")
-            s = Stream(ingest)
-            await s.open("r1", writer_id="w")
+        async with writing(svc) as (ch, runs, s):
             first = await s.send(batch(0, 10))
             assert first.appended.accepted_count == 10
             filler = fill(small_disk)
@@ -156,10 +158,7 @@ async def test_postgres_backend_killed_mid_commit_retries(
     )
     svc = await Service.start(settings)
     try:
-        async with connected(svc) as (ch, runs, ingest):
-            await create_run(runs, "r1")
-            s = Stream(ingest)
-            await s.open("r1", writer_id="w")
+        async with writing(svc) as (ch, runs, s):
             assert (await s.send(batch(0, 3))).appended.accepted_count == 3
             # Hold the run's row: the next commit waits for it inside its transaction, where
             # its backend is killed (and the retries wait there too until the row is free).
