@@ -216,3 +216,44 @@ def test_store_unavailable_is_a_retryable_status() -> None:
     assert exc.reason == "STORE_UNAVAILABLE"
     assert exc.message == "the store cannot take this now (database or disk is full); retry later"
     assert exc.metadata == {"detail": "database or disk is full"}
+
+
+async def test_stop_during_an_outage_fails_held_batches_retryably(
+    small_disk: Path, redis_server: EmbeddedRedis
+) -> None:
+    settings = Settings(
+        address="127.0.0.1:0",
+        data_dir=small_disk / "data",
+        redis_url=redis_server.url,
+        grace_seconds=1.0,
+    )
+    svc = await Service.start(settings)
+    stopped = False
+    try:
+        async with writing(svc) as (ch, _, s):
+            filler = fill(small_disk)
+            held = asyncio.create_task(s.send(batch(0, 30_000)))
+            await until_health(ch, NOT_SERVING)
+            await asyncio.wait_for(svc.stop(), 30)  # grace 1 s, then the held batch fails
+            stopped = True
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await asyncio.wait_for(held, 30)
+            # Both are re-sent by the client (cancelled at the grace deadline, or failed by
+            # the drain when the stream was still there).
+            assert exc.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    finally:
+        if not stopped:
+            await svc.stop()
+    filler.unlink()
+    svc = await Service.start(settings)  # the next service: the re-send lands once
+    try:
+        async with grpc.aio.insecure_channel(svc.address) as ch:
+            s = Stream(ingest_pb2_grpc.IngestServiceStub(ch))
+            opened = await s.open("r1", writer_id="w")
+            assert opened.opened.last_committed_sequence == 0
+            again = await s.send(batch(0, 30_000), sequence=1)
+            assert again.appended.accepted_count == 30_000
+            steps, _ = await read_points(runs_pb2_grpc.RunServiceStub(ch), "r1", "m")
+            assert steps == [float(i) for i in range(30_000)]
+    finally:
+        await svc.stop()
