@@ -39,6 +39,17 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.fixture
+def on_small_disk(small_disk: Path, redis_server: EmbeddedRedis) -> Settings:
+    """A service's settings with its data directory (the SQLite store) on the small disk."""
+    return Settings(
+        address="127.0.0.1:0",
+        data_dir=small_disk / "data",
+        redis_url=redis_server.url,
+        grace_seconds=1.0,
+    )
+
+
 async def health_status(channel: grpc.aio.Channel) -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
@@ -87,15 +98,10 @@ def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 async def test_disk_full_heals_without_restart(
-    small_disk: Path, redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+    small_disk: Path, on_small_disk: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
+    settings = on_small_disk
     caplog.set_level(logging.INFO)
-    settings = Settings(
-        address="127.0.0.1:0",
-        data_dir=small_disk / "data",
-        redis_url=redis_server.url,
-        grace_seconds=1.0,
-    )
     svc = await Service.start(settings)
     try:
         async with writing(svc) as (ch, runs, s):
@@ -219,14 +225,9 @@ def test_store_unavailable_is_a_retryable_status() -> None:
 
 
 async def test_stop_during_an_outage_fails_held_batches_retryably(
-    small_disk: Path, redis_server: EmbeddedRedis
+    small_disk: Path, on_small_disk: Settings
 ) -> None:
-    settings = Settings(
-        address="127.0.0.1:0",
-        data_dir=small_disk / "data",
-        redis_url=redis_server.url,
-        grace_seconds=1.0,
-    )
+    settings = on_small_disk
     svc = await Service.start(settings)
     stopped = False
     try:
