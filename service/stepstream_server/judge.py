@@ -46,7 +46,7 @@ from .ordering import (
     LazyToken,
     assigned_start,
 )
-from .store import AsyncStore
+from .store import AsyncStore, StoreUnavailable
 
 if TYPE_CHECKING:
     from .ingest import Pending
@@ -168,6 +168,8 @@ class Judge:
         for key, indices in by_run.items():
             try:
                 records[key] = await self.run_record(*key)
+            except StoreUnavailable:
+                raise  # not this batch's fault: the worker holds the group (docs/faults.md)
             except errors.ServiceError as exc:
                 for i in indices:
                     outcomes[i] = BatchFailure(exc.code.name, exc.reason, exc.message, exc.metadata)

@@ -4,6 +4,7 @@ the optional read-only web view on the same event loop."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
 )
+MAX_PENDING_CALLS = 100_000
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -42,7 +44,36 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Calls that arrived but that the asyncio server has not taken up yet: beyond 3,000 of
+    # them (Core's default hard limit) new ones are refused with RESOURCE_EXHAUSTED "Too many
+    # pending requests for this server", which a grpc.aio client that is still writing sees
+    # as INTERNAL "Internal error from Core". A burst of thousands of streams opened at once
+    # is normal here (every rank of a job at start), so queue them instead (docs/faults.md).
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
 ]
+
+
+class Readiness:
+    """gRPC health: SERVING only while every part the service needs is up (the embedded Redis,
+    the store taking writes). Reads keep working whatever it says."""
+
+    def __init__(self) -> None:
+        self.health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.down: set[str] = set()
+
+    async def set(self, part: str, up: bool) -> None:
+        if up:
+            self.down.discard(part)
+        else:
+            self.down.add(part)
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if self.down
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
 
 
 @dataclass
@@ -55,11 +86,15 @@ class Service:
     worker: IngestWorker
     store: AsyncStore
     redis_client: Any  # redis.asyncio.Redis or RedisCluster
-    health: Any  # grpc_health's asyncio HealthServicer (untyped)
+    readiness: Readiness
     embedded: EmbeddedRedis | None
     lock: DataDirLock | None
     watch: RedisWatch | None = None
     web: WebView | None = None
+
+    @property
+    def health(self) -> Any:
+        return self.readiness.health
 
     @property
     def address(self) -> str:
@@ -93,8 +128,12 @@ class Service:
                 lock.release()
             raise
         floors = FloorCache(client, replica=new_replica_id(), lease_seconds=settings.lease_seconds)
+        readiness = Readiness()
         worker = IngestWorker(
-            store, floors, limits=WorkerLimits(max_queued_points=settings.max_queued_points)
+            store,
+            floors,
+            limits=WorkerLimits(max_queued_points=settings.max_queued_points),
+            on_store_serving=functools.partial(readiness.set, "store"),
         )
         worker.start()
         runs, reader = RunManager(store, worker), Reader(store)
@@ -107,8 +146,7 @@ class Service:
         runs_pb2_grpc.add_RunServiceServicer_to_server(
             RunServicer(runs, reader, web.url if web is not None else ""), server
         )
-        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(readiness.health, server)
         reflection.enable_server_reflection(
             (
                 *SERVICE_NAMES,
@@ -124,31 +162,23 @@ class Service:
             raise RuntimeError(f"could not bind {settings.address}")
         await server.start()
         service = cls(
-            settings, server, port, worker, store, client, health_servicer, embedded, lock, web=web
+            settings, server, port, worker, store, client, readiness, embedded, lock, web=web
         )
-        await service.set_serving(True)
+        await readiness.set("store", True)
         if embedded is not None:
-            service.watch = RedisWatch(embedded, service.set_serving)
+            service.watch = RedisWatch(embedded, functools.partial(readiness.set, "redis"))
             service.watch.start()
         return service
 
-    async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, status)
-
     async def stop(self) -> None:
-        """Stop taking work, let streams finish for the grace period, commit what is queued,
-        then close the store and stop the Redis this service started."""
+        """Stop taking work, let streams finish for the grace period (then cancel them: a
+        long read is interrupted in the store), commit what is queued, then close the store
+        and stop the Redis this service started."""
         if self.web is not None:
             await self.web.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds)
-        await self.worker.drain_and_stop()
+        await self.worker.drain_and_stop(timeout=self.settings.grace_seconds)
         if self.watch is not None:
             await self.watch.stop()
         await self.redis_client.aclose()

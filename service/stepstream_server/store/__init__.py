@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Refused, RunCommit, Store
+from .base import Refused, RunCommit, Store, StoreUnavailable
 from .seam import AsyncStore, open_store
 
-__all__ = ["AsyncStore", "Refused", "RunCommit", "Store", "open_store"]
+__all__ = ["AsyncStore", "Refused", "RunCommit", "Store", "StoreUnavailable", "open_store"]

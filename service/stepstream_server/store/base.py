@@ -13,6 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import grpc
+
+from ..errors import ServiceError
 from ..model import (
     ChunkWrite,
     Incarnation,
@@ -42,10 +45,34 @@ class RunCommit:
 Refused = dict[tuple[str, str], int]
 
 
+class StoreUnavailable(ServiceError):
+    """The store cannot take this call now (disk full, I/O or lock error, the database
+    restarting or failing over, a connection killed) but may later: nothing of the call was
+    kept, or, when its COMMIT was cut off, it may have been (exactly-once rests on the writer
+    sequences, not on knowing which). Each engine turns its driver's transient errors into
+    this one exception at its edge; the ingest worker retries (docs/faults.md), and a client
+    call gets UNAVAILABLE `STORE_UNAVAILABLE`."""
+
+    def __init__(self, cause: BaseException) -> None:
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE,
+            "STORE_UNAVAILABLE",
+            f"the store cannot take this now ({detail}); retry later",
+            {"detail": detail},
+        )
+        self.detail = detail
+
+
 class Store(Protocol):
     """What the service needs from a durable store."""
 
     def close(self) -> None: ...
+
+    def interrupt(self) -> None:
+        """Abort the statements under way on other threads (shutdown: a long read must not
+        keep the process alive past its grace period). Thread-safe."""
+        ...
 
     # Runs and incarnations.
     def create_run(

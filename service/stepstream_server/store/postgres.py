@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from .. import errors
 from ..model import ChunkWrite, Incarnation, Origin, RunRecord, RunState, Segment, SeriesPoints
-from .base import Refused, RunCommit
+from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
     chunk_columns,
@@ -99,6 +99,22 @@ CREATE TABLE acks (
 );
 """
 
+# Seconds a call waits for a pooled connection (PostgreSQL down: fail, the caller retries).
+POOL_TIMEOUT = 10.0
+
+
+@contextlib.contextmanager
+def _classified() -> Iterator[None]:
+    """Transient failures leave as `StoreUnavailable`: a lost or killed connection, the server
+    shutting down or not accepting connections yet, a full disk, a serialization failure or
+    deadlock, no pooled connection in time (all OperationalError), and a standby that took the
+    address after a failover (read-only). Errors in what was asked (constraints, syntax) stay."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+        raise StoreUnavailable(exc) from exc
+
+
 # Schema version N is reached by running MIGRATIONS[N - 1]; table schema_version records each.
 MIGRATIONS = (SCHEMA_V1,)
 _MIGRATION_LOCK = 0x5354_4550_5354_524D  # "STEPSTRM": one advisory lock for every replica
@@ -168,7 +184,13 @@ class PostgresStore:
             kwargs={"autocommit": True, "application_name": "stepstream"},
             open=False,
             name="stepstream-store",
+            # A connection the server ended while it idled in the pool (a restart, a failover,
+            # pg_terminate_backend) is replaced before use instead of failing a call.
+            check=ConnectionPool.check_connection,
+            # While PostgreSQL is down a call fails after this instead of queueing for 30 s.
+            timeout=POOL_TIMEOUT,
         )
+        self._active: set[psycopg.Connection[TupleRow]] = set()  # for interrupt()
         try:
             self._pool.open(wait=True, timeout=30.0)
             self._migrate()
@@ -196,14 +218,38 @@ class PostgresStore:
     @contextlib.contextmanager
     def _read(self, *, binary: bool = False) -> Iterator[Cursor]:
         """A cursor on an autocommit connection: every statement sees what is committed."""
-        with self._pool.connection() as conn, conn.cursor(binary=binary) as cur:
+        with (
+            _classified(),
+            self._pool.connection() as conn,
+            self._tracked(conn),
+            conn.cursor(binary=binary) as cur,
+        ):
             yield cur
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Cursor]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with (
+            _classified(),
+            self._pool.connection() as conn,
+            self._tracked(conn),
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
             yield cur
+
+    @contextlib.contextmanager
+    def _tracked(self, conn: psycopg.Connection[TupleRow]) -> Iterator[None]:
+        self._active.add(conn)
+        try:
+            yield
+        finally:
+            self._active.discard(conn)
+
+    def interrupt(self) -> None:
+        for conn in list(self._active):
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel_safe(timeout=2.0)
 
     def close(self) -> None:
         self._pool.close()

@@ -7,6 +7,8 @@ both engines sit behind one boundary and no event-loop code knows which one it t
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,17 +28,35 @@ class AsyncStore:
         self._reads = ThreadPoolExecutor(read_threads, thread_name_prefix="store-read")
         # SQLite has one writer; PostgreSQL's commits of one worker are ordered anyway.
         self._writes = ThreadPoolExecutor(write_threads, thread_name_prefix="store-write")
+        self._guard = threading.Lock()
+        self._reading = 0  # read calls running on the read threads
 
     async def read(self, fn: Callable[[Store], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._reads, fn, self.sync)
+        return await asyncio.get_running_loop().run_in_executor(self._reads, self._read, fn)
+
+    def _read(self, fn: Callable[[Store], T]) -> T:
+        with self._guard:
+            self._reading += 1
+        try:
+            return fn(self.sync)
+        finally:
+            with self._guard:
+                self._reading -= 1
 
     async def write(self, fn: Callable[[Store], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writes, fn, self.sync)
 
     def close(self) -> None:
-        """Wait for calls under way, then close the store."""
-        self._reads.shutdown(wait=True)
+        """Wait for the writes under way; interrupt the reads under way (their callers are
+        gone by now: a long read must not hold the process past its grace period); close."""
         self._writes.shutdown(wait=True)
+        self._reads.shutdown(wait=False, cancel_futures=True)
+        # An interrupt lands only on a statement that is running: repeat until the reads end.
+        give_up = time.monotonic() + 10.0
+        while self._reading and time.monotonic() < give_up:
+            self.sync.interrupt()
+            time.sleep(0.02)
+        self._reads.shutdown(wait=True)
         self.sync.close()
 
 

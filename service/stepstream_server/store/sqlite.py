@@ -26,7 +26,7 @@ from ..model import (
     Segment,
     SeriesPoints,
 )
-from .base import Refused, RunCommit
+from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
     chunk_columns,
@@ -161,15 +161,31 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed when the block ends, rolled back if it raises."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        """One write transaction: committed when the block ends, rolled back if it raises
+        (COMMIT itself included: a COMMIT that failed on a full disk leaves the transaction
+        open, and every later BEGIN would fail). Transient failures leave as
+        `StoreUnavailable`."""
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    # Already rolled back by SQLite for some errors: harmless then.
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if _transient(exc):
+                raise StoreUnavailable(exc) from exc
             raise
-        conn.execute("COMMIT")
+
+    def interrupt(self) -> None:
+        with self._guard:
+            for conn in self._connections:
+                conn.interrupt()
 
     def close(self) -> None:
         with self._guard:
@@ -716,6 +732,29 @@ _INCARNATION_COLUMNS = (
     " (SELECT p.run_id FROM incarnations p WHERE p.incarnation_id = i.parent_incarnation),"
     " i.fork_step, i.snapshot_chunk, i.origin, i.created_at, i.archived"
 )
+
+
+# Errors after which the same transaction may succeed later: the disk filled up (or came back),
+# an I/O error, a lock held past busy_timeout, the file not openable right now. Constraint
+# violations, misuse and corruption are not among them.
+_TRANSIENT = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOMEM,
+    }
+)
+
+
+def _transient(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # raised by the module itself (e.g. "cannot start a transaction")
+        return False
+    return (code & 0xFF) in _TRANSIENT  # extended codes (SQLITE_IOERR_WRITE, ...) too
 
 
 def _sql_real(x: float) -> float:
