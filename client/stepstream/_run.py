@@ -740,15 +740,24 @@ class Run:
         if exc is None:
             self.close()
             return
-        request = runs_pb2.FailRunRequest(
-            project=self._project, run_id=self._run_id, reason=repr(exc)[:4096]
-        )
         try:
-            self._shutdown(
-                "FailRun", lambda stub: stub.FailRun(request, timeout=UNARY_TIMEOUT), None
-            )
+            self.fail(repr(exc))
         except Exception as error:  # never hide the exception that is propagating
             logger.warning("stepstream: could not mark run %r as failed: %s", self._run_id, error)
+
+    def detach(self, timeout: float | None = None) -> None:
+        """Like close(), but the run keeps its state: for one of several processes sharing a
+        run (the ranks of a distributed job), which must not finish it for the others."""
+        request = runs_pb2.GetRunRequest(project=self._project, run_id=self._run_id)
+        self._shutdown("GetRun", lambda stub: stub.GetRun(request, timeout=UNARY_TIMEOUT), timeout)
+
+    def fail(self, reason: str, timeout: float | None = None) -> None:
+        """Like close(), but the run ends FAILED with `reason` (e.g. from a framework's
+        failure hook). Idempotent: a closed Run stays as it ended."""
+        request = runs_pb2.FailRunRequest(
+            project=self._project, run_id=self._run_id, reason=reason[:4096]
+        )
+        self._shutdown("FailRun", lambda stub: stub.FailRun(request, timeout=UNARY_TIMEOUT), timeout)
 
     # ---- errors -------------------------------------------------------------------------
 
