@@ -113,6 +113,8 @@ def test_a_failed_fit_marks_the_run_failed(tmp_path: Path) -> None:
 
 
 def test_other_ranks_attach_to_rank_zeros_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEPSTREAM_RUN_ID", "")  # restored (unset) after the test
+    monkeypatch.delenv("STEPSTREAM_RUN_ID")
     zero = StepstreamLogger(experiment_name="pl-ddp")  # rank 0 picks the ID for every rank
     zero.log_hyperparams({"world": 2})
     zero.experiment  # noqa: B018 - what Lightning's log_graph call does on rank 0
