@@ -2,7 +2,7 @@
 place where errors become a message on stderr and an exit code.
 
 Exit codes: 0 ok; 1 the command failed (an error answer from the service, a file that cannot
-be written, a missing extra); 2 a usage error or an invalid argument; 3 the service cannot be
+be written, a missing extra); 2 a usage error or an invalid argument (caught here or by the service); 3 the service cannot be
 reached; 4 what was asked for does not exist (an unknown run or series).
 """
 
@@ -48,6 +48,8 @@ def run_handler(args: argparse.Namespace) -> int:
             )
         if exc.code is grpc.StatusCode.NOT_FOUND:
             return fail(exc.message, NOT_FOUND)
+        if exc.code is grpc.StatusCode.INVALID_ARGUMENT:
+            return fail(exc.message, USAGE)
         return fail(str(exc), FAILED)
     except InvalidArgumentError as exc:
         return fail(str(exc), USAGE)
