@@ -24,11 +24,11 @@ STEPSTREAM = shutil.which("stepstream", path=str(Path(sys.executable).parent))
 
 
 def cli(
-    *args: str, address: str | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:  # noqa: F811
+    *args: str, at: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "STEPSTREAM_ADDRESS"}
-    if address is not None:
-        env["STEPSTREAM_ADDRESS"] = address
+    if at is not None:
+        env["STEPSTREAM_ADDRESS"] = at
     assert STEPSTREAM is not None, "the stepstream console script is not installed"
     return subprocess.run(
         [STEPSTREAM, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
@@ -59,7 +59,7 @@ def test_help_lists_every_command() -> None:
 
 
 def test_runs_list_table_json_and_filters(logged: str) -> None:
-    table = cli("runs", "list", address=logged)
+    table = cli("runs", "list", at=logged)
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].split() == [
         "RUN_ID",
@@ -69,12 +69,12 @@ def test_runs_list_table_json_and_filters(logged: str) -> None:
         "TAGS",
     ]
     assert "cli-run" in table.stdout and "cli-open" in table.stdout
-    result = cli("runs", "list", "--json", "--experiment", "cli-exp", address=logged)
+    result = cli("runs", "list", "--json", "--experiment", "cli-exp", at=logged)
     runs = json.loads(result.stdout)
     assert [(r["run_id"], r["state"], r["config"], r["tags"]) for r in runs] == [
         ("cli-run", "FINISHED", {"lr": 0.1}, ["t"])
     ]
-    running = json.loads(cli("runs", "list", "--json", "--state", "running", address=logged).stdout)
+    running = json.loads(cli("runs", "list", "--json", "--state", "running", at=logged).stdout)
     assert "cli-open" in {r["run_id"] for r in running}
     assert "cli-run" not in {r["run_id"] for r in running}
 
@@ -84,7 +84,7 @@ def test_runs_show(logged: str) -> None:
     assert result.returncode == 0, result.stderr
     for text in ("FINISHED", "lr = 0.1", "lineage", "CREATED", "loss", "console", "hello"):
         assert text in result.stdout
-    document = json.loads(cli("runs", "show", "cli-run", "--json", address=logged).stdout)
+    document = json.loads(cli("runs", "show", "cli-run", "--json", at=logged).stdout)
     summary = {s["name"]: s for s in document["series"]}
     assert summary["loss"]["count"] == 12 and summary["loss"]["last"] == math.inf
     assert document["lineage"][0]["origin"] == "CREATED"
@@ -92,7 +92,7 @@ def test_runs_show(logged: str) -> None:
 
 @pytest.mark.parametrize("name", ["run.json", "run.yaml", "run.parquet"])
 def test_runs_export(logged: str, tmp_path: Path, name: str) -> None:
-    result = cli("runs", "export", "cli-run", name, "--series", address=logged, cwd=tmp_path)
+    result = cli("runs", "export", "cli-run", name, "--series", at=logged, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == name
     document = stepstream.load_export(tmp_path / name)
@@ -103,21 +103,21 @@ def test_runs_export(logged: str, tmp_path: Path, name: str) -> None:
 
 
 def test_series_table_csv_json(logged: str) -> None:
-    table = cli("series", "cli-run", "loss", address=logged)
+    table = cli("series", "cli-run", "loss", at=logged)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["STEP", "VALUE", "TIMESTAMP"] and len(lines) == 13
     assert lines[-2].split()[:2] == ["10", "nan"] and lines[-1].split()[:2] == ["11", "inf"]
     rows = list(
-        csv.reader(io.StringIO(cli("series", "cli-run", "loss", "--csv", address=logged).stdout))
+        csv.reader(io.StringIO(cli("series", "cli-run", "loss", "--csv", at=logged).stdout))
     )
     assert rows[0] == ["step", "value", "timestamp"] and rows[1][:2] == ["0.0", "1.0"]
     points = json.loads(
-        cli("series", "cli-run", "loss", "--json", "--max-points", "5", address=logged).stdout
+        cli("series", "cli-run", "loss", "--json", "--max-points", "5", at=logged).stdout
     )
     assert points["kind"] == "float" and len(points["steps"]) <= 5
     assert any(math.isnan(v) for v in points["values"]) and math.inf in points["values"]
-    strings = json.loads(cli("series", "cli-run", "console", "--json", address=logged).stdout)
+    strings = json.loads(cli("series", "cli-run", "console", "--json", at=logged).stdout)
     assert (strings["kind"], strings["values"]) == ("string", ["hello"])
 
 
@@ -127,10 +127,10 @@ def test_unknown_run_and_series_exit_4(logged: str) -> None:
         ("runs", "export", "nope", "x.json"),
         ("series", "nope", "loss"),
     ):
-        result = cli(*args, address=logged)
+        result = cli(*args, at=logged)
         assert result.returncode == 4, (args, result.stderr)
         assert result.stderr == "stepstream: run 'nope' not found in project 'default'\n"
-    result = cli("series", "cli-run", "missing", address=logged)
+    result = cli("series", "cli-run", "missing", at=logged)
     assert result.returncode == 4
     assert result.stderr == (
         "stepstream: run 'cli-run' has no series 'missing' (it has: console, loss)\n"
@@ -139,7 +139,7 @@ def test_unknown_run_and_series_exit_4(logged: str) -> None:
 
 def test_unreachable_service_exits_3() -> None:
     where = f"127.0.0.1:{free_port()}"
-    result = cli("runs", "list", address=where)
+    result = cli("runs", "list", at=where)
     assert result.returncode == 3
     assert result.stderr.startswith(
         f"stepstream: cannot reach the stepstream service at {where} (UNAVAILABLE: "
@@ -150,10 +150,10 @@ def test_unreachable_service_exits_3() -> None:
 
 
 def test_bad_arguments_exit_2(logged: str) -> None:
-    result = cli("series", "cli-run", "loss", "--max-points", "2", address=logged)
+    result = cli("series", "cli-run", "loss", "--max-points", "2", at=logged)
     assert result.returncode == 2
     assert result.stderr == "stepstream: max_points must be at least 5, got 2\n"
-    result = cli("runs", "show", "bad id", address=logged)
+    result = cli("runs", "show", "bad id", at=logged)
     assert result.returncode == 2
     assert result.stderr == "stepstream: RUN 'bad id' must be 1-128 characters of [A-Za-z0-9._:-]\n"
     assert cli("runs", "list", "--state", "LOST").returncode == 2  # argparse's own usage error

@@ -41,9 +41,7 @@ def data() -> list[dict[str, Any]]:
     return [{"x": row, "labels": row.sum(dim=0, keepdim=True)} for row in x]
 
 
-def train(
-    root: Path, steps: int, callbacks: list[Any], model: Any = None, **options: Any
-) -> Any:
+def train(root: Path, steps: int, callbacks: list[Any], model: Any = None, **options: Any) -> Any:
     args = transformers.TrainingArguments(
         output_dir=str(root),
         max_steps=steps,

@@ -187,9 +187,7 @@ def write_document(document: Mapping[str, Any], path: Path, format: str) -> None
             if library is None:
                 text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
             else:
-                text = library.safe_dump(
-                    dict(document), sort_keys=False, width=100
-                )
+                text = library.safe_dump(dict(document), sort_keys=False, width=100)
             temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
     finally:
@@ -271,7 +269,13 @@ def _read_parquet(path: Path) -> dict[str, Any]:
     for entry in entries.values():
         entry.update(steps=[], values=[], timestamps=[])
     for name, kind, step, value, text, timestamp in zip(
-        rows["series"], rows["kind"], rows["step"], rows["value"], rows["text"], rows["timestamp"]
+        rows["series"],
+        rows["kind"],
+        rows["step"],
+        rows["value"],
+        rows["text"],
+        rows["timestamp"],
+        strict=True,
     ):
         entry = entries[(name, kind)]
         entry["steps"].append(step)

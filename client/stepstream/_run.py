@@ -16,7 +16,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
@@ -757,7 +756,9 @@ class Run:
         request = runs_pb2.FailRunRequest(
             project=self._project, run_id=self._run_id, reason=reason[:4096]
         )
-        self._shutdown("FailRun", lambda stub: stub.FailRun(request, timeout=UNARY_TIMEOUT), timeout)
+        self._shutdown(
+            "FailRun", lambda stub: stub.FailRun(request, timeout=UNARY_TIMEOUT), timeout
+        )
 
     # ---- errors -------------------------------------------------------------------------
 

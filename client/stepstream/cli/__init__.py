@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import runs, serve, series
+from . import runs, series, serve
 from ._output import run_handler
 
 COMMANDS = (runs, series, serve)

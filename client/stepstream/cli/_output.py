@@ -87,8 +87,10 @@ def number(value: float | None) -> str:
 
 
 def when(value: datetime.datetime | None) -> str:
-    return "" if value is None else value.astimezone(datetime.timezone.utc).strftime(
-        "%Y-%m-%d %H:%M:%S"
+    return (
+        ""
+        if value is None
+        else value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     )
 
 
@@ -96,6 +98,6 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Columns aligned to their widest cell, headers in capitals."""
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
     for row in [[h.upper() for h in headers], *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -165,4 +165,3 @@ def export_run(args: argparse.Namespace) -> None:
         _lookup(client, args)
         path = write_export(client, args.project, args.run, args.path, args.format, args.series)
     print(path)
-

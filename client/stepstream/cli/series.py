@@ -62,12 +62,12 @@ def show_series(args: argparse.Namespace) -> None:
     elif args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["step", "value", "timestamp"])
-        writer.writerows(zip(points.steps, points.values, points.timestamps))
+        writer.writerows(zip(points.steps, points.values, points.timestamps, strict=True))
     else:
         print_table(
             ["step", "value", "timestamp"],
             [
-                [number(s), v if isinstance(v, str) else number(v), f"{t:.3f}"]
-                for s, v, t in zip(points.steps, points.values, points.timestamps)
+                [number(s), number(v) if isinstance(v, float) else str(v), f"{t:.3f}"]
+                for s, v, t in zip(points.steps, points.values, points.timestamps, strict=True)
             ],
         )

@@ -28,9 +28,8 @@ from .._run import Run
 from . import _common
 
 _pl = _common.require("lightning.pytorch", "lightning", "StepstreamLogger")
-Logger = _pl.loggers.Logger
-Callback = _pl.Callback
-rank_zero_only = _pl.utilities.rank_zero_only
+Logger: Any = _pl.loggers.Logger
+Callback: Any = _pl.Callback
 
 
 class StepstreamLogger(Logger):  # type: ignore[misc]
@@ -104,8 +103,11 @@ class StepstreamLogger(Logger):  # type: ignore[misc]
             )
         return self._run
 
-    @rank_zero_only  # type: ignore[untyped-decorator]
-    def log_hyperparams(self, params: Mapping[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+    def log_hyperparams(
+        self, params: Mapping[str, Any] | Namespace, *args: Any, **kwargs: Any
+    ) -> None:
+        if self._rank != 0:  # like every Lightning logger: rank 0 logs Lightning's own
+            return
         if isinstance(params, Namespace):
             params = vars(params)
         config = _common.plain(dict(params))
@@ -125,8 +127,9 @@ class StepstreamLogger(Logger):  # type: ignore[misc]
         else:
             self.experiment  # noqa: B018 - open it now: the other ranks wait for it
 
-    @rank_zero_only  # type: ignore[untyped-decorator]
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self._rank != 0:
+            return
         values = {}
         for name, value in metrics.items():
             number = _common.scalar(value)
@@ -173,5 +176,5 @@ class _RewindOnResume(Callback):  # type: ignore[misc]
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # The checkpoint was saved after `global_step` optimizer steps, whose batches logged at
         # steps 0 .. global_step - 1; the resumed fit logs from global_step on.
-        self._logger._rewind(float(trainer.global_step - 1))  # noqa: SLF001
+        self._logger._rewind(float(trainer.global_step - 1))
         trainer.callbacks.remove(self)

@@ -35,7 +35,7 @@ from .._run import Run
 from . import _common
 
 _hf = _common.require("transformers", "transformers", "StepstreamCallback")
-TrainerCallback = _hf.TrainerCallback
+TrainerCallback: Any = _hf.TrainerCallback
 NAME = "stepstream"
 _PREFIXES = (("eval_", "eval/"), ("test_", "test/"))
 _training: weakref.WeakSet[StepstreamCallback] = weakref.WeakSet()
@@ -92,8 +92,9 @@ class StepstreamCallback(TrainerCallback):  # type: ignore[misc]
             self.run.detach()
         config = {"args": _common.plain(args.to_dict())}
         model_config = getattr(kwargs.get("model"), "config", None)
-        if hasattr(model_config, "to_dict"):
-            config["model"] = _common.plain(model_config.to_dict())
+        to_dict = getattr(model_config, "to_dict", None)
+        if callable(to_dict):
+            config["model"] = _common.plain(to_dict())
         # A Trainer resumed from a checkpoint starts at the checkpoint's global_step: the
         # points logged after it belong to the lost stretch.
         resumed = state.global_step > 0
