@@ -4,6 +4,9 @@ from a checkpoint, a failed fit)."""
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +134,26 @@ def test_other_ranks_attach_to_rank_zeros_run(monkeypatch: pytest.MonkeyPatch) -
     assert (info.state, info.config, info.experiment) == ("FINISHED", {"world": 2}, "pl-ddp")
     names = {s.name: s.count for s in stepstream.list_series(zero.version)}
     assert names == {"loss": 1, "rank1/throughput": 1}
+
+
+def test_a_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "stepstream.integrations.lightning")
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)  # import raises ImportError
+    with pytest.raises(stepstream.MissingExtraError) as caught:
+        importlib.import_module("stepstream.integrations.lightning")
+    assert str(caught.value) == (
+        "StepstreamLogger needs the 'lightning' extra (lightning.pytorch is not installed):"
+        " pip install 'stepstream[lightning]'"
+    )
+
+
+def test_the_client_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, stepstream, stepstream.cli, stepstream.integrations\n"
+        "heavy = ('yaml', 'pyarrow', 'torch', 'lightning', 'transformers', 'stepstream_server')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
