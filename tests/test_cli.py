@@ -164,3 +164,16 @@ def test_serve_is_handed_to_the_service() -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("usage: stepstream serve")
     assert "--data-dir" in result.stdout
+
+
+def test_serve_without_the_service_says_how_to_install_it() -> None:
+    code = (
+        "import sys; sys.modules['stepstream_server'] = None\n"  # as if not installed
+        "from stepstream.cli import main; main(['serve'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "stepstream: `stepstream serve` needs the service, which is not installed here:"
+        " pip install stepstream-server (from a checkout: pip install . , or make run)\n"
+    )
