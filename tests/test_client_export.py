@@ -1,16 +1,17 @@
-"""Run exports without a YAML library: the client's YAML writer, its reader, and (when PyYAML
-is installed) PyYAML reading the same text to the same values."""
+"""Export files: YAML (PyYAML), JSON and Parquet (pyarrow) round trips of tricky documents,
+NaN and ±Inf included, the formats by extension, and a clear error naming a missing extra."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import stepstream
-from stepstream._export import dump_yaml, export_format, load_yaml
+from stepstream._export import export_format, write_document
 
 TRICKY_STRINGS = [
     "",
@@ -99,81 +100,148 @@ def same(a: object, b: object) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def test_yaml_round_trip_through_the_clients_reader() -> None:
-    original = document()
-    text = dump_yaml(original)
-    assert same(load_yaml(text), original)
-    # Types survive, not only values.
-    parsed = load_yaml(text)
-    assert [type(v) for v in parsed["floats"]] == [float] * len(FLOATS + NON_FINITE)
-    assert [type(v) for v in parsed["ints"]] == [int] * 3
-    assert parsed["strings"] == TRICKY_STRINGS
-    assert math.copysign(1.0, parsed["floats"][1]) == -1.0
-
-
-def test_pyyaml_reads_the_same_values() -> None:
-    yaml = pytest.importorskip("yaml")
-    original = document()
-    assert same(yaml.safe_load(dump_yaml(original)), original)
-
-
-def test_yaml_is_readable_block_style() -> None:
-    text = dump_yaml(
+def series_document() -> dict[str, Any]:
+    """A run export with points: what a Parquet file must carry."""
+    doc = document()
+    doc["series"] = [
         {
-            "run_id": "r1",
-            "state": "RUNNING",
-            "description": "a: b",
-            "config": {"lr": 0.001, "optim": {"name": "adam"}},
-            "tags": ["a", "b"],
-            "history": [{"incarnation_id": "inc-1", "fork_step": None}],
-            "values": {},
-        }
+            "name": "train/loss",
+            "kind": "float",
+            "count": 5,
+            "last_step": 4.5,
+            "last": -math.inf,
+            "min": -math.inf,
+            "max": math.inf,
+            "generation": 0,
+            "steps": [0.0, 1.0, 2.0, 3.0, 4.5],
+            "values": [0.5, math.nan, math.inf, -0.0, -math.inf],
+            "timestamps": [1.0, 2.0, 3.0, 4.0, 5.0],
+        },
+        {
+            "name": "train/loss",  # a string series may share a float series' name
+            "kind": "string",
+            "count": 2,
+            "last_step": 1.0,
+            "last": "naïve ✓ 😀",
+            "generation": 1,
+            "steps": [0.0, 1.0],
+            "values": ["new\nline", "naïve ✓ 😀"],
+            "timestamps": [1.0, 2.0],
+        },
+        {
+            "name": "empty",
+            "kind": "float",
+            "count": 0,
+            "last_step": -math.inf,
+            "last": math.nan,
+            "min": math.nan,
+            "max": math.nan,
+            "generation": 0,
+            "steps": [],
+            "values": [],
+            "timestamps": [],
+        },
+    ]
+    return doc
+
+
+@pytest.mark.parametrize("name", ["run.yaml", "run.yml", "run.json", "run.parquet"])
+def test_round_trip_in_every_format(tmp_path: Path, name: str) -> None:
+    original = series_document()
+    path = tmp_path / name
+    write_document(original, path, export_format(path, None))
+    loaded = stepstream.load_export(path)
+    assert same(loaded, original)
+    # Types survive, not only values: NaN, ±Inf and -0.0 stay floats, ints stay ints.
+    assert [type(v) for v in loaded["floats"]] == [float] * len(FLOATS + NON_FINITE)
+    assert [type(v) for v in loaded["ints"]] == [int] * 3
+    assert loaded["strings"] == TRICKY_STRINGS
+    assert math.copysign(1.0, loaded["floats"][1]) == -1.0
+    values = loaded["series"][0]["values"]
+    assert math.isnan(values[1]) and values[2] == math.inf and values[4] == -math.inf
+    assert math.copysign(1.0, values[3]) == -1.0
+
+
+def test_yaml_is_readable_block_style(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    write_document(
+        {"run_id": "r1", "config": {"lr": 0.001, "optim": {"name": "adam"}}, "best": math.nan},
+        path,
+        "yaml",
     )
-    assert text == (
-        "run_id: r1\n"
-        "state: RUNNING\n"
-        'description: "a: b"\n'
-        "config:\n"
-        "  lr: 0.001\n"
-        "  optim:\n"
-        "    name: adam\n"
-        'tags: ["a", "b"]\n'
-        "history:\n"
-        "  - incarnation_id: inc-1\n"
-        "    fork_step: null\n"
-        "values: {}\n"
+    assert path.read_text() == (
+        "run_id: r1\nconfig:\n  lr: 0.001\n  optim:\n    name: adam\nbest: .nan\n"
     )
 
 
-def test_reader_accepts_common_hand_edits() -> None:
-    text = (
-        "---\n"
-        "# a comment\n"
-        "name: run  # trailing comment\n"
-        "list:\n"
-        "- 1\n"
-        "- two\n"
-        "- {a: 1, b: [x, y]}\n"
-        "flag: True\n"
-        "nothing:\n"
-        "spaced:   [ 1 , 2 ]\n"
-    )
-    assert load_yaml(text) == {
-        "name": "run",
-        "list": [1, "two", {"a": 1, "b": ["x", "y"]}],
-        "flag": True,
-        "nothing": None,
-        "spaced": [1, 2],
+def test_parquet_holds_one_row_per_point(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "run.parquet"
+    write_document(series_document(), path, "parquet")
+    table = pq.read_table(path)
+    assert table.column_names == ["series", "kind", "step", "value", "text", "timestamp"]
+    assert table.num_rows == 7
+    rows = table.to_pylist()
+    assert rows[5] == {
+        "series": "train/loss",
+        "kind": "string",
+        "step": 0.0,
+        "value": None,
+        "text": "new\nline",
+        "timestamp": 1.0,
     }
 
 
+def test_parquet_without_stepstream_metadata(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1.0]}), path)
+    with pytest.raises(ValueError) as caught:
+        stepstream.load_export(path)
+    assert str(caught.value) == f"{path}: not a stepstream export (no stepstream.run metadata)"
+
+
 @pytest.mark.parametrize(
-    "text",
-    ["a: [1, 2\n", 'a: "open\n', "a: 1\n  b: 2\n", "just text\n", "a: {b 1}\n", 'a: "\\q"\n'],
+    ("name", "module", "message"),
+    [
+        (
+            "run.yaml",
+            "yaml",
+            "Yaml export needs the 'yaml' extra (yaml is not installed):"
+            " pip install 'stepstream[yaml]'",
+        ),
+        (
+            "run.parquet",
+            "pyarrow.parquet",
+            "Parquet export needs the 'parquet' extra (pyarrow.parquet is not installed):"
+            " pip install 'stepstream[parquet]'",
+        ),
+    ],
 )
-def test_reader_rejects_what_it_cannot_read(text: str) -> None:
-    with pytest.raises(ValueError, match=r"install PyYAML|unexpected indentation"):
-        load_yaml(text)
+def test_a_missing_extra_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, module: str, message: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    path = tmp_path / name
+    for call in (
+        lambda: write_document({"kind": "stepstream.run", "series": []}, path, name.split(".")[1]),
+        lambda: stepstream.load_export(path),
+    ):
+        with pytest.raises(stepstream.MissingExtraError) as caught:
+            call()
+        assert str(caught.value) == message
+        assert isinstance(caught.value, ImportError)
+        assert caught.value.extra == name.split(".")[1]
+    assert not path.exists()
+
+
+def test_json_needs_no_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    path = tmp_path / "run.json"
+    write_document(series_document(), path, "json")
+    assert same(stepstream.load_export(path), series_document())
 
 
 @pytest.mark.parametrize(
@@ -182,6 +250,7 @@ def test_reader_rejects_what_it_cannot_read(text: str) -> None:
         ("run.yaml", None, "yaml"),
         ("run.YML", None, "yaml"),
         ("run.json", None, "json"),
+        ("run.parquet", None, "parquet"),
         ("run.json", "yaml", "yaml"),
         ("run", "json", "json"),
     ],
@@ -194,11 +263,12 @@ def test_export_format_errors() -> None:
     with pytest.raises(stepstream.InvalidArgumentError) as caught:
         export_format(Path("run.txt"), None)
     assert str(caught.value) == (
-        "cannot tell the export format from 'run.txt': use a .yaml, .yml or .json file name, "
-        "or give format='yaml' or format='json'"
+        "cannot tell the export format from 'run.txt': use a .yaml, .yml, .json or .parquet "
+        "file name, or give format='yaml', 'json' or 'parquet'"
     )
-    with pytest.raises(stepstream.InvalidArgumentError, match=r"^format must be 'yaml' or 'json'"):
+    with pytest.raises(stepstream.InvalidArgumentError) as caught:
         export_format(Path("run.yaml"), "toml")
+    assert str(caught.value) == "format must be 'yaml', 'json' or 'parquet', got 'toml'"
 
 
 def test_load_export_reads_json_and_rejects_non_documents(tmp_path: Path) -> None:

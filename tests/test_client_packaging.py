@@ -40,10 +40,15 @@ def test_wheel_depends_only_on_grpc_and_protobuf(tmp_path: Path) -> None:
         for line in metadata.splitlines()
         if line.startswith("Requires-Dist:")
     ]
-    # Extras (e.g. `; extra == "dev"`) would not be installed by default; there must be none.
-    assert all(";" not in requirement for requirement in requires), requires
-    dependencies = {re.split(r"[\s<>=!~\[(;]", r, maxsplit=1)[0].lower() for r in requires}
+    # What a plain install brings; the optional features come only with their extras.
+    plain = [r for r in requires if ";" not in r]
+    dependencies = {re.split(r"[\s<>=!~\[(;]", r, maxsplit=1)[0].lower() for r in plain}
     assert dependencies == ALLOWED
+    extras = {r.split("extra ==", 1)[1].strip().strip("'\"") for r in requires if ";" in r}
+    assert extras == {"yaml", "parquet", "lightning", "transformers"}
+    assert "stepstream/cli/__init__.py" in names
+    assert "stepstream/integrations/lightning.py" in names
+    assert "Provides-Extra: parquet" in metadata
     assert "stepstream/__init__.py" in names
     assert "stepstream/py.typed" in names
     assert "stepstream/v1/ingest_pb2.py" in names

@@ -1,4 +1,5 @@
-"""Every ```python block of the README runs, as pasted, against a running service."""
+"""Every ```python block of both READMEs (the top one and client/README.md) runs, as pasted,
+against a running service."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ from conftest import free_port
 from procs import ServiceProcess
 from stepstream_server.embedded_redis import EmbeddedRedis
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parent.parent
+READMES = {"README.md": 5, "client/README.md": 4}  # at least this many examples each
 
 
-def test_readme_has_examples() -> None:
-    assert len(BLOCKS) >= 5
+def blocks(name: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / name).read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("name", READMES)
+def test_readme_has_examples(name: str) -> None:
+    assert len(blocks(name)) >= READMES[name]
 
 
 @pytest.fixture
@@ -30,9 +36,10 @@ def address(tmp_path: Path, redis_server: EmbeddedRedis):  # type: ignore[no-unt
         svc.terminate()
 
 
-def test_readme_blocks_run_in_order(address: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", READMES)
+def test_readme_blocks_run_in_order(address: str, tmp_path: Path, name: str) -> None:
     env = {**os.environ, "STEPSTREAM_ADDRESS": address}
-    for i, block in enumerate(BLOCKS):
+    for i, block in enumerate(blocks(name)):
         result = subprocess.run(
             [sys.executable, "-c", block],
             env=env,
@@ -41,7 +48,7 @@ def test_readme_blocks_run_in_order(address: str, tmp_path: Path) -> None:
             text=True,
             timeout=120,
         )
-        assert result.returncode == 0, f"README block {i} failed:\n{block}\n{result.stderr}"
+        assert result.returncode == 0, f"{name} block {i} failed:\n{block}\n{result.stderr}"
         expected = re.findall(r"^# (\[.*\])$", block, flags=re.M)
         for line in expected:  # "# [...]" comments show output the block must print
             assert line in result.stdout, f"block {i}: {line!r} not in {result.stdout!r}"

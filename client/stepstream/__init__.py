@@ -16,12 +16,13 @@ once. Runs fork (`Run(fork_from="<run_id>?_step=N")`, `fork_run_id=`/`fork_step=
 from ._client import get_run, list_runs, list_series, read_series
 from ._exceptions import (
     InvalidArgumentError,
+    MissingExtraError,
     RPCError,
     RunClosedError,
     StepstreamError,
     WaitTimeoutError,
 )
-from ._export import load_export
+from ._export import export_run, load_export
 from ._run import Run
 from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
 
@@ -31,6 +32,7 @@ __all__ = [
     "Incarnation",
     "IngestError",
     "InvalidArgumentError",
+    "MissingExtraError",
     "RPCError",
     "Run",
     "RunClosedError",
@@ -40,6 +42,7 @@ __all__ = [
     "SeriesSummary",
     "StepstreamError",
     "WaitTimeoutError",
+    "export_run",
     "get_run",
     "list_runs",
     "list_series",

@@ -17,7 +17,7 @@ from stepstream.v1 import runs_pb2, runs_pb2_grpc
 from ._convert import run_info_from_proto, summary_from_proto
 from ._exceptions import InvalidArgumentError, RPCError
 from ._targets import Address, Target, resolve_target
-from ._types import RunInfo, Series, SeriesSummary
+from ._types import Incarnation, RunInfo, Series, SeriesSummary
 from ._validate import check_id, check_name, check_positive_int, check_real
 
 # Deadline for one read or state call made from the trainer's thread.
@@ -304,6 +304,41 @@ class RunClient:
         else:
             found = (strings if string_series else floats).get(name)
         return found if found is not None else Series(name=name)
+
+
+def read_lineage(client: RunClient, project: str, info: RunInfo) -> list[Incarnation]:
+    """The chain of incarnations behind `info`'s current one, oldest first (see
+    Run.lineage); one GetRun per other run on the way."""
+    known = {i.incarnation_id: i for i in info.incarnations}
+    read_runs = {info.run_id}
+    current = known.get(info.incarnation_id)
+    if current is None:  # the service always lists the current incarnation; be safe anyway
+        return []
+    chain = [current]
+    seen = {current.incarnation_id}
+    while current.parent_incarnation_id and current.parent_incarnation_id not in seen:
+        parent_id = current.parent_incarnation_id
+        seen.add(parent_id)
+        parent_run = current.parent_run_id
+        if parent_id not in known and parent_run and parent_run not in read_runs:
+            read_runs.add(parent_run)
+            try:
+                parent_info = client.get_run(project, parent_run)
+            except RPCError as exc:
+                if exc.code is not grpc.StatusCode.NOT_FOUND:
+                    raise
+            else:
+                known.update((i.incarnation_id, i) for i in parent_info.incarnations)
+        parent = known.get(parent_id)
+        if parent is None:
+            chain.append(
+                Incarnation(incarnation_id=parent_id, run_id=parent_run or "", origin="UNKNOWN")
+            )
+            break
+        chain.append(parent)
+        current = parent
+    chain.reverse()
+    return chain
 
 
 _Parts = tuple[list[float], list[Any], list[float]]

@@ -9,7 +9,9 @@ Every exception the client raises on purpose derives from `StepstreamError`::
     │                          (also a ValueError)
     ├── RunClosedError         the Run was closed (or its sender stopped for good)
     │                          (also a RuntimeError)
-    └── WaitTimeoutError       wait() or close() ran out of time (also a TimeoutError)
+    ├── WaitTimeoutError       wait() or close() ran out of time (also a TimeoutError)
+    └── MissingExtraError      a feature needs an optional extra that is not installed,
+                               e.g. `pip install 'stepstream[yaml]'` (also an ImportError)
 
 gRPC's own `grpc.RpcError` never escapes: it is translated into `RPCError` once, where a call
 is made (`RPCError.from_grpc`), by unpacking the `google.rpc.Status` that the service puts in
@@ -26,6 +28,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
     "InvalidArgumentError",
+    "MissingExtraError",
     "RPCError",
     "RunClosedError",
     "StepstreamError",
@@ -50,6 +53,22 @@ class RunClosedError(StepstreamError, RuntimeError):
 
 class WaitTimeoutError(StepstreamError, TimeoutError):
     """`wait()` or `close()` gave up before everything was acknowledged."""
+
+
+class MissingExtraError(StepstreamError, ImportError):
+    """A feature needs an optional extra of the client that is not installed.
+
+    Attributes:
+        extra: the extra to install, e.g. "yaml" for `pip install 'stepstream[yaml]'`.
+    """
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the {extra!r} extra ({module} is not installed):"
+            f" pip install 'stepstream[{extra}]'",
+            name=module,
+        )
 
 
 class RPCError(StepstreamError):

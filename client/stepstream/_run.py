@@ -16,7 +16,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
@@ -24,7 +23,7 @@ import grpc
 
 from stepstream.v1 import runs_pb2
 
-from ._client import RunClient, check_read_range, make_selector
+from ._client import RunClient, check_read_range, make_selector, read_lineage
 from ._convert import dict_from_struct, run_info_from_proto, struct_from_dict
 from ._exceptions import (
     InvalidArgumentError,
@@ -33,7 +32,7 @@ from ._exceptions import (
     StepstreamError,
     WaitTimeoutError,
 )
-from ._export import export_document, export_format, write_document
+from ._export import write_export
 from ._records import Record, RecordMaker
 from ._sender import UNARY_TIMEOUT, Operation, Sender, UnaryCall
 from ._targets import Address, resolve_target
@@ -740,15 +739,26 @@ class Run:
         if exc is None:
             self.close()
             return
-        request = runs_pb2.FailRunRequest(
-            project=self._project, run_id=self._run_id, reason=repr(exc)[:4096]
-        )
         try:
-            self._shutdown(
-                "FailRun", lambda stub: stub.FailRun(request, timeout=UNARY_TIMEOUT), None
-            )
+            self.fail(repr(exc))
         except Exception as error:  # never hide the exception that is propagating
             logger.warning("stepstream: could not mark run %r as failed: %s", self._run_id, error)
+
+    def detach(self, timeout: float | None = None) -> None:
+        """Like close(), but the run keeps its state: for one of several processes sharing a
+        run (the ranks of a distributed job), which must not finish it for the others."""
+        request = runs_pb2.GetRunRequest(project=self._project, run_id=self._run_id)
+        self._shutdown("GetRun", lambda stub: stub.GetRun(request, timeout=UNARY_TIMEOUT), timeout)
+
+    def fail(self, reason: str, timeout: float | None = None) -> None:
+        """Like close(), but the run ends FAILED with `reason` (e.g. from a framework's
+        failure hook). Idempotent: a closed Run stays as it ended."""
+        request = runs_pb2.FailRunRequest(
+            project=self._project, run_id=self._run_id, reason=reason[:4096]
+        )
+        self._shutdown(
+            "FailRun", lambda stub: stub.FailRun(request, timeout=UNARY_TIMEOUT), timeout
+        )
 
     # ---- errors -------------------------------------------------------------------------
 
@@ -938,7 +948,7 @@ class Run:
         chain with an entry whose origin is "UNKNOWN".
         """
         with self._reader() as client:
-            return _lineage(client, self._project, self.get_run())
+            return read_lineage(client, self._project, self.get_run())
 
     # ---- DigitalHub CRUD: refresh, save, export -----------------------------------------
 
@@ -1007,7 +1017,7 @@ class Run:
         format: str | None = None,
         include_series: bool = False,
     ) -> str:
-        """Write the run to a local YAML or JSON file; returns the file's path.
+        """Write the run to a local YAML, JSON or Parquet file; returns the file's path.
 
         The file holds the run as the service has it, after everything logged so far is
         acknowledged (unsaved local edits are not in it: save() first): project, run_id,
@@ -1016,25 +1026,13 @@ class Run:
         every series, and with `include_series=True` every series' points (steps, values,
         timestamps; inherited points included). `path` defaults to "<run_id>.yaml" in the
         current directory; the format comes from `format` ("yaml" or "json") or else from the
-        extension (.yaml, .yml, .json). No YAML library is needed; `stepstream.load_export()`
-        reads the file back.
+        extension (.yaml, .yml, .json, .parquet). YAML needs the `yaml` extra (PyYAML), Parquet
+        the `parquet` extra (pyarrow; a Parquet file always holds every point); a missing one
+        raises MissingExtraError. `stepstream.load_export()` reads any of them back.
         """
-        if path is None:
-            chosen = format if format is not None else "yaml"
-            target = Path.cwd() / f"{self._run_id.replace(':', '_')}.{chosen}"
-        else:
-            target = Path(path)
-        kind = export_format(target, format)
         self._flush()
-        selector = self._selector(None, False)
         with self._reader() as client:
-            info = client.get_run(self._project, self._run_id)
-            lineage = _lineage(client, self._project, info)
-            summaries = client.list_series(selector)
-            floats, strings = client.read(selector) if include_series else ({}, {})
-        document = export_document(info, lineage, summaries, floats, strings, include_series)
-        write_document(document, target, kind)
-        return str(target)
+            return write_export(client, self._project, self._run_id, path, format, include_series)
 
 
 def _branch(
@@ -1148,41 +1146,6 @@ def _check_description_entry(config: Mapping[str, Any]) -> None:
             f"config[{DESCRIPTION_KEY!r}] sets the description and must be a str, got "
             f"{type(value).__name__}"
         )
-
-
-def _lineage(client: RunClient, project: str, info: RunInfo) -> list[Incarnation]:
-    """The chain of incarnations behind `info`'s current one, oldest first (see
-    Run.lineage); one GetRun per other run on the way."""
-    known = {i.incarnation_id: i for i in info.incarnations}
-    read_runs = {info.run_id}
-    current = known.get(info.incarnation_id)
-    if current is None:  # the service always lists the current incarnation; be safe anyway
-        return []
-    chain = [current]
-    seen = {current.incarnation_id}
-    while current.parent_incarnation_id and current.parent_incarnation_id not in seen:
-        parent_id = current.parent_incarnation_id
-        seen.add(parent_id)
-        parent_run = current.parent_run_id
-        if parent_id not in known and parent_run and parent_run not in read_runs:
-            read_runs.add(parent_run)
-            try:
-                parent_info = client.get_run(project, parent_run)
-            except RPCError as exc:
-                if exc.code is not grpc.StatusCode.NOT_FOUND:
-                    raise
-            else:
-                known.update((i.incarnation_id, i) for i in parent_info.incarnations)
-        parent = known.get(parent_id)
-        if parent is None:
-            chain.append(
-                Incarnation(incarnation_id=parent_id, run_id=parent_run or "", origin="UNKNOWN")
-            )
-            break
-        chain.append(parent)
-        current = parent
-    chain.reverse()
-    return chain
 
 
 def _copy_error(error: StepstreamError) -> StepstreamError:

@@ -1,0 +1,5 @@
+"""`python -m stepstream.cli`: the same as the `stepstream` console script."""
+
+from . import main
+
+main()
