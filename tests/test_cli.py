@@ -155,7 +155,10 @@ def test_bad_arguments_exit_2(logged: str) -> None:
     assert result.stderr == "stepstream: max_points must be at least 5, got 2\n"
     result = cli("runs", "show", "bad id", at=logged)
     assert result.returncode == 2
-    assert result.stderr == "stepstream: RUN 'bad id' must be 1-128 characters of [A-Za-z0-9._:-]\n"
+    assert result.stderr == (
+        "stepstream: RUN 'bad id' must be 1-128 characters of [A-Za-z0-9._:-], starting with a"
+        " letter or digit\n"
+    )
     assert cli("runs", "list", "--state", "LOST").returncode == 2  # argparse's own usage error
 
 

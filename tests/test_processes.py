@@ -85,7 +85,9 @@ class ResendingWriter:
                             self._ack(await call.read())
                     await call.done_writing()
                     return
-            except grpc.aio.AioRpcError:
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                # A write can find the call already ended by the kill (grpc.aio raises
+                # InvalidStateError then, not AioRpcError): the same reconnect.
                 await asyncio.sleep(min(0.05 * 2 ** min(attempt, 5), 1.0))
         raise AssertionError("writer never finished")
 
