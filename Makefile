@@ -6,7 +6,24 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_OUT := client
 
-.PHONY: run test protos lint bench cluster venv clean
+.PHONY: run test protos lint bench cluster venv assets chromium clean
+
+# The web view's browser libraries (uPlot), pinned in web-assets/package-lock.json, copied into
+# the Python package as static files (gitignored: built, never committed).
+VENDOR := service/stepstream_server/web/static/vendor
+$(VENDOR)/.installed: web-assets/package.json web-assets/package-lock.json
+	cd web-assets && npm ci --no-audit --no-fund --silent
+	mkdir -p $(VENDOR)
+	cp web-assets/node_modules/uplot/dist/uPlot.iife.min.js web-assets/node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
+	touch $@
+
+assets: $(VENDOR)/.installed
+
+# The browser tests drive Debian's Chromium (never a downloaded browser): install it when missing.
+chromium:
+	@test -x /usr/bin/chromium || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +33,10 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 
 venv: $(VENV)/.installed
 
-run: venv
+run: venv assets
 	$(BIN)/stepstream serve $(ARGS)
 
-test: venv
+test: venv assets chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Regenerates the Python code and type stubs for protos/ into client/stepstream/v1.
@@ -33,7 +50,7 @@ lint: venv
 	$(BIN)/ruff format --check service client tests bench scripts
 	$(BIN)/mypy service/stepstream_server client/stepstream
 
-bench: venv
+bench: venv assets chromium
 	$(PY) -m bench $(ARGS)
 
 # A local 3-replica demo: this machine's PostgreSQL and a Redis Cluster from the embedded binary.
@@ -41,4 +58,4 @@ cluster: venv
 	$(PY) scripts/cluster_demo.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENDOR) web-assets/node_modules build dist .pytest_cache .mypy_cache .ruff_cache

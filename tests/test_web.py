@@ -279,10 +279,15 @@ async def test_lineage_tree_with_fork_and_rewind_points(service, lineage):
         (lineage.c, "child", "FORKED", lineage.b, 40, False, True, None, []),
     ]
     base = (await get(service, "/api/lineage/default/base")).json()["incarnations"]
+    # The whole family: the child forked from base is in base's tree too, outside its view.
     assert [(n["incarnation_id"], n["visible_to_step"], n["in_view"]) for n in base] == [
         (lineage.a, 50, True),
         (lineage.b, None, True),
+        (lineage.c, None, False),
     ]
+    assert [n["run_current"] for n in base] == [False, True, True]
+    assert base[0]["charts_path"] == f"/runs/default/base?incarnation={lineage.a}"
+    assert base[2]["charts_path"] == "/runs/default/child"
 
 
 async def test_errors_carry_reason_and_http_status(service, lineage):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import errors
-from .model import Floats, Segment, SeriesPoints, SeriesSummary
+from .model import Floats, Incarnation, RunRecord, Segment, SeriesPoints, SeriesSummary
 from .store import AsyncStore, Store
 from .validation import project_of, run_id_of
 
@@ -227,3 +227,84 @@ def slices(points: SeriesPoints, size: int = POINTS_PER_MESSAGE) -> Iterator[Ser
             points.values[start:end],
             points.timestamps[start:end],
         )
+
+
+# -- lineage --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """One incarnation of a run's family, with how much of it the run's current view sees."""
+
+    inc: Incarnation
+    # The viewed run's current incarnation.
+    current: bool
+    # Whether the run's current view reads any of it (its chain of ancestors).
+    in_view: bool
+    # The largest step of this incarnation visible in the run's current view (None: all).
+    visible_to: float | None
+    # The current incarnation of its own run (an archived one never is).
+    run_current: bool
+
+
+async def lineage(store: AsyncStore, record: RunRecord) -> list[LineageNode]:
+    """The whole family of a run: its current view's chain of ancestors (oldest first, each
+    with the step up to which the view sees it), then every other incarnation connected to it
+    by a fork or a rewind, up or down, in any run of the project (oldest first)."""
+    return await store.read(lambda s: _family(s, record))
+
+
+def _family(store: Store, record: RunRecord) -> list[LineageNode]:
+    runs = {(r.project, r.run_id): r for r in store.list_runs(record.project, "")}
+    runs[(record.project, record.run_id)] = record
+    known = {i.incarnation_id: i for r in runs.values() for i in r.incarnations}
+    current_of_run = {r.current_incarnation_id for r in runs.values()}
+
+    def get(iid: str) -> Incarnation | None:
+        if iid not in known:
+            inc = store.get_incarnation(iid)  # a parent in another project
+            if inc is None:
+                return None
+            known[iid] = inc
+        return known[iid]
+
+    # The chain the current view reads, newest first, without recursion (a run may have been
+    # rewound many times).
+    chain: list[tuple[Incarnation, float | None]] = []
+    visible_to = math.inf
+    next_id: str | None = record.current_incarnation_id
+    while next_id is not None and next_id not in {i.incarnation_id for i, _ in chain}:
+        inc = get(next_id)
+        if inc is None:
+            break
+        chain.append((inc, None if math.isinf(visible_to) else visible_to))
+        if inc.fork_step is not None:
+            visible_to = min(visible_to, inc.fork_step)
+        next_id = inc.parent_incarnation_id
+    # Everything connected to it through parent links, both ways.
+    children: dict[str, list[str]] = {}
+    for inc in list(known.values()):
+        if inc.parent_incarnation_id is not None:
+            children.setdefault(inc.parent_incarnation_id, []).append(inc.incarnation_id)
+    seen = {i.incarnation_id for i, _ in chain} | {i.incarnation_id for i in record.incarnations}
+    todo = list(seen)
+    while todo:
+        iid = todo.pop()
+        inc = get(iid)
+        linked = [*children.get(iid, []), *([inc.parent_incarnation_id] if inc else [])]
+        for other in linked:
+            if other is not None and other not in seen and get(other) is not None:
+                seen.add(other)
+                todo.append(other)
+    in_chain = {i.incarnation_id for i, _ in chain}
+    nodes = [
+        LineageNode(inc, k == 0, True, to, inc.incarnation_id in current_of_run)
+        for k, (inc, to) in enumerate(chain)
+    ]
+    nodes.reverse()
+    rest = sorted(
+        (known[i] for i in seen - in_chain),
+        key=lambda i: (i.created_at, i.incarnation_id),
+    )
+    nodes += [LineageNode(i, False, False, None, i.incarnation_id in current_of_run) for i in rest]
+    return nodes
