@@ -88,7 +88,10 @@ def marks_of(nodes: Sequence[LineageNode]) -> list[dict[str, Any]]:
             f"{step_text(n.inc.fork_step)}",
         }
         for n in nodes
-        if n.in_view and n.inc.fork_step is not None
+        if n.in_view
+        and n.inc.fork_step is not None
+        # A rewind past the step where the view leaves that incarnation is not in the view.
+        and (n.visible_to is None or n.inc.fork_step <= n.visible_to)
     ]
 
 

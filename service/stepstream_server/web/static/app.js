@@ -258,7 +258,7 @@
         ],
         axes: [{ label: state.x === "time" ? "wall-clock time (UTC)" : "step" }, { label: name, size: 60 }],
         cursor: {
-          drag: { x: true, y: false },
+          drag: { x: true, y: false, setScale: false },
           bind: {
             dblclick: () => () => {
               reset(name);
@@ -284,6 +284,8 @@
       const entry = charts.get(name);
       entry.zoomed = [lo, hi];
       entry.section.dataset.zoomed = "1";
+      u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+      u.setScale("x", { min: lo, max: hi });
       if (state.x !== "step") return;
       const parts = await Promise.all(runs.map((run) => readRun(run, { name: [name], step_min: lo, step_max: hi })));
       if (entry.zoomed === null || entry.zoomed[0] !== lo) return; // reset or zoomed again since
