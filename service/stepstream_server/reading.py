@@ -11,6 +11,7 @@ import numpy as np
 from . import errors
 from .model import Floats, Incarnation, RunRecord, Segment, SeriesPoints, SeriesSummary
 from .store import AsyncStore, Store
+from .store.codec import STATS_BLOCK, extremes
 from .validation import project_of, run_id_of
 
 # Points per streamed message: keeps every message far below gRPC's size limits.
@@ -119,6 +120,11 @@ def _read_all(
         keys = [k for k in keys if k[0] in wanted]
     out = []
     for name, is_string in keys:
+        if max_points is not None and generation is None and not is_string:
+            sampled = _sampled(store, segments, name, lo, hi, max_points)
+            if len(sampled.steps):
+                out.append(sampled)
+            continue
         parts = list(store.read(segments, name, is_string, lo, hi, generation))
         points = merge(parts, name, is_string)
         if len(points.steps) == 0:
@@ -135,27 +141,11 @@ def downsample(points: SeriesPoints, max_points: int) -> SeriesPoints:
     n = len(points.steps)
     buckets = max(1, max_points // MIN_DOWNSAMPLE)
     width = -(-n // buckets)
-    starts = np.arange(0, n, width)
-    ends = np.minimum(starts + width, n) - 1
     if points.is_string:
-        keep = np.unique(np.concatenate([starts, ends]))
+        starts = np.arange(0, n, width)
+        keep = np.unique(np.concatenate([starts, np.minimum(starts + width, n) - 1]))
     else:
-        vals = np.asarray(points.values, dtype=np.float64)
-        pad = len(starts) * width - n
-        grid = np.concatenate([vals, np.full(pad, np.nan)]).reshape(len(starts), width)
-        real = np.arange(len(starts) * width).reshape(len(starts), width) < n
-        nan = np.isnan(grid)
-        low = np.where(nan, np.inf, grid).argmin(axis=1)
-        high = np.where(nan, -np.inf, grid).argmax(axis=1)
-        real_nan = nan & real
-        has_nan = real_nan.any(axis=1)
-        first_nan = real_nan.argmax(axis=1)
-        keep = np.unique(
-            np.concatenate(
-                [starts, ends, starts + low, starts + high, (starts + first_nan)[has_nan]]
-            )
-        )
-        keep = keep[keep < n]
+        keep = extremes(np.asarray(points.values, dtype=np.float64), width)
     values: Floats | list[str]
     if points.is_string:
         values = [points.values[i] for i in keep.tolist()]
@@ -164,6 +154,20 @@ def downsample(points: SeriesPoints, max_points: int) -> SeriesPoints:
     return SeriesPoints(
         points.name, points.is_string, points.steps[keep], values, points.timestamps[keep]
     )
+
+
+def _sampled(
+    store: Store, segments: Sequence[Segment], name: str, lo: float, hi: float, max_points: int
+) -> SeriesPoints:
+    """A float series downsampled from chunk stats when its buckets are at least a stats
+    block wide (O(chunks) instead of every point), else from its points."""
+    buckets = max(1, max_points // MIN_DOWNSAMPLE)
+    if store.count(segments, name, False, lo, hi) >= buckets * STATS_BLOCK:
+        parts = list(store.read_sampled(segments, name, lo, hi))
+    else:
+        parts = list(store.read(segments, name, False, lo, hi))
+    points = merge(parts, name, False)
+    return downsample(points, max_points) if len(points.steps) > max_points else points
 
 
 def merge(parts: list[SeriesPoints], name: str, is_string: bool) -> SeriesPoints:
