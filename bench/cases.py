@@ -224,6 +224,7 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     from bench.case_latency import latency
     from bench.case_reads import reads
     from bench.case_trainer import cost, stall
+    from bench.case_web import web
 
     cases: dict[str, Callable[[Context], list[Row]]] = {}
     for key, shape in shapes.items():
@@ -232,4 +233,5 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     cases["cost"] = cost
     cases["stall"] = stall
     cases["reads"] = reads
+    cases["web"] = web
     return cases
