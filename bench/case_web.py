@@ -69,7 +69,14 @@ def fill(path: Path, wide_series: int, wide_points: int, big_points: int) -> Non
             for name in names:
                 vals = np.cumsum(rng.normal(size=n))
                 chunks = [
-                    ChunkWrite(inc, name, False, steps[i : i + CHUNK], vals[i : i + CHUNK], ts[i : i + CHUNK])
+                    ChunkWrite(
+                        inc,
+                        name,
+                        False,
+                        steps[i : i + CHUNK],
+                        vals[i : i + CHUNK],
+                        ts[i : i + CHUNK],
+                    )
                     for i in range(0, n, CHUNK)
                 ]
                 store.commit([RunCommit("default", run_id, 0, chunks, [])])

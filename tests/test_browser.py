@@ -182,7 +182,9 @@ async def test_run_page_inherited_toggle_changes_the_summary(page, data, tmp_pat
     marks = await pg.evaluate(
         "JSON.parse(document.getElementById('chart-config').textContent).runs[0].marks"
     )
-    assert [(m["kind"], m["step"]) for m in marks] == [("forked", 80)]  # base's rewind at 120 lies past the fork
+    assert [(m["kind"], m["step"]) for m in marks] == [
+        ("forked", 80)
+    ]  # base's rewind at 120 lies past the fork
     await shot(pg, "run.png", tmp_path)
     await pg.uncheck("#inherited")
     await pg.wait_for_selector("body[data-summaries=own]")

@@ -61,14 +61,23 @@ def fill(store: Store) -> str:
     steps = np.arange(N, dtype=np.float64)
     vals = values()
     chunks = [
-        ChunkWrite("inc-r", "loss", False, steps[i : i + CHUNK], vals[i : i + CHUNK], steps[i : i + CHUNK] + 1e9)
+        ChunkWrite(
+            "inc-r",
+            "loss",
+            False,
+            steps[i : i + CHUNK],
+            vals[i : i + CHUNK],
+            steps[i : i + CHUNK] + 1e9,
+        )
         for i in range(0, N, CHUNK)
     ]
     assert store.commit([RunCommit("p", "r", 0, chunks, [])]) == {}
     return record.current_incarnation_id
 
 
-def sampled(store: Store, inc: str, max_points: int = 2000, lo: float = -math.inf, hi: float = math.inf) -> Any:
+def sampled(
+    store: Store, inc: str, max_points: int = 2000, lo: float = -math.inf, hi: float = math.inf
+) -> Any:
     (points,) = _read_all(store, store.segments(inc), ["loss"], lo, hi, max_points, None)
     return points
 
@@ -131,7 +140,9 @@ def test_chunks_from_before_migration_3_read_without_stats(tmp_path: Path):
     try:
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
-            assert conn.execute("SELECT COUNT(*) FROM chunks WHERE stats IS NULL").fetchone() == (4,)
+            assert conn.execute("SELECT COUNT(*) FROM chunks WHERE stats IS NULL").fetchone() == (
+                4,
+            )
         assert_keeps_extremes(sampled(store, inc), 2000, SPIKES)
         assert sampled(store, inc, 2000, 10, 20).steps.tolist() == list(range(10, 21))
     finally:

@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from stepstream.v1 import runs_pb2
 from wire import Stream, create_run, fseries, sseries
 
-EXPERIMENT = "sweep \"<i>1</i>\""
+EXPERIMENT = 'sweep "<i>1</i>"'
 HOSTILE = "<script>alert('x')</script>\u202e\"q\""
 RTL_TAG = "\u202egnp.exe"
 

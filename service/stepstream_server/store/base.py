@@ -164,4 +164,3 @@ class Store(Protocol):
         """A float series' points in the view for a downsampled read: a chunk lying wholly in
         the range gives the points its stats keep (codec.chunk_stats), any other its points."""
         ...
-

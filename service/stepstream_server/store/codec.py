@@ -100,7 +100,8 @@ def _bucket_picks(values: Floats, width: int) -> np.ndarray[Any, np.dtype[np.int
     real_nan = nan & real
     first_nan = np.where(real_nan.any(axis=1), real_nan.argmax(axis=1), 0)
     picks = np.stack([starts, starts + low, starts + high, starts + first_nan, ends], axis=1)
-    return np.minimum(picks, ends[:, None]).astype(np.int64)
+    out: np.ndarray[Any, np.dtype[np.int64]] = np.minimum(picks, ends[:, None]).astype(np.int64)
+    return out
 
 
 def chunk_stats(steps: Floats, values: Floats, timestamps: Floats) -> bytes:

@@ -580,7 +580,6 @@ class PostgresStore:
                 fetched.append((hi, cur.fetchall()))
         return _points(name, is_string, step_min, fetched)
 
-
     def _parts(
         self, cur: Cursor, segments: Sequence[Segment], name: str, is_string: bool
     ) -> list[tuple[Segment, SeriesRef, int]]:
@@ -601,7 +600,14 @@ class PostgresStore:
                     cur,
                     "SELECT COALESCE(SUM(n), 0) FROM chunks WHERE project = %s AND run_id = %s"
                     " AND series_id = %s AND chunk_id <= %s AND min_step <= %s AND max_step >= %s",
-                    (project, run_id, series_id, seg.chunk_cap, min(step_max, seg.step_cap), step_min),
+                    (
+                        project,
+                        run_id,
+                        series_id,
+                        seg.chunk_cap,
+                        min(step_max, seg.step_cap),
+                        step_min,
+                    ),
                 )
         return int(total)
 

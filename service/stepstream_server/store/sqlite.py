@@ -30,13 +30,13 @@ from .base import Refused, RunCommit
 from .codec import (
     ACK_RETENTION,
     chunk_columns,
-    sampled_points,
     floor_of,
     fold_visible,
     incarnation_from_row,
     own_generation,
     points_of,
     run_changes,
+    sampled_points,
     view_segments,
 )
 from .schema import SchemaTooNew
@@ -703,7 +703,6 @@ class SqliteStore:
                 if points is not None:
                     yield points
 
-
     def _parts(
         self, segments: Sequence[Segment], name: str, is_string: bool
     ) -> list[tuple[Segment, int, int]]:
@@ -723,7 +722,12 @@ class SqliteStore:
             total += conn.execute(
                 "SELECT COALESCE(SUM(n), 0) FROM chunks WHERE series_id = ? AND chunk_id <= ?"
                 " AND min_step <= ? AND max_step >= ?",
-                (series_id, seg.chunk_cap, _sql_real(min(step_max, seg.step_cap)), _sql_real(step_min)),
+                (
+                    series_id,
+                    seg.chunk_cap,
+                    _sql_real(min(step_max, seg.step_cap)),
+                    _sql_real(step_min),
+                ),
             ).fetchone()[0]
         return int(total)
 

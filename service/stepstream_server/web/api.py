@@ -27,7 +27,7 @@ from ..model import Incarnation, RunRecord, SeriesPoints, SeriesSummary
 from ..reading import LineageNode, Reader, Selector, lineage
 from ..runs import RunManager
 from ..validation import project_of
-from .links import lineage_path, run_path, run_url, experiment_url
+from .links import experiment_url, lineage_path, run_path, run_url
 
 DEFAULT_MAX_POINTS = 2000
 MAX_MAX_POINTS = 100_000

@@ -18,7 +18,7 @@ from ..model import RunRecord, RunState, SeriesSummary
 from ..reading import LineageNode, Selector, lineage
 from ..validation import project_of
 from . import links
-from .api import Context, error_status, jsonable, param, series_order, group_of, summary_json
+from .api import Context, error_status, group_of, jsonable, param, series_order, summary_json
 from .graph import layout, step_text
 
 MAX_CONFIG_COLUMNS = 4
@@ -221,9 +221,10 @@ class Pages:
                 }
             )
         return {
-            "config": {"runs": runs, "summaries": [
-                {k: summary_json(v) for k, v in summ.items()} for summ in per_run
-            ]},
+            "config": {
+                "runs": runs,
+                "summaries": [{k: summary_json(v) for k, v in summ.items()} for summ in per_run],
+            },
             "groups": list(groups.items()),
             "texts": texts,
         }
@@ -233,7 +234,9 @@ class Pages:
         nodes = await lineage(self.ctx.reader.store, record)
         incarnation_id = param(req, "incarnation")
         # An incarnation of this run, or one its current view reads.
-        readable = {n.inc.incarnation_id for n in nodes if n.in_view or n.inc.run_id == record.run_id}
+        readable = {
+            n.inc.incarnation_id for n in nodes if n.in_view or n.inc.run_id == record.run_id
+        }
         if incarnation_id and incarnation_id not in readable:
             raise errors.not_found(
                 "INCARNATION_NOT_FOUND",
@@ -257,9 +260,7 @@ class Pages:
         project = project_of(param(req, "project"))
         run_ids = [str(r) for r in req.query.getall("run", [])]
         if not run_ids:
-            raise errors.invalid(
-                "NO_RUNS_SELECTED", "select at least one run to compare (run=...)"
-            )
+            raise errors.invalid("NO_RUNS_SELECTED", "select at least one run to compare (run=...)")
         records = [await self.ctx.runs.get(project, r) for r in dict.fromkeys(run_ids)]
         charts = await self.charts(records)
         return render("compare.html", project=project, records=records, **charts)
