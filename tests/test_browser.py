@@ -99,17 +99,17 @@ async def uplot(pg: Any, name: str, expression: str) -> Any:
 async def test_runs_table_sort_filter_select_and_compare(page, data, tmp_path):
     pg = page
     await pg.goto(pg.base + "/?series=train/loss")
-    assert await visible_runs(pg) == ["other", "child", "base"]  # newest first
-    assert await pg.text_content("#shown") == "3 of 3 runs"
+    assert await visible_runs(pg) == ["other", "sibling", "child", "base"]  # newest first
+    assert await pg.text_content("#shown") == "4 of 4 runs"
     headers = await pg.eval_on_selector_all("#runs thead th", "hs => hs.map(h => h.textContent)")
     assert "lr" in headers and "batch" in headers and "train/loss last" in headers
     await shot(pg, "runs-table.png", tmp_path)
     # Sort by a config column both ways, then by a series column.
     lr = pg.locator("#runs thead th", has_text="lr")
     await lr.click()
-    assert await visible_runs(pg) == ["child", "base", "other"]
+    assert await visible_runs(pg) == ["child", "sibling", "base", "other"]
     await lr.click()
-    assert await visible_runs(pg) == ["other", "base", "child"]
+    assert await visible_runs(pg) == ["other", "base", "sibling", "child"]
     await pg.locator("#runs thead th", has_text="train/loss min").click()
     col = headers.index("train/loss min")
     mins = await pg.eval_on_selector_all(
@@ -127,7 +127,7 @@ async def test_runs_table_sort_filter_select_and_compare(page, data, tmp_path):
     assert await visible_runs(pg) == ["child"]
     await pg.select_option("#filter-tag", "")
     await pg.select_option("#filter-experiment", EXPERIMENT)
-    assert sorted(await visible_runs(pg)) == ["base", "child"]
+    assert sorted(await visible_runs(pg)) == ["base", "child", "sibling"]
     # Select two runs and compare them on one chart per series.
     await pg.check('input.pick[value="base"]')
     await pg.check('input.pick[value="child"]')
@@ -200,10 +200,11 @@ async def test_lineage_graph_with_fork_and_rewind(page, data, tmp_path):
         "a.node", "ns => ns.map(n => [n.dataset.incarnation, n.getAttribute('class')])"
     )
     classes = dict(nodes)
-    assert set(classes) == {data.base_a, data.base_b, data.child}
+    assert set(classes) == {data.base_a, data.base_b, data.child, data.sibling}
+    assert "outside" in classes[data.sibling]  # the child's view does not read its sibling
     assert "archived" in classes[data.base_a] and "current" in classes[data.child]
     edges = await pg.eval_on_selector_all(".edge text", "ts => ts.map(t => t.textContent)")
-    assert sorted(edges) == ["fork @ 80", "rewind @ 120"]
+    assert sorted(edges) == ["fork @ 150", "fork @ 80", "rewind @ 120"]
     await shot(pg, "lineage.png", tmp_path)
     # Every node links to its charts: the archived incarnation's by its immutable ID.
     await pg.click(f'a.node[data-incarnation="{data.base_a}"]')

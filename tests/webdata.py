@@ -1,5 +1,5 @@
-"""A small family of runs for the web view's tests: a baseline rewound at 120, a fork of it at
-80 and a finished run of another experiment, with grouped series, NaN and infinities, a text
+"""A small family of runs for the web view's tests: a baseline rewound at 120, forks of it at
+80 and 150 and a finished run of another experiment, with grouped series, NaN and infinities, a text
 series and hostile names (markup, quotes, an RTL override) wherever a user names something."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class Family:
     base_a: str  # base's first incarnation (archived by the rewind)
     base_b: str  # base after the rewind at 120
     child: str  # the fork of base at 80
+    sibling: str  # the fork of base at 150
 
 
 def loss(i: int) -> float:
@@ -83,7 +84,22 @@ async def family(runs: Any, ingest: Any) -> Family:
         fork_step=80,
     )
     await write(ingest, "child", "w3", *train(range(81, 160), 0.6))
+    sibling = await create_run(
+        runs,
+        "sibling",
+        experiment=EXPERIMENT,
+        tags=["branch"],
+        config=config(lr=0.05, batch=64),
+        fork_run_id="base",
+        fork_step=150,
+    )
+    await write(ingest, "sibling", "w5", *train(range(151, 175), 0.7))
     await create_run(runs, "other", experiment="solo", tags=["baseline"], config=config(lr=0.5))
     await write(ingest, "other", "w4", *train(range(50), 1.3))
     await runs.FinishRun(runs_pb2.FinishRunRequest(run_id="other"))
-    return Family(a, rewound.run.current_incarnation_id, child.current_incarnation_id)
+    return Family(
+        a,
+        rewound.run.current_incarnation_id,
+        child.current_incarnation_id,
+        sibling.current_incarnation_id,
+    )
