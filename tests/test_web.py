@@ -524,3 +524,38 @@ def test_cli_serves_the_web_view(tmp_path: Path, redis_server: Any):
         proc.terminate()
         assert proc.wait(30) == 0
     assert f"web view on http://127.0.0.1:{web_port}" in log.read_text()
+
+
+async def test_hostile_names_escaped_on_every_page_and_in_json(service, runs, ingest):
+    from markupsafe import escape
+    from webdata import EXPERIMENT as HOSTILE_EXPERIMENT
+    from webdata import HOSTILE, RTL_TAG, family
+
+    await family(runs, ingest)
+    pages = [
+        "/",
+        "/?series=" + quote(HOSTILE, safe="") + "&config=" + quote(HOSTILE, safe=""),
+        "/runs/default/base",
+        f"/experiments/default/{quote(HOSTILE_EXPERIMENT, safe='')}",
+        "/compare?project=default&run=base&run=child",
+        "/lineage/default/base",
+    ]
+    for path in pages:
+        reply = await get(service, path)
+        assert reply.status == 200, path
+        page = reply.text
+        assert "<script>alert" not in page and HOSTILE not in page, path
+        assert "<i>1</i>" not in page, path
+        if path.startswith(("/compare", "/lineage")):
+            assert str(escape(HOSTILE)) in page or path.startswith("/lineage"), path
+        else:
+            assert str(escape(HOSTILE_EXPERIMENT)) in page, path
+    run_page = (await get(service, "/runs/default/base")).text
+    assert str(escape(HOSTILE)) in run_page  # description and series name, as text
+    assert str(escape(RTL_TAG)) in run_page
+    # In the JSON the names are the exact strings.
+    body = (await get(service, "/api/runs/default/base")).json()
+    assert body["run"]["description"] == HOSTILE and RTL_TAG in body["run"]["tags"]
+    assert HOSTILE in {s["name"] for s in body["series"]}
+    series = (await get(service, "/api/series?run_id=base&name=" + quote(HOSTILE, safe=""))).json()
+    assert [s["name"] for s in series["series"]] == [HOSTILE]
