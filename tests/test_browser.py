@@ -191,6 +191,9 @@ async def test_run_page_inherited_toggle_changes_the_summary(page, data, tmp_pat
     after = await pg.text_content(stat)
     assert after.startswith("79 pts") and after != before
     assert await uplot(pg, "train/loss", "u.data[0][0]") == 81
+    # x by wall-clock time: the points' timestamps (seconds since the epoch), a time scale.
+    await pg.select_option("#x-axis", "time")
+    assert await uplot(pg, "train/loss", "u.data[0][0] > 1.5e9 && u.scales.x.time") is True
 
 
 async def test_lineage_graph_with_fork_and_rewind(page, data, tmp_path):
