@@ -74,7 +74,6 @@ def chunk_columns(
 # Chunks written before version 3 have no stats and are read whole.
 
 STATS_BLOCK = 256
-STATS_KEPT = 5  # points kept per block (and per downsampling bucket)
 
 
 def extremes(values: Floats, width: int) -> Floats:
