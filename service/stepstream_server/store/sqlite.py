@@ -36,6 +36,7 @@ from .codec import (
     own_generation,
     points_of,
     run_changes,
+    sampled_points,
     view_segments,
 )
 from .schema import SchemaTooNew
@@ -113,6 +114,9 @@ CREATE TABLE IF NOT EXISTS acks (
 MIGRATIONS = (
     SCHEMA_V1,
     "ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;",
+    # Per-block min, max, first, last and NaN points of float chunks (codec.chunk_stats); NULL
+    # for chunks written before, which reads decode whole.
+    "ALTER TABLE chunks ADD COLUMN stats BLOB;",
 )
 
 
@@ -715,9 +719,58 @@ class SqliteStore:
                 if points is not None:
                     yield points
 
+    def _parts(
+        self, segments: Sequence[Segment], name: str, is_string: bool
+    ) -> list[tuple[Segment, int, int]]:
+        return self._visible(segments).get((name, is_string), [])
+
+    def count(
+        self,
+        segments: Sequence[Segment],
+        name: str,
+        is_string: bool,
+        step_min: float,
+        step_max: float,
+    ) -> int:
+        conn = self._conn()
+        total = 0
+        for seg, series_id, _ in self._parts(segments, name, is_string):
+            total += conn.execute(
+                "SELECT COALESCE(SUM(n), 0) FROM chunks WHERE series_id = ? AND chunk_id <= ?"
+                " AND min_step <= ? AND max_step >= ?",
+                (
+                    series_id,
+                    seg.chunk_cap,
+                    _sql_real(min(step_max, seg.step_cap)),
+                    _sql_real(step_min),
+                ),
+            ).fetchone()[0]
+        return int(total)
+
+    def read_sampled(
+        self, segments: Sequence[Segment], name: str, step_min: float, step_max: float
+    ) -> Iterator[SeriesPoints]:
+        conn = self._conn()
+
+        def fetch(chunk_id: int) -> tuple[int, bytes, bytes, bytes]:
+            row = conn.execute(
+                "SELECT n, steps, vals, ts FROM chunks WHERE chunk_id = ?", (chunk_id,)
+            ).fetchone()
+            return (row[0], row[1], row[2], row[3])
+
+        for seg, series_id, _ in self._parts(segments, name, False):
+            hi = min(step_max, seg.step_cap)
+            rows = conn.execute(
+                "SELECT chunk_id, n, min_step, max_step, stats FROM chunks WHERE series_id = ?"
+                " AND chunk_id <= ? AND min_step <= ? AND max_step >= ? ORDER BY chunk_id",
+                (series_id, seg.chunk_cap, _sql_real(hi), _sql_real(step_min)),
+            ).fetchall()
+            yield from sampled_points(name, rows, step_min, hi, fetch)
+
 
 _INSERT_CHUNK = (
-    "INSERT INTO chunks (series_id, min_step, max_step, n, steps, vals, ts) VALUES (?,?,?,?,?,?,?)"
+    "INSERT INTO chunks (series_id, min_step, max_step, n, steps, vals, ts, stats)"
+    " VALUES (?,?,?,?,?,?,?,?)"
 )
 
 

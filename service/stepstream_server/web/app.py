@@ -1,0 +1,91 @@
+"""The web view's HTTP side (SPEC §7): an `aiohttp.web` application on the service's event
+loop, GET only. JSON under `/api/` (api.py), HTML pages from Jinja2 templates (pages.py),
+static files (this package's `static/`, with uPlot built in by `make assets`). Pages send a
+Content-Security-Policy that allows no inline script, so a name that slipped through escaping
+still could not run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from .. import errors
+from ..reading import Reader
+from ..runs import RunManager
+from .api import Api, error_json
+from .links import base_url, split_address
+from .pages import Pages, error_page
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 5.0  # for requests amid a store read when the view stops
+COMMON_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
+    " img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files(__name__.rpartition(".")[0]) / "static"))
+
+
+@web.middleware
+async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A domain error becomes JSON under /api/, an HTML page elsewhere."""
+    try:
+        return await handler(request)
+    except errors.ServiceError as exc:
+        return error_json(exc) if request.path.startswith("/api/") else error_page(exc)
+
+
+async def headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(COMMON_HEADERS)
+    if response.content_type == "text/html":
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+
+
+class WebView:
+    """The web view over RunManager and Reader; `start()` binds, `stop()` closes."""
+
+    def __init__(self, runs: RunManager, reader: Reader) -> None:
+        self.runs = runs
+        self.reader = reader
+        self.url = ""
+        self.port = 0
+        self.app = web.Application(middlewares=[answer_errors])
+        self.app.on_response_prepare.append(headers)
+        self.app.add_routes(Api(self).routes())
+        self.app.add_routes(Pages(self).routes())
+        self.app.router.add_static("/static", static_dir(), append_version=False)
+        self._runner: web.AppRunner | None = None
+
+    @classmethod
+    async def start(cls, address: str, runs: RunManager, reader: Reader) -> WebView:
+        host, port = split_address(address)
+        view = cls(runs, reader)
+        runner = web.AppRunner(view.app, access_log=None, shutdown_timeout=STOP_TIMEOUT)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        view._runner = runner
+        view.port = int(runner.addresses[0][1])
+        view.url = base_url(host, view.port)
+        return view
+
+    async def stop(self) -> None:
+        """Stop listening and end the connections still open."""
+        if self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
