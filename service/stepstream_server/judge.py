@@ -297,6 +297,9 @@ class Judge:
         if answer.kind == "epoch":
             await self._adopt(key, answer.epoch)
             return True
+        if answer.kind == "need":
+            await self._fill(req, answer.needed)
+            return True
         records[key] = await self._load(key, records[key], req.epoch)
         parts[key].incarnation_id = records[key].current_incarnation_id
         parts[key].epoch = records[key].fence
@@ -330,13 +333,27 @@ class Judge:
                 or fresh.state is not RunState.RUNNING
             ):
                 return fresh
-        incarnation = fresh.current_incarnation_id
+        # The floors open empty; each series loads on first use (_fill), so the first write
+        # after a restart costs what it touches, not the run's width.
+        await self.floors.load(*key, fresh.current_incarnation_id, epoch)
+        return fresh
+
+    async def _fill(self, req: CheckRequest, fields: Sequence[str]) -> None:
+        """Load the floors of these series from the store into the open floors at the request's
+        epoch; the store's fence stood at that epoch before they opened (docs/replicas.md)."""
+        keys = [(f[2:], f.startswith("s:")) for f in fields]
 
         def read(s: Any) -> dict[str, tuple[float, str]]:
-            return s.floors(s.segments(incarnation))  # type: ignore[no-any-return]
+            return s.floors(s.segments(req.incarnation_id), keys)  # type: ignore[no-any-return]
 
-        await self.floors.load(*key, incarnation, epoch, await self.store.read(read))
-        return fresh
+        found: dict[str, tuple[float, str]] = await self.store.read(read)
+        await self.floors.fill(
+            req.project,
+            req.run_id,
+            req.incarnation_id,
+            req.epoch,
+            {f: found.get(f) for f in fields},
+        )
 
 
 def r_key(r: CheckRequest) -> RunKey:

@@ -132,7 +132,12 @@ class Store(Protocol):
     # Reading.
     def segments(self, incarnation_id: str, *, own_only: bool = False) -> list[Segment]: ...
 
-    def floors(self, segments: Sequence[Segment]) -> dict[str, tuple[float, str]]: ...
+    def floors(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> dict[str, tuple[float, str]]:
+        """Floors ("f:<name>" / "s:<name>" -> (step, value token)) of the view's series with a
+        visible point: every one, or only those of `keys` ((name, is_string) pairs)."""
+        ...
 
     def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool, int]]: ...
 

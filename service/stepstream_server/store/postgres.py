@@ -466,10 +466,10 @@ class PostgresStore:
 
     @staticmethod
     def _visible(
-        cur: Cursor, segments: Sequence[Segment], only: tuple[str, bool] | None = None
+        cur: Cursor, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
     ) -> dict[tuple[str, bool], list[tuple[Segment, SeriesRef, int]]]:
-        """Per series of the view (or only the one named): (segment, series, generation),
-        oldest first; each segment shows the newest generation its snapshot can see."""
+        """Per series of the view (or those of `keys`): (segment, series, generation), oldest
+        first; each segment shows the newest generation its snapshot can see."""
         cur.execute(
             "SELECT DISTINCT ON (k.i, s.is_string, s.name) k.i, s.name, s.is_string, s.project,"
             " s.run_id, s.series_id, s.generation"
@@ -477,12 +477,16 @@ class PostgresStore:
             " JOIN incarnations inc ON inc.incarnation_id = k.incarnation_id"
             " JOIN series s ON s.project = inc.project AND s.run_id = inc.run_id"
             " AND s.incarnation_id = inc.incarnation_id AND s.created_chunk <= k.cap"
-            + ("" if only is None else " AND s.name = %s AND s.is_string = %s")
+            + (
+                ""
+                if keys is None
+                else " AND (s.name, s.is_string) IN (SELECT * FROM unnest(%s::text[], %s::bool[]))"
+            )
             + " ORDER BY k.i, s.is_string, s.name, s.generation DESC",
             (
                 [seg.incarnation_id for seg in segments],
                 [seg.chunk_cap for seg in segments],
-                *(() if only is None else only),
+                *(() if keys is None else ([n for n, _ in keys], [k for _, k in keys])),
             ),
         )
         by_hop: list[list[tuple[str, bool, SeriesRef, int]]] = [[] for _ in segments]
@@ -490,14 +494,16 @@ class PostgresStore:
             by_hop[i - 1].append((name, is_string, (project, run_id, series_id), generation))
         return fold_visible(zip(reversed(segments), reversed(by_hop), strict=True))
 
-    def floors(self, segments: Sequence[Segment]) -> dict[str, tuple[float, str]]:
+    def floors(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> dict[str, tuple[float, str]]:
         """For every series visible in the view: its largest step and that point's value token.
         The newest segment with a visible point wins: a descendant's own points always lie
         above what it inherits. One query per round; a series whose newest segment has no
         point tries the next older one in the next round."""
         result: dict[str, tuple[float, str]] = {}
         with self._read(binary=True) as cur:
-            pending = [(key, parts) for key, parts in self._visible(cur, segments).items()]
+            pending = [(key, parts) for key, parts in self._visible(cur, segments, keys).items()]
             while pending:
                 heads = [(seg, ref) for _, parts in pending for seg, ref, _ in parts[-1:]]
                 cur.execute(
@@ -556,7 +562,7 @@ class PostgresStore:
                 row = cur.fetchone()
                 parts = [] if row is None else [(segments[-1], (row[0], row[1], row[2]), 0)]
             else:
-                parts = self._visible(cur, segments, (name, is_string)).get((name, is_string), [])
+                parts = self._visible(cur, segments, [(name, is_string)]).get((name, is_string), [])
             for seg, (project, run_id, series_id), _ in parts:
                 hi = min(step_max, seg.step_cap)
                 cur.execute(
