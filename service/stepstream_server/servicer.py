@@ -485,11 +485,13 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def ListSeries(
         self, request: runs_pb2.ListSeriesRequest, context: Any
     ) -> runs_pb2.ListSeriesResponse:
-        incarnation_id, summaries = await _call(
-            context, self.reader.summaries(selector_of(request.selector))
+        incarnation_id, summaries, token = await _call(
+            context,
+            self.reader.page(selector_of(request.selector), request.page_size, request.page_token),
         )
         return runs_pb2.ListSeriesResponse(
             incarnation_id=incarnation_id,
+            next_page_token=token,
             series=[
                 runs_pb2.SeriesSummary(
                     name=s.name,

@@ -139,7 +139,16 @@ class Store(Protocol):
         visible point: every one, or only those of `keys` ((name, is_string) pairs)."""
         ...
 
-    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool, int]]: ...
+    def series_names(
+        self, segments: Sequence[Segment], after: tuple[str, bool] | None, limit: int
+    ) -> list[tuple[str, bool]]:
+        """Up to `limit` (name, is_string) with a series row in the view's incarnations, sorted,
+        all above `after`; a superset of the visible ones in that range (visibility aside)."""
+        ...
+
+    def series_keys(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> list[tuple[str, bool, int]]: ...
 
     def read(
         self,

@@ -523,11 +523,35 @@ class PostgresStore:
                 pending = retry
         return result
 
-    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool, int]]:
-        """(name, is_string, generation of the viewed incarnation) of every series with a
-        visible point."""
+    def series_names(
+        self, segments: Sequence[Segment], after: tuple[str, bool] | None, limit: int
+    ) -> list[tuple[str, bool]]:
+        """The first `limit` (name, is_string) of series rows in the view's incarnations, in
+        order, after `after`: candidates for a page (series_keys says which are visible)."""
+        found: set[tuple[str, bool]] = set()
         with self._read() as cur:
-            visible = self._visible(cur, segments)
+            for seg in segments:
+                for is_string in (False, True):
+                    # (name, is_string) > after: see the SQLite store.
+                    op = ">" if after is None or not is_string or after[1] else ">="
+                    cur.execute(
+                        "SELECT DISTINCT s.name FROM incarnations inc JOIN series s"
+                        " ON s.project = inc.project AND s.run_id = inc.run_id"
+                        " AND s.incarnation_id = inc.incarnation_id"
+                        f" WHERE inc.incarnation_id = %s AND s.is_string = %s AND s.name {op} %s"
+                        " ORDER BY s.name LIMIT %s",
+                        (seg.incarnation_id, is_string, "" if after is None else after[0], limit),
+                    )
+                    found.update((str(name), is_string) for (name,) in cur.fetchall())
+        return sorted(found)[:limit]
+
+    def series_keys(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> list[tuple[str, bool, int]]:
+        """(name, is_string, generation of the viewed incarnation) of every series (or those of
+        `keys`) with a visible point."""
+        with self._read() as cur:
+            visible = self._visible(cur, segments, keys)
             pairs = [(key, seg, ref) for key, parts in visible.items() for seg, ref, _ in parts]
             cur.execute(
                 f"SELECT k.i FROM {_PAIRS} WHERE EXISTS"

@@ -656,12 +656,34 @@ class SqliteStore:
                 break
         return result
 
-    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool, int]]:
-        """(name, is_string, generation of the viewed incarnation) of every series with a
-        visible point."""
+    def series_names(
+        self, segments: Sequence[Segment], after: tuple[str, bool] | None, limit: int
+    ) -> list[tuple[str, bool]]:
+        """The first `limit` (name, is_string) of series rows in the view's incarnations, in
+        order, after `after`: candidates for a page (series_keys says which are visible)."""
+        conn = self._conn()
+        found: set[tuple[str, bool]] = set()
+        for seg in segments:
+            for is_string in (False, True):
+                # (name, is_string) > after: a float series needs a greater name; a string
+                # series may share the name of a float `after`.
+                op = ">" if after is None or not is_string or after[1] else ">="
+                rows = conn.execute(
+                    "SELECT DISTINCT name FROM series WHERE incarnation_id = ? AND is_string = ?"
+                    f" AND name {op} ? ORDER BY name LIMIT ?",
+                    (seg.incarnation_id, int(is_string), "" if after is None else after[0], limit),
+                )
+                found.update((str(name), is_string) for (name,) in rows)
+        return sorted(found)[:limit]
+
+    def series_keys(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> list[tuple[str, bool, int]]:
+        """(name, is_string, generation of the viewed incarnation) of every series (or those of
+        `keys`) with a visible point."""
         conn = self._conn()
         out = []
-        for (name, is_string), parts in self._visible(segments).items():
+        for (name, is_string), parts in self._visible(segments, keys).items():
             visible = any(
                 conn.execute(
                     "SELECT 1 FROM chunks WHERE series_id = ? AND chunk_id <= ? AND min_step <= ?"
