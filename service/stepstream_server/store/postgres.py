@@ -477,16 +477,12 @@ class PostgresStore:
             " JOIN incarnations inc ON inc.incarnation_id = k.incarnation_id"
             " JOIN series s ON s.project = inc.project AND s.run_id = inc.run_id"
             " AND s.incarnation_id = inc.incarnation_id AND s.created_chunk <= k.cap"
-            + (
-                ""
-                if keys is None
-                else " AND (s.name, s.is_string) IN (SELECT * FROM unnest(%s::text[], %s::bool[]))"
-            )
+            + _keys_filter(keys)
             + " ORDER BY k.i, s.is_string, s.name, s.generation DESC",
             (
                 [seg.incarnation_id for seg in segments],
                 [seg.chunk_cap for seg in segments],
-                *(() if keys is None else ([n for n, _ in keys], [k for _, k in keys])),
+                *_keys_args(keys),
             ),
         )
         by_hop: list[list[tuple[str, bool, SeriesRef, int]]] = [[] for _ in segments]
@@ -597,6 +593,27 @@ class PostgresStore:
                 )
                 fetched.append((hi, cur.fetchall()))
         return _points(name, is_string, step_min, fetched)
+
+
+def _keys_filter(keys: Sequence[tuple[str, bool]] | None) -> str:
+    """Restricts _visible to some series: equality for one (an index lookup), a join with the
+    unnested list for many."""
+    if keys is None:
+        return ""
+    if len(keys) == 1:
+        return " AND s.name = %s AND s.is_string = %s"
+    return (
+        " AND EXISTS (SELECT 1 FROM unnest(%s::text[], %s::bool[]) AS w(name, is_string)"
+        " WHERE w.name = s.name AND w.is_string = s.is_string)"
+    )
+
+
+def _keys_args(keys: Sequence[tuple[str, bool]] | None) -> tuple[Any, ...]:
+    if keys is None:
+        return ()
+    if len(keys) == 1:
+        return keys[0]
+    return ([n for n, _ in keys], [k for _, k in keys])
 
 
 def _points(
