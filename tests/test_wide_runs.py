@@ -54,6 +54,7 @@ async def walk(runs: runs_pb2_grpc.RunServiceStub, page_size: int) -> list[str]:
             return seen
 
 
+@pytest.mark.timeout(600)
 async def test_million_series_restart_first_write_and_pages(tmp_path):
     svc = ServiceProcess(tmp_path / "data", None, free_port()).start()
     try:
