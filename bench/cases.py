@@ -220,6 +220,7 @@ def error_row(name: str, error: BaseException) -> Row:
 def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row]]]:
     """Case name → function, in the order they run ((a) and (b) before the latency cases,
     which offer half of the throughput those measured)."""
+    from bench.case_hostile import hostile
     from bench.case_ingest import ingest
     from bench.case_latency import latency
     from bench.case_reads import reads
@@ -232,4 +233,5 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     cases["cost"] = cost
     cases["stall"] = stall
     cases["reads"] = reads
+    cases["hostile"] = hostile
     return cases

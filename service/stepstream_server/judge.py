@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import errors
+from .limits import OFFLOAD_ENTRIES
 from .model import (
     AppendAck,
     Assigned,
@@ -178,21 +179,30 @@ class Judge:
         except BaseException:
             await self.abandon(list(parts.values()))
             raise
-        chunks: dict[RunKey, Chunks] = {}
-        for key, part in parts.items():
-            record = records[key]
-            for i in by_run[key]:
-                item = group[i]
-                part.indices.append(i)
-                if item.failure is not None:
-                    outcomes[i] = item.failure
-                elif record.state is not RunState.RUNNING:
-                    outcomes[i] = _not_active(record)
-                else:
-                    outcomes[i] = _apply(
-                        item, record, floors.get(i, []), chunks.setdefault(key, {})
-                    )
-            part.chunks = _chunk_writes(chunks.get(key, {}))
+
+        def settle() -> None:
+            chunks: dict[RunKey, Chunks] = {}
+            for key, part in parts.items():
+                record = records[key]
+                for i in by_run[key]:
+                    item = group[i]
+                    part.indices.append(i)
+                    if item.failure is not None:
+                        outcomes[i] = item.failure
+                    elif record.state is not RunState.RUNNING:
+                        outcomes[i] = _not_active(record)
+                    else:
+                        outcomes[i] = _apply(
+                            item, record, floors.get(i, []), chunks.setdefault(key, {})
+                        )
+                part.chunks = _chunk_writes(chunks.get(key, {}))
+
+        # Splitting entries costs microseconds each: a group of many series is split on a
+        # thread, so that other streams' requests keep being read meanwhile.
+        if sum(len(item.entries) for item in group) > OFFLOAD_ENTRIES:
+            await asyncio.to_thread(settle)
+        else:
+            settle()
         stored = {i for p in parts.values() for i in p.indices}
         loose = [i for i in outcomes if i not in stored]
         return Judgment(token, list(parts.values()), outcomes, loose)
@@ -216,11 +226,16 @@ class Judge:
         token: str,
     ) -> dict[int, list[Floor]]:
         """Every judged entry's floor before it, per group index; parts get their epochs."""
-        plans = {
-            key: _plan([group[i] for i in by_run[key] if group[i].failure is None])
-            for key in parts
-            if records[key].state is RunState.RUNNING
-        }
+
+        def plan() -> dict[RunKey, tuple[tuple[Uses, list[int]], list[CheckEntry]]]:
+            return {
+                key: _plan([group[i] for i in by_run[key] if group[i].failure is None])
+                for key in parts
+                if records[key].state is RunState.RUNNING
+            }
+
+        big = sum(len(item.entries) for item in group) > OFFLOAD_ENTRIES
+        plans = await asyncio.to_thread(plan) if big else plan()
         todo = [key for key, plan in plans.items() if plan[1]]
         answers: dict[RunKey, CheckAnswer] = {}
         for attempt in range(ATTEMPTS):
