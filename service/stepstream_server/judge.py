@@ -60,7 +60,8 @@ Chunks = dict[tuple[str, bool, str], list[tuple[bool, list[Part]]]]
 
 # Runs kept in memory; beyond this the oldest are re-read from the store on use.
 CACHE_LIMIT = 100_000
-ATTEMPTS = 8
+# Check rounds per group: an epoch move, an open and a series load each take one.
+ATTEMPTS = 16
 REDIS_FAILURES = (RedisConnectionError, RedisTimeoutError)
 
 
@@ -315,9 +316,16 @@ class Judge:
         if answer.kind == "need":
             await self._fill(req, answer.needed)
             return True
-        records[key] = await self._load(key, records[key], req.epoch)
+        before = records[key]
+        records[key] = await self._load(key, before, req.epoch)
         parts[key].incarnation_id = records[key].current_incarnation_id
         parts[key].epoch = records[key].fence
+        if records[key] is before or (
+            records[key].fence == req.epoch
+            and records[key].current_incarnation_id == req.incarnation_id
+        ):
+            # Opened at req.epoch: load this request's series now, saving a `need` round.
+            await self._fill(req, list(dict.fromkeys(e.field for e in req.entries)))
         return records[key].state is RunState.RUNNING
 
     async def _fresh(self, key: RunKey) -> RunRecord:
