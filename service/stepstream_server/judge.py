@@ -286,7 +286,7 @@ class Judge:
                 )
                 todo = [key for key, ok in zip(todo, caught_up, strict=True) if ok]
             except REDIS_FAILURES:
-                await asyncio.sleep(0.05 * 2**attempt)
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))  # about 12 s in all
             if not todo:
                 break
         else:
