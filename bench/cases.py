@@ -220,6 +220,7 @@ def error_row(name: str, error: BaseException) -> Row:
 def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row]]]:
     """Case name → function, in the order they run ((a) and (b) before the latency cases,
     which offer half of the throughput those measured)."""
+    from bench.case_hostile import hostile
     from bench.case_ingest import ingest
     from bench.case_latency import latency
     from bench.case_node import node_ingest
@@ -236,4 +237,5 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     cases["stall"] = stall
     cases["reads"] = reads
     cases["web"] = web
+    cases["hostile"] = hostile
     return cases

@@ -22,6 +22,8 @@ from ._validate import check_id, check_name, check_positive_int, check_real
 
 # Deadline for one read or state call made from the trainer's thread.
 CALL_TIMEOUT = 60.0
+# Series per ListSeries page the client asks for (the service caps pages at 10,000).
+LIST_PAGE_SIZE = 10_000
 # A rotating target retries a round of entries that all failed after this pause (doubling).
 ROUND_PAUSE_MIN = 0.05
 ROUND_PAUSE_MAX = 2.0
@@ -229,9 +231,18 @@ class RunClient:
         return run_info_from_proto(self._call(lambda stub: stub.UpdateRunTags, request).run)
 
     def list_series(self, selector: runs_pb2.SeriesSelector) -> list[SeriesSummary]:
-        request = runs_pb2.ListSeriesRequest(selector=selector)
-        response = self._call(lambda stub: stub.ListSeries, request, read=True)
-        return [summary_from_proto(s) for s in response.series]
+        """Every page of ListSeries, followed transparently."""
+        out: list[SeriesSummary] = []
+        token = ""
+        while True:
+            request = runs_pb2.ListSeriesRequest(
+                selector=selector, page_size=LIST_PAGE_SIZE, page_token=token
+            )
+            response = self._call(lambda stub: stub.ListSeries, request, read=True)
+            out += [summary_from_proto(s) for s in response.series]
+            token = response.next_page_token
+            if not token:
+                return out
 
     def read(
         self,

@@ -58,6 +58,7 @@ class Writer:
     committed: int
     next_expected: int
     inflight: dict[int, asyncio.Future[Outcome]] = field(default_factory=dict)
+    queued_points: int = 0  # of its batches waiting in the queue (fair sharing)
 
     @property
     def run_key(self) -> tuple[str, str]:
@@ -83,6 +84,8 @@ class WorkerLimits:
     """Bounds that keep memory flat and groups reasonably sized."""
 
     max_queued_points: int = 2_000_000
+    # One writer's share of the queue: a heavy stream cannot fill it for everyone else.
+    max_writer_queued_points: int = 500_000
     max_group_points: int = 500_000
     max_group_batches: int = 512
     # A batch refused this many times fails (COMMIT_FAILED) instead of being judged again.
@@ -214,10 +217,16 @@ class IngestWorker:
         future: asyncio.Future[Outcome] = loop.create_future()
         writer.inflight[sequence] = future
         points = sum(e.count for e in entries)
-        while self._queued_points and self._queued_points + points > self.limits.max_queued_points:
+        while (
+            self._queued_points and self._queued_points + points > self.limits.max_queued_points
+        ) or (
+            writer.queued_points
+            and writer.queued_points + points > self.limits.max_writer_queued_points
+        ):
             self._room.clear()
             await self._room.wait()
         self._queued_points += points
+        writer.queued_points += points
         self._queue.append(Pending(writer, sequence, entries, rejections, failure, points, future))
         self._wake.set()
         return future
@@ -244,21 +253,44 @@ class IngestWorker:
         return self._judging or (self._inflight is not None and not self._inflight.done())
 
     def _take(self) -> list[Pending]:
-        """The next group: batches to judge again first, then the queue, in order."""
+        """The next group: batches to judge again first, then the queue, shared fairly: each
+        writer with queued batches gets an equal share of the group's points (at least one
+        batch), in its own order; what exceeds a share waits for the next group. So a light
+        stream's batches ride in every group next to a heavy one's, never behind all of it."""
         group: list[Pending] = []
         points = 0
-        while len(group) < self.limits.max_group_batches and points < self.limits.max_group_points:
-            if self._again:
-                item = self._again.popleft()
-            elif self._queue:
-                item = self._queue.popleft()
-            else:
-                break
+        while self._again and len(group) < self.limits.max_group_batches:
+            item = self._again.popleft()
             if item.future.done():  # failed with an earlier group; its stream re-sends it
                 self._leave(item)
                 continue
             group.append(item)
             points += item.points
+        writers = {id(p.writer) for p in self._queue}
+        share = max(1, (self.limits.max_group_points - points) // max(1, len(writers)))
+        taken: dict[int, int] = {}
+        closed: set[int] = set()
+        keep: deque[Pending] = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():
+                self._leave(item)
+                continue
+            w = id(item.writer)
+            full = len(group) >= self.limits.max_group_batches
+            if (
+                full
+                or w in closed
+                or (w in taken and taken[w] + item.points > share)
+                or points >= self.limits.max_group_points
+            ):
+                closed.add(w)  # its later batches wait too: a writer's order is kept
+                keep.append(item)
+                continue
+            taken[w] = taken.get(w, 0) + item.points
+            group.append(item)
+            points += item.points
+        self._queue = keep
         return group
 
     async def _run(self) -> None:
@@ -469,6 +501,7 @@ class IngestWorker:
     def _leave(self, item: Pending) -> None:
         if item.points:
             self._queued_points -= item.points
+            item.writer.queued_points -= item.points
             item.points = 0
             self._room.set()
 

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import errors
+from .limits import OFFLOAD_ENTRIES
 from .model import (
     AppendAck,
     Assigned,
@@ -59,7 +60,8 @@ Chunks = dict[tuple[str, bool, str], list[tuple[bool, list[Part]]]]
 
 # Runs kept in memory; beyond this the oldest are re-read from the store on use.
 CACHE_LIMIT = 100_000
-ATTEMPTS = 8
+# Check rounds per group: an epoch move, an open and a series load each take one.
+ATTEMPTS = 16
 REDIS_FAILURES = (RedisConnectionError, RedisTimeoutError)
 
 
@@ -180,21 +182,30 @@ class Judge:
         except BaseException:
             await self.abandon(list(parts.values()))
             raise
-        chunks: dict[RunKey, Chunks] = {}
-        for key, part in parts.items():
-            record = records[key]
-            for i in by_run[key]:
-                item = group[i]
-                part.indices.append(i)
-                if item.failure is not None:
-                    outcomes[i] = item.failure
-                elif record.state is not RunState.RUNNING:
-                    outcomes[i] = _not_active(record)
-                else:
-                    outcomes[i] = _apply(
-                        item, record, floors.get(i, []), chunks.setdefault(key, {})
-                    )
-            part.chunks = _chunk_writes(chunks.get(key, {}))
+
+        def settle() -> None:
+            chunks: dict[RunKey, Chunks] = {}
+            for key, part in parts.items():
+                record = records[key]
+                for i in by_run[key]:
+                    item = group[i]
+                    part.indices.append(i)
+                    if item.failure is not None:
+                        outcomes[i] = item.failure
+                    elif record.state is not RunState.RUNNING:
+                        outcomes[i] = _not_active(record)
+                    else:
+                        outcomes[i] = _apply(
+                            item, record, floors.get(i, []), chunks.setdefault(key, {})
+                        )
+                part.chunks = _chunk_writes(chunks.get(key, {}))
+
+        # Splitting entries costs microseconds each: a group of many series is split on a
+        # thread, so that other streams' requests keep being read meanwhile.
+        if sum(len(item.entries) for item in group) > OFFLOAD_ENTRIES:
+            await asyncio.to_thread(settle)
+        else:
+            settle()
         stored = {i for p in parts.values() for i in p.indices}
         loose = [i for i in outcomes if i not in stored]
         return Judgment(token, list(parts.values()), outcomes, loose)
@@ -218,11 +229,16 @@ class Judge:
         token: str,
     ) -> dict[int, list[Floor]]:
         """Every judged entry's floor before it, per group index; parts get their epochs."""
-        plans = {
-            key: _plan([group[i] for i in by_run[key] if group[i].failure is None])
-            for key in parts
-            if records[key].state is RunState.RUNNING
-        }
+
+        def plan() -> dict[RunKey, tuple[tuple[Uses, list[int]], list[CheckEntry]]]:
+            return {
+                key: _plan([group[i] for i in by_run[key] if group[i].failure is None])
+                for key in parts
+                if records[key].state is RunState.RUNNING
+            }
+
+        big = sum(len(item.entries) for item in group) > OFFLOAD_ENTRIES
+        plans = await asyncio.to_thread(plan) if big else plan()
         todo = [key for key, plan in plans.items() if plan[1]]
         answers: dict[RunKey, CheckAnswer] = {}
         for attempt in range(ATTEMPTS):
@@ -272,7 +288,7 @@ class Judge:
                 )
                 todo = [key for key, ok in zip(todo, caught_up, strict=True) if ok]
             except REDIS_FAILURES:
-                await asyncio.sleep(0.05 * 2**attempt)
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))  # about 12 s in all
             if not todo:
                 break
         else:
@@ -299,9 +315,19 @@ class Judge:
         if answer.kind == "epoch":
             await self._adopt(key, answer.epoch)
             return True
-        records[key] = await self._load(key, records[key], req.epoch)
+        if answer.kind == "need":
+            await self._fill(req, answer.needed)
+            return True
+        before = records[key]
+        records[key] = await self._load(key, before, req.epoch)
         parts[key].incarnation_id = records[key].current_incarnation_id
         parts[key].epoch = records[key].fence
+        if records[key] is before or (
+            records[key].fence == req.epoch
+            and records[key].current_incarnation_id == req.incarnation_id
+        ):
+            # Opened at req.epoch: load this request's series now, saving a `need` round.
+            await self._fill(req, list(dict.fromkeys(e.field for e in req.entries)))
         return records[key].state is RunState.RUNNING
 
     async def _fresh(self, key: RunKey) -> RunRecord:
@@ -332,13 +358,27 @@ class Judge:
                 or fresh.state is not RunState.RUNNING
             ):
                 return fresh
-        incarnation = fresh.current_incarnation_id
+        # The floors open empty; each series loads on first use (_fill), so the first write
+        # after a restart costs what it touches, not the run's width.
+        await self.floors.load(*key, fresh.current_incarnation_id, epoch)
+        return fresh
+
+    async def _fill(self, req: CheckRequest, fields: Sequence[str]) -> None:
+        """Load the floors of these series from the store into the open floors at the request's
+        epoch; the store's fence stood at that epoch before they opened (docs/replicas.md)."""
+        keys = [(f[2:], f.startswith("s:")) for f in fields]
 
         def read(s: Any) -> dict[str, tuple[float, str]]:
-            return s.floors(s.segments(incarnation))  # type: ignore[no-any-return]
+            return s.floors(s.segments(req.incarnation_id), keys)  # type: ignore[no-any-return]
 
-        await self.floors.load(*key, incarnation, epoch, await self.store.read(read))
-        return fresh
+        found: dict[str, tuple[float, str]] = await self.store.read(read)
+        await self.floors.fill(
+            req.project,
+            req.run_id,
+            req.incarnation_id,
+            req.epoch,
+            {f: found.get(f) for f in fields},
+        )
 
 
 def r_key(r: CheckRequest) -> RunKey:

@@ -9,11 +9,14 @@ Redis Cluster slot):
         "t:<token>"  ->  lease deadline (ms, Redis clock) of an in-flight judgment
     ss:{<project>/<run_id>}:floors:<incarnation_id>:<epoch>   hash
         "f:<name>" / "s:<name>"  ->  "<floor step, %.17g> <value token> <mover>", the mover
-                                     being the token of the judgment that last moved it, or "-"
-        "!loaded"                ->  "1" once every floor came from the store
+                                     being the token of the judgment that last moved it, or "-";
+                                     or "!": the series has no point in the store (a new one)
+        "!loaded"                ->  "1" once the store's fence reached the epoch: the hash is
+                                     open, and a series it lacks is loaded on first use
 
-The store is the source of truth; floors are loaded from it only after its fence reached the
-epoch (the caller's duty), so everything committed under an older epoch is in them.
+The store is the source of truth; floors are loaded from it per series, on first use, only
+while "!loaded" stands (so after the store's fence reached the epoch), and never over a field
+that is there: a floor a judgment moved at this epoch is never replaced (docs/replicas.md).
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ end
 #   token   value token of the entry's last point
 # Returns {"epoch", <current epoch or "">} when the caller's epoch is not current (also after
 # this script raised it: a lease had expired, or the floors are missing while a lease is held);
-# {"load"} when the floors at this epoch are not loaded; else {"ok", floors, dependencies}:
+# {"load"} when the floors at this epoch are not open; {"need", fields} (each ended by NUL)
+# when some entries' series are not loaded yet (nothing is judged then); else
+# {"ok", floors, dependencies}:
 # for each entry its floor before it was applied ("" for a new series, else "<step> <token>"),
 # and the tokens of other callers' in-flight judgments that moved a floor read here, each ended
 # by NUL. An explicit entry advances the floor to its last step when that is above it; an
@@ -95,6 +100,20 @@ local function nxt()
   pos = z + 1
   return v
 end
+local need, asked = {}, {}
+while pos <= #packed do
+  local field = nxt()
+  nxt() nxt() nxt()
+  if not asked[field] and redis.call('HEXISTS', floors, field) == 0 then
+    asked[field] = true
+    need[#need + 1] = field
+  end
+end
+if #need > 0 then
+  need[#need + 1] = ''
+  return {'need', table.concat(need, '\0')}
+end
+pos = 1
 while pos <= #packed do
   local field = nxt()
   local mode = nxt()
@@ -102,6 +121,7 @@ while pos <= #packed do
   local token = nxt()
   local cur = redis.call('HGET', floors, field)
   local floor = nil
+  if cur == '!' then cur = nil end
   if cur then
     local a = string.find(cur, ' ', 1, true)
     local b = string.find(cur, ' ', a + 1, true)
@@ -143,17 +163,26 @@ return {'ok', table.concat(out, '\0'), table.concat(deps, '\0')}
 """
 )
 
-# KEYS[1]: the run hash; KEYS[2]: the floor hash at ARGV[1]. ARGV[2..]: field, "<step> <token>"
-# pairs as read from the store. Loads them only if ARGV[1] is still the epoch and nobody loaded
-# them first (their floors may already have moved). Returns 1 when loaded, 0 otherwise.
+# KEYS[1]: the run hash; KEYS[2]: the floor hash at ARGV[1]. Opens the floors at ARGV[1] if it
+# is still the epoch (the caller raised the store's fence to it first); no floor is read here.
+# Returns 1 when opened (or open already), 0 when the epoch moved.
 LOAD_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-if redis.call('HEXISTS', KEYS[2], '!loaded') == 1 then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ' -') end
-redis.call('HSET', KEYS[2], '!loaded', '1')
-redis.call('PEXPIRE', KEYS[2], TTL)
+if redis.call('HSETNX', KEYS[2], '!loaded', '1') == 1 then redis.call('PEXPIRE', KEYS[2], TTL) end
 return 1
 """.replace("TTL", str(FLOORS_TTL_MS))
+
+# KEYS[1]: the run hash; KEYS[2]: the floor hash at ARGV[1]. ARGV[2..]: field, "<step> <token>"
+# (or "!" for a series with no point) pairs as read from the store. Sets each field that is not
+# there yet, only while ARGV[1] is the epoch and the floors are open: a field that is there was
+# loaded or moved by a judgment already, and is newer than the store read. Returns the number set.
+FILL_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[2], '!loaded') == 0 then return 0 end
+local set = 0
+for i = 2, #ARGV, 2 do set = set + redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return set
+"""
 
 # KEYS[1]: the run hash; KEYS[2] (optional): the floor hash the caller judged under, dropped
 # when the epoch moves. ARGV[1]: the epoch to raise to. Returns the epoch now in force.
@@ -259,13 +288,14 @@ class CheckRequest:
 
 @dataclass(frozen=True)
 class CheckAnswer:
-    """`kind` "ok" (floors, dependencies), "load", or "epoch" (the epoch in force, None if the
-    run has none in this Redis)."""
+    """`kind` "ok" (floors, dependencies), "load", "need" (the fields to load from the store
+    first), or "epoch" (the epoch in force, None if the run has none in this Redis)."""
 
     kind: str
     floors: list[Floor]
     dependencies: tuple[str, ...] = ()
     epoch: int | None = None
+    needed: tuple[str, ...] = ()
 
 
 def _text(reply: Any) -> str:
@@ -282,6 +312,7 @@ class FloorCache:
         self.lease_ms = max(1, int(lease_seconds * 1000))
         self._check = client.register_script(CHECK_SCRIPT)
         self._load = client.register_script(LOAD_SCRIPT)
+        self._fill = client.register_script(FILL_SCRIPT)
         self._raise = client.register_script(RAISE_SCRIPT)
         self._await = client.register_script(AWAIT_SCRIPT)
 
@@ -329,18 +360,26 @@ class FloorCache:
                 pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
 
-    async def load(
+    async def load(self, project: str, run_id: str, incarnation_id: str, epoch: int) -> None:
+        """Open the floors at `epoch` (after the store's fence reached it)."""
+        await self._load(
+            keys=[run_key(project, run_id), floor_key(project, run_id, incarnation_id, epoch)],
+            args=[str(epoch)],
+        )
+
+    async def fill(
         self,
         project: str,
         run_id: str,
         incarnation_id: str,
         epoch: int,
-        floors: dict[str, tuple[float, str]],
+        floors: dict[str, tuple[float, str] | None],
     ) -> None:
+        """Load these series' floors as read from the store (None: no point there)."""
         argv: list[str] = [str(epoch)]
-        for field, (step, token) in floors.items():
-            argv += [field, f"{fmt_step(step)} {token}"]
-        await self._load(
+        for field, floor in floors.items():
+            argv += [field, "!" if floor is None else f"{fmt_step(floor[0])} {floor[1]} -"]
+        await self._fill(
             keys=[run_key(project, run_id), floor_key(project, run_id, incarnation_id, epoch)],
             args=argv,
         )
@@ -379,6 +418,8 @@ def _answer(reply: Any) -> CheckAnswer:
         return CheckAnswer("epoch", [], epoch=int(text) if text else None)
     if kind == "load":
         return CheckAnswer("load", [])
+    if kind == "need":
+        return CheckAnswer("need", [], needed=tuple(_text(reply[1]).split("\0")[:-1]))
     floors = []
     for item in _text(reply[1]).split("\0")[:-1]:
         if not item:

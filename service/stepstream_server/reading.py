@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -10,6 +13,7 @@ import numpy as np
 from stepstream.rules import MIN_DOWNSAMPLE, POINTS_PER_MESSAGE
 
 from . import errors
+from .limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from .model import Floats, Incarnation, RunRecord, Segment, SeriesPoints, SeriesSummary
 from .store import AsyncStore, Store
 from .store.codec import STATS_BLOCK, extremes
@@ -73,7 +77,22 @@ class Reader:
 
     async def summaries(self, sel: Selector) -> tuple[str, list[SeriesSummary]]:
         incarnation_id, segments = await self.view(sel)
-        return incarnation_id, await self.store.read(lambda s: _summarise(s, segments))
+        keys = await self.store.read(lambda s: s.series_keys(segments))
+        return incarnation_id, await self.store.read(lambda s: _summarise(s, segments, keys))
+
+    async def page(
+        self, sel: Selector, page_size: int, page_token: str
+    ) -> tuple[str, list[SeriesSummary], str]:
+        """One page of ListSeries (AIP-158): (incarnation, summaries, next page token)."""
+        size = page_size_of(page_size)
+        after = cursor_of(sel, page_token)
+        incarnation_id, segments = await self.view(sel)
+        keys = await self.store.read(lambda s: _page_keys(s, segments, after, size + 1))
+        more = len(keys) > size
+        keys = keys[:size]
+        summaries = await self.store.read(lambda s: _summarise(s, segments, keys))
+        token = page_token_of(sel, (keys[-1][0], keys[-1][1])) if more else ""
+        return incarnation_id, summaries, token
 
     async def read(
         self,
@@ -108,12 +127,11 @@ def _read_all(
     max_points: int | None,
     generation: int | None,
 ) -> list[SeriesPoints]:
-    keys = [(name, is_string) for name, is_string, _ in store.series_keys(segments)]
+    asked = [(n, k) for n in names for k in (False, True)]
     if generation is not None:
-        keys = [(n, k) for n in names for k in (False, True)]
-    elif names:
-        wanted = set(names)
-        keys = [k for k in keys if k[0] in wanted]
+        keys = asked
+    else:
+        keys = [(n, k) for n, k, _ in store.series_keys(segments, asked or None)]
     out = []
     for name, is_string in keys:
         if max_points is not None and generation is None and not is_string:
@@ -180,9 +198,75 @@ def merge(parts: list[SeriesPoints], name: str, is_string: bool) -> SeriesPoints
     return SeriesPoints(name, is_string, steps, values, ts)
 
 
-def _summarise(store: Store, segments: Sequence[Segment]) -> list[SeriesSummary]:
+def page_size_of(page_size: int) -> int:
+    if page_size < 0:
+        raise errors.invalid(
+            "INVALID_PAGE_SIZE",
+            f"page_size must not be negative, got {page_size}",
+            page_size=page_size,
+        )
+    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _fingerprint(sel: Selector) -> str:
+    text = "\0".join(
+        (sel.project, sel.run_id, sel.incarnation_id, sel.experiment, str(sel.own_points_only))
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def page_token_of(sel: Selector, last: tuple[str, bool]) -> str:
+    """Opaque to clients: the selector it belongs to and the last key of the page."""
+    doc = json.dumps([_fingerprint(sel), last[0], last[1]], ensure_ascii=False)
+    return base64.urlsafe_b64encode(doc.encode()).decode()
+
+
+def cursor_of(sel: Selector, token: str) -> tuple[str, bool] | None:
+    """The key the page continues after; None for the first page."""
+    if not token:
+        return None
+    try:
+        fingerprint, name, is_string = json.loads(base64.urlsafe_b64decode(token.encode()))
+        valid = isinstance(name, str) and isinstance(is_string, bool)
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise errors.invalid(
+            "INVALID_PAGE_TOKEN",
+            "page_token is not a token this service issued; pass next_page_token unchanged",
+            page_token=token[:64],
+        )
+    if fingerprint != _fingerprint(sel):
+        raise errors.invalid(
+            "INVALID_PAGE_TOKEN",
+            "page_token belongs to another selector; list from the first page",
+            page_token=token[:64],
+        )
+    return name, is_string
+
+
+def _page_keys(
+    store: Store, segments: Sequence[Segment], after: tuple[str, bool] | None, limit: int
+) -> list[tuple[str, bool, int]]:
+    """The first `limit` visible series after `after`, in order: candidates from the series
+    rows, in rounds, each round's candidates checked for a visible point."""
+    out: list[tuple[str, bool, int]] = []
+    while len(out) < limit:
+        candidates = store.series_names(segments, after, limit)
+        if not candidates:
+            break
+        out += sorted(store.series_keys(segments, candidates))
+        if len(candidates) < limit:
+            break
+        after = candidates[-1]
+    return out[:limit]
+
+
+def _summarise(
+    store: Store, segments: Sequence[Segment], keys: Sequence[tuple[str, bool, int]]
+) -> list[SeriesSummary]:
     out = []
-    for name, is_string, generation in store.series_keys(segments):
+    for name, is_string, generation in keys:
         pts = merge(
             list(store.read(segments, name, is_string, -math.inf, math.inf)), name, is_string
         )

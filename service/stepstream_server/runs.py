@@ -20,7 +20,14 @@ from . import errors
 from .ingest import IngestWorker
 from .model import Incarnation, Origin, RunRecord, RunState
 from .store import AsyncStore
-from .validation import check_name, experiment_of, project_of, run_id_of
+from .validation import (
+    check_name,
+    check_tags,
+    check_text,
+    experiment_of,
+    project_of,
+    run_id_of,
+)
 
 
 def new_incarnation_id() -> str:
@@ -60,10 +67,9 @@ class RunManager:
         project = project_of(req.project)
         experiment = experiment_of(req.experiment)
         run_id = run_id_of(req.run_id) if req.run_id else new_run_id()
-        for tag in req.tags:
-            check_name("tag", tag)
+        check_tags(req.tags)
         config = dict(req.config)
-        description = req.description
+        description = check_text("description", req.description)
         if isinstance(config.get(DESCRIPTION_KEY), str):
             description = config.pop(DESCRIPTION_KEY)
         for key in config:
@@ -178,7 +184,7 @@ class RunManager:
             project,
             run_id,
             state=state,
-            failure_reason=failure_reason if state is RunState.FAILED else "",
+            failure_reason=check_text("reason", failure_reason) if state is RunState.FAILED else "",
         )
         await self.worker.judge.run_changed(record)
         return record
@@ -254,9 +260,10 @@ class RunManager:
         self, project: str, run_id: str, add: Sequence[str], remove: Sequence[str]
     ) -> RunRecord:
         current = await self.get(project, run_id)
-        for tag in (*add, *remove):
+        for tag in remove:
             check_name("tag", tag)
         tags = (set(current.tags) | set(add)) - set(remove)
+        check_tags(add, total=len(tags))
         return await self._update(current.project, current.run_id, tags=sorted(tags))
 
     async def _update(self, project: str, run_id: str, **changes: Any) -> RunRecord:

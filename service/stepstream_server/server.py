@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
+from stepstream.v1 import ingest_pb2, runs_pb2
 
 from .config import Settings
 from .datadir import DataDirLock
@@ -26,7 +26,7 @@ from .judge import new_replica_id
 from .ordering import FloorCache
 from .reading import Reader
 from .runs import RunManager
-from .servicer import IngestServicer, RunServicer, ingest_handler
+from .servicer import IngestServicer, RunServicer, ingest_handler, run_handler
 from .store import AsyncStore, open_store
 from .web import WebView
 
@@ -143,8 +143,8 @@ class Service:
             web = await WebView.start(settings.web_address, runs, reader)
         server = grpc.aio.server(options=GRPC_OPTIONS)
         server.add_generic_rpc_handlers((ingest_handler(IngestServicer(worker)),))
-        runs_pb2_grpc.add_RunServiceServicer_to_server(
-            RunServicer(runs, reader, web.url if web is not None else ""), server
+        server.add_generic_rpc_handlers(
+            (run_handler(RunServicer(runs, reader, web.url if web is not None else "")),)
         )
         health_pb2_grpc.add_HealthServicer_to_server(readiness.health, server)
         reflection.enable_server_reflection(

@@ -18,8 +18,9 @@ from stepstream.rules import MAX_INFLIGHT_PER_STREAM
 from stepstream.v1 import ingest_pb2, runs_pb2, runs_pb2_grpc
 
 from . import errors, web
-from .decode import Decoder
+from .decode import Decoded, Decoder, oversized
 from .ingest import SEQUENCE_GAP, IngestWorker, StoreFailed, Writer
+from .limits import MAX_CONFIG_DEPTH
 from .model import (
     BatchFailure,
     Incarnation,
@@ -29,7 +30,7 @@ from .model import (
 )
 from .reading import Reader, Selector, slices
 from .runs import CreateRun, RunManager
-from .validation import check_id, project_of, run_id_of
+from .validation import check_document, check_id, config_too_deep, project_of, run_id_of
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,21 @@ class Malformed:
     detail: str
 
 
-def lenient_request(data: bytes) -> ingest_pb2.AppendPointsRequest | Malformed:
+@dataclass(frozen=True)
+class Oversized:
+    """A batch refused on its raw bytes, before parsing (decode.oversized)."""
+
+    sequence: int
+    failure: BatchFailure
+
+
+Request = ingest_pb2.AppendPointsRequest | Malformed | Oversized
+
+
+def lenient_request(data: bytes) -> Request:
+    refused = oversized(data)
+    if refused is not None:
+        return Oversized(*refused)
     try:
         return ingest_pb2.AppendPointsRequest.FromString(data)
     except DecodeError as exc:
@@ -136,7 +151,7 @@ class IngestServicer:
 
     async def AppendPoints(
         self,
-        requests: AsyncIterator[ingest_pb2.AppendPointsRequest | Malformed],
+        requests: AsyncIterator[Request],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[ingest_pb2.AppendPointsResponse]:
         answers: asyncio.Queue[Awaitable[Answer] | None] = asyncio.Queue(MAX_INFLIGHT_PER_STREAM)
@@ -157,7 +172,7 @@ class IngestServicer:
 
     async def _read(
         self,
-        requests: AsyncIterator[ingest_pb2.AppendPointsRequest | Malformed],
+        requests: AsyncIterator[Request],
         answers: asyncio.Queue[Awaitable[Answer] | None],
     ) -> None:
         stream = _Stream()
@@ -182,9 +197,7 @@ class IngestServicer:
         finally:
             await answers.put(None)
 
-    async def _handle(
-        self, request: ingest_pb2.AppendPointsRequest | Malformed, stream: _Stream
-    ) -> Awaitable[Answer]:
+    async def _handle(self, request: Request, stream: _Stream) -> Awaitable[Answer]:
         """What answers one request; waits only while the worker applies backpressure."""
         if isinstance(request, Malformed):
             return _refused(
@@ -193,8 +206,9 @@ class IngestServicer:
                     "MALFORMED_REQUEST", f"request could not be decoded: {request.detail}"
                 ),
             )
-        kind = request.WhichOneof("kind")
+        kind = "batch" if isinstance(request, Oversized) else request.WhichOneof("kind")
         if kind == "open":
+            assert not isinstance(request, Oversized)
             if stream.writer is not None:
                 return _refused(
                     0,
@@ -219,7 +233,7 @@ class IngestServicer:
             return _refused(
                 0, errors.invalid("MALFORMED_REQUEST", "request has neither `open` nor `batch`")
             )
-        seq = request.batch.sequence
+        seq = request.sequence if isinstance(request, Oversized) else request.batch.sequence
         if stream.writer is None:
             return _refused(
                 seq,
@@ -234,8 +248,11 @@ class IngestServicer:
                     "INVALID_SEQUENCE", "batch sequence numbers start at 1", sequence="0"
                 ),
             )
-        entries, rejections, failure = self.decoder.batch(request.batch, time.time())
-        outcome = await self.worker.submit(stream.writer, seq, entries, rejections, failure)
+        if isinstance(request, Oversized):
+            decoded: Decoded = ([], [], request.failure)
+        else:
+            decoded = await self.decoder.decode(request.batch, time.time())
+        outcome = await self.worker.submit(stream.writer, seq, *decoded)
         return _respond(seq, outcome)
 
     async def _open(self, req: ingest_pb2.OpenStream) -> tuple[Writer, RunRecord]:
@@ -340,6 +357,15 @@ def struct_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return dict(json_format.MessageToDict(message))
 
 
+async def _document(context: Any, field: str, message: struct_pb2.Struct) -> dict[str, Any]:
+    """A config or values document, within its bounds (its size is known before converting)."""
+    try:
+        return check_document(field, message.ByteSize(), struct_dict(message))
+    except errors.ServiceError as exc:
+        await abort(context, exc)
+        raise
+
+
 def selector_of(sel: runs_pb2.SeriesSelector) -> Selector:
     return Selector(
         sel.project, sel.run_id, sel.incarnation_id, sel.own_points_only, sel.experiment
@@ -357,6 +383,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def CreateRun(
         self, request: runs_pb2.CreateRunRequest, context: Any
     ) -> runs_pb2.CreateRunResponse:
+        config = await _document(context, "config", request.config)
         try:
             record, fallback, existed = await self.runs.create(
                 CreateRun(
@@ -365,7 +392,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     run_id=request.run_id,
                     tags=tuple(request.tags),
                     description=request.description,
-                    config=struct_dict(request.config),
+                    config=config,
                     fork_run_id=request.fork_run_id,
                     fork_incarnation_id=request.fork_incarnation_id,
                     fork_step=request.fork_step if request.HasField("fork_step") else None,
@@ -428,27 +455,23 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def UpdateRunConfig(
         self, request: runs_pb2.UpdateRunConfigRequest, context: Any
     ) -> runs_pb2.UpdateRunConfigResponse:
+        config = await _document(context, "config", request.config)
+        values = await _document(context, "values", request.values)
         record = await _call(
-            context,
-            self.runs.update_config(request.project, request.run_id, struct_dict(request.config)),
+            context, self.runs.update_config(request.project, request.run_id, config)
         )
-        if request.values.fields:
+        if values:
             record = await _call(
-                context,
-                self.runs.update_values(
-                    request.project, request.run_id, struct_dict(request.values)
-                ),
+                context, self.runs.update_values(request.project, request.run_id, values)
             )
         return runs_pb2.UpdateRunConfigResponse(run=run_proto(record, self.web_url))
 
     async def RewindRun(
         self, request: runs_pb2.RewindRunRequest, context: Any
     ) -> runs_pb2.RewindRunResponse:
+        config = await _document(context, "config", request.config)
         record = await _call(
-            context,
-            self.runs.rewind(
-                request.project, request.run_id, request.step, struct_dict(request.config)
-            ),
+            context, self.runs.rewind(request.project, request.run_id, request.step, config)
         )
         return runs_pb2.RewindRunResponse(run=run_proto(record, self.web_url))
 
@@ -466,11 +489,13 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def ListSeries(
         self, request: runs_pb2.ListSeriesRequest, context: Any
     ) -> runs_pb2.ListSeriesResponse:
-        incarnation_id, summaries = await _call(
-            context, self.reader.summaries(selector_of(request.selector))
+        incarnation_id, summaries, token = await _call(
+            context,
+            self.reader.page(selector_of(request.selector), request.page_size, request.page_token),
         )
         return runs_pb2.ListSeriesResponse(
             incarnation_id=incarnation_id,
+            next_page_token=token,
             series=[
                 runs_pb2.SeriesSummary(
                     name=s.name,
@@ -524,3 +549,63 @@ async def _call(context: Any, work: Awaitable[Any]) -> Any:
     except errors.ServiceError as exc:
         await abort(context, exc)
         raise
+
+
+def run_handler(servicer: RunServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """RunService registered by hand, like ingest: a request protobuf cannot parse (a config
+    nested past protobuf's own depth limit) is answered INVALID_ARGUMENT with its reason."""
+    service = runs_pb2.DESCRIPTOR.services_by_name["RunService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_type = getattr(runs_pb2, method.input_type.name)
+        response_type = getattr(runs_pb2, method.output_type.name)
+        behavior = getattr(servicer, method.name)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _streaming_guard(behavior),
+                request_deserializer=_lenient(request_type),
+                response_serializer=response_type.SerializeToString,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary_guard(behavior),
+                request_deserializer=_lenient(request_type),
+                response_serializer=response_type.SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _lenient(request_type: Any) -> Any:
+    def parse(data: bytes) -> Any:
+        try:
+            return request_type.FromString(data)
+        except DecodeError as exc:
+            return Malformed(str(exc))
+
+    return parse
+
+
+def _malformed(request: Malformed) -> errors.ServiceError:
+    # The only nesting a RunService request can carry is a Struct (config, values).
+    if "MaxDepth" in request.detail or "recursion" in request.detail.lower():
+        return config_too_deep("config", f"more than {MAX_CONFIG_DEPTH}")
+    return errors.invalid("MALFORMED_REQUEST", f"request could not be decoded: {request.detail}")
+
+
+def _unary_guard(behavior: Any) -> Any:
+    async def call(request: Any, context: Any) -> Any:
+        if isinstance(request, Malformed):
+            await abort(context, _malformed(request))
+        return await behavior(request, context)
+
+    return call
+
+
+def _streaming_guard(behavior: Any) -> Any:
+    async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+        if isinstance(request, Malformed):
+            await abort(context, _malformed(request))
+        async for message in behavior(request, context):
+            yield message
+
+    return call

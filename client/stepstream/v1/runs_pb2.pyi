@@ -904,6 +904,16 @@ class ListSeriesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SELECTOR_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The most series to return (AIP-158). 0 means the default (1000); values above the
+    maximum (10000) are lowered to it; a negative value is INVALID_PAGE_SIZE.
+    """
+    page_token: _builtins.str
+    """The next_page_token of the previous page, to continue the listing; empty for the first
+    page. A token given with a different selector is INVALID_PAGE_TOKEN.
+    """
     @_builtins.property
     def selector(self) -> Global___SeriesSelector:
         """What to list."""
@@ -912,10 +922,12 @@ class ListSeriesRequest(_message.Message):
         self,
         *,
         selector: Global___SeriesSelector | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "selector", b"selector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -979,27 +991,33 @@ Global___SeriesSummary: _TypeAlias = SeriesSummary  # noqa: Y015
 
 @_typing.final
 class ListSeriesResponse(_message.Message):
-    """ListSeriesResponse lists series sorted by name."""
+    """ListSeriesResponse lists series sorted by name (then float before string), one
+    page at a time.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIES_FIELD_NUMBER: _builtins.int
     INCARNATION_ID_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     incarnation_id: _builtins.str
     """The incarnation that was read."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeriesSummary]:
-        """The series."""
+        """The series of this page."""
 
     def __init__(
         self,
         *,
         series: _abc.Iterable[Global___SeriesSummary] | None = ...,
         incarnation_id: _builtins.str = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation_id", b"incarnation_id", "series", b"series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation_id", b"incarnation_id", "next_page_token", b"next_page_token", "series", b"series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -159,9 +159,23 @@ class Store(Protocol):
     # Reading.
     def segments(self, incarnation_id: str, *, own_only: bool = False) -> list[Segment]: ...
 
-    def floors(self, segments: Sequence[Segment]) -> dict[str, tuple[float, str]]: ...
+    def floors(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> dict[str, tuple[float, str]]:
+        """Floors ("f:<name>" / "s:<name>" -> (step, value token)) of the view's series with a
+        visible point: every one, or only those of `keys` ((name, is_string) pairs)."""
+        ...
 
-    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool, int]]: ...
+    def series_names(
+        self, segments: Sequence[Segment], after: tuple[str, bool] | None, limit: int
+    ) -> list[tuple[str, bool]]:
+        """Up to `limit` (name, is_string) with a series row in the view's incarnations, sorted,
+        all above `after`; a superset of the visible ones in that range (visibility aside)."""
+        ...
+
+    def series_keys(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> list[tuple[str, bool, int]]: ...
 
     def read(
         self,

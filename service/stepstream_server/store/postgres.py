@@ -524,10 +524,10 @@ class PostgresStore:
 
     @staticmethod
     def _visible(
-        cur: Cursor, segments: Sequence[Segment], only: tuple[str, bool] | None = None
+        cur: Cursor, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
     ) -> dict[tuple[str, bool], list[tuple[Segment, SeriesRef, int]]]:
-        """Per series of the view (or only the one named): (segment, series, generation),
-        oldest first; each segment shows the newest generation its snapshot can see."""
+        """Per series of the view (or those of `keys`): (segment, series, generation), oldest
+        first; each segment shows the newest generation its snapshot can see."""
         cur.execute(
             "SELECT DISTINCT ON (k.i, s.is_string, s.name) k.i, s.name, s.is_string, s.project,"
             " s.run_id, s.series_id, s.generation"
@@ -535,12 +535,12 @@ class PostgresStore:
             " JOIN incarnations inc ON inc.incarnation_id = k.incarnation_id"
             " JOIN series s ON s.project = inc.project AND s.run_id = inc.run_id"
             " AND s.incarnation_id = inc.incarnation_id AND s.created_chunk <= k.cap"
-            + ("" if only is None else " AND s.name = %s AND s.is_string = %s")
+            + _keys_filter(keys)
             + " ORDER BY k.i, s.is_string, s.name, s.generation DESC",
             (
                 [seg.incarnation_id for seg in segments],
                 [seg.chunk_cap for seg in segments],
-                *(() if only is None else only),
+                *_keys_args(keys),
             ),
         )
         by_hop: list[list[tuple[str, bool, SeriesRef, int]]] = [[] for _ in segments]
@@ -548,14 +548,16 @@ class PostgresStore:
             by_hop[i - 1].append((name, is_string, (project, run_id, series_id), generation))
         return fold_visible(zip(reversed(segments), reversed(by_hop), strict=True))
 
-    def floors(self, segments: Sequence[Segment]) -> dict[str, tuple[float, str]]:
+    def floors(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> dict[str, tuple[float, str]]:
         """For every series visible in the view: its largest step and that point's value token.
         The newest segment with a visible point wins: a descendant's own points always lie
         above what it inherits. One query per round; a series whose newest segment has no
         point tries the next older one in the next round."""
         result: dict[str, tuple[float, str]] = {}
         with self._read(binary=True) as cur:
-            pending = [(key, parts) for key, parts in self._visible(cur, segments).items()]
+            pending = [(key, parts) for key, parts in self._visible(cur, segments, keys).items()]
             while pending:
                 heads = [(seg, ref) for _, parts in pending for seg, ref, _ in parts[-1:]]
                 cur.execute(
@@ -575,11 +577,35 @@ class PostgresStore:
                 pending = retry
         return result
 
-    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool, int]]:
-        """(name, is_string, generation of the viewed incarnation) of every series with a
-        visible point."""
+    def series_names(
+        self, segments: Sequence[Segment], after: tuple[str, bool] | None, limit: int
+    ) -> list[tuple[str, bool]]:
+        """The first `limit` (name, is_string) of series rows in the view's incarnations, in
+        order, after `after`: candidates for a page (series_keys says which are visible)."""
+        found: set[tuple[str, bool]] = set()
         with self._read() as cur:
-            visible = self._visible(cur, segments)
+            for seg in segments:
+                for is_string in (False, True):
+                    # (name, is_string) > after: see the SQLite store.
+                    op = ">" if after is None or not is_string or after[1] else ">="
+                    cur.execute(
+                        "SELECT DISTINCT s.name FROM incarnations inc JOIN series s"
+                        " ON s.project = inc.project AND s.run_id = inc.run_id"
+                        " AND s.incarnation_id = inc.incarnation_id"
+                        f" WHERE inc.incarnation_id = %s AND s.is_string = %s AND s.name {op} %s"
+                        " ORDER BY s.name LIMIT %s",
+                        (seg.incarnation_id, is_string, "" if after is None else after[0], limit),
+                    )
+                    found.update((str(name), is_string) for (name,) in cur.fetchall())
+        return sorted(found)[:limit]
+
+    def series_keys(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> list[tuple[str, bool, int]]:
+        """(name, is_string, generation of the viewed incarnation) of every series (or those of
+        `keys`) with a visible point."""
+        with self._read() as cur:
+            visible = self._visible(cur, segments, keys)
             pairs = [(key, seg, ref) for key, parts in visible.items() for seg, ref, _ in parts]
             cur.execute(
                 f"SELECT k.i FROM {_PAIRS} WHERE EXISTS"
@@ -614,7 +640,7 @@ class PostgresStore:
                 row = cur.fetchone()
                 parts = [] if row is None else [(segments[-1], (row[0], row[1], row[2]), 0)]
             else:
-                parts = self._visible(cur, segments, (name, is_string)).get((name, is_string), [])
+                parts = self._visible(cur, segments, [(name, is_string)]).get((name, is_string), [])
             for seg, (project, run_id, series_id), _ in parts:
                 hi = min(step_max, seg.step_cap)
                 cur.execute(
@@ -684,6 +710,27 @@ class PostgresStore:
                 rows = [((project, run_id, r[0]), r[1], r[2], r[3], r[4]) for r in cur.fetchall()]
                 out.extend(sampled_points(name, rows, step_min, hi, fetch))
         return iter(out)
+
+
+def _keys_filter(keys: Sequence[tuple[str, bool]] | None) -> str:
+    """Restricts _visible to some series: equality for one (an index lookup), a join with the
+    unnested list for many."""
+    if keys is None:
+        return ""
+    if len(keys) == 1:
+        return " AND s.name = %s AND s.is_string = %s"
+    return (
+        " AND EXISTS (SELECT 1 FROM unnest(%s::text[], %s::bool[]) AS w(name, is_string)"
+        " WHERE w.name = s.name AND w.is_string = s.is_string)"
+    )
+
+
+def _keys_args(keys: Sequence[tuple[str, bool]] | None) -> tuple[Any, ...]:
+    if keys is None:
+        return ()
+    if len(keys) == 1:
+        return keys[0]
+    return ([n for n, _ in keys], [k for _, k in keys])
 
 
 def _points(

@@ -629,33 +629,39 @@ class SqliteStore:
         return view_segments(incarnation_id, self.get_incarnation)
 
     def _visible(
-        self, segments: Sequence[Segment]
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
     ) -> dict[tuple[str, bool], list[tuple[Segment, int, int]]]:
-        """Per series of the view: (segment, series_id, generation), oldest first. Walking from
-        the viewed incarnation up, each hop shows the newest generation its snapshot can see;
-        a generation above 0 was an overwrite and hides everything older."""
+        """Per series of the view (every one, or those of `keys`): (segment, series_id,
+        generation), oldest first. Walking from the viewed incarnation up, each hop shows the
+        newest generation its snapshot can see; a generation above 0 was an overwrite and hides
+        everything older."""
         conn = self._conn()
-        return fold_visible(
-            (
-                seg,
-                conn.execute(
-                    "SELECT name, is_string, series_id, generation FROM series s WHERE"
-                    " incarnation_id = ? AND created_chunk <= ? AND generation = (SELECT"
-                    " MAX(g.generation) FROM series g WHERE g.incarnation_id = s.incarnation_id"
-                    " AND g.is_string = s.is_string AND g.name = s.name AND g.created_chunk <= ?)",
-                    (seg.incarnation_id, seg.chunk_cap, seg.chunk_cap),
-                ),
-            )
-            for seg in reversed(segments)
-        )
 
-    def floors(self, segments: Sequence[Segment]) -> dict[str, tuple[float, str]]:
-        """For every series visible in the view: its largest step and that point's value token.
-        The newest segment with a visible point wins: a descendant's own points always lie
-        above what it inherits."""
+        def rows(seg: Segment) -> Iterator[Any]:
+            args = (seg.incarnation_id, seg.chunk_cap, seg.chunk_cap)
+            if keys is None:
+                yield from conn.execute(_VISIBLE, args)
+                return
+            for is_string in (False, True):
+                names = sorted({n for n, k in keys if k == is_string})
+                for i in range(0, len(names), _IN_BATCH):
+                    part = names[i : i + _IN_BATCH]
+                    yield from conn.execute(
+                        _VISIBLE + f" AND is_string = ? AND name IN ({','.join('?' * len(part))})",
+                        (*args, int(is_string), *part),
+                    )
+
+        return fold_visible((seg, rows(seg)) for seg in reversed(segments))
+
+    def floors(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> dict[str, tuple[float, str]]:
+        """For every series visible in the view (or those of `keys`): its largest step and that
+        point's value token. The newest segment with a visible point wins: a descendant's own
+        points always lie above what it inherits."""
         result: dict[str, tuple[float, str]] = {}
         conn = self._conn()
-        for (name, is_string), parts in self._visible(segments).items():
+        for (name, is_string), parts in self._visible(segments, keys).items():
             for seg, series_id, _ in reversed(parts):
                 row = conn.execute(
                     "SELECT n, steps, vals FROM chunks WHERE series_id = ? AND chunk_id <= ?"
@@ -670,12 +676,34 @@ class SqliteStore:
                 break
         return result
 
-    def series_keys(self, segments: Sequence[Segment]) -> list[tuple[str, bool, int]]:
-        """(name, is_string, generation of the viewed incarnation) of every series with a
-        visible point."""
+    def series_names(
+        self, segments: Sequence[Segment], after: tuple[str, bool] | None, limit: int
+    ) -> list[tuple[str, bool]]:
+        """The first `limit` (name, is_string) of series rows in the view's incarnations, in
+        order, after `after`: candidates for a page (series_keys says which are visible)."""
+        conn = self._conn()
+        found: set[tuple[str, bool]] = set()
+        for seg in segments:
+            for is_string in (False, True):
+                # (name, is_string) > after: a float series needs a greater name; a string
+                # series may share the name of a float `after`.
+                op = ">" if after is None or not is_string or after[1] else ">="
+                rows = conn.execute(
+                    "SELECT DISTINCT name FROM series WHERE incarnation_id = ? AND is_string = ?"
+                    f" AND name {op} ? ORDER BY name LIMIT ?",
+                    (seg.incarnation_id, int(is_string), "" if after is None else after[0], limit),
+                )
+                found.update((str(name), is_string) for (name,) in rows)
+        return sorted(found)[:limit]
+
+    def series_keys(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
+    ) -> list[tuple[str, bool, int]]:
+        """(name, is_string, generation of the viewed incarnation) of every series (or those of
+        `keys`) with a visible point."""
         conn = self._conn()
         out = []
-        for (name, is_string), parts in self._visible(segments).items():
+        for (name, is_string), parts in self._visible(segments, keys).items():
             visible = any(
                 conn.execute(
                     "SELECT 1 FROM chunks WHERE series_id = ? AND chunk_id <= ? AND min_step <= ?"
@@ -706,7 +734,7 @@ class SqliteStore:
             ).fetchone()
             parts = [] if row is None else [(segments[-1], int(row[0]), generation)]
         else:
-            parts = self._visible(segments).get((name, is_string), [])
+            parts = self._visible(segments, [(name, is_string)]).get((name, is_string), [])
         for seg, series_id, _ in parts:
             hi = min(step_max, seg.step_cap)
             rows = conn.execute(
@@ -767,6 +795,16 @@ class SqliteStore:
             ).fetchall()
             yield from sampled_points(name, rows, step_min, hi, fetch)
 
+
+# The newest generation of each series of one incarnation that a snapshot (chunk cap) sees.
+_VISIBLE = (
+    "SELECT name, is_string, series_id, generation FROM series s WHERE"
+    " incarnation_id = ? AND created_chunk <= ? AND generation = (SELECT"
+    " MAX(g.generation) FROM series g WHERE g.incarnation_id = s.incarnation_id"
+    " AND g.is_string = s.is_string AND g.name = s.name AND g.created_chunk <= ?)"
+)
+# Names per `IN (...)` list: far below SQLite's limit on bound parameters.
+_IN_BATCH = 500
 
 _INSERT_CHUNK = (
     "INSERT INTO chunks (series_id, min_step, max_step, n, steps, vals, ts, stats)"
