@@ -96,7 +96,8 @@ async def test_batch_bounds(runs, ingest, stream, entries, reason, message, meta
     assert resp.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert resp.error.message == message
     info = info_of(resp.error)
-    assert (info.reason, dict(info.metadata)) == (reason, metadata)
+    # Every batch bound uses up its sequence (ingest.proto's sequence rule).
+    assert (info.reason, dict(info.metadata)) == (reason, {**metadata, "sequence_used": "true"})
     # The stream lives on, the sequence was used up, nothing else was lost.
     assert (await stream.send(fseries("m", [1], [5.0]))).appended.accepted_count == 1
     assert (await other.send(fseries("x", [2], [2.0]))).appended.accepted_count == 1

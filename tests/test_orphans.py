@@ -104,13 +104,18 @@ def test_someone_elses_redis_is_never_killed(tmp_path: Path, redis_server: Embed
     assert redis_server.process.poll() is None
 
 
+WIDE = 60_000
+
+
 def test_sigterm_ends_a_long_read_within_the_grace_period(tmp_path: Path) -> None:
     svc = ServiceProcess(tmp_path / "data", None, free_port()).start()  # --grace 1
     assert svc.proc is not None
     with grpc.insecure_channel(svc.address) as ch:
         runs = runs_pb2_grpc.RunServiceStub(ch)
         runs.CreateRun(runs_pb2.CreateRunRequest(run_id="wide"))
-        write_wide(ingest_pb2_grpc.IngestServiceStub(ch), "wide", 6000)
+        # Wide enough that reading every series takes seconds (about 4 s for 60,000 here, with
+        # floors and reads per series): the SIGTERM lands while the store is still reading.
+        write_wide(ingest_pb2_grpc.IngestServiceStub(ch), "wide", WIDE)
         outcome: list[object] = []
 
         def read() -> None:
@@ -124,7 +129,7 @@ def test_sigterm_ends_a_long_read_within_the_grace_period(tmp_path: Path) -> Non
 
         reader = threading.Thread(target=read)
         reader.start()
-        time.sleep(0.5)  # the read is under way in the store (it takes far longer)
+        time.sleep(0.3)  # the read is under way in the store (it takes far longer)
         os.kill(svc.proc.pid, signal.SIGTERM)
         try:
             code = svc.proc.wait(10)  # grace 1 s, then the read is cancelled and interrupted
@@ -135,7 +140,7 @@ def test_sigterm_ends_a_long_read_within_the_grace_period(tmp_path: Path) -> Non
         reader.join(30)
     svc.proc = None
     assert code == 0
-    assert outcome and outcome[0] != 6000, outcome  # the read was cut, not finished
+    assert outcome and outcome[0] != WIDE, outcome  # the read was cut, not finished
 
 
 def write_wide(ingest: ingest_pb2_grpc.IngestServiceStub, run_id: str, series: int) -> None:

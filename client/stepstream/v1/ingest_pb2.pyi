@@ -345,6 +345,18 @@ class AppendPointsResponse(_message.Message):
                               under a new sequence number.
           INVALID_ARGUMENT    BATCH_TOO_LARGE (points, limit): more than
                               100,000 points; split it.
+          INVALID_ARGUMENT    BATCH_TOO_MANY_ENTRIES (entries, limit): more
+                              than 100,000 float_series, string_series and
+                              float_blocks messages together (counted before
+                              the batch is parsed; `entries` is absent when
+                              the count stopped at the limit).
+          INVALID_ARGUMENT    BLOCK_TOO_MANY_NAMES (block, names, limit): one
+                              FloatBlock with more than 100,000 names.
+          INVALID_ARGUMENT    BATCH_TOO_MANY_SERIES (series, limit): more than
+                              100,000 series (entries plus block names).
+          INVALID_ARGUMENT    BATCH_NAMES_TOO_LARGE (bytes, limit): the series
+                              names of the batch take more than 8 MiB of UTF-8
+                              together.
         Does not use up the sequence (sequence_used = "false"):
           FAILED_PRECONDITION SEQUENCE_GAP (expected, received): the batch
                               skips ahead; `expected` is the next sequence.

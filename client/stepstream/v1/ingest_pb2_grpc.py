@@ -45,7 +45,9 @@ class IngestServiceStub:
     its original writer_id and sequence); every other code needs a change
     first (fix the request, resume the run, ...).
 
-    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
+    most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
+    batch (see AppendPointsResponse.error); a
     stream reads no further requests while it owes 64 responses (gRPC flow
     control then slows the writer). Throughput depends on batch size: batches
     of one row are roughly 30 times slower per point than batches of a few
@@ -85,7 +87,9 @@ class IngestServiceServicer:
     its original writer_id and sequence); every other code needs a change
     first (fix the request, resume the run, ...).
 
-    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
+    most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
+    batch (see AppendPointsResponse.error); a
     stream reads no further requests while it owes 64 responses (gRPC flow
     control then slows the writer). Throughput depends on batch size: batches
     of one row are roughly 30 times slower per point than batches of a few
@@ -151,7 +155,9 @@ class IngestService:
     its original writer_id and sequence); every other code needs a change
     first (fix the request, resume the run, ...).
 
-    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
+    most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
+    batch (see AppendPointsResponse.error); a
     stream reads no further requests while it owes 64 responses (gRPC flow
     control then slows the writer). Throughput depends on batch size: batches
     of one row are roughly 30 times slower per point than batches of a few

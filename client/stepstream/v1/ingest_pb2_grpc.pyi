@@ -46,7 +46,9 @@ class IngestServiceStub:
     its original writer_id and sequence); every other code needs a change
     first (fix the request, resume the run, ...).
 
-    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
+    most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
+    batch (see AppendPointsResponse.error); a
     stream reads no further requests while it owes 64 responses (gRPC flow
     control then slows the writer). Throughput depends on batch size: batches
     of one row are roughly 30 times slower per point than batches of a few
@@ -98,7 +100,9 @@ class IngestServiceAsyncStub(IngestServiceStub):
     its original writer_id and sequence); every other code needs a change
     first (fix the request, resume the run, ...).
 
-    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
+    most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
+    batch (see AppendPointsResponse.error); a
     stream reads no further requests while it owes 64 responses (gRPC flow
     control then slows the writer). Throughput depends on batch size: batches
     of one row are roughly 30 times slower per point than batches of a few
@@ -146,7 +150,9 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     its original writer_id and sequence); every other code needs a change
     first (fix the request, resume the run, ...).
 
-    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+    Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
+    most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
+    batch (see AppendPointsResponse.error); a
     stream reads no further requests while it owes 64 responses (gRPC flow
     control then slows the writer). Throughput depends on batch size: batches
     of one row are roughly 30 times slower per point than batches of a few

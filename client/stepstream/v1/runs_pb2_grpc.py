@@ -37,8 +37,10 @@ class RunServiceStub:
     INVALID_ARGUMENT INVALID_PROJECT (field, value),
     INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
     NOT_FOUND        RUN_NOT_FOUND (project, run_id),
-    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
-    which is the one code that is always safe to retry unchanged. All RPCs
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached
+    (STORE_UNAVAILABLE (detail) while the store refuses work; the service's
+    health is NOT_SERVING meanwhile), which is the one code that is always
+    safe to retry unchanged. All RPCs
     but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
 
     Names and IDs: project, run_id and writer_id are 1-128 characters of
@@ -47,6 +49,13 @@ class RunServiceStub:
     Series names, attribute names, config keys, tags and experiment names are
     UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
     "sys/description" is the run's description.
+
+    Bounds, each INVALID_ARGUMENT with the limit in metadata "limit": a config
+    (or single values) document at most 1 MiB encoded (CONFIG_TOO_LARGE: field,
+    size) and nested at most 20 deep (CONFIG_TOO_DEEP: field, depth); at most
+    1,000 tags per run (TOO_MANY_TAGS: count), each at most 256 bytes
+    (TAG_TOO_LONG: size); a description or failure reason at most 64 KiB
+    (TEXT_TOO_LONG: field, size). A request that breaks one changes nothing.
     """
 
     def __init__(self, channel):
@@ -129,8 +138,10 @@ class RunServiceServicer:
     INVALID_ARGUMENT INVALID_PROJECT (field, value),
     INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
     NOT_FOUND        RUN_NOT_FOUND (project, run_id),
-    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
-    which is the one code that is always safe to retry unchanged. All RPCs
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached
+    (STORE_UNAVAILABLE (detail) while the store refuses work; the service's
+    health is NOT_SERVING meanwhile), which is the one code that is always
+    safe to retry unchanged. All RPCs
     but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
 
     Names and IDs: project, run_id and writer_id are 1-128 characters of
@@ -139,6 +150,13 @@ class RunServiceServicer:
     Series names, attribute names, config keys, tags and experiment names are
     UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
     "sys/description" is the run's description.
+
+    Bounds, each INVALID_ARGUMENT with the limit in metadata "limit": a config
+    (or single values) document at most 1 MiB encoded (CONFIG_TOO_LARGE: field,
+    size) and nested at most 20 deep (CONFIG_TOO_DEEP: field, depth); at most
+    1,000 tags per run (TOO_MANY_TAGS: count), each at most 256 bytes
+    (TAG_TOO_LONG: size); a description or failure reason at most 64 KiB
+    (TEXT_TOO_LONG: field, size). A request that breaks one changes nothing.
     """
 
     def CreateRun(self, request, context):
@@ -246,9 +264,13 @@ class RunServiceServicer:
         """ListSeries lists the series visible in a run or incarnation with a
         summary of each.
 
-        Errors: INVALID_ARGUMENT INVALID_SELECTOR (given); NOT_FOUND
-        RUN_NOT_FOUND (project, run_id), INCARNATION_NOT_FOUND
-        (incarnation_id), EXPERIMENT_NOT_FOUND (project, experiment).
+        Paginated (AIP-158): follow next_page_token until it is empty.
+
+        Errors: INVALID_ARGUMENT INVALID_SELECTOR (given), INVALID_PAGE_SIZE
+        (page_size: negative), INVALID_PAGE_TOKEN (page_token: a token not from
+        a listing of this selector); NOT_FOUND RUN_NOT_FOUND (project, run_id),
+        INCARNATION_NOT_FOUND (incarnation_id), EXPERIMENT_NOT_FOUND (project,
+        experiment).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -349,8 +371,10 @@ class RunService:
     INVALID_ARGUMENT INVALID_PROJECT (field, value),
     INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
     NOT_FOUND        RUN_NOT_FOUND (project, run_id),
-    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
-    which is the one code that is always safe to retry unchanged. All RPCs
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached
+    (STORE_UNAVAILABLE (detail) while the store refuses work; the service's
+    health is NOT_SERVING meanwhile), which is the one code that is always
+    safe to retry unchanged. All RPCs
     but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
 
     Names and IDs: project, run_id and writer_id are 1-128 characters of
@@ -359,6 +383,13 @@ class RunService:
     Series names, attribute names, config keys, tags and experiment names are
     UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
     "sys/description" is the run's description.
+
+    Bounds, each INVALID_ARGUMENT with the limit in metadata "limit": a config
+    (or single values) document at most 1 MiB encoded (CONFIG_TOO_LARGE: field,
+    size) and nested at most 20 deep (CONFIG_TOO_DEEP: field, depth); at most
+    1,000 tags per run (TOO_MANY_TAGS: count), each at most 256 bytes
+    (TAG_TOO_LONG: size); a description or failure reason at most 64 KiB
+    (TEXT_TOO_LONG: field, size). A request that breaks one changes nothing.
     """
 
     @staticmethod

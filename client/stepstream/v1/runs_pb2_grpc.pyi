@@ -38,8 +38,10 @@ class RunServiceStub:
       INVALID_ARGUMENT INVALID_PROJECT (field, value),
       INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
       NOT_FOUND        RUN_NOT_FOUND (project, run_id),
-    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
-    which is the one code that is always safe to retry unchanged. All RPCs
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached
+    (STORE_UNAVAILABLE (detail) while the store refuses work; the service's
+    health is NOT_SERVING meanwhile), which is the one code that is always
+    safe to retry unchanged. All RPCs
     but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
 
     Names and IDs: project, run_id and writer_id are 1-128 characters of
@@ -48,6 +50,13 @@ class RunServiceStub:
     Series names, attribute names, config keys, tags and experiment names are
     UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
     "sys/description" is the run's description.
+
+    Bounds, each INVALID_ARGUMENT with the limit in metadata "limit": a config
+    (or single values) document at most 1 MiB encoded (CONFIG_TOO_LARGE: field,
+    size) and nested at most 20 deep (CONFIG_TOO_DEEP: field, depth); at most
+    1,000 tags per run (TOO_MANY_TAGS: count), each at most 256 bytes
+    (TAG_TOO_LONG: size); a description or failure reason at most 64 KiB
+    (TEXT_TOO_LONG: field, size). A request that breaks one changes nothing.
     """
 
     @_typing.overload
@@ -117,9 +126,13 @@ class RunServiceStub:
     """ListSeries lists the series visible in a run or incarnation with a
     summary of each.
 
-    Errors: INVALID_ARGUMENT INVALID_SELECTOR (given); NOT_FOUND
-    RUN_NOT_FOUND (project, run_id), INCARNATION_NOT_FOUND
-    (incarnation_id), EXPERIMENT_NOT_FOUND (project, experiment).
+    Paginated (AIP-158): follow next_page_token until it is empty.
+
+    Errors: INVALID_ARGUMENT INVALID_SELECTOR (given), INVALID_PAGE_SIZE
+    (page_size: negative), INVALID_PAGE_TOKEN (page_token: a token not from
+    a listing of this selector); NOT_FOUND RUN_NOT_FOUND (project, run_id),
+    INCARNATION_NOT_FOUND (incarnation_id), EXPERIMENT_NOT_FOUND (project,
+    experiment).
     """
     ReadSeries: _grpc.UnaryStreamMultiCallable[_runs_pb2.ReadSeriesRequest, _runs_pb2.ReadSeriesResponse]
     """ReadSeries streams the points of a run's series, in step order, in
@@ -143,8 +156,10 @@ class RunServiceAsyncStub(RunServiceStub):
       INVALID_ARGUMENT INVALID_PROJECT (field, value),
       INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
       NOT_FOUND        RUN_NOT_FOUND (project, run_id),
-    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
-    which is the one code that is always safe to retry unchanged. All RPCs
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached
+    (STORE_UNAVAILABLE (detail) while the store refuses work; the service's
+    health is NOT_SERVING meanwhile), which is the one code that is always
+    safe to retry unchanged. All RPCs
     but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
 
     Names and IDs: project, run_id and writer_id are 1-128 characters of
@@ -153,6 +168,13 @@ class RunServiceAsyncStub(RunServiceStub):
     Series names, attribute names, config keys, tags and experiment names are
     UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
     "sys/description" is the run's description.
+
+    Bounds, each INVALID_ARGUMENT with the limit in metadata "limit": a config
+    (or single values) document at most 1 MiB encoded (CONFIG_TOO_LARGE: field,
+    size) and nested at most 20 deep (CONFIG_TOO_DEEP: field, depth); at most
+    1,000 tags per run (TOO_MANY_TAGS: count), each at most 256 bytes
+    (TAG_TOO_LONG: size); a description or failure reason at most 64 KiB
+    (TEXT_TOO_LONG: field, size). A request that breaks one changes nothing.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -219,9 +241,13 @@ class RunServiceAsyncStub(RunServiceStub):
     """ListSeries lists the series visible in a run or incarnation with a
     summary of each.
 
-    Errors: INVALID_ARGUMENT INVALID_SELECTOR (given); NOT_FOUND
-    RUN_NOT_FOUND (project, run_id), INCARNATION_NOT_FOUND
-    (incarnation_id), EXPERIMENT_NOT_FOUND (project, experiment).
+    Paginated (AIP-158): follow next_page_token until it is empty.
+
+    Errors: INVALID_ARGUMENT INVALID_SELECTOR (given), INVALID_PAGE_SIZE
+    (page_size: negative), INVALID_PAGE_TOKEN (page_token: a token not from
+    a listing of this selector); NOT_FOUND RUN_NOT_FOUND (project, run_id),
+    INCARNATION_NOT_FOUND (incarnation_id), EXPERIMENT_NOT_FOUND (project,
+    experiment).
     """
     ReadSeries: _aio.UnaryStreamMultiCallable[_runs_pb2.ReadSeriesRequest, _runs_pb2.ReadSeriesResponse]  # type: ignore[assignment]
     """ReadSeries streams the points of a run's series, in step order, in
@@ -244,8 +270,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
       INVALID_ARGUMENT INVALID_PROJECT (field, value),
       INVALID_ARGUMENT INVALID_RUN_ID (field, value; just field when empty),
       NOT_FOUND        RUN_NOT_FOUND (project, run_id),
-    and any RPC with UNAVAILABLE when the store or Redis cannot be reached,
-    which is the one code that is always safe to retry unchanged. All RPCs
+    and any RPC with UNAVAILABLE when the store or Redis cannot be reached
+    (STORE_UNAVAILABLE (detail) while the store refuses work; the service's
+    health is NOT_SERVING meanwhile), which is the one code that is always
+    safe to retry unchanged. All RPCs
     but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
 
     Names and IDs: project, run_id and writer_id are 1-128 characters of
@@ -254,6 +282,13 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     Series names, attribute names, config keys, tags and experiment names are
     UTF-8, 1-1024 bytes, without NUL; "/" separates namespaces. The attribute
     "sys/description" is the run's description.
+
+    Bounds, each INVALID_ARGUMENT with the limit in metadata "limit": a config
+    (or single values) document at most 1 MiB encoded (CONFIG_TOO_LARGE: field,
+    size) and nested at most 20 deep (CONFIG_TOO_DEEP: field, depth); at most
+    1,000 tags per run (TOO_MANY_TAGS: count), each at most 256 bytes
+    (TAG_TOO_LONG: size); a description or failure reason at most 64 KiB
+    (TEXT_TOO_LONG: field, size). A request that breaks one changes nothing.
     """
 
     @_abc_1.abstractmethod
@@ -384,9 +419,13 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListSeries lists the series visible in a run or incarnation with a
         summary of each.
 
-        Errors: INVALID_ARGUMENT INVALID_SELECTOR (given); NOT_FOUND
-        RUN_NOT_FOUND (project, run_id), INCARNATION_NOT_FOUND
-        (incarnation_id), EXPERIMENT_NOT_FOUND (project, experiment).
+        Paginated (AIP-158): follow next_page_token until it is empty.
+
+        Errors: INVALID_ARGUMENT INVALID_SELECTOR (given), INVALID_PAGE_SIZE
+        (page_size: negative), INVALID_PAGE_TOKEN (page_token: a token not from
+        a listing of this selector); NOT_FOUND RUN_NOT_FOUND (project, run_id),
+        INCARNATION_NOT_FOUND (incarnation_id), EXPERIMENT_NOT_FOUND (project,
+        experiment).
         """
 
     @_abc_1.abstractmethod

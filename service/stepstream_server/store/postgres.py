@@ -640,7 +640,7 @@ class PostgresStore:
                 row = cur.fetchone()
                 parts = [] if row is None else [(segments[-1], (row[0], row[1], row[2]), 0)]
             else:
-                parts = self._visible(cur, segments, [(name, is_string)]).get((name, is_string), [])
+                parts = self._parts(cur, segments, name, is_string)
             for seg, (project, run_id, series_id), _ in parts:
                 hi = min(step_max, seg.step_cap)
                 cur.execute(
@@ -655,7 +655,7 @@ class PostgresStore:
     def _parts(
         self, cur: Cursor, segments: Sequence[Segment], name: str, is_string: bool
     ) -> list[tuple[Segment, SeriesRef, int]]:
-        return self._visible(cur, segments, (name, is_string)).get((name, is_string), [])
+        return self._visible(cur, segments, [(name, is_string)]).get((name, is_string), [])
 
     def count(
         self,

@@ -734,7 +734,7 @@ class SqliteStore:
             ).fetchone()
             parts = [] if row is None else [(segments[-1], int(row[0]), generation)]
         else:
-            parts = self._visible(segments, [(name, is_string)]).get((name, is_string), [])
+            parts = self._parts(segments, name, is_string)
         for seg, series_id, _ in parts:
             hi = min(step_max, seg.step_cap)
             rows = conn.execute(
@@ -750,7 +750,7 @@ class SqliteStore:
     def _parts(
         self, segments: Sequence[Segment], name: str, is_string: bool
     ) -> list[tuple[Segment, int, int]]:
-        return self._visible(segments).get((name, is_string), [])
+        return self._visible(segments, [(name, is_string)]).get((name, is_string), [])
 
     def count(
         self,

@@ -368,6 +368,18 @@ export type AppendPointsResponse = Message<"stepstream.v1.AppendPointsResponse">
      *                       under a new sequence number.
      *   INVALID_ARGUMENT    BATCH_TOO_LARGE (points, limit): more than
      *                       100,000 points; split it.
+     *   INVALID_ARGUMENT    BATCH_TOO_MANY_ENTRIES (entries, limit): more
+     *                       than 100,000 float_series, string_series and
+     *                       float_blocks messages together (counted before
+     *                       the batch is parsed; `entries` is absent when
+     *                       the count stopped at the limit).
+     *   INVALID_ARGUMENT    BLOCK_TOO_MANY_NAMES (block, names, limit): one
+     *                       FloatBlock with more than 100,000 names.
+     *   INVALID_ARGUMENT    BATCH_TOO_MANY_SERIES (series, limit): more than
+     *                       100,000 series (entries plus block names).
+     *   INVALID_ARGUMENT    BATCH_NAMES_TOO_LARGE (bytes, limit): the series
+     *                       names of the batch take more than 8 MiB of UTF-8
+     *                       together.
      * Does not use up the sequence (sequence_used = "false"):
      *   FAILED_PRECONDITION SEQUENCE_GAP (expected, received): the batch
      *                       skips ahead; `expected` is the next sequence.
@@ -625,7 +637,9 @@ export const AssignedStepsSchema: GenMessage<AssignedSteps> = /*@__PURE__*/
  * its original writer_id and sequence); every other code needs a change
  * first (fix the request, resume the run, ...).
  *
- * Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE); a
+ * Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
+ * most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
+ * batch (see AppendPointsResponse.error); a
  * stream reads no further requests while it owes 64 responses (gRPC flow
  * control then slows the writer). Throughput depends on batch size: batches
  * of one row are roughly 30 times slower per point than batches of a few
