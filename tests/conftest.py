@@ -16,6 +16,7 @@ from stepstream.v1 import ingest_pb2_grpc, runs_pb2_grpc
 from stepstream_server.config import Settings
 from stepstream_server.embedded_redis import EmbeddedRedis
 from stepstream_server.server import Service
+from wire import Stream, create_run
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))  # redis_cluster.py
@@ -114,3 +115,15 @@ def runs(channel: grpc.aio.Channel) -> runs_pb2_grpc.RunServiceStub:
 @pytest.fixture
 def ingest(channel: grpc.aio.Channel) -> ingest_pb2_grpc.IngestServiceStub:
     return ingest_pb2_grpc.IngestServiceStub(channel)
+
+
+@pytest.fixture
+async def stream(
+    runs: runs_pb2_grpc.RunServiceStub, ingest: ingest_pb2_grpc.IngestServiceStub
+) -> AsyncIterator[Stream]:
+    """An open ingest stream into a fresh run "r1"."""
+    await create_run(runs, "r1")
+    s = Stream(ingest)
+    await s.open("r1")
+    yield s
+    await s.close()

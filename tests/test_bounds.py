@@ -30,15 +30,6 @@ def rpc_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     raise AssertionError(f"no status details in {err}")
 
 
-@pytest.fixture
-async def stream(runs, ingest):
-    await create_run(runs, "r1")
-    s = Stream(ingest)
-    await s.open("r1")
-    yield s
-    await s.close()
-
-
 def _names(n: int, width: int = 0) -> list[str]:
     return [f"s{i:07d}".ljust(width, "x") for i in range(n)]
 

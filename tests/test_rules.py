@@ -95,15 +95,6 @@ def _info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
     return info
 
 
-@pytest.fixture
-async def stream(runs, ingest):
-    await create_run(runs, "r1")
-    s = Stream(ingest)
-    await s.open("r1")
-    yield s
-    await s.close()
-
-
 async def test_run_not_active_uses_up_its_sequence(runs, stream) -> None:
     await runs.StopRun(runs_pb2.StopRunRequest(run_id="r1"))
     failed = await stream.send(fseries("m", [1], [1.0]), sequence=1)

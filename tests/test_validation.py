@@ -13,15 +13,6 @@ from wire import Stream, create_run, error_reason, fseries, read_points, rpc_rea
 pytestmark = pytest.mark.stores("sqlite", "postgresql")
 
 
-@pytest.fixture
-async def stream(runs, ingest):
-    await create_run(runs, "r1")
-    s = Stream(ingest)
-    await s.open("r1")
-    yield s
-    await s.close()
-
-
 @pytest.mark.parametrize(
     ("series", "reason", "message"),
     [
