@@ -262,14 +262,20 @@ def _page_keys(
     return out[:limit]
 
 
+# Series summarised from one store read (ListSeries pages, the web view's summaries).
+SUMMARY_BATCH = 64
+
+
 def _summarise(
     store: Store, segments: Sequence[Segment], keys: Sequence[tuple[str, bool, int]]
 ) -> list[SeriesSummary]:
     out = []
-    for name, is_string, generation in keys:
-        pts = merge(
-            list(store.read(segments, name, is_string, -math.inf, math.inf)), name, is_string
-        )
+    whole: dict[tuple[str, bool], list[SeriesPoints]] = {}
+    for i, (name, is_string, generation) in enumerate(keys):
+        if i % SUMMARY_BATCH == 0:  # read a few series at once: fewer round trips, bounded memory
+            batch = keys[i : i + SUMMARY_BATCH]
+            whole = store.read_whole(segments, [(n, s) for n, s, _ in batch])
+        pts = merge(whole.pop((name, is_string), []), name, is_string)
         n = len(pts.steps)
         if n == 0:
             continue

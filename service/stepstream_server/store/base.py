@@ -205,3 +205,10 @@ class Store(Protocol):
         """A float series' points in the view for a downsampled read: a chunk lying wholly in
         the range gives the points its stats keep (codec.chunk_stats), any other its points."""
         ...
+
+    def read_whole(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
+    ) -> dict[tuple[str, bool], list[SeriesPoints]]:
+        """Every visible point of each series of `keys` (name, is_string), as `read` gives them
+        for the whole step range, for several series at once (the summaries of a page)."""
+        ...

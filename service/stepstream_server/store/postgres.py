@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -651,6 +652,31 @@ class PostgresStore:
                 )
                 fetched.append((hi, cur.fetchall()))
         return _points(name, is_string, step_min, fetched)
+
+    def read_whole(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
+    ) -> dict[tuple[str, bool], list[SeriesPoints]]:
+        """In two queries whatever the number of series: their visible parts, then the chunks
+        of every part (a round trip per series made ListSeries pages slow)."""
+        out: dict[tuple[str, bool], list[SeriesPoints]] = {key: [] for key in keys}
+        if not keys:
+            return out
+        with self._read(binary=True) as cur:
+            visible = self._visible(cur, segments, keys)
+            pairs = [(key, seg, ref) for key, parts in visible.items() for seg, ref, _ in parts]
+            if not pairs:
+                return out
+            cur.execute(
+                f"SELECT k.i, c.n, c.steps, c.vals, c.ts FROM {_PAIRS} JOIN chunks c ON"
+                f" {_PAIR_CHUNKS} ORDER BY k.i, c.chunk_id",
+                _pair_arrays([(seg, ref) for _, seg, ref in pairs]),
+            )
+            for i, n, steps, vals, ts in cur.fetchall():
+                (name, is_string), seg, _ = pairs[int(i) - 1]
+                points = points_of(name, is_string, (n, steps, vals, ts), -math.inf, seg.step_cap)
+                if points is not None:
+                    out[(name, is_string)].append(points)
+        return out
 
     def _parts(
         self, cur: Cursor, segments: Sequence[Segment], name: str, is_string: bool

@@ -747,6 +747,15 @@ class SqliteStore:
                 if points is not None:
                     yield points
 
+    def read_whole(
+        self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
+    ) -> dict[tuple[str, bool], list[SeriesPoints]]:
+        """A read per series: in-process SQLite has no round trips to save."""
+        return {
+            (name, is_string): list(self.read(segments, name, is_string, -math.inf, math.inf))
+            for name, is_string in keys
+        }
+
     def _parts(
         self, segments: Sequence[Segment], name: str, is_string: bool
     ) -> list[tuple[Segment, int, int]]:
