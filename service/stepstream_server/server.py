@@ -25,8 +25,9 @@ from .ingest import IngestWorker, WorkerLimits
 from .judge import new_replica_id
 from .ordering import FloorCache
 from .reading import Reader
+from .run_servicer import RunServicer, run_handler
 from .runs import RunManager
-from .servicer import IngestServicer, RunServicer, ingest_handler, run_handler
+from .servicer import IngestServicer, ingest_handler
 from .store import AsyncStore, open_store
 from .web import WebView
 
