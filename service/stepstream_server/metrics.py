@@ -37,7 +37,6 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # Group sizes go up to WorkerLimits' bounds (512 batches, 500,000 points).
 GROUP_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 GROUP_POINT_BUCKETS = (1, 10, 100, 1_000, 10_000, 50_000, 100_000, 250_000, 500_000)
-AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 class Metrics:
@@ -174,17 +173,12 @@ class Metrics:
         self.group_seconds.observe(time.perf_counter() - started)
 
     def auth_failure(self, reason: str) -> None:
-        """A request refused by authorization (`TOKEN_MISSING`, `PROJECT_NOT_ALLOWED`, ...).
-        gRPC calls are counted by `RpcMetrics` from their status; the web view calls this."""
+        """A request refused by authorization (`TOKEN_MISSING`, `PROJECT_NOT_ALLOWED`, ...):
+        the `on_failure` hook of the auth interceptor and of the web view's check."""
         self.auth_failures.labels(reason).inc()
 
-    def rpc_finished(self, method: str, code: grpc.StatusCode, details: str | None) -> None:
+    def rpc_finished(self, method: str, code: grpc.StatusCode) -> None:
         self.rpcs.labels(method, code.name).inc()
-        if code in AUTH_CODES and details:
-            # Refusals are aborted as "<REASON>: <message>" (servicer.abort, the auth check).
-            reason = details.split(":", 1)[0]
-            if reason.isupper():
-                self.auth_failure(reason)
 
     def interceptor(self) -> RpcMetrics:
         return RpcMetrics(self)
@@ -231,7 +225,7 @@ class MeteredFloors(FloorCache):
 
 class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts every call by method and final status code. First in the chain, so that calls
-    an authorization interceptor refuses are counted (with their reason) too."""
+    an authorization interceptor refuses are counted too."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -257,8 +251,7 @@ def _finish(metrics: Metrics, method: str, context: Any, error: BaseException | 
             code = grpc.StatusCode.CANCELLED
         else:
             code = grpc.StatusCode.UNKNOWN
-    details = context.details()
-    metrics.rpc_finished(method, code, details if isinstance(details, str) else None)
+    metrics.rpc_finished(method, code)
 
 
 def _wrapped(handler: Any, method: str, metrics: Metrics) -> Any:

@@ -230,16 +230,22 @@ class Service:
         if self.metrics is not None:
             self.metrics.draining.set(1)
         stopping = asyncio.ensure_future(self.server.stop(self.settings.grace_seconds))
-        if self.ingest is not None:
-            streams = self.ingest.drain()
-            if streams:
-                log.info("draining %d ingest stream(s)", streams)
+        streams = self.ingest.drain() if self.ingest is not None else 0
+        if streams:
+            log.info("draining %d ingest stream(s)", streams)
         for part in (self.web, self.metrics_endpoint):
             if part is not None:
                 await part.stop()
+        if streams and self.ingest is not None:
+            try:
+                await asyncio.wait_for(self.ingest.drained(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                log.info(
+                    "%d ingest stream(s) still open at the grace deadline: cut (their clients"
+                    " re-send what was not answered)",
+                    self.ingest.open_streams,
+                )
         await stopping
-        if self.ingest is not None and self.ingest.open_streams:
-            log.info("%d ingest stream(s) cut at the grace deadline", self.ingest.open_streams)
         await self.worker.drain_and_stop(timeout=max(0.0, deadline - loop.time()))
         if self.watch is not None:
             await self.watch.stop()

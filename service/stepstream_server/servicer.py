@@ -149,6 +149,7 @@ class IngestServicer:
         self.metrics = metrics or Metrics()
         self.draining = False
         self._streams: set[_Stream] = set()
+        self._idle = asyncio.Event()  # set when the last open stream ends
 
     def drain(self) -> int:
         """Stop reading requests on every open stream: each sends the answers of what it
@@ -164,6 +165,12 @@ class IngestServicer:
     @property
     def open_streams(self) -> int:
         return len(self._streams)
+
+    async def drained(self) -> None:
+        """Returns once no stream is open."""
+        while self._streams:
+            self._idle.clear()
+            await self._idle.wait()
 
     async def AppendPoints(
         self,
@@ -190,6 +197,8 @@ class IngestServicer:
         finally:
             self._streams.discard(stream)
             self.metrics.open_streams.dec()
+            if not self._streams:
+                self._idle.set()
             stream.reader.cancel()
             while not answers.empty():  # answers nobody will read: close, don't leak
                 leftover = answers.get_nowait()
