@@ -1,21 +1,31 @@
 """Mesh behaviour (docs/drain.md): a service that ends connections by age (GOAWAY, then the
 grace) moves a streaming trainer from connection to connection with nothing lost, nothing
-applied twice and no error surfaced; the flags reach gRPC as channel arguments."""
+applied twice and no error surfaced; the flags reach gRPC as channel arguments; browser
+connections that close early are a debug line, not an error."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+import socket
+import struct
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
+import grpc
 import pytest
 import stepstream
 from conftest import free_port
 from procs import ServiceProcess
+from stepstream.v1 import ingest_pb2_grpc, runs_pb2_grpc
 from stepstream_server.cli import main
 from stepstream_server.config import Settings
 from stepstream_server.embedded_redis import EmbeddedRedis
-from stepstream_server.server import grpc_options
+from stepstream_server.server import Service, grpc_options
+from wire import Stream, create_run, fseries
 
 NAMES = [f"layer{i}/norm" for i in range(8)]
 STEPS = 2500
@@ -78,3 +88,77 @@ def test_bad_mesh_flags_are_refused(
         main(["serve", flag, value])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+async def web_service(settings: Settings) -> AsyncIterator[Service]:
+    svc = await Service.start(dataclasses.replace(settings, web_address="127.0.0.1:0"))
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+async def test_web_connections_closed_early_log_no_traceback(
+    web_service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with grpc.aio.insecure_channel(web_service.address) as ch:
+        await create_run(runs_pb2_grpc.RunServiceStub(ch), "r1")
+        s = Stream(ingest_pb2_grpc.IngestServiceStub(ch))
+        await s.open("r1")
+        for b in range(2):  # 100,000 points: an answer of megabytes
+            steps = list(range(b * 50_000, (b + 1) * 50_000))
+            await s.send(fseries("big", steps, [0.123456789] * 50_000))
+        await s.close()
+    assert web_service.web is not None
+    port = web_service.web.port
+    big = b"GET /api/series?run_id=r1&name=big&max_points=100000 HTTP/1.1\r\nHost: x\r\n\r\n"
+    for request in (
+        big,
+        big,
+        b"GET /runs/default/r1 HTTP/1.1\r\nHo",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the answer cannot fit
+        raw.connect(("127.0.0.1", port))
+        raw.setblocking(False)
+        _, writer = await asyncio.open_connection(sock=raw)
+        writer.write(request)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        # Reset, not FIN: what a browser leaving a loading page may do.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+    async with aiohttp.ClientSession() as http, http.get(web_service.web.url + "/api/runs") as r:
+        assert r.status == 200  # the view serves on
+    await asyncio.sleep(0.2)
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert noisy == []
+
+
+def test_aiohttp_early_close_errors_become_one_debug_line(
+    web_service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where aiohttp does log a reset connection as an error (older versions, a handler that
+    writes itself), the record is replaced by a debug line without traceback."""
+    caplog.set_level(logging.DEBUG)
+    server_log = logging.getLogger("aiohttp.server")
+    try:
+        raise ConnectionResetError("Cannot write to closing transport")
+    except ConnectionResetError:
+        server_log.exception("Error handling request from %s", "127.0.0.1")
+    try:
+        raise ValueError("a real bug")
+    except ValueError:
+        server_log.exception("Unhandled exception")
+    seen = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert seen == [
+        (
+            "stepstream_server.web.app",
+            "DEBUG",
+            "web client closed the connection early: Cannot write to closing transport",
+        ),
+        ("aiohttp.server", "ERROR", "Unhandled exception"),  # anything else stays an error
+    ]
