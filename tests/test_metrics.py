@@ -4,6 +4,7 @@ real scrape of /metrics over HTTP, and the exact value of every counter it moved
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -185,3 +186,28 @@ def test_each_service_has_its_own_registry() -> None:
     one.batch_rejected("SEQUENCE_GAP")
     assert b'stepstream_batches_rejected_total{reason="SEQUENCE_GAP"} 1.0' in one.exposition()
     assert b"SEQUENCE_GAP" not in two.exposition()
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("9464", "--metrics-address must be HOST:PORT, got '9464'"),
+        ("127.0.0.1:http", "--metrics-address must be HOST:PORT, got '127.0.0.1:http'"),
+        ("in use", "--metrics-address 127.0.0.1:{port}: cannot listen there"),
+    ],
+)
+async def test_bad_metrics_address_refuses_to_start(
+    settings: Settings, address: str, message: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        if address == "in use":
+            address = f"127.0.0.1:{port}"
+        with pytest.raises(ValueError) as refused:
+            await Service.start(dataclasses.replace(settings, metrics_address=address))
+    assert str(refused.value).startswith(message.format(port=port))
+    # Nothing was left running: the same data directory starts at once.
+    svc = await Service.start(settings)
+    await svc.stop()

@@ -311,14 +311,21 @@ class MetricsEndpoint:
     async def start(cls, address: str, metrics: Metrics) -> MetricsEndpoint:
         from .web.links import base_url, split_address
 
-        host, port = split_address(address)
+        try:
+            host, port = split_address(address)
+        except ValueError:
+            raise ValueError(f"--metrics-address must be HOST:PORT, got {address!r}") from None
         endpoint = cls(metrics)
         app = web.Application()
         # The library's handler: text or OpenMetrics by Accept, `name[]` filters, gzip.
         app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ValueError(f"--metrics-address {address}: cannot listen there ({exc})") from None
         endpoint._runner = runner
         endpoint.port = int(runner.addresses[0][1])
         endpoint.url = base_url(host, endpoint.port) + "/metrics"

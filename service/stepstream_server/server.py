@@ -126,12 +126,17 @@ class Service:
 
     @classmethod
     async def start(cls, settings: Settings) -> Service:
+        metrics = Metrics()
+        # Bound first: an address in use fails the start before anything else runs.
+        endpoint = None
+        if settings.metrics_address is not None:
+            endpoint = await MetricsEndpoint.start(settings.metrics_address, metrics)
         # One process per data directory: the embedded store and Redis live there.
         lock = None
-        if settings.store is None or settings.redis_url is None:
-            lock = DataDirLock(settings.data_dir).acquire()
         embedded = None
         try:
+            if settings.store is None or settings.redis_url is None:
+                lock = DataDirLock(settings.data_dir).acquire()
             redis_url = settings.redis_url
             if redis_url is None:
                 embedded = EmbeddedRedis(settings.data_dir / "redis")
@@ -149,8 +154,9 @@ class Service:
                 await asyncio.to_thread(embedded.stop)
             if lock is not None:
                 lock.release()
+            if endpoint is not None:
+                await endpoint.stop()
             raise
-        metrics = Metrics()
         floors = MeteredFloors(
             client, replica=new_replica_id(), lease_seconds=settings.lease_seconds, metrics=metrics
         )
@@ -168,9 +174,6 @@ class Service:
         web = None
         if settings.web_address is not None:
             web = await WebView.start(settings.web_address, runs, reader)
-        endpoint = None
-        if settings.metrics_address is not None:
-            endpoint = await MetricsEndpoint.start(settings.metrics_address, metrics)
         # The metrics interceptor comes first: it counts what later interceptors refuse too.
         server = grpc.aio.server(
             options=grpc_options(settings), interceptors=[metrics.interceptor()]
