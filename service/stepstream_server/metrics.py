@@ -272,13 +272,17 @@ def _wrapped(handler: Any, method: str, metrics: Metrics) -> Any:
             return unary_response(behavior)
 
         async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+            responses = behavior(request, context)
             try:
-                async for response in behavior(request, context):
+                async for response in responses:
                     yield response
             except BaseException as exc:
                 _finish(metrics, method, context, exc)
                 raise
-            _finish(metrics, method, context, None)
+            else:
+                _finish(metrics, method, context, None)
+            finally:
+                await responses.aclose()  # its own cleanup now, not when collected
 
         return call
 

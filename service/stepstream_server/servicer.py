@@ -192,7 +192,7 @@ class IngestServicer:
                     await abort(context, answer)
                     return
                 yield answer
-            if stream.drained:
+            if stream.cut:
                 await abort(context, _draining_error())
         finally:
             self._streams.discard(stream)
@@ -216,9 +216,13 @@ class IngestServicer:
                 stream.handing = True  # drain() lets this hand-off finish
                 await answers.put(await self._handle(request, stream))
                 stream.handing = False
-                if stream.ended or stream.drained:
+                if stream.ended:
+                    return
+                if stream.drained:
+                    stream.cut = True
                     return
         except asyncio.CancelledError:
+            stream.cut = stream.drained  # else the stream itself is ending
             raise
         except Exception:
             if self.draining:  # the server stopped under the stream: expected, not a failure
@@ -327,7 +331,8 @@ class _Stream:
     ended: bool = False
     reader: asyncio.Task[None] | None = None
     handing: bool = False  # the reader is handing a request over (not waiting for one)
-    drained: bool = False  # the drain ended it: no more requests are read
+    drained: bool = False  # the drain began: no more requests are read
+    cut: bool = False  # the drain stopped its reader (not the client's half-close)
 
 
 def _draining_error() -> errors.ServiceError:
