@@ -6,6 +6,7 @@ without waiting out its grace period."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import grpc
 import pytest
 import stepstream
 from conftest import free_port
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from procs import ServiceProcess
 from stepstream.v1 import ingest_pb2, ingest_pb2_grpc, runs_pb2_grpc
 from stepstream_server.config import Settings
@@ -110,5 +111,33 @@ async def test_drain_answers_first_then_service_draining(settings: Settings) -> 
             assert rpc_reason(ended.value) == "SERVICE_DRAINING"
             check = await service.health.Check(health_pb2.HealthCheckRequest(service=""), None)
             assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await (stopping if stopping is not None else service.stop())
+
+
+async def test_health_watch_sees_not_serving_then_ends_without_holding_the_drain(
+    settings: Settings,
+) -> None:
+    # A grace far longer than the test: a Watch cut at the deadline would end UNAVAILABLE.
+    service = await Service.start(dataclasses.replace(settings, grace_seconds=600))
+    stopping: asyncio.Future[None] | None = None
+    try:
+        async with grpc.aio.insecure_channel(service.address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            whole = health.Watch(health_pb2.HealthCheckRequest(service=""))
+            ingest = health.Watch(
+                health_pb2.HealthCheckRequest(service="stepstream.v1.IngestService")
+            )
+            unknown = health.Watch(health_pb2.HealthCheckRequest(service="nope"))
+            for watch in (whole, ingest):
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            assert (await unknown.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            stopping = asyncio.ensure_future(service.stop())
+            for watch in (whole, ingest):
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            for watch in (whole, ingest, unknown):
+                assert await watch.read() is grpc.aio.EOF
+                assert await watch.code() == grpc.StatusCode.OK
+            await stopping
     finally:
         await (stopping if stopping is not None else service.stop())

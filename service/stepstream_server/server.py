@@ -74,12 +74,52 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
+class DrainingHealth(health.aio.HealthServicer):  # type: ignore[misc,name-defined]
+    """The library's health servicer, with a Watch that ends once it has sent NOT_SERVING for
+    the drain: an open Watch would otherwise hold the service until the grace deadline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: dict[str, int] = {}
+        self.shutting_down = False
+        self._changed = asyncio.Condition()
+
+    async def set(self, service: str, status: int) -> None:
+        await super().set(service, status)
+        async with self._changed:
+            if not self.shutting_down:
+                self.statuses[service] = status
+                self._changed.notify_all()
+
+    async def enter_graceful_shutdown(self) -> None:
+        await super().enter_graceful_shutdown()
+        async with self._changed:
+            self.shutting_down = True
+            for service in self.statuses:
+                self.statuses[service] = health_pb2.HealthCheckResponse.NOT_SERVING
+            self._changed.notify_all()
+
+    async def Watch(self, request: Any, context: Any) -> None:
+        last = None
+        async with self._changed:
+            while True:
+                status = self.statuses.get(
+                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                )
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                if self.shutting_down:
+                    return  # NOT_SERVING is sent; the call ends OK
+                await self._changed.wait()
+
+
 class Readiness:
     """gRPC health: SERVING only while every part the service needs is up (the embedded Redis,
     the store taking writes). Reads keep working whatever it says."""
 
     def __init__(self) -> None:
-        self.health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = DrainingHealth()
         self.down: set[str] = set()
 
     async def set(self, part: str, up: bool) -> None:
