@@ -136,6 +136,10 @@ class Metrics:
         self.draining = Gauge(
             "stepstream_draining", "1 once the service drains (SIGTERM).", registry=r
         )
+        # The children the hot path moves, looked up once (labels() takes a lock each time).
+        self._appended = self.batches.labels("appended")
+        self._duplicate = self.batches.labels("duplicate")
+        self._rejected = self.batches.labels("rejected")
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -153,9 +157,9 @@ class Metrics:
             self.batch_rejected(outcome.reason)
             return
         if outcome.duplicate_batch:  # its points were counted when it committed
-            self.batches.labels("duplicate").inc()
+            self._duplicate.inc()
             return
-        self.batches.labels("appended").inc()
+        self._appended.inc()
         if outcome.accepted:
             self.points_accepted.inc(outcome.accepted)
         if outcome.duplicates:
@@ -164,7 +168,7 @@ class Metrics:
             self.points_rejected.labels(rejection.reason).inc(rejection.count)
 
     def batch_rejected(self, reason: str) -> None:
-        self.batches.labels("rejected").inc()
+        self._rejected.inc()
         self.batches_rejected.labels(reason).inc()
 
     def group_committed(self, batches: int, points: int, started: float) -> None:
