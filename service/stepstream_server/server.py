@@ -100,18 +100,22 @@ class DrainingHealth(health.aio.HealthServicer):  # type: ignore[misc,name-defin
             self._changed.notify_all()
 
     async def Watch(self, request: Any, context: Any) -> None:
+        def current() -> int:
+            unknown: int = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            return self.statuses.get(request.service, unknown)
+
         last = None
-        async with self._changed:
-            while True:
-                status = self.statuses.get(
-                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-                )
-                if status != last:
-                    await context.write(health_pb2.HealthCheckResponse(status=status))
-                    last = status
-                if self.shutting_down:
-                    return  # NOT_SERVING is sent; the call ends OK
-                await self._changed.wait()
+        while True:
+            async with self._changed:  # written outside it: a slow watcher blocks no one
+                status = current()
+                while status == last and not self.shutting_down:
+                    await self._changed.wait()
+                    status = current()
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if self.shutting_down:
+                return  # NOT_SERVING is sent; the call ends OK
 
 
 class Readiness:
