@@ -351,12 +351,12 @@ class IngestWorker:
         return task.result()
 
     async def _commit(
-        self, group: Sequence[Pending], judgment: Judgment, started: float
+        self, group: Sequence[Pending], judgment: Judgment, started: float | None = None
     ) -> set[tuple[str, str]]:
         """Store the group in one transaction, acknowledge what landed, and send refused
         parts back to be judged again. Returns the runs sent back or failed."""
         try:
-            return await self._commit_group(group, judgment, started)
+            return await self._commit_group(group, judgment, started or self.metrics.clock())
         except StoreUnavailable as exc:  # held: judged again once the store takes writes
             await self.judge.abandon(judgment.parts)
             await self._hold(group, exc)
