@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import Settings
 
@@ -26,6 +27,62 @@ def raise_fd_limit() -> tuple[int, int]:
         except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel caps lower
             pass
     return soft, hard
+
+
+def add_mesh_flags(serve: argparse.ArgumentParser, defaults: Settings) -> None:
+    """Metrics, keepalive and connection age (docs/drain.md)."""
+    group = serve.add_argument_group("metrics and service mesh")
+    group.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
+    )
+    group.add_argument(
+        "--keepalive-time",
+        type=float,
+        default=defaults.keepalive_seconds,
+        metavar="SECONDS",
+        help="ping each connection this often (default %(default)s)",
+    )
+    group.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=defaults.keepalive_timeout_seconds,
+        metavar="SECONDS",
+        help="drop a connection whose ping is not answered in time (default %(default)s)",
+    )
+    group.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=defaults.max_connection_age_seconds,
+        metavar="SECONDS",
+        help="send GOAWAY to connections this old so load balancers can move long streams;"
+        " 0: never (default %(default)s)",
+    )
+    group.add_argument(
+        "--max-connection-age-grace",
+        type=float,
+        default=defaults.max_connection_age_grace_seconds,
+        metavar="SECONDS",
+        help="then end the calls still on such a connection after this long; clients"
+        " reconnect and re-send (default %(default)s)",
+    )
+
+
+def mesh_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    for flag in ("keepalive_time", "keepalive_timeout", "max_connection_age_grace"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag.replace('_', '-')} must be above 0 seconds")
+    if not args.max_connection_age >= 0:
+        parser.error("--max-connection-age must be 0 (off) or above")
+    return {
+        "metrics_address": args.metrics_address,
+        "keepalive_seconds": args.keepalive_time,
+        "keepalive_timeout_seconds": args.keepalive_timeout,
+        "max_connection_age_seconds": args.max_connection_age,
+        "max_connection_age_grace_seconds": args.max_connection_age_grace,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         help="also serve the read-only web view over HTTP on this address (off by default)",
     )
     serve.add_argument("--log-level", default="INFO")
+    add_mesh_flags(serve, defaults)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -100,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         grace_seconds=args.grace,
         max_queued_points=args.max_queued_points,
         web_address=args.web_address,
+        **mesh_settings(parser, args),
     )
     if settings.redis_cluster and not settings.redis_url:
         parser.error("--redis-cluster needs --redis-url naming one node of the cluster")

@@ -28,6 +28,13 @@ class Settings:
     read_threads: int = 2
     # HOST:PORT for the read-only web view (HTTP); None: no web view, and runs carry no URLs.
     web_address: str | None = None
+    # Metrics and mesh behaviour (docs/drain.md). HOST:PORT for Prometheus' /metrics; None: off.
+    metrics_address: str | None = None
+    keepalive_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 10.0
+    # gRPC sends GOAWAY to a connection this old (0: never), then ends its calls after the grace.
+    max_connection_age_seconds: float = 1800.0
+    max_connection_age_grace_seconds: float = 30.0
 
     @property
     def store_path(self) -> Path:

@@ -31,6 +31,7 @@ import grpc
 from redis.exceptions import RedisError
 
 from .judge import Judge, Judgment, RunPart
+from .metrics import Metrics
 from .model import (
     AppendAck,
     BatchFailure,
@@ -110,7 +111,10 @@ class IngestWorker:
         *,
         limits: WorkerLimits | None = None,
         on_store_serving: Callable[[bool], Awaitable[None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_queue(lambda: self._queued_points)
         self.store = store
         self.outage = StoreOutage(on_store_serving)
         self.judge = Judge(store, floors)
@@ -315,6 +319,7 @@ class IngestWorker:
 
     async def _judge_and_commit(self, group: list[Pending]) -> None:
         """Judge the group and start its commit once the previous one has settled."""
+        started = self.metrics.clock()
         try:
             judgment = await self.judge.judge(group)
         except StoreUnavailable as exc:  # the judge abandoned what it had checked
@@ -332,7 +337,7 @@ class IngestWorker:
             judgment.parts = [p for p in judgment.parts if p.key not in previous]
             await self.judge.abandon(later)
             await self._again_in_order(group, later)
-        self._inflight = asyncio.create_task(self._commit(group, judgment))
+        self._inflight = asyncio.create_task(self._commit(group, judgment, started))
 
     async def _settle(self) -> set[tuple[str, str]]:
         """Wait for the commit in flight: the runs whose batches went back to be judged
@@ -345,11 +350,13 @@ class IngestWorker:
             self._inflight = None
         return task.result()
 
-    async def _commit(self, group: Sequence[Pending], judgment: Judgment) -> set[tuple[str, str]]:
+    async def _commit(
+        self, group: Sequence[Pending], judgment: Judgment, started: float | None = None
+    ) -> set[tuple[str, str]]:
         """Store the group in one transaction, acknowledge what landed, and send refused
         parts back to be judged again. Returns the runs sent back or failed."""
         try:
-            return await self._commit_group(group, judgment)
+            return await self._commit_group(group, judgment, started or self.metrics.clock())
         except StoreUnavailable as exc:  # held: judged again once the store takes writes
             await self.judge.abandon(judgment.parts)
             await self._hold(group, exc)
@@ -377,7 +384,7 @@ class IngestWorker:
             self._wake.set()
 
     async def _commit_group(
-        self, group: Sequence[Pending], judgment: Judgment
+        self, group: Sequence[Pending], judgment: Judgment, started: float
     ) -> set[tuple[str, str]]:
         parts = judgment.parts
         moved = await self._await_dependencies(parts)
@@ -401,7 +408,8 @@ class IngestWorker:
             for p in parts
             if p.key not in moved
         ]
-        refused = await self.store.write(lambda s: s.commit(commits))
+        with self.metrics.store_commit_seconds.time():
+            refused = await self.store.write(lambda s: s.commit(commits))
         await self.outage.succeeded()
         back: list[RunPart] = []
         landed: list[RunPart] = []
@@ -432,6 +440,7 @@ class IngestWorker:
         self.stats["groups"] += 1
         self.stats["batches"] += sum(len(p.indices) for p in landed)
         self.stats["points"] += accepted
+        self.metrics.group_committed(sum(len(p.indices) for p in landed), accepted, started)
         return {p.key for p in back}
 
     async def _await_dependencies(self, parts: Sequence[RunPart]) -> set[tuple[str, str]]:

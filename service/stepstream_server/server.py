@@ -23,7 +23,7 @@ from .datadir import DataDirLock
 from .embedded_redis import EmbeddedRedis, RedisWatch
 from .ingest import IngestWorker, WorkerLimits
 from .judge import new_replica_id
-from .ordering import FloorCache
+from .metrics import MeteredFloors, Metrics, MetricsEndpoint
 from .reading import Reader
 from .run_servicer import RunServicer, run_handler
 from .runs import RunManager
@@ -41,8 +41,8 @@ MAX_PENDING_CALLS = 100_000
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    # Clients may ping every 10 s, with or without calls (the Python client pings every 20 s);
+    # the service's own keepalive and connection age come from Settings (grpc_options).
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     # Calls that arrived but that the asyncio server has not taken up yet: beyond 3,000 of
@@ -55,12 +55,75 @@ GRPC_OPTIONS = [
 ]
 
 
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """The server's channel arguments: GRPC_OPTIONS, keepalive, and the connection age after
+    which gRPC sends GOAWAY so that a load balancer can move long streams (docs/drain.md)."""
+    options = [
+        *GRPC_OPTIONS,
+        ("grpc.keepalive_time_ms", max(1, int(settings.keepalive_seconds * 1000))),
+        ("grpc.keepalive_timeout_ms", max(1, int(settings.keepalive_timeout_seconds * 1000))),
+    ]
+    if settings.max_connection_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", max(1, int(settings.max_connection_age_seconds * 1000))),
+            (
+                "grpc.max_connection_age_grace_ms",
+                max(1, int(settings.max_connection_age_grace_seconds * 1000)),
+            ),
+        ]
+    return options
+
+
+class DrainingHealth(health.aio.HealthServicer):  # type: ignore[misc,name-defined]
+    """The library's health servicer, with a Watch that ends once it has sent NOT_SERVING for
+    the drain: an open Watch would otherwise hold the service until the grace deadline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: dict[str, int] = {}
+        self.shutting_down = False
+        self._changed = asyncio.Condition()
+
+    async def set(self, service: str, status: int) -> None:
+        await super().set(service, status)
+        async with self._changed:
+            if not self.shutting_down:
+                self.statuses[service] = status
+                self._changed.notify_all()
+
+    async def enter_graceful_shutdown(self) -> None:
+        await super().enter_graceful_shutdown()
+        async with self._changed:
+            self.shutting_down = True
+            for service in self.statuses:
+                self.statuses[service] = health_pb2.HealthCheckResponse.NOT_SERVING
+            self._changed.notify_all()
+
+    async def Watch(self, request: Any, context: Any) -> None:
+        def current() -> int:
+            unknown: int = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            return self.statuses.get(request.service, unknown)
+
+        last = None
+        while True:
+            async with self._changed:  # written outside it: a slow watcher blocks no one
+                status = current()
+                while status == last and not self.shutting_down:
+                    await self._changed.wait()
+                    status = current()
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if self.shutting_down:
+                return  # NOT_SERVING is sent; the call ends OK
+
+
 class Readiness:
     """gRPC health: SERVING only while every part the service needs is up (the embedded Redis,
     the store taking writes). Reads keep working whatever it says."""
 
     def __init__(self) -> None:
-        self.health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = DrainingHealth()
         self.down: set[str] = set()
 
     async def set(self, part: str, up: bool) -> None:
@@ -92,6 +155,9 @@ class Service:
     lock: DataDirLock | None
     watch: RedisWatch | None = None
     web: WebView | None = None
+    ingest: IngestServicer | None = None
+    metrics: Metrics | None = None
+    metrics_endpoint: MetricsEndpoint | None = None
 
     @property
     def health(self) -> Any:
@@ -104,12 +170,17 @@ class Service:
 
     @classmethod
     async def start(cls, settings: Settings) -> Service:
+        metrics = Metrics()
+        # Bound first: an address in use fails the start before anything else runs.
+        endpoint = None
+        if settings.metrics_address is not None:
+            endpoint = await MetricsEndpoint.start(settings.metrics_address, metrics)
         # One process per data directory: the embedded store and Redis live there.
         lock = None
-        if settings.store is None or settings.redis_url is None:
-            lock = DataDirLock(settings.data_dir).acquire()
         embedded = None
         try:
+            if settings.store is None or settings.redis_url is None:
+                lock = DataDirLock(settings.data_dir).acquire()
             redis_url = settings.redis_url
             if redis_url is None:
                 embedded = EmbeddedRedis(settings.data_dir / "redis")
@@ -127,14 +198,19 @@ class Service:
                 await asyncio.to_thread(embedded.stop)
             if lock is not None:
                 lock.release()
+            if endpoint is not None:
+                await endpoint.stop()
             raise
-        floors = FloorCache(client, replica=new_replica_id(), lease_seconds=settings.lease_seconds)
+        floors = MeteredFloors(
+            client, replica=new_replica_id(), lease_seconds=settings.lease_seconds, metrics=metrics
+        )
         readiness = Readiness()
         worker = IngestWorker(
             store,
             floors,
             limits=WorkerLimits(max_queued_points=settings.max_queued_points),
             on_store_serving=functools.partial(readiness.set, "store"),
+            metrics=metrics,
         )
         worker.start()
         runs, reader = RunManager(store, worker), Reader(store)
@@ -142,8 +218,12 @@ class Service:
         web = None
         if settings.web_address is not None:
             web = await WebView.start(settings.web_address, runs, reader)
-        server = grpc.aio.server(options=GRPC_OPTIONS)
-        server.add_generic_rpc_handlers((ingest_handler(IngestServicer(worker)),))
+        # The metrics interceptor comes first: it counts what later interceptors refuse too.
+        server = grpc.aio.server(
+            options=grpc_options(settings), interceptors=[metrics.interceptor()]
+        )
+        ingest = IngestServicer(worker, metrics)
+        server.add_generic_rpc_handlers((ingest_handler(ingest),))
         server.add_generic_rpc_handlers(
             (run_handler(RunServicer(runs, reader, web.url if web is not None else "")),)
         )
@@ -160,10 +240,24 @@ class Service:
         if port == 0:
             if web is not None:
                 await web.stop()
+            if endpoint is not None:
+                await endpoint.stop()
             raise RuntimeError(f"could not bind {settings.address}")
         await server.start()
         service = cls(
-            settings, server, port, worker, store, client, readiness, embedded, lock, web=web
+            settings,
+            server,
+            port,
+            worker,
+            store,
+            client,
+            readiness,
+            embedded,
+            lock,
+            web=web,
+            ingest=ingest,
+            metrics=metrics,
+            metrics_endpoint=endpoint,
         )
         await readiness.set("store", True)
         if embedded is not None:
@@ -172,14 +266,34 @@ class Service:
         return service
 
     async def stop(self) -> None:
-        """Stop taking work, let streams finish for the grace period (then cancel them: a
-        long read is interrupted in the store), commit what is queued, then close the store
-        and stop the Redis this service started."""
-        if self.web is not None:
-            await self.web.stop()
+        """The drain (docs/drain.md), all within the grace period: health NOT_SERVING, no new
+        calls, every ingest stream answers what it took and ends with SERVICE_DRAINING, calls
+        still running at the deadline are cancelled (a long read is interrupted in the
+        store), what is queued commits; then the store closes and the Redis this service
+        started stops."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.grace_seconds
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_seconds)
-        await self.worker.drain_and_stop(timeout=self.settings.grace_seconds)
+        if self.metrics is not None:
+            self.metrics.draining.set(1)
+        stopping = asyncio.ensure_future(self.server.stop(self.settings.grace_seconds))
+        streams = self.ingest.drain() if self.ingest is not None else 0
+        if streams:
+            log.info("draining %d ingest stream(s)", streams)
+        for part in (self.web, self.metrics_endpoint):
+            if part is not None:
+                await part.stop()
+        if streams and self.ingest is not None:
+            try:
+                await asyncio.wait_for(self.ingest.drained(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                log.info(
+                    "%d ingest stream(s) still open at the grace deadline: cut (their clients"
+                    " re-send what was not answered)",
+                    self.ingest.open_streams,
+                )
+        await stopping
+        await self.worker.drain_and_stop(timeout=max(0.0, deadline - loop.time()))
         if self.watch is not None:
             await self.watch.stop()
         await self.redis_client.aclose()
@@ -221,6 +335,8 @@ async def serve(settings: Settings) -> None:
     )
     if service.web is not None:
         log.info("stepstream web view on %s", service.web.url)
+    if service.metrics_endpoint is not None:
+        log.info("stepstream metrics on %s", service.metrics_endpoint.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

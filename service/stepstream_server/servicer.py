@@ -21,6 +21,7 @@ from stepstream.v1 import ingest_pb2
 from . import errors
 from .decode import Decoded, Decoder, oversized
 from .ingest import SEQUENCE_GAP, IngestWorker, StoreFailed, Writer
+from .metrics import Metrics
 from .model import (
     BatchFailure,
     Outcome,
@@ -139,19 +140,51 @@ Answer = ingest_pb2.AppendPointsResponse | errors.ServiceError
 
 class IngestServicer:
     """IngestService.AppendPoints: one reader task per stream feeds the worker; responses are
-    yielded in request order as their batches commit."""
+    yielded in request order as their batches commit. `drain()` ends every stream cleanly
+    (docs/drain.md)."""
 
-    def __init__(self, worker: IngestWorker) -> None:
+    def __init__(self, worker: IngestWorker, metrics: Metrics | None = None) -> None:
         self.worker = worker
         self.decoder = Decoder()
+        self.metrics = metrics or Metrics()
+        self.draining = False
+        self._streams: set[_Stream] = set()
+        self._idle = asyncio.Event()  # set when the last open stream ends
+
+    def drain(self) -> int:
+        """Stop reading requests on every open stream: each sends the answers of what it
+        handed to the worker, then ends with UNAVAILABLE / SERVICE_DRAINING. Returns how many
+        streams were open."""
+        self.draining = True
+        for stream in self._streams:
+            stream.drained = True
+            if not stream.handing and stream.reader is not None:
+                stream.reader.cancel()  # it waits for the next request: none is taken
+        return len(self._streams)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    async def drained(self) -> None:
+        """Returns once no stream is open."""
+        while self._streams:
+            self._idle.clear()
+            await self._idle.wait()
 
     async def AppendPoints(
         self,
         requests: AsyncIterator[Request],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[ingest_pb2.AppendPointsResponse]:
+        if self.draining:  # accepted just before the server stopped taking calls
+            await abort(context, _draining_error())
+            return
         answers: asyncio.Queue[Awaitable[Answer] | None] = asyncio.Queue(MAX_INFLIGHT_PER_STREAM)
-        reader = asyncio.create_task(self._read(requests, answers))
+        stream = _Stream()
+        stream.reader = asyncio.create_task(self._read(requests, answers, stream))
+        self._streams.add(stream)
+        self.metrics.open_streams.inc()
         try:
             while (pending := await answers.get()) is not None:
                 answer = await pending
@@ -159,8 +192,14 @@ class IngestServicer:
                     await abort(context, answer)
                     return
                 yield answer
+            if stream.cut:
+                await abort(context, _draining_error())
         finally:
-            reader.cancel()
+            self._streams.discard(stream)
+            self.metrics.open_streams.dec()
+            if not self._streams:
+                self._idle.set()
+            stream.reader.cancel()
             while not answers.empty():  # answers nobody will read: close, don't leak
                 leftover = answers.get_nowait()
                 if leftover is not None and hasattr(leftover, "close"):
@@ -170,17 +209,26 @@ class IngestServicer:
         self,
         requests: AsyncIterator[Request],
         answers: asyncio.Queue[Awaitable[Answer] | None],
+        stream: _Stream,
     ) -> None:
-        stream = _Stream()
         try:
             async for request in requests:
+                stream.handing = True  # drain() lets this hand-off finish
                 await answers.put(await self._handle(request, stream))
+                stream.handing = False
                 if stream.ended:
                     return
+                if stream.drained:
+                    stream.cut = True
+                    return
         except asyncio.CancelledError:
+            stream.cut = stream.drained  # else the stream itself is ending
             raise
         except Exception:
-            log.exception("ingest stream failed")
+            if self.draining:  # the server stopped under the stream: expected, not a failure
+                log.info("ingest stream ended by the drain")
+            else:
+                log.exception("ingest stream failed")
             await answers.put(
                 _ready(
                     errors.ServiceError(
@@ -188,6 +236,8 @@ class IngestServicer:
                         "INTERNAL",
                         "the stream failed; reconnect and re-send",
                     )
+                    if not self.draining
+                    else _draining_error()
                 )
             )
         finally:
@@ -196,7 +246,7 @@ class IngestServicer:
     async def _handle(self, request: Request, stream: _Stream) -> Awaitable[Answer]:
         """What answers one request; waits only while the worker applies backpressure."""
         if isinstance(request, Malformed):
-            return _refused(
+            return self._refused(
                 0,
                 errors.invalid(
                     "MALFORMED_REQUEST", f"request could not be decoded: {request.detail}"
@@ -206,7 +256,7 @@ class IngestServicer:
         if kind == "open":
             assert not isinstance(request, Oversized)
             if stream.writer is not None:
-                return _refused(
+                return self._refused(
                     0,
                     errors.failed_precondition(
                         "STREAM_ALREADY_OPEN", "the stream is already open; open once per stream"
@@ -226,19 +276,19 @@ class IngestServicer:
                 )
             )
         if kind != "batch":
-            return _refused(
+            return self._refused(
                 0, errors.invalid("MALFORMED_REQUEST", "request has neither `open` nor `batch`")
             )
         seq = request.sequence if isinstance(request, Oversized) else request.batch.sequence
         if stream.writer is None:
-            return _refused(
+            return self._refused(
                 seq,
                 errors.failed_precondition(
                     "STREAM_NOT_OPEN", "the first request of a stream must be `open`"
                 ),
             )
         if seq == 0:
-            return _refused(
+            return self._refused(
                 0,
                 errors.invalid(
                     "INVALID_SEQUENCE", "batch sequence numbers start at 1", sequence="0"
@@ -249,7 +299,22 @@ class IngestServicer:
         else:
             decoded = await self.decoder.decode(request.batch, time.time())
         outcome = await self.worker.submit(stream.writer, seq, *decoded)
-        return _respond(seq, outcome)
+        return self._respond(seq, outcome)
+
+    def _refused(self, sequence: int, err: errors.ServiceError) -> Awaitable[Answer]:
+        self.metrics.batch_rejected(err.reason)
+        return _ready(failure_response(sequence, _failure(err), used=False))
+
+    async def _respond(self, sequence: int, outcome: Awaitable[Outcome]) -> Answer:
+        try:
+            done = await outcome
+        except StoreFailed as exc:
+            return errors.unavailable(
+                "COMMIT_FAILED",
+                f"batch {sequence} was not committed ({exc}); reconnect and re-send",
+            )
+        self.metrics.batch_answered(done)
+        return outcome_response(sequence, done)
 
     async def _open(self, req: ingest_pb2.OpenStream) -> tuple[Writer, RunRecord]:
         project = project_of(req.project)
@@ -258,16 +323,24 @@ class IngestServicer:
         return await self.worker.open_writer(project, run_id, writer_id)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Stream:
     """What one AppendPoints stream knows about itself."""
 
     writer: Writer | None = None
     ended: bool = False
+    reader: asyncio.Task[None] | None = None
+    handing: bool = False  # the reader is handing a request over (not waiting for one)
+    drained: bool = False  # the drain began: no more requests are read
+    cut: bool = False  # the drain stopped its reader (not the client's half-close)
 
 
-def _refused(sequence: int, err: errors.ServiceError) -> Awaitable[Answer]:
-    return _ready(failure_response(sequence, _failure(err), used=False))
+def _draining_error() -> errors.ServiceError:
+    return errors.unavailable(
+        "SERVICE_DRAINING",
+        "the service is shutting down; every batch answered on this stream is committed:"
+        " reconnect and re-send the others",
+    )
 
 
 def _failure(err: errors.ServiceError) -> BatchFailure:
@@ -276,15 +349,6 @@ def _failure(err: errors.ServiceError) -> BatchFailure:
 
 async def _ready(answer: Answer) -> Answer:
     return answer
-
-
-async def _respond(sequence: int, outcome: Awaitable[Outcome]) -> Answer:
-    try:
-        return outcome_response(sequence, await outcome)
-    except StoreFailed as exc:
-        return errors.unavailable(
-            "COMMIT_FAILED", f"batch {sequence} was not committed ({exc}); reconnect and re-send"
-        )
 
 
 def ingest_handler(servicer: IngestServicer) -> grpc.GenericRpcHandler[Any, Any]:

@@ -74,6 +74,12 @@ class IngestServiceStub:
                         Unanswered batches may or may not have been
                         applied: reconnect and re-send them unchanged (same
                         writer_id and sequence), which applies each once.
+      UNAVAILABLE       SERVICE_DRAINING: the service is shutting down
+                        (SIGTERM). Every batch answered before it is
+                        committed; the stream read no further requests.
+                        Reconnect (another replica, or the restarted
+                        service) and re-send the unanswered batches
+                        unchanged (docs/drain.md).
       INTERNAL          INTERNAL: the stream failed; reconnect and re-send.
     A failed `open` ends the RPC; a failed batch does not (see
     AppendPointsResponse.error).
@@ -125,6 +131,12 @@ class IngestServiceAsyncStub(IngestServiceStub):
                         Unanswered batches may or may not have been
                         applied: reconnect and re-send them unchanged (same
                         writer_id and sequence), which applies each once.
+      UNAVAILABLE       SERVICE_DRAINING: the service is shutting down
+                        (SIGTERM). Every batch answered before it is
+                        committed; the stream read no further requests.
+                        Reconnect (another replica, or the restarted
+                        service) and re-send the unanswered batches
+                        unchanged (docs/drain.md).
       INTERNAL          INTERNAL: the stream failed; reconnect and re-send.
     A failed `open` ends the RPC; a failed batch does not (see
     AppendPointsResponse.error).
@@ -179,6 +191,12 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
                             Unanswered batches may or may not have been
                             applied: reconnect and re-send them unchanged (same
                             writer_id and sequence), which applies each once.
+          UNAVAILABLE       SERVICE_DRAINING: the service is shutting down
+                            (SIGTERM). Every batch answered before it is
+                            committed; the stream read no further requests.
+                            Reconnect (another replica, or the restarted
+                            service) and re-send the unanswered batches
+                            unchanged (docs/drain.md).
           INTERNAL          INTERNAL: the stream failed; reconnect and re-send.
         A failed `open` ends the RPC; a failed batch does not (see
         AppendPointsResponse.error).

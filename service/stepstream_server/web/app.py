@@ -49,6 +49,22 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return error_json(exc) if request.path.startswith("/api/") else error_page(exc)
 
 
+class EarlyClose(logging.Filter):
+    """A browser that closes a connection before its answer is written (a page left while it
+    loads, a cancelled fetch) is no error of the service: aiohttp's error record of it (with a
+    traceback, in some versions and paths) becomes one debug line of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ConnectionError):
+            log.debug("web client closed the connection early: %s", exc)
+            return False
+        return True
+
+
+EARLY_CLOSE = EarlyClose()
+
+
 async def headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(COMMON_HEADERS)
     if response.content_type == "text/html":
@@ -74,6 +90,8 @@ class WebView:
     async def start(cls, address: str, runs: RunManager, reader: Reader) -> WebView:
         host, port = split_address(address)
         view = cls(runs, reader)
+        if EARLY_CLOSE not in logging.getLogger("aiohttp.server").filters:
+            logging.getLogger("aiohttp.server").addFilter(EARLY_CLOSE)
         runner = web.AppRunner(view.app, access_log=None, shutdown_timeout=STOP_TIMEOUT)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
