@@ -23,12 +23,16 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._client import RunClient, make_selector, read_lineage
 from ._exceptions import InvalidArgumentError, MissingExtraError
+from ._security import Connection
 from ._targets import Address, resolve_target
 from ._types import Incarnation, RunInfo, Series, SeriesSummary
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 FORMATS = ("yaml", "json", "parquet")
 _EXTENSIONS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".parquet": "parquet"}
@@ -169,10 +173,11 @@ def export_run(
     include_series: bool = False,
     project: str | None = None,
     address: Address | None = None,
+    **connection: Unpack[Connection],
 ) -> str:
     """Export a run without opening it (what `Run.export()` writes; see there); returns the
-    file's path. Reading a run never changes its state."""
-    with RunClient(resolve_target(address)) as client:
+    file's path. Reading a run never changes its state. Takes Run's security keywords too."""
+    with RunClient(resolve_target(address, **connection)) as client:
         return write_export(client, project or "", run_id, path, format, include_series)
 
 

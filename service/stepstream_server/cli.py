@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from .auth.settings import SecuritySettings
 from .config import Settings
 
 
@@ -26,6 +27,47 @@ def raise_fd_limit() -> tuple[int, int]:
         except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel caps lower
             pass
     return soft, hard
+
+
+def add_security_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("security (README: Security)")
+    group.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="serve gRPC and the web view over TLS with this certificate chain",
+    )
+    group.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="its key")
+    group.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="require client certificates signed by this CA (mTLS)",
+    )
+    group.add_argument(
+        "--auth",
+        default=os.environ.get("STEPSTREAM_AUTH", "off"),
+        choices=["off", "required"],
+        help="required: every RPC and web request needs a token (stepstream tokens create)"
+        " (default %(default)s; env STEPSTREAM_AUTH)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --address/--web-address without --auth required",
+    )
+
+
+def security_settings(args: argparse.Namespace) -> SecuritySettings:
+    return SecuritySettings(
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth=args.auth,
+        insecure=args.insecure,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +127,16 @@ def main(argv: list[str] | None = None) -> None:
         help="also serve the read-only web view over HTTP on this address (off by default)",
     )
     serve.add_argument("--log-level", default="INFO")
+    add_security_options(serve)
+    from .auth.cli import add_parser as add_tokens_parser
+
+    add_tokens_parser(sub, defaults)
     args = parser.parse_args(argv)
+    if args.command == "tokens":
+        from .auth.cli import run as run_tokens
+
+        where = Settings(data_dir=args.data_dir, store=args.store)
+        raise SystemExit(run_tokens(args, where.store_url))
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -100,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         grace_seconds=args.grace,
         max_queued_points=args.max_queued_points,
         web_address=args.web_address,
+        security=security_settings(args),
     )
     if settings.redis_cluster and not settings.redis_url:
         parser.error("--redis-cluster needs --redis-url naming one node of the cluster")

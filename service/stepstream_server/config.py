@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .auth.settings import SecuritySettings
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Settings:
     read_threads: int = 2
     # HOST:PORT for the read-only web view (HTTP); None: no web view, and runs carry no URLs.
     web_address: str | None = None
+    # TLS, tokens and --insecure (auth/settings.py).
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @property
     def store_path(self) -> Path:

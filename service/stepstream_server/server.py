@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from stepstream.v1 import ingest_pb2, runs_pb2
 
+from .auth import Security, check_binding
 from .config import Settings
 from .datadir import DataDirLock
 from .embedded_redis import EmbeddedRedis, RedisWatch
@@ -92,6 +93,7 @@ class Service:
     lock: DataDirLock | None
     watch: RedisWatch | None = None
     web: WebView | None = None
+    security: Security | None = None
 
     @property
     def health(self) -> Any:
@@ -104,6 +106,10 @@ class Service:
 
     @classmethod
     async def start(cls, settings: Settings) -> Service:
+        binds = {"--address": settings.address}
+        if settings.web_address is not None:
+            binds["--web-address"] = settings.web_address
+        check_binding(settings.security, binds)
         # One process per data directory: the embedded store and Redis live there.
         lock = None
         if settings.store is None or settings.redis_url is None:
@@ -128,6 +134,7 @@ class Service:
             if lock is not None:
                 lock.release()
             raise
+        security = await Security.start(settings.security, settings.store_url, store)
         floors = FloorCache(client, replica=new_replica_id(), lease_seconds=settings.lease_seconds)
         readiness = Readiness()
         worker = IngestWorker(
@@ -141,8 +148,8 @@ class Service:
         # Bound before the servicer exists: runs carry links with the web view's real port.
         web = None
         if settings.web_address is not None:
-            web = await WebView.start(settings.web_address, runs, reader)
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+            web = await WebView.start(settings.web_address, runs, reader, security)
+        server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=security.interceptors)
         server.add_generic_rpc_handlers((ingest_handler(IngestServicer(worker)),))
         server.add_generic_rpc_handlers(
             (run_handler(RunServicer(runs, reader, web.url if web is not None else "")),)
@@ -156,14 +163,24 @@ class Service:
             ),
             server,
         )
-        port = server.add_insecure_port(settings.address)
+        port = security.bind(server, settings.address)
         if port == 0:
             if web is not None:
                 await web.stop()
             raise RuntimeError(f"could not bind {settings.address}")
         await server.start()
         service = cls(
-            settings, server, port, worker, store, client, readiness, embedded, lock, web=web
+            settings,
+            server,
+            port,
+            worker,
+            store,
+            client,
+            readiness,
+            embedded,
+            lock,
+            web=web,
+            security=security,
         )
         await readiness.set("store", True)
         if embedded is not None:
@@ -183,6 +200,8 @@ class Service:
         if self.watch is not None:
             await self.watch.stop()
         await self.redis_client.aclose()
+        if self.security is not None:
+            await self.security.close()
         await asyncio.to_thread(self.store.close)
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
