@@ -21,7 +21,7 @@ from .policy import ProjectOf, project
 from .tokens import Authenticator, Principal, bearer
 
 COOKIE = "stepstream_token"
-PRINCIPAL = "stepstream.principal"  # the request key the middleware sets
+PRINCIPAL = web.RequestKey("stepstream.principal", Principal)  # set by the middleware
 OPEN_PATHS = ("/login", "/logout")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,7 +54,7 @@ SELECTOR_ROUTES = ("/api/series", "/api/summaries")
 
 def may_read(req: web.Request, project_name: str) -> bool:
     """Whether the request's token may read `project_name` (always, without --auth)."""
-    principal: Principal | None = req.get(PRINCIPAL)
+    principal = req.get(PRINCIPAL)
     return principal is None or principal.may(project_name, "read")
 
 
@@ -149,12 +149,12 @@ class WebGuard:
             path="/",
             max_age=max_age,
         )
-        return response
+        raise response
 
     async def logout(self, req: web.Request) -> web.StreamResponse:
         response = web.HTTPSeeOther("/login")
         response.del_cookie(COOKIE, path="/")
-        return response
+        raise response
 
 
 def _safe_next(path: str) -> str:
