@@ -129,11 +129,13 @@ def resolve_security(
             "client_certificate and client_key go together: give both or neither"
             f" (or ${CERT_ENV} and ${KEY_ENV})"
         )
-    if tls is None:
-        tls = os.environ.get(TLS_ENV, "").strip().lower() in ("1", "true", "yes")
     if tls is False and (root_certificates is not None or client_certificate is not None):
         raise InvalidArgumentError("tls=False contradicts root_certificates/client_certificate")
-    tls = tls or roots is not None or cert is not None
+    if tls is None:
+        tls = os.environ.get(TLS_ENV, "").strip().lower() in ("1", "true", "yes")
+        tls = tls or roots is not None or cert is not None
+    elif tls is False:  # plain text, whatever the environment says about certificates
+        roots = cert = key = None
     if token is None:
         token = os.environ.get(TOKEN_ENV, "").strip() or None
     elif not isinstance(token, str) or not token.strip() or any(c.isspace() for c in token):
