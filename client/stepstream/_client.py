@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -16,13 +16,10 @@ from stepstream.v1 import runs_pb2, runs_pb2_grpc
 
 from ._convert import run_info_from_proto, summary_from_proto
 from ._exceptions import InvalidArgumentError, RPCError
-from ._security import Connection
+from ._security import Connection, Unpack
 from ._targets import Address, Target, resolve_target
 from ._types import Incarnation, RunInfo, Series, SeriesSummary
 from ._validate import check_id, check_name, check_positive_int, check_real
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
 
 # Deadline for one read or state call made from the trainer's thread.
 CALL_TIMEOUT = 60.0

@@ -23,16 +23,13 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._client import RunClient, make_selector, read_lineage
 from ._exceptions import InvalidArgumentError, MissingExtraError
-from ._security import Connection
+from ._security import Connection, Unpack
 from ._targets import Address, resolve_target
 from ._types import Incarnation, RunInfo, Series, SeriesSummary
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
 
 FORMATS = ("yaml", "json", "parquet")
 _EXTENSIONS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".parquet": "parquet"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,13 @@ import grpc
 import grpc.aio
 
 from ._exceptions import InvalidArgumentError
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover
+    from typing_extensions import Unpack
+
+__all__ = ["Connection", "Pem", "Security", "Unpack", "resolve_security"]
 
 TLS_ENV = "STEPSTREAM_TLS"
 CA_ENV = "STEPSTREAM_TLS_CA"

@@ -12,16 +12,12 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
 
 from ._exceptions import InvalidArgumentError
-from ._security import Connection, Security, resolve_security
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
+from ._security import Connection, Security, Unpack, resolve_security
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "STEPSTREAM_ADDRESS"
