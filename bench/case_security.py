@@ -130,6 +130,8 @@ def security(ctx: Context, shapes: dict[str, Shape]) -> list[Row]:
                         ctx.progress(
                             f"security {shape.title} {target.label} rep {rep + 1}: {rate:,.0f} pts/s"
                         )
+            # Half of plain stepstream's rate, as just measured here (case 4's rule).
+            offered = (median(rates["stepstream"]) or DEFAULT_RATE[key]) / 2
             with DriverPool(
                 f"security-lat-{key}", [python_module("bench.driver", "latency")], ctx.work_dir
             ) as pool:
