@@ -679,3 +679,39 @@ def test_tokens_never_appear_in_the_service_log(tmp_path: Path) -> None:
     assert "stepstream listening" in log  # the log was captured
     for secret in (token, token.split("_")[2], bad, bad.split("_")[2]):
         assert secret not in log
+
+
+async def test_the_cli_sends_its_token(secured: Secured, monkeypatch: pytest.MonkeyPatch) -> None:
+    def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        import os
+
+        return subprocess.run(
+            [sys.executable, "-m", "stepstream.cli", "runs", "list", "--project", "p1",
+             "--address", secured.service.address, *args],
+            capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+
+    good = await asyncio.to_thread(cli, "--token", secured.tokens.read)
+    assert good.returncode == 0 and "r1" in good.stdout, good.stderr
+    from_env = await asyncio.to_thread(cli, env={"STEPSTREAM_TOKEN": secured.tokens.read})
+    assert from_env.returncode == 0 and "r1" in from_env.stdout, from_env.stderr
+    missing = await asyncio.to_thread(cli)
+    assert missing.returncode == 1 and "[TOKEN_MISSING]" in missing.stderr
+    other = await asyncio.to_thread(cli, "--token", secured.tokens.other)
+    assert other.returncode == 1 and "[PROJECT_NOT_ALLOWED]" in other.stderr
+
+
+async def test_a_token_the_store_cannot_check_is_unavailable_and_retryable(
+    secured: Secured,
+) -> None:
+    """The token store's connection is gone (closed under the service): the call fails with
+    UNAVAILABLE STORE_UNAVAILABLE, the one code clients retry, never as a token error."""
+    assert secured.service.security is not None and secured.service.security.tokens is not None
+    secured.service.security.tokens.close()
+    stub = runs_pb2_grpc.RunServiceStub(secured.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListRuns(
+            runs_pb2.ListRunsRequest(project="p1"), metadata=secured.md(secured.tokens.read)
+        )
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "STORE_UNAVAILABLE"

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -28,6 +29,8 @@ import grpc
 
 from .. import errors
 from ..store.tokens import ALL_PROJECTS, TokenRecord, TokenStore
+
+log = logging.getLogger(__name__)
 
 ROLES = ("read", "write", "admin")
 PREFIX = "sst_"
@@ -145,7 +148,15 @@ class Authenticator:
         if match is None:
             raise unauthenticated("TOKEN_INVALID", "this is not a stepstream token (sst_...)")
         token_id, secret = match.groups()
-        record = await asyncio.to_thread(self.tokens.get, token_id)
+        try:
+            record = await asyncio.to_thread(self.tokens.get, token_id)
+        except Exception as exc:  # the store is down or refuses: retryable, like any RPC
+            log.warning("cannot check token %s: %s", token_id, type(exc).__name__)
+            raise errors.unavailable(
+                "STORE_UNAVAILABLE",
+                "the token cannot be checked: the store is unavailable; retry",
+                detail=type(exc).__name__,
+            ) from None
         # Compare a digest even for an unknown id, so timing says nothing about which ids exist.
         stored = record.secret_sha256 if record is not None else "0" * 64
         if not hmac.compare_digest(stored, digest(secret)) or record is None:
