@@ -114,75 +114,81 @@ def ingest_rate(
 
 def security(ctx: Context, shapes: dict[str, Shape]) -> list[Row]:
     rows: list[Row] = []
-    for key in ("a", "b"):
-        shape = shapes[key]
-        rates: dict[str, list[float]] = {"stepstream": [], "secured": []}
-        p50s: dict[str, list[float]] = {"stepstream": [], "secured": []}
-        with plain_and_secured(ctx) as targets:
-            with DriverPool(
-                f"security-{key}", [python_module("bench.driver", "ingest")], ctx.work_dir
-            ) as pool:
-                for rep in range(ctx.reps):
-                    for target, options in targets:
-                        rate = ingest_rate(
-                            pool, target, options, shape, f"sec-{key}-{target.label}-{rep}"
-                        )
-                        rates[target.label].append(rate)
-                        ctx.progress(
-                            f"security {shape.title} {target.label} rep {rep + 1}: {rate:,.0f} pts/s"
-                        )
-            # A tenth of plain stepstream's rate as just measured here: well below saturation
-            # on a shared machine, so the difference is what TLS and the token check add (at
-            # half load, case 4's rule, queueing on a busy machine swamps it).
-            offered = (median(rates["stepstream"]) or DEFAULT_RATE[key]) * LATENCY_LOAD
-            with DriverPool(
-                f"security-lat-{key}", [python_module("bench.driver", "latency")], ctx.work_dir
-            ) as pool:
-                for rep in range(ctx.reps):
-                    for target, options in targets:
-                        pool.command(
-                            {
-                                "cmd": "prepare",
-                                "address": target.address,
-                                "run_id": f"sec-lat-{key}-{target.label}-{rep}",
-                                "keys": SERIES_OF[key],
-                                "rate": offered,
-                                "seconds": 1.0 if ctx.quick else 4.0,
-                                "run_options": options,
-                            }
-                        )
-                        result = pool.command({"cmd": "go"})[0]
-                        pool.command({"cmd": "finish"})
-                        p50s[target.label].append(float(result["p50"]))
-        plain_rate, secured_rate = median(rates["stepstream"]), median(rates["secured"])
-        plain_p50, secured_p50 = median(p50s["stepstream"]), median(p50s["secured"])
-        assert plain_rate and secured_rate and plain_p50 is not None and secured_p50 is not None
-        same_run = "measured alternately with plain stepstream in this run"
-        rows.append(
-            Row(
-                f"10. ingest {shape.title} with TLS + --auth required (no-op column: plain stepstream)",
-                table.rate,
-                secured_rate,
-                plain_rate,
-                target=f"≥ {1 - MAX_RATE_COST:.0%} of plain",
-                met=secured_rate >= (1 - MAX_RATE_COST) * plain_rate,
-                notes=[
-                    f"{same_run}; per-repetition pts/s: secured "
-                    + ", ".join(f"{r:,.0f}" for r in rates["secured"])
-                    + "; plain "
-                    + ", ".join(f"{r:,.0f}" for r in rates["stepstream"])
-                ],
-            )
+    with plain_and_secured(ctx) as targets:
+        for key in ("a", "b"):
+            rows += security_rows(ctx, shapes[key], targets)
+    return rows
+
+
+def security_rows(
+    ctx: Context, shape: Shape, targets: list[tuple[Target, dict[str, Any]]]
+) -> list[Row]:
+    rows: list[Row] = []
+    key = shape.key
+    rates: dict[str, list[float]] = {"stepstream": [], "secured": []}
+    p50s: dict[str, list[float]] = {"stepstream": [], "secured": []}
+    with DriverPool(
+        f"security-{key}", [python_module("bench.driver", "ingest")], ctx.work_dir
+    ) as pool:
+        for rep in range(ctx.reps):
+            for target, options in targets:
+                rate = ingest_rate(pool, target, options, shape, f"sec-{key}-{target.label}-{rep}")
+                rates[target.label].append(rate)
+                ctx.progress(
+                    f"security {shape.title} {target.label} rep {rep + 1}: {rate:,.0f} pts/s"
+                )
+    # A tenth of plain stepstream's rate as just measured here: well below saturation
+    # on a shared machine, so the difference is what TLS and the token check add (at
+    # half load, case 4's rule, queueing on a busy machine swamps it).
+    offered = (median(rates["stepstream"]) or DEFAULT_RATE[key]) * LATENCY_LOAD
+    with DriverPool(
+        f"security-lat-{key}", [python_module("bench.driver", "latency")], ctx.work_dir
+    ) as pool:
+        for rep in range(ctx.reps):
+            for target, options in targets:
+                pool.command(
+                    {
+                        "cmd": "prepare",
+                        "address": target.address,
+                        "run_id": f"sec-lat-{key}-{target.label}-{rep}",
+                        "keys": SERIES_OF[key],
+                        "rate": offered,
+                        "seconds": 1.0 if ctx.quick else 4.0,
+                        "run_options": options,
+                    }
+                )
+                result = pool.command({"cmd": "go"})[0]
+                pool.command({"cmd": "finish"})
+                p50s[target.label].append(float(result["p50"]))
+    plain_rate, secured_rate = median(rates["stepstream"]), median(rates["secured"])
+    plain_p50, secured_p50 = median(p50s["stepstream"]), median(p50s["secured"])
+    assert plain_rate and secured_rate and plain_p50 is not None and secured_p50 is not None
+    same_run = "measured alternately with plain stepstream in this run"
+    rows.append(
+        Row(
+            f"10. ingest {shape.title} with TLS + --auth required (no-op column: plain stepstream)",
+            table.rate,
+            secured_rate,
+            plain_rate,
+            target=f"≥ {1 - MAX_RATE_COST:.0%} of plain",
+            met=secured_rate >= (1 - MAX_RATE_COST) * plain_rate,
+            notes=[
+                f"{same_run}; per-repetition pts/s: secured "
+                + ", ".join(f"{r:,.0f}" for r in rates["secured"])
+                + "; plain "
+                + ", ".join(f"{r:,.0f}" for r in rates["stepstream"])
+            ],
         )
-        rows.append(
-            Row(
-                f"10. ack latency p50, shape ({key}), TLS + --auth required (no-op column: plain)",
-                table.millis,
-                secured_p50,
-                plain_p50,
-                target=f"< {MAX_P50_ADDED * 1000:g} ms above plain",
-                met=secured_p50 - plain_p50 < MAX_P50_ADDED,
-                notes=[f"offered {offered:,.0f} pts/s; {same_run}"],
-            )
+    )
+    rows.append(
+        Row(
+            f"10. ack latency p50, shape ({key}), TLS + --auth required (no-op column: plain)",
+            table.millis,
+            secured_p50,
+            plain_p50,
+            target=f"< {MAX_P50_ADDED * 1000:g} ms above plain",
+            met=secured_p50 - plain_p50 < MAX_P50_ADDED,
+            notes=[f"offered {offered:,.0f} pts/s; {same_run}"],
         )
+    )
     return rows
