@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from stepstream.v1 import ingest_pb2, runs_pb2
 
-from .auth import Security, check_binding
+from .auth import Security, preflight
 from .config import Settings
 from .datadir import DataDirLock
 from .embedded_redis import EmbeddedRedis, RedisWatch
@@ -109,12 +109,13 @@ class Service:
         binds = {"--address": settings.address}
         if settings.web_address is not None:
             binds["--web-address"] = settings.web_address
-        check_binding(settings.security, binds)
+        preflight(settings.security, binds)  # before anything starts: nothing to undo
         # One process per data directory: the embedded store and Redis live there.
         lock = None
         if settings.store is None or settings.redis_url is None:
             lock = DataDirLock(settings.data_dir).acquire()
         embedded = None
+        store = None
         try:
             redis_url = settings.redis_url
             if redis_url is None:
@@ -128,13 +129,15 @@ class Service:
                 ),
                 read_threads=settings.read_threads,
             )
+            security = await Security.start(settings.security, settings.store_url, store)
         except BaseException:
+            if store is not None:
+                await asyncio.to_thread(store.close)
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
             if lock is not None:
                 lock.release()
             raise
-        security = await Security.start(settings.security, settings.store_url, store)
         floors = FloorCache(client, replica=new_replica_id(), lease_seconds=settings.lease_seconds)
         readiness = Readiness()
         worker = IngestWorker(

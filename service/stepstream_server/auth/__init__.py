@@ -16,11 +16,19 @@ from ..store import AsyncStore
 from ..store.tokens import TokenStore
 from .interceptor import AuthInterceptor
 from .settings import SecuritySettings, check_binding
-from .tls import bind, server_ssl_context
+from .tls import bind, server_credentials, server_ssl_context
 from .tokens import Authenticator
 from .web import WebGuard
 
-__all__ = ["Security", "SecuritySettings", "check_binding"]
+__all__ = ["Security", "SecuritySettings", "check_binding", "preflight"]
+
+
+def preflight(settings: SecuritySettings, binds: dict[str, str]) -> None:
+    """What can be refused before the service starts anything: the flags together, where it
+    listens (check_binding), and the TLS files (read and parsed). Raises ValueError."""
+    check_binding(settings, binds)
+    server_ssl_context(settings)
+    server_credentials(settings)
 
 
 @dataclass
