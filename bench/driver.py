@@ -139,7 +139,9 @@ def cost(command: Message, state: dict[str, Any]) -> Message:
 
 def latency(command: Message, state: dict[str, Any]) -> Message:
     if command["cmd"] == "prepare":
-        run = stepstream.Run(command["run_id"], address=command["address"])
+        run = stepstream.Run(
+            command["run_id"], address=command["address"], **command.get("run_options", {})
+        )
         wait_connected([run])
         state.update(
             run=run,

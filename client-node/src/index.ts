@@ -4,6 +4,7 @@ export type { ConnectOptions, CreateOptions, Incarnation, ReadOptions, RunEvents
 export type { Rejection, SenderStats } from "./sender.js";
 export { StepstreamError, DOMAIN, codeName } from "./errors.js";
 export { RunClient } from "./client.js";
+export type { SecurityOptions } from "./client.js";
 export {
   ID_RULE,
   MAX_BATCH_POINTS,

@@ -6,7 +6,7 @@
 import { EventEmitter } from "node:events";
 import { randomUUID } from "node:crypto";
 import type { JsonObject } from "@bufbuild/protobuf";
-import { RunClient } from "./client.js";
+import { RunClient, type SecurityOptions } from "./client.js";
 import { StepstreamError, invalidArgument } from "./errors.js";
 import {
   IncarnationOrigin,
@@ -32,7 +32,7 @@ function defaultAddress(): string {
   return process.env.STEPSTREAM_ADDRESS || DEFAULT_ADDRESS;
 }
 
-export interface ConnectOptions {
+export interface ConnectOptions extends SecurityOptions {
   /** host:port of the service (default $STEPSTREAM_ADDRESS, else 127.0.0.1:50051). */
   address?: string;
   /** Project; default "default". */
@@ -225,7 +225,7 @@ export class Run extends EventEmitter<RunEvents> {
     options: ConnectOptions,
     fetch: (client: RunClient) => Promise<{ run?: RunProto; parentFallback?: boolean }>,
   ): Promise<Run> {
-    const client = new RunClient(options.address ?? defaultAddress(), { timeoutMs: options.timeoutMs });
+    const client = new RunClient(options.address ?? defaultAddress(), options);
     try {
       const response = await fetch(client);
       const run = new Run(client, runInfo(response.run!), options);

@@ -16,6 +16,7 @@ from stepstream.v1 import runs_pb2, runs_pb2_grpc
 
 from ._convert import run_info_from_proto, summary_from_proto
 from ._exceptions import InvalidArgumentError, RPCError
+from ._security import Connection, Unpack
 from ._targets import Address, Target, resolve_target
 from ._types import Incarnation, RunInfo, Series, SeriesSummary
 from ._validate import check_id, check_name, check_positive_int, check_real
@@ -412,20 +413,33 @@ def check_read_range(
 # ---- module-level reads (stepstream.get_run, ...) ----------------------------------------
 
 
-def get_run(run_id: str, *, project: str | None = None, address: Address | None = None) -> RunInfo:
-    """Fetch a run's state, tags, config, values and incarnations without opening it."""
+def get_run(
+    run_id: str,
+    *,
+    project: str | None = None,
+    address: Address | None = None,
+    **connection: Unpack[Connection],
+) -> RunInfo:
+    """Fetch a run's state, tags, config, values and incarnations without opening it.
+
+    Every read function takes Run's `tls`, `root_certificates`, `client_certificate`,
+    `client_key` and `token` keywords too (README: Security)."""
     check_id(run_id, "run_id")
-    with RunClient(resolve_target(address)) as client:
+    with RunClient(resolve_target(address, **connection)) as client:
         return client.get_run(project or "", run_id)
 
 
 def list_runs(
-    *, project: str | None = None, experiment: str | None = None, address: Address | None = None
+    *,
+    project: str | None = None,
+    experiment: str | None = None,
+    address: Address | None = None,
+    **connection: Unpack[Connection],
 ) -> list[RunInfo]:
     """The runs of a project, or of one experiment, oldest first."""
     if experiment is not None:
         check_name(experiment, "experiment")
-    with RunClient(resolve_target(address)) as client:
+    with RunClient(resolve_target(address, **connection)) as client:
         return client.list_runs(project or "", experiment or "")
 
 
@@ -437,6 +451,7 @@ def list_series(
     project: str | None = None,
     address: Address | None = None,
     own_points_only: bool = False,
+    **connection: Unpack[Connection],
 ) -> list[SeriesSummary]:
     """Summaries of every series visible in a run, sorted by name.
 
@@ -451,7 +466,7 @@ def list_series(
         experiment=experiment,
         own_points_only=own_points_only,
     )
-    with RunClient(resolve_target(address)) as client:
+    with RunClient(resolve_target(address, **connection)) as client:
         return client.list_series(selector)
 
 
@@ -469,6 +484,7 @@ def read_series(
     max_points: int | None = None,
     generation: int | None = None,
     string_series: bool | None = None,
+    **connection: Unpack[Connection],
 ) -> Series:
     """Read one series in step order, inherited points included unless `own_points_only`.
 
@@ -495,7 +511,7 @@ def read_series(
         own_points_only=own_points_only,
     )
     lo, hi, most, gen = check_read_range(step_min, step_max, max_points, generation)
-    with RunClient(resolve_target(address)) as client:
+    with RunClient(resolve_target(address, **connection)) as client:
         return client.read_series(
             selector,
             name,

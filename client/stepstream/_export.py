@@ -27,6 +27,7 @@ from typing import Any
 
 from ._client import RunClient, make_selector, read_lineage
 from ._exceptions import InvalidArgumentError, MissingExtraError
+from ._security import Connection, Unpack
 from ._targets import Address, resolve_target
 from ._types import Incarnation, RunInfo, Series, SeriesSummary
 
@@ -169,10 +170,11 @@ def export_run(
     include_series: bool = False,
     project: str | None = None,
     address: Address | None = None,
+    **connection: Unpack[Connection],
 ) -> str:
     """Export a run without opening it (what `Run.export()` writes; see there); returns the
-    file's path. Reading a run never changes its state."""
-    with RunClient(resolve_target(address)) as client:
+    file's path. Reading a run never changes its state. Takes Run's security keywords too."""
+    with RunClient(resolve_target(address, **connection)) as client:
         return write_export(client, project or "", run_id, path, format, include_series)
 
 

@@ -34,6 +34,7 @@ from ._exceptions import (
 )
 from ._export import write_export
 from ._records import Record, RecordMaker
+from ._security import Pem
 from ._sender import UNARY_TIMEOUT, Operation, Sender, UnaryCall
 from ._targets import Address, resolve_target
 from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
@@ -118,6 +119,11 @@ class Run:
         connect_timeout: seconds to wait for the service when creating the run and when
             opening a stream.
         reconnect_timeout: seconds to keep reconnecting a failed stream before giving up.
+        tls, root_certificates, client_certificate, client_key, token: how to authenticate
+            (README: Security): TLS with the system's roots (tls=True) or with a CA file,
+            a client certificate for mTLS, and the access token of a service that runs with
+            --auth required. Default: $STEPSTREAM_TLS, $STEPSTREAM_TLS_CA,
+            $STEPSTREAM_TLS_CERT, $STEPSTREAM_TLS_KEY and $STEPSTREAM_TOKEN.
 
     Local metadata (DigitalHub's Run object): `run.config`, `run.tags` and `run.description`
     are local copies, read from the service when the Run is created and by `refresh()`. Edit
@@ -151,6 +157,11 @@ class Run:
         max_inflight_batches: int = 32,
         connect_timeout: float = 10.0,
         reconnect_timeout: float = 300.0,
+        tls: bool | None = None,
+        root_certificates: Pem | None = None,
+        client_certificate: Pem | None = None,
+        client_key: Pem | None = None,
+        token: str | None = None,
     ) -> None:
         if run_id is not None:
             check_id(run_id, "run_id")
@@ -214,7 +225,14 @@ class Run:
         self._records = RecordMaker()
         self._closed = False
 
-        self._target = resolve_target(address)
+        self._target = resolve_target(
+            address,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_certificate=client_certificate,
+            client_key=client_key,
+            token=token,
+        )
         self._address = self._target.address
         self._client = RunClient(self._target)
         fallback = False

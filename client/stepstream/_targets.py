@@ -1,9 +1,11 @@
 """Where what the user gives as `address` becomes gRPC targets and channel options
 (`resolve_target`), for every channel the client builds: one host:port, a gRPC target, or a
-list of replicas (round robin, or rotation when the list names hosts)."""
+list of replicas (round robin, or rotation when the list names hosts); and how those channels
+authenticate (TLS, client certificates, a token: `_security.py`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -15,6 +17,7 @@ import grpc
 import grpc.aio
 
 from ._exceptions import InvalidArgumentError
+from ._security import Connection, Security, Unpack, resolve_security
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "STEPSTREAM_ADDRESS"
@@ -92,23 +95,26 @@ class Target:
     address: str  # as messages show it
     grpc_targets: tuple[str, ...]
     options: tuple[ChannelOption, ...]
+    security: Security = dataclasses.field(default_factory=Security)
 
     @property
     def rotating(self) -> bool:
         return len(self.grpc_targets) > 1
 
     def channel(self, index: int = 0) -> grpc.Channel:
-        return grpc.insecure_channel(self.grpc_targets[index], options=self.options)
+        return self.security.channel(self.grpc_targets[index], self.options)
 
     def aio_channel(self, index: int = 0) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(self.grpc_targets[index], options=self.options)
+        return self.security.aio_channel(self.grpc_targets[index], self.options)
 
     def __str__(self) -> str:
         return self.address
 
 
-def resolve_target(address: Address | Target | None) -> Target:
-    """The gRPC target(s) and channel options for `address`.
+def resolve_target(address: Address | Target | None, **connection: Unpack[Connection]) -> Target:
+    """The gRPC target(s), channel options and credentials for `address` and `connection`
+    (tls, root_certificates, client_certificate, client_key, token: see _security.py; each
+    falls back on its environment variable).
 
     `address` is, else $STEPSTREAM_ADDRESS is, else 127.0.0.1:50051:
 
@@ -124,7 +130,14 @@ def resolve_target(address: Address | Target | None) -> Target:
     Raises InvalidArgumentError (a ValueError) naming the entry that is not host:port.
     """
     if isinstance(address, Target):
+        if connection:
+            return dataclasses.replace(address, security=resolve_security(**connection))
         return address
+    target = _resolve(address)
+    return dataclasses.replace(target, security=resolve_security(**connection))
+
+
+def _resolve(address: Address | None) -> Target:
     what = "address"
     if address is None:
         address = os.environ.get(ADDRESS_ENV, "").strip() or DEFAULT_ADDRESS

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .auth.settings import SecuritySettings
 from .config import Settings
 
 
@@ -85,6 +86,47 @@ def mesh_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     }
 
 
+def add_security_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("security (README: Security)")
+    group.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="serve gRPC and the web view over TLS with this certificate chain",
+    )
+    group.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="its key")
+    group.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="require client certificates signed by this CA (mTLS)",
+    )
+    group.add_argument(
+        "--auth",
+        default=os.environ.get("STEPSTREAM_AUTH", "off"),
+        choices=["off", "required"],
+        help="required: every RPC and web request needs a token (stepstream tokens create)"
+        " (default %(default)s; env STEPSTREAM_AUTH)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --address/--web-address without --auth required",
+    )
+
+
+def security_settings(args: argparse.Namespace) -> SecuritySettings:
+    return SecuritySettings(
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth=args.auth,
+        insecure=args.insecure,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="stepstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,7 +185,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.add_argument("--log-level", default="INFO")
     add_mesh_flags(serve, defaults)
+    add_security_options(serve)
+    from .auth.cli import add_parser as add_tokens_parser
+
+    add_tokens_parser(sub, defaults)
     args = parser.parse_args(argv)
+    if args.command == "tokens":
+        from .auth.cli import run as run_tokens
+
+        where = Settings(data_dir=args.data_dir, store=args.store)
+        raise SystemExit(run_tokens(args, where.store_url))
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -159,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         max_queued_points=args.max_queued_points,
         web_address=args.web_address,
         **mesh_settings(parser, args),
+        security=security_settings(args),
     )
     if settings.redis_cluster and not settings.redis_url:
         parser.error("--redis-cluster needs --redis-url naming one node of the cluster")

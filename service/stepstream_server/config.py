@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .auth.settings import SecuritySettings
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Settings:
     # gRPC sends GOAWAY to a connection this old (0: never), then ends its calls after the grace.
     max_connection_age_seconds: float = 1800.0
     max_connection_age_grace_seconds: float = 30.0
+    # TLS, tokens and --insecure (auth/settings.py).
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @property
     def store_path(self) -> Path:

@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from stepstream.v1 import ingest_pb2, runs_pb2
 
+from .auth import Security, preflight
 from .config import Settings
 from .datadir import DataDirLock
 from .embedded_redis import EmbeddedRedis, RedisWatch
@@ -158,6 +159,7 @@ class Service:
     ingest: IngestServicer | None = None
     metrics: Metrics | None = None
     metrics_endpoint: MetricsEndpoint | None = None
+    security: Security | None = None
 
     @property
     def health(self) -> Any:
@@ -170,6 +172,10 @@ class Service:
 
     @classmethod
     async def start(cls, settings: Settings) -> Service:
+        binds = {"--address": settings.address}
+        if settings.web_address is not None:
+            binds["--web-address"] = settings.web_address
+        preflight(settings.security, binds)  # before anything starts: nothing to undo
         metrics = Metrics()
         # Bound first: an address in use fails the start before anything else runs.
         endpoint = None
@@ -178,6 +184,7 @@ class Service:
         # One process per data directory: the embedded store and Redis live there.
         lock = None
         embedded = None
+        store = None
         try:
             if settings.store is None or settings.redis_url is None:
                 lock = DataDirLock(settings.data_dir).acquire()
@@ -193,7 +200,12 @@ class Service:
                 ),
                 read_threads=settings.read_threads,
             )
+            security = await Security.start(
+                settings.security, settings.store_url, store, on_failure=metrics.auth_failure
+            )
         except BaseException:
+            if store is not None:
+                await asyncio.to_thread(store.close)
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
             if lock is not None:
@@ -217,10 +229,11 @@ class Service:
         # Bound before the servicer exists: runs carry links with the web view's real port.
         web = None
         if settings.web_address is not None:
-            web = await WebView.start(settings.web_address, runs, reader)
+            web = await WebView.start(settings.web_address, runs, reader, security)
         # The metrics interceptor comes first: it counts what later interceptors refuse too.
         server = grpc.aio.server(
-            options=grpc_options(settings), interceptors=[metrics.interceptor()]
+            options=grpc_options(settings),
+            interceptors=[metrics.interceptor(), *security.interceptors],
         )
         ingest = IngestServicer(worker, metrics)
         server.add_generic_rpc_handlers((ingest_handler(ingest),))
@@ -236,7 +249,7 @@ class Service:
             ),
             server,
         )
-        port = server.add_insecure_port(settings.address)
+        port = security.bind(server, settings.address)
         if port == 0:
             if web is not None:
                 await web.stop()
@@ -258,6 +271,7 @@ class Service:
             ingest=ingest,
             metrics=metrics,
             metrics_endpoint=endpoint,
+            security=security,
         )
         await readiness.set("store", True)
         if embedded is not None:
@@ -297,6 +311,8 @@ class Service:
         if self.watch is not None:
             await self.watch.stop()
         await self.redis_client.aclose()
+        if self.security is not None:
+            await self.security.close()
         await asyncio.to_thread(self.store.close)
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)

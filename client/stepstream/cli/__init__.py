@@ -5,6 +5,7 @@
     stepstream runs export RUN PATH [--series] [--format F]
     stepstream series RUN NAME [--max-points N] [--csv | --json]
     stepstream serve ...        the service's own CLI, when stepstream-server is installed
+    stepstream tokens ...       access tokens, on the store (also the service's CLI)
 
 A new subcommand is a module with `register(commands)` that adds its parser and sets
 `handler`, listed in COMMANDS. Exit codes are in `_output` (0 ok, 1 failed, 2 usage,
@@ -17,10 +18,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import runs, series, serve
+from . import runs, series, serve, tokens
 from ._output import run_handler
 
-COMMANDS = (runs, series, serve)
+COMMANDS = (runs, series, serve, tokens)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """The `stepstream` console script; exits with the command's exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == [serve.NAME]:  # the service parses its own options
-        raise SystemExit(serve.dispatch(args[1:]))
+    if args[:1] in ([serve.NAME], [tokens.NAME]):  # the service parses its own options
+        raise SystemExit(serve.dispatch(args[1:], args[0]))
     parsed = parser().parse_args(args)
     raise SystemExit(run_handler(parsed))

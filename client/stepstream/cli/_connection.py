@@ -2,9 +2,10 @@
 
 `--address` takes what `Run(address=...)` takes (host:port, a gRPC target, or a comma-separated
 list of replicas) and defaults to $STEPSTREAM_ADDRESS, else 127.0.0.1:50051; `--project`
-defaults to the service's default project. Token and TLS settings belong here too: add their
-options in `add_options` and hand them to the client in `open_client`, and every command has
-them.
+defaults to the service's default project. `--token`, `--tls`, `--tls-ca`, `--tls-cert` and
+`--tls-key` are Run's `token`, `tls`, `root_certificates`, `client_certificate` and `client_key`
+(each defaulting to its environment variable); every command that connects has them, and gets
+its client from `open_client` (or its Target from `target`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 
 from .._client import RunClient
 from .._exceptions import InvalidArgumentError
-from .._targets import Address, resolve_target
+from .._targets import Address, Target, resolve_target
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,33 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--project", default="", metavar="P", help="the project (default: the service's default)"
     )
+    group.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help="access token for a service with --auth required (default $STEPSTREAM_TOKEN)",
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=None,
+        help="connect over TLS, trusting the system's roots (default $STEPSTREAM_TLS)",
+    )
+    group.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="PEM",
+        help="connect over TLS, trusting this CA (default $STEPSTREAM_TLS_CA)",
+    )
+    group.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="PEM",
+        help="client certificate for mTLS (default $STEPSTREAM_TLS_CERT)",
+    )
+    group.add_argument(
+        "--tls-key", default=None, metavar="PEM", help="its key (default $STEPSTREAM_TLS_KEY)"
+    )
 
 
 def address(args: argparse.Namespace) -> Address | None:
@@ -38,9 +66,21 @@ def address(args: argparse.Namespace) -> Address | None:
     return parts if len(parts) > 1 else text
 
 
+def target(args: argparse.Namespace) -> Target:
+    """Where and how the command connects (address, TLS, token)."""
+    return resolve_target(
+        address(args),
+        tls=getattr(args, "tls", None),
+        root_certificates=getattr(args, "tls_ca", None),
+        client_certificate=getattr(args, "tls_cert", None),
+        client_key=getattr(args, "tls_key", None),
+        token=getattr(args, "token", None),
+    )
+
+
 def open_client(args: argparse.Namespace) -> RunClient:
     """A RunService client for the command's connection options."""
-    return RunClient(resolve_target(address(args)))
+    return RunClient(target(args))
 
 
 def describe(args: argparse.Namespace) -> str:

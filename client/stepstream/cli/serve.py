@@ -22,7 +22,8 @@ def register(commands: Any) -> None:
     ).set_defaults(handler=lambda args: dispatch([]))
 
 
-def dispatch(argv: Sequence[str]) -> int:
+def dispatch(argv: Sequence[str], name: str = NAME) -> int:
+    """Hand `stepstream <name> ...` (serve, tokens) to the service's own CLI."""
     try:
         service = importlib.import_module("stepstream_server.cli")
     except ModuleNotFoundError as exc:
@@ -31,7 +32,7 @@ def dispatch(argv: Sequence[str]) -> int:
         print(f"stepstream: {INSTALL_HINT}", file=sys.stderr)
         return 1
     try:
-        service.main([NAME, *argv])
+        service.main([name, *argv])
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0

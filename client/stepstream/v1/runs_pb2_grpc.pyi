@@ -44,6 +44,19 @@ class RunServiceStub:
     safe to retry unchanged. All RPCs
     but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
 
+    Authorization (a service run with --auth required): every RPC needs
+    metadata "authorization: Bearer <token>" and can fail with
+      UNAUTHENTICATED  TOKEN_MISSING (no token),
+      UNAUTHENTICATED  TOKEN_INVALID (token_id when known: unknown, malformed
+                       or revoked),
+      UNAUTHENTICATED  TOKEN_EXPIRED (token_id),
+      PERMISSION_DENIED PROJECT_NOT_ALLOWED (project, required_role, token_id),
+      PERMISSION_DENIED ROLE_INSUFFICIENT (project, required_role, token_id).
+    GetRun, ListRuns, ListSeries and ReadSeries need role "read" in the
+    project (for a selector naming an incarnation: the incarnation's project);
+    every other RPC needs "write", and a fork from fork_incarnation_id also
+    needs "read" in the parent's project.
+
     Names and IDs: project, run_id and writer_id are 1-128 characters of
     [A-Za-z0-9._:-], the first a letter or digit
     (^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$); an empty project means "default".
@@ -162,6 +175,19 @@ class RunServiceAsyncStub(RunServiceStub):
     safe to retry unchanged. All RPCs
     but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
 
+    Authorization (a service run with --auth required): every RPC needs
+    metadata "authorization: Bearer <token>" and can fail with
+      UNAUTHENTICATED  TOKEN_MISSING (no token),
+      UNAUTHENTICATED  TOKEN_INVALID (token_id when known: unknown, malformed
+                       or revoked),
+      UNAUTHENTICATED  TOKEN_EXPIRED (token_id),
+      PERMISSION_DENIED PROJECT_NOT_ALLOWED (project, required_role, token_id),
+      PERMISSION_DENIED ROLE_INSUFFICIENT (project, required_role, token_id).
+    GetRun, ListRuns, ListSeries and ReadSeries need role "read" in the
+    project (for a selector naming an incarnation: the incarnation's project);
+    every other RPC needs "write", and a fork from fork_incarnation_id also
+    needs "read" in the parent's project.
+
     Names and IDs: project, run_id and writer_id are 1-128 characters of
     [A-Za-z0-9._:-], the first a letter or digit
     (^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$); an empty project means "default".
@@ -275,6 +301,19 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     health is NOT_SERVING meanwhile), which is the one code that is always
     safe to retry unchanged. All RPCs
     but CreateRun (with get_if_exists unset) and RewindRun are idempotent.
+
+    Authorization (a service run with --auth required): every RPC needs
+    metadata "authorization: Bearer <token>" and can fail with
+      UNAUTHENTICATED  TOKEN_MISSING (no token),
+      UNAUTHENTICATED  TOKEN_INVALID (token_id when known: unknown, malformed
+                       or revoked),
+      UNAUTHENTICATED  TOKEN_EXPIRED (token_id),
+      PERMISSION_DENIED PROJECT_NOT_ALLOWED (project, required_role, token_id),
+      PERMISSION_DENIED ROLE_INSUFFICIENT (project, required_role, token_id).
+    GetRun, ListRuns, ListSeries and ReadSeries need role "read" in the
+    project (for a selector naming an incarnation: the incarnation's project);
+    every other RPC needs "write", and a fork from fork_incarnation_id also
+    needs "read" in the parent's project.
 
     Names and IDs: project, run_id and writer_id are 1-128 characters of
     [A-Za-z0-9._:-], the first a letter or digit

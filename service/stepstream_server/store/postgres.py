@@ -36,6 +36,7 @@ from .codec import (
     view_segments,
 )
 from .schema import SchemaTooNew
+from .tokens import POSTGRES_MIGRATION as TOKENS_MIGRATION
 
 Cursor = psycopg.Cursor[TupleRow]
 RunKey = tuple[str, str]
@@ -126,6 +127,8 @@ MIGRATIONS = (
     # Per-block min, max, first, last and NaN points of float chunks (codec.chunk_stats); NULL
     # for chunks written before, which reads decode whole.
     "ALTER TABLE chunks ADD COLUMN IF NOT EXISTS stats BYTEA",
+    # Access tokens, hashed (store/tokens.py).
+    TOKENS_MIGRATION,
 )
 _MIGRATION_LOCK = 0x5354_4550_5354_524D  # "STEPSTRM": one advisory lock for every replica
 

@@ -40,6 +40,7 @@ from .codec import (
     view_segments,
 )
 from .schema import SchemaTooNew
+from .tokens import SQLITE_MIGRATION as TOKENS_MIGRATION
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -117,6 +118,8 @@ MIGRATIONS = (
     # Per-block min, max, first, last and NaN points of float chunks (codec.chunk_stats); NULL
     # for chunks written before, which reads decode whole.
     "ALTER TABLE chunks ADD COLUMN stats BLOB;",
+    # Access tokens, hashed (store/tokens.py).
+    TOKENS_MIGRATION,
 )
 
 

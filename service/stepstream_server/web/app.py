@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -19,6 +20,9 @@ from ..runs import RunManager
 from .api import Api, error_json
 from .links import base_url, split_address
 from .pages import Pages, error_page
+
+if TYPE_CHECKING:
+    from ..auth import Security
 
 log = logging.getLogger(__name__)
 
@@ -74,31 +78,40 @@ async def headers(request: web.Request, response: web.StreamResponse) -> None:
 class WebView:
     """The web view over RunManager and Reader; `start()` binds, `stop()` closes."""
 
-    def __init__(self, runs: RunManager, reader: Reader) -> None:
+    def __init__(self, runs: RunManager, reader: Reader, security: Security | None = None) -> None:
         self.runs = runs
         self.reader = reader
         self.url = ""
         self.port = 0
-        self.app = web.Application(middlewares=[answer_errors])
+        guard = security.web_guard if security is not None else None
+        middlewares: list[Any] = [answer_errors]
+        if guard is not None:
+            middlewares.append(guard.middleware)
+        self.app = web.Application(middlewares=middlewares)
         self.app.on_response_prepare.append(headers)
+        if guard is not None:  # the login page and the checks of --auth required
+            self.app.add_routes(guard.routes())
         self.app.add_routes(Api(self).routes())
         self.app.add_routes(Pages(self).routes())
         self.app.router.add_static("/static", static_dir(), append_version=False)
         self._runner: web.AppRunner | None = None
 
     @classmethod
-    async def start(cls, address: str, runs: RunManager, reader: Reader) -> WebView:
+    async def start(
+        cls, address: str, runs: RunManager, reader: Reader, security: Security | None = None
+    ) -> WebView:
         host, port = split_address(address)
-        view = cls(runs, reader)
+        view = cls(runs, reader, security)
         if EARLY_CLOSE not in logging.getLogger("aiohttp.server").filters:
             logging.getLogger("aiohttp.server").addFilter(EARLY_CLOSE)
+        ssl_context = security.ssl_context if security is not None else None
         runner = web.AppRunner(view.app, access_log=None, shutdown_timeout=STOP_TIMEOUT)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         view._runner = runner
         view.port = int(runner.addresses[0][1])
-        view.url = base_url(host, view.port)
+        view.url = base_url(host, view.port, https=ssl_context is not None)
         return view
 
     async def stop(self) -> None:

@@ -17,13 +17,13 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def base_url(host: str, port: int) -> str:
+def base_url(host: str, port: int, *, https: bool = False) -> str:
     """The web view's URL prefix for a bound host and port."""
     if host in ("0.0.0.0", "::"):  # a wildcard bind: link by this machine's name
         host = socket.gethostname()
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if https else 'http'}://{host}:{port}"
 
 
 def run_url(base: str, project: str, run_id: str) -> str:

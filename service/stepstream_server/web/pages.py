@@ -14,6 +14,7 @@ import jinja2
 from aiohttp import web
 
 from .. import errors
+from ..auth.web import may_read
 from ..model import RunRecord, RunState, SeriesSummary
 from ..reading import LineageNode, Selector, lineage
 from ..validation import project_of
@@ -155,7 +156,7 @@ class Pages:
         chosen_series = columns(
             param(req, "series"), sorted(newest, key=series_order), MAX_SERIES_COLUMNS
         )
-        others = [p for p in await self.ctx.runs.projects() if p != project]
+        others = [p for p in await self.ctx.runs.projects() if p != project and may_read(req, p)]
         return render(
             template,
             project=project,

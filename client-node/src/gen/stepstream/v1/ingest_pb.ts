@@ -637,6 +637,13 @@ export const AssignedStepsSchema: GenMessage<AssignedSteps> = /*@__PURE__*/
  * its original writer_id and sequence); every other code needs a change
  * first (fix the request, resume the run, ...).
  *
+ * Authorization (a service run with --auth required): the stream needs
+ * metadata "authorization: Bearer <token>" with role "write" in the project
+ * of its `open` message; otherwise it ends, before `opened`, with
+ * UNAUTHENTICATED TOKEN_MISSING, TOKEN_INVALID or TOKEN_EXPIRED, or with
+ * PERMISSION_DENIED PROJECT_NOT_ALLOWED or ROLE_INSUFFICIENT (metadata
+ * project, required_role, token_id), as RunService lists them.
+ *
  * Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
  * most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
  * batch (see AppendPointsResponse.error); a

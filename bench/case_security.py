@@ -1,0 +1,194 @@
+"""Case 10: what TLS and `--auth required` cost. Shapes (a) and (b) and the acknowledgement
+latency at half load, each alternating, repetition by repetition, between plain `stepstream
+serve` and one with `--tls-cert/--tls-key --auth required` (certificates made by trustme, a
+write token from `stepstream tokens create`), so both are measured under the same load."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench import table
+from bench.cases import Context, Shape, aggregate_rate
+from bench.procs import BenchError, DriverPool, ServerProcess, bench_env, free_port, python_module
+from bench.table import Row, median
+from bench.targets import Target, start_stepstream, stepstream_command
+
+MAX_RATE_COST = 0.10  # secured throughput at least 90% of plain
+MAX_P50_ADDED = 0.001  # seconds added to the p50 acknowledgement latency
+SERIES_OF = {"a": 10, "b": 1000}
+LATENCY_LOAD = 0.1  # of plain stepstream's measured rate
+DEFAULT_RATE = {"a": 2_000_000.0, "b": 500_000.0}
+
+
+def start_secured(work_dir: Path) -> tuple[Target, dict[str, Any]]:
+    """`stepstream serve` with TLS and --auth required; the Run options that reach it."""
+    import trustme
+
+    data_dir = Path(tempfile.mkdtemp(prefix="stepstream-secured-", dir=work_dir))
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {
+        name: data_dir.with_name(f"{data_dir.name}-{name}.pem") for name in ("ca", "crt", "key")
+    }
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(paths["crt"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    made = subprocess.run(
+        [*stepstream_command(), "tokens", "create", "--project", "*", "--role", "write",
+         "--name", "bench", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, env=bench_env(), timeout=120,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise BenchError(f"stepstream tokens create failed: {made.stderr[-1000:]}")
+    options = {"root_certificates": str(paths["ca"]), "token": made.stdout.strip()}
+    address = f"127.0.0.1:{free_port()}"
+    server = ServerProcess(
+        "stepstream serve (TLS, --auth required)",
+        [*stepstream_command(), "serve", "--address", address, "--data-dir", str(data_dir),
+         "--log-level", "WARNING", "--tls-cert", str(paths["crt"]), "--tls-key",
+         str(paths["key"]), "--auth", "required"],
+        data_dir.with_suffix(".log"),
+        env=None,
+    )  # fmt: skip
+    try:
+        wait_secured(server, address, options)
+    except BaseException:
+        server.stop()
+        raise
+    return Target("secured", server, address, title="stepstream (TLS + --auth required)"), options
+
+
+def wait_secured(server: ServerProcess, address: str, options: dict[str, Any]) -> None:
+    import stepstream
+
+    deadline = time.monotonic() + 60
+    while True:
+        if not server.alive():
+            raise BenchError(f"{server.name} exited early:\n{server.log_tail()}")
+        try:
+            stepstream.list_runs(address=address, **options)
+            return
+        except stepstream.RPCError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{server.name} at {address} did not answer") from None
+            time.sleep(0.1)
+
+
+@contextmanager
+def plain_and_secured(ctx: Context) -> Iterator[list[tuple[Target, dict[str, Any]]]]:
+    with ExitStack() as stack:
+        plain = start_stepstream(ctx.work_dir)
+        stack.callback(plain.stop)
+        secured, options = start_secured(ctx.work_dir)
+        stack.callback(secured.stop)
+        yield [(plain, {}), (secured, options)]
+
+
+def ingest_rate(
+    pool: DriverPool, target: Target, options: dict[str, Any], shape: Shape, tag: str
+) -> float:
+    pool.send(
+        {
+            "cmd": "prepare",
+            "address": target.address,
+            "series": shape.series,
+            "steps": shape.steps,
+            "run_ids": [f"{tag}-{j}" for j in range(shape.runs_per_proc)],
+            "run_options": options,
+        }
+    )
+    pool.collect()
+    results = pool.command({"cmd": "go"})
+    pool.command({"cmd": "finish"})
+    rate, acked, logged = aggregate_rate(results)
+    if acked != logged:
+        raise BenchError(f"{target.label} {tag}: {acked:,} of {logged:,} points acknowledged")
+    return rate
+
+
+def security(ctx: Context, shapes: dict[str, Shape]) -> list[Row]:
+    rows: list[Row] = []
+    with plain_and_secured(ctx) as targets:
+        for key in ("a", "b"):
+            rows += security_rows(ctx, shapes[key], targets)
+    return rows
+
+
+def security_rows(
+    ctx: Context, shape: Shape, targets: list[tuple[Target, dict[str, Any]]]
+) -> list[Row]:
+    rows: list[Row] = []
+    key = shape.key
+    rates: dict[str, list[float]] = {"stepstream": [], "secured": []}
+    p50s: dict[str, list[float]] = {"stepstream": [], "secured": []}
+    with DriverPool(
+        f"security-{key}", [python_module("bench.driver", "ingest")], ctx.work_dir
+    ) as pool:
+        for rep in range(ctx.reps):
+            for target, options in targets:
+                rate = ingest_rate(pool, target, options, shape, f"sec-{key}-{target.label}-{rep}")
+                rates[target.label].append(rate)
+                ctx.progress(
+                    f"security {shape.title} {target.label} rep {rep + 1}: {rate:,.0f} pts/s"
+                )
+    # A tenth of plain stepstream's rate as just measured here: well below saturation
+    # on a shared machine, so the difference is what TLS and the token check add (at
+    # half load, case 4's rule, queueing on a busy machine swamps it).
+    offered = (median(rates["stepstream"]) or DEFAULT_RATE[key]) * LATENCY_LOAD
+    with DriverPool(
+        f"security-lat-{key}", [python_module("bench.driver", "latency")], ctx.work_dir
+    ) as pool:
+        for rep in range(ctx.reps):
+            for target, options in targets:
+                pool.command(
+                    {
+                        "cmd": "prepare",
+                        "address": target.address,
+                        "run_id": f"sec-lat-{key}-{target.label}-{rep}",
+                        "keys": SERIES_OF[key],
+                        "rate": offered,
+                        "seconds": 1.0 if ctx.quick else 4.0,
+                        "run_options": options,
+                    }
+                )
+                result = pool.command({"cmd": "go"})[0]
+                pool.command({"cmd": "finish"})
+                p50s[target.label].append(float(result["p50"]))
+    plain_rate, secured_rate = median(rates["stepstream"]), median(rates["secured"])
+    plain_p50, secured_p50 = median(p50s["stepstream"]), median(p50s["secured"])
+    assert plain_rate and secured_rate and plain_p50 is not None and secured_p50 is not None
+    same_run = "measured alternately with plain stepstream in this run"
+    rows.append(
+        Row(
+            f"10. ingest {shape.title} with TLS + --auth required (no-op column: plain stepstream)",
+            table.rate,
+            secured_rate,
+            plain_rate,
+            target=f"≥ {1 - MAX_RATE_COST:.0%} of plain",
+            met=secured_rate >= (1 - MAX_RATE_COST) * plain_rate,
+            notes=[
+                f"{same_run}; per-repetition pts/s: secured "
+                + ", ".join(f"{r:,.0f}" for r in rates["secured"])
+                + "; plain "
+                + ", ".join(f"{r:,.0f}" for r in rates["stepstream"])
+            ],
+        )
+    )
+    rows.append(
+        Row(
+            f"10. ack latency p50, shape ({key}), TLS + --auth required (no-op column: plain)",
+            table.millis,
+            secured_p50,
+            plain_p50,
+            target=f"< {MAX_P50_ADDED * 1000:g} ms above plain",
+            met=secured_p50 - plain_p50 < MAX_P50_ADDED,
+            notes=[f"offered {offered:,.0f} pts/s; {same_run}"],
+        )
+    )
+    return rows
