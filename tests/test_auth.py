@@ -543,7 +543,7 @@ def test_tokens_create_list_revoke(tmp_path: Path) -> None:
     store = TokenStore(Settings(data_dir=data).store_url)
     try:
         record = store.get(token_id)
-        assert record is not None and token.split("_")[2] not in repr(record)
+        assert record is not None and token.split("_", 2)[2] not in repr(record)
     finally:
         store.close()
     assert token not in listed.stdout and token not in tokens_cli(data, "list").stdout
