@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ._records import Column, Record, Rows
+from ._records import Column, Point, Record, Rows
 
 Marker = TypeVar("Marker")
 
@@ -67,6 +67,28 @@ class Buffer(Generic[Marker]):
         if wake:
             self._wakeup()
 
+    def put_point(self, point: Point) -> None:
+        """`put(point, 1)` for a one-key log call, without the general path's branches: the
+        per-call pattern's whole queueing cost. Falls back to `put` when the queue is full or
+        closed."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._closed is None and self._points < self._max_points:
+                self._items.append(point)
+                self._points += 1
+                self.logged_points += 1
+                wake = self._consumer_asleep
+                self._consumer_asleep = False
+            else:
+                wake = None
+        finally:
+            lock.release()
+        if wake is None:
+            self.put(point, 1)
+        elif wake:
+            self._wakeup()
+
     def take(self, max_points: int) -> list[Record | Marker] | None:
         """Pop records worth at most `max_points` points, or one marker.
 
@@ -83,16 +105,19 @@ class Buffer(Generic[Marker]):
             budget = max_points
             while items:
                 item = items[0]
-                if not isinstance(item, (Rows, Column)):
+                if type(item) is tuple:
+                    size = 1
+                elif isinstance(item, (Rows, Column)):
+                    size = item.points
+                else:
                     if not taken:
                         taken.append(items.popleft())
                     break
-                size = item.points
                 if size <= budget:
                     taken.append(items.popleft())
                     budget -= size
                 elif not taken:
-                    head, tail = item.split(budget)
+                    head, tail = item.split(budget)  # type: ignore[union-attr]  # not a Point
                     items[0] = tail
                     taken.append(head)
                     budget = 0
