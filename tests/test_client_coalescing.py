@@ -86,13 +86,22 @@ def simulate(batches: Sequence[ingest_pb2.PointBatch]) -> Applied:
     for batch in batches:
         for s in batch.float_series:
             _apply(
-                applied, floors, s.name, s.steps, s.values, s.timestamps, s.assign_steps, s.overwrite
+                applied,
+                floors,
+                s.name,
+                s.steps,
+                s.values,
+                s.timestamps,
+                s.assign_steps,
+                s.overwrite,
             )
         for st in batch.string_series:
             visible_strings = applied.strings.setdefault(st.name, [])
             floor = string_floors.get(st.name, -math.inf)
             for i, text in enumerate(st.values):
-                step = (0.0 if floor == -math.inf else floor + 1) if st.assign_steps else st.steps[i]
+                step = (
+                    (0.0 if floor == -math.inf else floor + 1) if st.assign_steps else st.steps[i]
+                )
                 if step > floor:
                     visible_strings.append((step, text))
                     floor = step

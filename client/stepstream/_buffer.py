@@ -71,22 +71,20 @@ class Buffer(Generic[Marker]):
         """`put(point, 1)` for a one-key log call, without the general path's branches: the
         per-call pattern's whole queueing cost. Falls back to `put` when the queue is full or
         closed."""
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._closed is None and self._points < self._max_points:
                 self._items.append(point)
                 self._points += 1
                 self.logged_points += 1
-                wake = self._consumer_asleep
+                if not self._consumer_asleep:
+                    return
                 self._consumer_asleep = False
+                full = False
             else:
-                wake = None
-        finally:
-            lock.release()
-        if wake is None:
+                full = True
+        if full:
             self.put(point, 1)
-        elif wake:
+        else:
             self._wakeup()
 
     def take(self, max_points: int) -> list[Record | Marker] | None:

@@ -24,11 +24,13 @@ against the floor exactly as if it had been sent alone.
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stepstream.v1 import ingest_pb2
 
-from ._records import Column, Record, Rows, double_packer, pack_doubles
+from ._records import Column, Point, Record, Rows, double_packer, pack_doubles
 
 # Wire tags (field number << 3 | wire type): varint = 0, length-delimited = 2.
 _BATCH_SEQUENCE = b"\x08"  # PointBatch.sequence = 1
@@ -86,22 +88,13 @@ def _field(tag: int, data: bytes) -> bytes:
 class _FloatEntry:
     """Points of one float series that will travel as one `FloatSeries` entry.
 
-    Packed chunks (from `Rows` and `Column` records) go to `steps`/`values`/`times`; single
-    `Point`s collect as floats in `point_*` and are packed in one go (`seal`) before the next
-    chunk and at encoding, so the entry keeps log order.
+    Packed chunks (from `Rows` and `Column` records) go to `steps`/`values`/`times`; `Point`s
+    are kept as they came in `points` (one list append each, the per-call pattern's whole
+    encoding cost per point) and packed in one go (`seal`) before the next chunk and at
+    encoding, so the entry keeps log order.
     """
 
-    __slots__ = (
-        "assign",
-        "last_step",
-        "overwrite",
-        "point_steps",
-        "point_times",
-        "point_values",
-        "steps",
-        "times",
-        "values",
-    )
+    __slots__ = ("assign", "last_step", "overwrite", "points", "steps", "times", "values")
 
     def __init__(self, assign: bool, overwrite: bool = False) -> None:
         self.assign = assign
@@ -110,20 +103,18 @@ class _FloatEntry:
         self.steps: list[bytes] = []
         self.values: list[bytes] = []
         self.times: list[bytes] = []
-        self.point_steps: list[float] = []
-        self.point_values: list[float] = []
-        self.point_times: list[float] = []
+        self.points: list[Point] = []
 
     def seal(self) -> None:
-        """Pack the single points collected so far behind the chunks."""
-        if not self.point_values:
+        """Pack the points collected so far behind the chunks."""
+        if not self.points:
             return
+        steps, times, _, values = zip(*self.points, strict=True)
+        self.points = []
         if not self.assign:
-            self.steps.append(pack_doubles(self.point_steps))
-            self.point_steps = []
-        self.values.append(pack_doubles(self.point_values))
-        self.times.append(pack_doubles(self.point_times))
-        self.point_values, self.point_times = [], []
+            self.steps.append(pack_doubles(steps))  # type: ignore[arg-type]  # never None here
+        self.values.append(pack_doubles(values))
+        self.times.append(pack_doubles(times))
 
     def encode(self, name: str) -> bytes:
         self.seal()
@@ -237,7 +228,8 @@ class BatchEncoder:
 
     def add(self, record: Record) -> None:
         if type(record) is tuple:
-            self._add_point(*record)
+            self.points += 1
+            self._add_point(record)  # type: ignore[arg-type]
             return
         self.points += record.points  # type: ignore[union-attr]
         if isinstance(record, Column):
@@ -262,25 +254,49 @@ class BatchEncoder:
         request = bytes((_REQUEST_BATCH,)) + varint(len(batch)) + batch
         return EncodedBatch(sequence=sequence, request=request, points=self.points)
 
-    def _add_point(self, step: float | None, when: float, name: str, value: float) -> None:
+    def add_all(self, records: list[Record]) -> None:
+        """`add` each record in turn; a point that continues its series' entry (the common
+        case) costs a dict lookup and a list append."""
+        floats = self._floats
+        points = 0
+        for record in records:
+            if type(record) is not tuple:
+                self.add(record)
+                continue
+            points += 1
+            if self._block_keys is None:
+                entries = floats.get(record[2])  # type: ignore[index]
+                if entries is not None:
+                    entry = entries[-1]
+                    step = record[0]  # type: ignore[index]
+                    if step is None:
+                        if entry.assign:
+                            entry.points.append(record)  # type: ignore[arg-type]
+                            continue
+                    elif not entry.assign and step > entry.last_step:
+                        entry.points.append(record)  # type: ignore[arg-type]
+                        entry.last_step = step
+                        continue
+            self._add_point(record)  # type: ignore[arg-type]
+        self.points += points
+
+    def _add_point(self, point: Point) -> None:
+        """A point that starts an entry (or follows pending rows); does not count it."""
         if self._block_keys is not None:
             self._flush_block()  # its rows come first in their series' entries
-        self.points += 1
+        step, _, name, _ = point
         entries = self._floats.get(name)
         if entries is None:
             entries = self._floats[name] = []
         if step is None:
             if not entries or not entries[-1].assign:
                 entries.append(_FloatEntry(True))
-            entry = entries[-1]
-        else:
-            if not entries or entries[-1].assign or not step > entries[-1].last_step:
-                entries.append(_FloatEntry(False))
-            entry = entries[-1]
-            entry.point_steps.append(step)
+        elif not entries or entries[-1].assign or not step > entries[-1].last_step:
+            entries.append(_FloatEntry(False))
+        entry = entries[-1]
+        entry.points.append(point)
+        if step is not None:
             entry.last_step = step
-        entry.point_values.append(value)
-        entry.point_times.append(when)
 
     def _add_float_rows(self, rows: Rows, values: bytes) -> None:
         step = rows.step
@@ -289,8 +305,10 @@ class BatchEncoder:
             return
         keys = rows.keys
         block = self._last_block
-        if block is None or not (keys is block.keys or keys == block.keys) or not (
-            step > block.last_step
+        if (
+            block is None
+            or not (keys is block.keys or keys == block.keys)
+            or not (step > block.last_step)
         ):
             # Not the key set of the previous block row: its own open block, unless one of
             # its series has since gone into another block.
@@ -405,36 +423,35 @@ def split_for_blocks(records: list[Record]) -> list[list[Record]]:
     as FloatSeries entries. A FloatSeries record for a series that already has block points in
     the batch would thus overtake them: such a record starts the next batch.
     """
-    parts: list[list[Record]] = [[]]
+    cuts = [0]
     in_blocks: set[str] = set()
-    for record in records:
+    for index, record in enumerate(records):
         if type(record) is tuple:  # a Point travels in its series' FloatSeries entry
             if in_blocks and record[2] in in_blocks:
-                parts.append([])
+                cuts.append(index)
                 in_blocks = set()
-            parts[-1].append(record)
             continue
         if isinstance(record, Column):
             keys: tuple[str, ...] = (record.name,)
             as_block = False
-        elif isinstance(record.values, bytes):
-            keys = record.keys
-            as_block = record.step is not None and not record.overwrite
+        elif isinstance(record.values, bytes):  # type: ignore[union-attr]
+            keys = record.keys  # type: ignore[union-attr]
+            as_block = record.step is not None and not record.overwrite  # type: ignore[union-attr]
         else:
-            parts[-1].append(record)  # strings: a namespace of their own, no blocks
-            continue
+            continue  # strings: a namespace of their own, no blocks
         if as_block:
             in_blocks.update(keys)
         elif in_blocks and not in_blocks.isdisjoint(keys):
-            parts.append([])
+            cuts.append(index)
             in_blocks = set()
-        parts[-1].append(record)
-    return [part for part in parts if part]
+    if len(cuts) == 1:
+        return [records] if records else []
+    cuts.append(len(records))
+    return [records[a:b] for a, b in itertools.pairwise(cuts)]
 
 
 def encode_batch(sequence: int, records: list[Record]) -> EncodedBatch:
     """Encode `records` (in log order) as the AppendPointsRequest for batch `sequence`."""
     encoder = BatchEncoder()
-    for record in records:
-        encoder.add(record)
+    encoder.add_all(records)
     return encoder.encode(sequence)

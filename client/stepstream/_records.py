@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ def double_packer(count: int) -> struct.Struct:
     return struct.Struct(f"<{count}d")
 
 
-def pack_doubles(values: list[float]) -> bytes:
+def pack_doubles(values: Sequence[float]) -> bytes:
     return double_packer(len(values)).pack(*values)
 
 
@@ -139,9 +139,10 @@ class RecordMaker:
         a list of records: one `Rows` for the numbers, one `Column` per list. Every value is
         checked before anything is returned, so a bad value queues nothing.
         """
-        if step is not None:
-            step = check_real(step, "step")
-        when = time.time() if timestamp is None else check_real(timestamp, "timestamp")
+        if step is not None and (type(step) is not float or step - step != 0.0):
+            # Not a finite float (x - x is 0.0 for those alone): ints convert as check_real does.
+            step = float(step) if type(step) is int else check_real(step, "step")
+        when = _now() if timestamp is None else check_real(timestamp, "timestamp")
         keys = tuple(data)
         if len(keys) == 1 and not overwrite:
             name = keys[0]
@@ -225,6 +226,7 @@ class RecordMaker:
 
 
 _PACK_ONE = double_packer(1).pack
+_now = time.time
 _UNPACK_ONE = double_packer(1).unpack
 _NOT_A_SEQUENCE = (str, bytes, bytearray, Mapping, set, frozenset)
 
