@@ -123,7 +123,7 @@ def coalesced(records: list[Record], max_batch: int | None = None) -> list[inges
             buffer.put_point(record)
         else:
             buffer.put(record, record.points)  # type: ignore[union-attr]
-    batches = []
+    batches: list[ingest_pb2.PointBatch] = []
     while (taken := buffer.take(max_batch or 10**9)) is not None:
         for part in split_for_blocks(taken):  # type: ignore[arg-type]
             encoded = encode_batch(len(batches) + 1, part)

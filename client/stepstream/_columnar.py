@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stepstream.v1 import ingest_pb2
@@ -112,7 +111,7 @@ class _FloatEntry:
         steps, times, _, values = zip(*self.points, strict=True)
         self.points = []
         if not self.assign:
-            self.steps.append(pack_doubles(steps))  # type: ignore[arg-type]  # never None here
+            self.steps.append(pack_doubles(steps))
         self.values.append(pack_doubles(values))
         self.times.append(pack_doubles(times))
 
@@ -229,7 +228,7 @@ class BatchEncoder:
     def add(self, record: Record) -> None:
         if type(record) is tuple:
             self.points += 1
-            self._add_point(record)  # type: ignore[arg-type]
+            self._add_point(record)
             return
         self.points += record.points  # type: ignore[union-attr]
         if isinstance(record, Column):
@@ -265,19 +264,19 @@ class BatchEncoder:
                 continue
             points += 1
             if self._block_keys is None:
-                entries = floats.get(record[2])  # type: ignore[index]
+                entries = floats.get(record[2])
                 if entries is not None:
                     entry = entries[-1]
-                    step = record[0]  # type: ignore[index]
+                    step = record[0]
                     if step is None:
                         if entry.assign:
-                            entry.points.append(record)  # type: ignore[arg-type]
+                            entry.points.append(record)
                             continue
                     elif not entry.assign and step > entry.last_step:
-                        entry.points.append(record)  # type: ignore[arg-type]
+                        entry.points.append(record)
                         entry.last_step = step
                         continue
-            self._add_point(record)  # type: ignore[arg-type]
+            self._add_point(record)
         self.points += points
 
     def _add_point(self, point: Point) -> None:
