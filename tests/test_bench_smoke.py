@@ -49,7 +49,7 @@ EXPECTED_ROWS = [
 ]
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(480)
 def test_bench_quick_prints_the_table(tmp_path: Path) -> None:
     out = tmp_path / "latest.md"
     argv = [sys.executable, "-m", "bench", "--quick", "--no-mlflow", "--no-trackio"]
@@ -58,7 +58,7 @@ def test_bench_quick_prints_the_table(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=340,
+        timeout=460,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     table = done.stdout
