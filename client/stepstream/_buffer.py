@@ -35,11 +35,17 @@ class Buffer(Generic[Marker]):
         self._wakeup = wakeup
         # Builds the exception a put raises once the buffer is closed (a fresh one each time).
         self._closed: Callable[[], BaseException] | None = None
-        self.logged_points = 0  # every point ever put
+        self._taken = 0  # points that left the queue: taken, or dropped by close()
 
     @property
     def queued_points(self) -> int:
         return self._points
+
+    @property
+    def logged_points(self) -> int:
+        """Every point ever put (counted as taken + queued: one counter less per put)."""
+        with self._lock:
+            return self._taken + self._points
 
     def put(self, item: Record | Marker, points: int) -> None:
         """Append `item`; block while the queue is full. Raises once the buffer is closed."""
@@ -61,7 +67,6 @@ class Buffer(Generic[Marker]):
                     raise self._closed()
             self._items.append(item)
             self._points += points
-            self.logged_points += points
             wake = self._consumer_asleep
             self._consumer_asleep = False
         if wake:
@@ -75,7 +80,6 @@ class Buffer(Generic[Marker]):
             if self._closed is None and self._points < self._max_points:
                 self._items.append(point)
                 self._points += 1
-                self.logged_points += 1
                 if not self._consumer_asleep:
                     return
                 self._consumer_asleep = False
@@ -103,9 +107,13 @@ class Buffer(Generic[Marker]):
             budget = max_points
             while items:
                 item = items[0]
-                if type(item) is tuple:
-                    size = 1
-                elif isinstance(item, (Rows, Column)):
+                if type(item) is tuple:  # a Point: the per-call pattern's fast lane
+                    taken.append(items.popleft())
+                    budget -= 1
+                    if budget == 0:
+                        break
+                    continue
+                if isinstance(item, (Rows, Column)):
                     size = item.points
                 else:
                     if not taken:
@@ -115,7 +123,7 @@ class Buffer(Generic[Marker]):
                     taken.append(items.popleft())
                     budget -= size
                 elif not taken:
-                    head, tail = item.split(budget)  # type: ignore[union-attr]  # not a Point
+                    head, tail = item.split(budget)
                     items[0] = tail
                     taken.append(head)
                     budget = 0
@@ -124,6 +132,7 @@ class Buffer(Generic[Marker]):
                 if budget == 0:
                     break
             self._points -= max_points - budget
+            self._taken += max_points - budget
             if self._blocked:
                 self._not_full.notify_all()
             return taken
@@ -135,6 +144,7 @@ class Buffer(Generic[Marker]):
                 self._closed = error
             left = list(self._items)
             self._items.clear()
+            self._taken += self._points
             self._points = 0
             self._not_full.notify_all()
             return left
