@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     needs_mlflow = any(c in chosen for c in ("a", "b", "c", "d", "cost"))
     if args.no_mlflow:
         reason = "skipped: --no-mlflow"
+    elif not needs_mlflow:
+        reason = "not used by the chosen cases"
     elif needs_mlflow:
         try:
             version = mlflow_env.ensure_installed(work_dir / "mlflow-install.log")
