@@ -1,5 +1,6 @@
-"""`python -m bench [--quick] [--reps N] [--cases a,b,...] [--no-mlflow] [--no-postgres]`: run
-the benchmark, print one markdown table and write it to bench/results/latest.md."""
+"""`python -m bench [--quick] [--reps N] [--cases a,b,...] [--no-mlflow] [--no-trackio]
+[--no-postgres]`: run the benchmark, print one markdown table and write it to
+bench/results/latest.md."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import cases, mlflow_env
+from bench import cases, mlflow_env, trackio_env
 from bench.procs import REPO_ROOT, BenchError
 from bench.table import Row, report
 from bench.targets import probe_postgres
@@ -29,10 +30,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--cases",
         default="all",
         help="comma-separated: a,b,c,d (ingest shapes; d includes memory), node (shape b via "
-        "client-node), latency, cost, stall, reads, web, hostile, security (TLS + tokens);"
-        " default all",
+        "client-node), latency, cost, trackio (Trackio's workloads), stall, reads, web, hostile,"
+        " security (TLS + tokens); default all",
     )
     parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow baseline")
+    parser.add_argument("--no-trackio", action="store_true", help="skip the Trackio baseline")
     parser.add_argument(
         "--no-postgres",
         action="store_true",
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     needs_mlflow = any(c in chosen for c in ("a", "b", "c", "d", "cost"))
     if args.no_mlflow:
         reason = "skipped: --no-mlflow"
+    elif not needs_mlflow:
+        reason = "not used by the chosen cases"
     elif needs_mlflow:
         try:
             version = mlflow_env.ensure_installed(work_dir / "mlflow-install.log")
@@ -104,16 +108,27 @@ def main(argv: list[str] | None = None) -> int:
         except mlflow_env.MlflowUnavailable as exc:
             reason = f"MLflow unavailable: {exc}"
             print(f"bench: {reason}", file=sys.stderr)
+    trackio_reason = trackio_version = ""
+    if args.no_trackio:
+        trackio_reason = "skipped: --no-trackio"
+    elif "trackio" in chosen:
+        try:
+            trackio_version = trackio_env.ensure_installed(work_dir / "trackio-install.log")
+        except trackio_env.TrackioUnavailable as exc:
+            trackio_reason = f"Trackio unavailable: {exc}"
+            print(f"bench: {trackio_reason}", file=sys.stderr)
     pg_reason = pg_text = ""
     if args.no_postgres:
         pg_reason = "skipped: --no-postgres"
-    elif any(c in chosen for c in cases.PG_SHAPES):
+    elif any(c in chosen for c in (*cases.PG_SHAPES, "trackio")):
         try:
             pg_text = probe_postgres()
         except BenchError as exc:
             pg_reason = f"PostgreSQL unavailable: {exc}"
             print(f"bench: {pg_reason}", file=sys.stderr)
-    ctx = cases.Context(reps, args.quick, work_dir, mlflow_server, reason, pg_reason)
+    ctx = cases.Context(
+        reps, args.quick, work_dir, mlflow_server, reason, pg_reason, trackio_reason=trackio_reason
+    )
     rows: list[Row] = []
     failed = False
     try:
@@ -144,6 +159,18 @@ def main(argv: list[str] | None = None) -> int:
             else f"MLflow: n/a ({reason})"
         ),
     ]
+    if "trackio" in chosen:
+        header += [
+            "",
+            (
+                f"Trackio {trackio_version}: `trackio show` (its self-hosted server, SQLite files "
+                "in a fresh TRACKIO_DIR) on loopback, fed by trackio.init(server_url=...) / "
+                "trackio.log / trackio.finish from bench/.trackio-venv; its rate counts the "
+                "points its database holds after finish() returned"
+                if not trackio_reason
+                else f"Trackio: n/a ({trackio_reason})"
+            ),
+        ]
     if pg_text:
         header += [
             "",

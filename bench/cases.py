@@ -131,6 +131,8 @@ class Context:
     mlflow_reason: str
     # "" when the PostgreSQL targets can run; else why not (--no-postgres, unreachable).
     postgres_reason: str = ""
+    # "" when Trackio is installed (bench/.trackio-venv); else why not (--no-trackio, ...).
+    trackio_reason: str = ""
     # Medians other cases build on: "rate:a" (stepstream points/s of shape a), ...
     measured: dict[str, float] = field(default_factory=dict)
 
@@ -228,6 +230,7 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     from bench.case_security import security
     from bench.case_trainer import cost, stall
     from bench.case_web import web
+    from bench.trackio_cases import trackio_workloads
 
     cases: dict[str, Callable[[Context], list[Row]]] = {}
     for key, shape in shapes.items():
@@ -235,6 +238,7 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     cases["node"] = functools.partial(node_ingest, shape=shapes["b"])
     cases["latency"] = lambda ctx: latency(ctx, "a") + latency(ctx, "b")
     cases["cost"] = cost
+    cases["trackio"] = trackio_workloads
     cases["stall"] = stall
     cases["reads"] = reads
     cases["web"] = web

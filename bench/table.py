@@ -52,6 +52,8 @@ class Row:
     noop_text: str | None = None
     mlflow_text: str | None = None
     notes: list[str] = field(default_factory=list)
+    trackio: float | None = None
+    trackio_text: str | None = None
 
     def cells(self) -> list[str]:
         def show(value: float | None, text: str | None) -> str:
@@ -75,6 +77,8 @@ class Row:
             ratio(self.stepstream, self.noop),
             show(self.mlflow, self.mlflow_text),
             ratio(self.stepstream, self.mlflow),
+            show(self.trackio, self.trackio_text),
+            ratio(self.stepstream, self.trackio),
             self.target,
             met,
         ]
@@ -87,6 +91,8 @@ HEADER = [
     "stepstream / no-op",
     "MLflow",
     "stepstream / MLflow",
+    "Trackio",
+    "stepstream / Trackio",
     "target",
     "met?",
 ]

@@ -187,10 +187,14 @@ def test_bad_steps(step: Any, message: str) -> None:
 
 def test_fractional_and_integer_steps_become_floats() -> None:
     maker = RecordMaker()
-    rows = maker.float_rows({"a": 1}, 100.1, None)
-    assert rows is not None and rows.step == 100.1
-    rows = maker.float_rows({"a": 1}, 7, None)
-    assert rows is not None and rows.step == 7.0 and type(rows.step) is float
+    rows = maker.float_rows({"a": 1, "b": 2}, 100.1, None)
+    assert isinstance(rows, Rows) and rows.step == 100.1
+    rows = maker.float_rows({"a": 1, "b": 2}, 7, None)
+    assert isinstance(rows, Rows) and rows.step == 7.0 and type(rows.step) is float
+    # A one-key call is a Point, (step, time, name, value): the same conversions.
+    point = maker.float_rows({"a": 1}, 7, None)
+    assert type(point) is tuple and point[0] == 7.0 and type(point[0]) is float
+    assert point[2:] == ("a", 1.0) and type(point[3]) is float
 
 
 def test_bad_timestamp() -> None:
@@ -240,7 +244,9 @@ def test_non_finite_values_are_accepted() -> None:
 def test_log_metric_values() -> None:
     maker = RecordMaker()
     single = maker.float_values("x", 0.5, 3, None)
-    assert isinstance(single, Rows) and single.keys == ("x",) and single.step == 3.0
+    assert type(single) is tuple and single[0] == 3.0 and single[2:] == ("x", 0.5)
+    overwriting = maker.float_values("x", 0.5, 3, None, overwrite=True)
+    assert isinstance(overwriting, Rows) and overwriting.keys == ("x",) and overwriting.overwrite
     column = maker.float_values("x", [1, 2.5, 3], 10, None)
     assert isinstance(column, Column)
     assert (column.first_step, column.points) == (10.0, 3)

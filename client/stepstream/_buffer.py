@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ._records import Column, Record, Rows
+from ._records import Column, Point, Record, Rows
 
 Marker = TypeVar("Marker")
 
@@ -35,11 +35,17 @@ class Buffer(Generic[Marker]):
         self._wakeup = wakeup
         # Builds the exception a put raises once the buffer is closed (a fresh one each time).
         self._closed: Callable[[], BaseException] | None = None
-        self.logged_points = 0  # every point ever put
+        self._taken = 0  # points that left the queue: taken, or dropped by close()
 
     @property
     def queued_points(self) -> int:
         return self._points
+
+    @property
+    def logged_points(self) -> int:
+        """Every point ever put (counted as taken + queued: one counter less per put)."""
+        with self._lock:
+            return self._taken + self._points
 
     def put(self, item: Record | Marker, points: int) -> None:
         """Append `item`; block while the queue is full. Raises once the buffer is closed."""
@@ -61,10 +67,28 @@ class Buffer(Generic[Marker]):
                     raise self._closed()
             self._items.append(item)
             self._points += points
-            self.logged_points += points
             wake = self._consumer_asleep
             self._consumer_asleep = False
         if wake:
+            self._wakeup()
+
+    def put_point(self, point: Point) -> None:
+        """`put(point, 1)` for a one-key log call, without the general path's branches: the
+        per-call pattern's whole queueing cost. Falls back to `put` when the queue is full or
+        closed."""
+        with self._lock:
+            if self._closed is None and self._points < self._max_points:
+                self._items.append(point)
+                self._points += 1
+                if not self._consumer_asleep:
+                    return
+                self._consumer_asleep = False
+                full = False
+            else:
+                full = True
+        if full:
+            self.put(point, 1)
+        else:
             self._wakeup()
 
     def take(self, max_points: int) -> list[Record | Marker] | None:
@@ -83,11 +107,18 @@ class Buffer(Generic[Marker]):
             budget = max_points
             while items:
                 item = items[0]
-                if not isinstance(item, (Rows, Column)):
+                if type(item) is tuple:  # a Point: the per-call pattern's fast lane
+                    taken.append(items.popleft())
+                    budget -= 1
+                    if budget == 0:
+                        break
+                    continue
+                if isinstance(item, (Rows, Column)):
+                    size = item.points
+                else:
                     if not taken:
                         taken.append(items.popleft())
                     break
-                size = item.points
                 if size <= budget:
                     taken.append(items.popleft())
                     budget -= size
@@ -101,6 +132,7 @@ class Buffer(Generic[Marker]):
                 if budget == 0:
                     break
             self._points -= max_points - budget
+            self._taken += max_points - budget
             if self._blocked:
                 self._not_full.notify_all()
             return taken
@@ -112,6 +144,7 @@ class Buffer(Generic[Marker]):
                 self._closed = error
             left = list(self._items)
             self._items.clear()
+            self._taken += self._points
             self._points = 0
             self._not_full.notify_all()
             return left

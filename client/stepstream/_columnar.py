@@ -24,11 +24,12 @@ against the floor exactly as if it had been sent alone.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 from stepstream.v1 import ingest_pb2
 
-from ._records import Column, Record, Rows, double_packer, pack_doubles
+from ._records import Column, Point, Record, Rows, double_packer, pack_doubles
 
 # Wire tags (field number << 3 | wire type): varint = 0, length-delimited = 2.
 _BATCH_SEQUENCE = b"\x08"  # PointBatch.sequence = 1
@@ -84,9 +85,15 @@ def _field(tag: int, data: bytes) -> bytes:
 
 
 class _FloatEntry:
-    """Points of one float series that will travel as one `FloatSeries` entry."""
+    """Points of one float series that will travel as one `FloatSeries` entry.
 
-    __slots__ = ("assign", "last_step", "overwrite", "steps", "times", "values")
+    Packed chunks (from `Rows` and `Column` records) go to `steps`/`values`/`times`; `Point`s
+    are kept as they came in `points` (one list append each, the per-call pattern's whole
+    encoding cost per point) and packed in one go (`seal`) before the next chunk and at
+    encoding, so the entry keeps log order.
+    """
+
+    __slots__ = ("assign", "last_step", "overwrite", "points", "steps", "times", "values")
 
     def __init__(self, assign: bool, overwrite: bool = False) -> None:
         self.assign = assign
@@ -95,8 +102,21 @@ class _FloatEntry:
         self.steps: list[bytes] = []
         self.values: list[bytes] = []
         self.times: list[bytes] = []
+        self.points: list[Point] = []
+
+    def seal(self) -> None:
+        """Pack the points collected so far behind the chunks."""
+        if not self.points:
+            return
+        steps, times, _, values = zip(*self.points, strict=True)
+        self.points = []
+        if not self.assign:
+            self.steps.append(pack_doubles(steps))
+        self.values.append(pack_doubles(values))
+        self.times.append(pack_doubles(times))
 
     def encode(self, name: str) -> bytes:
+        self.seal()
         body = b"".join(
             (
                 _name_field(name),
@@ -108,6 +128,31 @@ class _FloatEntry:
             )
         )
         return _field(_BATCH_FLOAT_SERIES, body)
+
+
+class _Block:
+    """Rows of explicit steps for one key set that will travel as one `FloatBlock`."""
+
+    __slots__ = ("keys", "last_step", "steps", "times", "values")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self.last_step = float("-inf")
+        self.steps: list[float] = []
+        self.times: list[float] = []
+        self.values: list[bytes] = []  # one packed row per step
+
+    def encode(self) -> bytes:
+        values = self.values
+        body = b"".join(
+            (
+                _block_names(self.keys),
+                _field(_BLOCK_STEPS, pack_doubles(self.steps)),
+                _field(_BLOCK_VALUES, values[0] if len(values) == 1 else b"".join(values)),
+                _field(_BLOCK_TIMESTAMPS, pack_doubles(self.times)),
+            )
+        )
+        return _field(_BATCH_FLOAT_BLOCKS, body)
 
 
 class _StringEntry:
@@ -144,36 +189,56 @@ def _entry_for(
 class BatchEncoder:
     """Collects records, then encodes them as one AppendPointsRequest.
 
-    Consecutive float `Rows` with the same keys form a block whose values are one row-major
-    matrix; each series' column is a strided slice of it. A block is closed when the keys
-    change, when steps switch between explicit and assigned, or when the step does not
-    increase. A record with `overwrite` always starts a new entry (flagged `overwrite`) for
-    each of its series; later records may join that entry, since the service restarts the
-    series before applying the entry's first point.
+    Whatever the call pattern, each series travels as few entries as its steps allow (one,
+    unless its steps stop increasing or switch between explicit and assigned):
+
+    - `Point`s (one-key calls) join their series' last `FloatSeries` entry, so interleaved
+      `log_metrics({"loss": v}, step=s)`, `log_metrics({"lr": v}, step=s)`, ... become one
+      entry per series.
+    - Explicit-step `Rows` join the open `FloatBlock` of their key set: one row-major matrix
+      per block, the keys once. A row starts a new block for its key set when its step does
+      not increase, or when one of its series has since gone into another block (a batch's
+      blocks are applied in order, so a series' points in the earlier block must all come
+      first). Alternating dicts ({"loss", "acc"} then {"lr", "wd"} at each step) thus keep
+      one block each.
+    - Server-assigned and overwriting `Rows` collect into a pending block of consecutive rows
+      with the same keys, sliced per series into `FloatSeries` entries when it closes. A
+      record with `overwrite` always starts a new entry (flagged `overwrite`) for each of its
+      series; later records may join that entry, since the service restarts the series
+      before applying the entry's first point.
     """
 
     def __init__(self) -> None:
         self._floats: dict[str, list[_FloatEntry]] = {}
         self._strings: dict[str, list[_StringEntry]] = {}
         self.points = 0
+        # The pending block of server-assigned or overwriting rows.
         self._block_keys: tuple[str, ...] | None = None
         self._block_assign = False
         self._block_overwrite = False
         self._block_steps: list[float] = []
         self._block_times: list[float] = []
         self._block_values: list[bytes] = []
-        self._blocks: list[bytes] = []  # encoded FloatBlock fields, in log order
+        # Explicit-step blocks, in creation order; the latest per key set and per series.
+        self._blocks: list[_Block] = []
+        self._open: dict[tuple[str, ...], _Block] = {}
+        self._owner: dict[str, _Block] = {}
+        self._last_block: _Block | None = None
 
     def add(self, record: Record) -> None:
-        self.points += record.points
+        if type(record) is tuple:
+            self.points += 1
+            self._add_point(record)
+            return
+        self.points += record.points  # type: ignore[union-attr]
         if isinstance(record, Column):
             self._flush_block()
             self._add_column(record)
-        elif isinstance(record.values, bytes):
-            self._add_float_rows(record, record.values)
+        elif isinstance(record.values, bytes):  # type: ignore[union-attr]
+            self._add_float_rows(record, record.values)  # type: ignore[arg-type,union-attr]
         else:
             self._flush_block()
-            self._add_string_rows(record, record.values)
+            self._add_string_rows(record, record.values)  # type: ignore[arg-type,union-attr]
 
     def encode(self, sequence: int) -> EncodedBatch:
         """Encode everything added so far as the batch with this sequence number."""
@@ -183,23 +248,97 @@ class BatchEncoder:
             parts.extend(entry.encode(name) for entry in floats)
         for name, strings in self._strings.items():
             parts.extend(entry.encode(name) for entry in strings)
-        parts.extend(self._blocks)
+        parts.extend(block.encode() for block in self._blocks)
         batch = b"".join(parts)
         request = bytes((_REQUEST_BATCH,)) + varint(len(batch)) + batch
         return EncodedBatch(sequence=sequence, request=request, points=self.points)
 
+    def add_all(self, records: list[Record]) -> None:
+        """`add` each record in turn; a point that continues its series' entry (the common
+        case) costs a dict lookup and a list append."""
+        floats = self._floats
+        points = 0
+        for record in records:
+            if type(record) is not tuple:
+                self.add(record)
+                continue
+            points += 1
+            if self._block_keys is None:
+                entries = floats.get(record[2])
+                if entries is not None:
+                    entry = entries[-1]
+                    step = record[0]
+                    if step is None:
+                        if entry.assign:
+                            entry.points.append(record)
+                            continue
+                    elif not entry.assign and step > entry.last_step:
+                        entry.points.append(record)
+                        entry.last_step = step
+                        continue
+            self._add_point(record)
+        self.points += points
+
+    def _add_point(self, point: Point) -> None:
+        """A point that starts an entry (or follows pending rows); does not count it."""
+        if self._block_keys is not None:
+            self._flush_block()  # its rows come first in their series' entries
+        step, _, name, _ = point
+        entries = self._floats.get(name)
+        if entries is None:
+            entries = self._floats[name] = []
+        if step is None:
+            if not entries or not entries[-1].assign:
+                entries.append(_FloatEntry(True))
+        elif not entries or entries[-1].assign or not step > entries[-1].last_step:
+            entries.append(_FloatEntry(False))
+        entry = entries[-1]
+        entry.points.append(point)
+        if step is not None:
+            entry.last_step = step
+
     def _add_float_rows(self, rows: Rows, values: bytes) -> None:
+        step = rows.step
+        if step is None or rows.overwrite:
+            self._add_pending_rows(rows, values)
+            return
+        keys = rows.keys
+        block = self._last_block
+        if (
+            block is None
+            or not (keys is block.keys or keys == block.keys)
+            or not (step > block.last_step)
+        ):
+            # Not the key set of the previous block row: its own open block, unless one of
+            # its series has since gone into another block.
+            block = self._open.get(keys)
+            owner = self._owner
+            if (
+                block is None
+                or not step > block.last_step
+                or any(owner[key] is not block for key in keys)
+            ):
+                block = _Block(keys)
+                self._blocks.append(block)
+                self._open[keys] = block
+                for key in keys:
+                    owner[key] = block
+            self._last_block = block
+        block.steps.append(step)
+        block.times.append(rows.time)
+        block.values.append(values)
+        block.last_step = step
+
+    def _add_pending_rows(self, rows: Rows, values: bytes) -> None:
         assign = rows.step is None
         keys = rows.keys
-        if (
+        if not (
             self._block_keys is not None
+            and assign
+            and self._block_assign
             and not rows.overwrite
             and (keys is self._block_keys or keys == self._block_keys)
-            and assign == self._block_assign
-            and (assign or rows.step > self._block_steps[-1])  # type: ignore[operator]
         ):
-            pass
-        else:
             self._flush_block()
             self._block_keys = keys
             self._block_assign = assign
@@ -209,6 +348,7 @@ class BatchEncoder:
         self._block_values.append(values)
 
     def _flush_block(self) -> None:
+        """Slice the pending block of assigned or overwriting rows into FloatSeries entries."""
         keys = self._block_keys
         if keys is None:
             return
@@ -217,23 +357,10 @@ class BatchEncoder:
         self._block_steps, self._block_times, self._block_values = [], [], []
         assign = self._block_assign
         overwrite = self._block_overwrite
-        count = len(steps)
         width = len(keys)
         step_bytes = b"" if assign else pack_doubles(steps)
         time_bytes = pack_doubles(times)
-        matrix = values[0] if count == 1 else b"".join(values)
-        if not (assign or overwrite):
-            # Rows of explicit steps travel as one FloatBlock: the matrix as it is, row-major.
-            body = b"".join(
-                (
-                    _block_names(keys),
-                    _field(_BLOCK_STEPS, step_bytes),
-                    _field(_BLOCK_VALUES, matrix),
-                    _field(_BLOCK_TIMESTAMPS, time_bytes),
-                )
-            )
-            self._blocks.append(_field(_BATCH_FLOAT_BLOCKS, body))
-            return
+        matrix = values[0] if len(values) == 1 else b"".join(values)
         # Only ever sliced and copied, never read as numbers, so native order is irrelevant.
         view = memoryview(matrix).cast("d")
         first, last = steps[0], steps[-1]
@@ -246,6 +373,7 @@ class BatchEncoder:
             if overwrite or not _entry_for(entries, assign, first):
                 entries.append(_FloatEntry(assign, overwrite))
             entry = entries[-1]
+            entry.seal()
             entry.steps.append(step_bytes)
             entry.values.append(column)
             entry.times.append(time_bytes)
@@ -261,6 +389,7 @@ class BatchEncoder:
         if column.overwrite or not _entry_for(entries, assign, first):
             entries.append(_FloatEntry(assign, column.overwrite))
         entry = entries[-1]
+        entry.seal()
         if not assign:
             entry.steps.append(pack_doubles([first + i for i in range(count)]))
         entry.values.append(column.values)
@@ -293,30 +422,35 @@ def split_for_blocks(records: list[Record]) -> list[list[Record]]:
     as FloatSeries entries. A FloatSeries record for a series that already has block points in
     the batch would thus overtake them: such a record starts the next batch.
     """
-    parts: list[list[Record]] = [[]]
+    cuts = [0]
     in_blocks: set[str] = set()
-    for record in records:
+    for index, record in enumerate(records):
+        if type(record) is tuple:  # a Point travels in its series' FloatSeries entry
+            if in_blocks and record[2] in in_blocks:
+                cuts.append(index)
+                in_blocks = set()
+            continue
         if isinstance(record, Column):
             keys: tuple[str, ...] = (record.name,)
             as_block = False
-        elif isinstance(record.values, bytes):
-            keys = record.keys
-            as_block = record.step is not None and not record.overwrite
+        elif isinstance(record.values, bytes):  # type: ignore[union-attr]
+            keys = record.keys  # type: ignore[union-attr]
+            as_block = record.step is not None and not record.overwrite  # type: ignore[union-attr]
         else:
-            parts[-1].append(record)  # strings: a namespace of their own, no blocks
-            continue
+            continue  # strings: a namespace of their own, no blocks
         if as_block:
             in_blocks.update(keys)
         elif in_blocks and not in_blocks.isdisjoint(keys):
-            parts.append([])
+            cuts.append(index)
             in_blocks = set()
-        parts[-1].append(record)
-    return [part for part in parts if part]
+    if len(cuts) == 1:
+        return [records] if records else []
+    cuts.append(len(records))
+    return [records[a:b] for a, b in itertools.pairwise(cuts)]
 
 
 def encode_batch(sequence: int, records: list[Record]) -> EncodedBatch:
     """Encode `records` (in log order) as the AppendPointsRequest for batch `sequence`."""
     encoder = BatchEncoder()
-    for record in records:
-        encoder.add(record)
+    encoder.add_all(records)
     return encoder.encode(sequence)

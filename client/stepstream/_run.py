@@ -480,15 +480,17 @@ class Run:
         InvalidArgumentError (a ValueError) for a bad name, step or value, before anything is
         queued; blocks only while the queue is full.
         """
-        if not isinstance(overwrite, bool):
+        if overwrite is not False and not isinstance(overwrite, bool):
             raise InvalidArgumentError(f"overwrite must be a bool, got {overwrite!r}")
         record = self._records.float_rows(data, step, timestamp, overwrite)
-        if record is None:
-            return
-        if isinstance(record, list):
+        if type(record) is tuple:  # a one-key call: the per-call pattern's fast path
+            if self._closed:
+                raise RunClosedError(f"run {self._run_id!r} is closed")
+            self._sender.buffer.put_point(record)
+        elif isinstance(record, list):
             for item in record:
                 self._put(item)
-        else:
+        elif record is not None:
             self._put(record)
 
     def log_metric(
@@ -564,7 +566,10 @@ class Run:
     def _put(self, record: Record) -> None:
         if self._closed:
             raise RunClosedError(f"run {self._run_id!r} is closed")
-        self._sender.put(record)
+        if type(record) is tuple:
+            self._sender.buffer.put_point(record)
+        else:
+            self._sender.put(record)
 
     # ---- metadata (queued, applied in order with the points) --------------------------
 

@@ -53,7 +53,7 @@ from ._convert import (
     ingest_error_from_status,
 )
 from ._exceptions import RPCError, RunClosedError, StepstreamError
-from ._records import Record
+from ._records import Record, record_points
 from ._targets import Address, Target, resolve_target
 from ._types import IngestError, SenderStats
 
@@ -232,7 +232,7 @@ class Sender:
         self._loop_ready.wait()
 
     def put(self, record: Record) -> None:
-        self.buffer.put(record, record.points)
+        self.buffer.put(record, record_points(record))
 
     def submit(self, operation: Operation) -> concurrent.futures.Future[Any]:
         """Queue `operation` behind everything logged so far; return its future."""
