@@ -21,6 +21,8 @@ from pathlib import Path
 from bench.procs import REPO_ROOT, ServerProcess, bench_env, free_port
 
 VENV = REPO_ROOT / "bench" / ".trackio-venv"
+# The release measured; pinned so that figures of two runs compare the same Trackio.
+TRACKIO_REQUIREMENT = "trackio==0.43.0"
 INSTALL_TIMEOUT = 1200.0
 # Trackio must never try the Hub, open a browser, or phone home.
 TRACKIO_ENV = {
@@ -54,7 +56,7 @@ def installed_version() -> str | None:
 
 
 def ensure_installed(log: Path) -> str:
-    """The Trackio version in bench/.trackio-venv, creating it and `pip install trackio` if
+    """The Trackio version in bench/.trackio-venv, creating it and `pip install` of TRACKIO_REQUIREMENT if
     needed. Raises TrackioUnavailable with the reason."""
     version = installed_version()
     if version:
@@ -63,7 +65,7 @@ def ensure_installed(log: Path) -> str:
     steps = []
     if not python().exists():
         steps.append([sys.executable, "-m", "venv", str(VENV)])
-    steps.append([str(python()), "-m", "pip", "install", "--quiet", "trackio"])
+    steps.append([str(python()), "-m", "pip", "install", "--quiet", TRACKIO_REQUIREMENT])
     with open(log, "ab") as out:
         for step in steps:
             try:
