@@ -50,6 +50,8 @@ def config_json(config: object, what: str = "config") -> str:
 def _plain(value: object, path: str) -> Any:
     if value is None or isinstance(value, bool | str):
         return value
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return _plain(value.item(), path)  # type: ignore[attr-defined]  # numpy.bool_ too
     if isinstance(value, numbers.Integral):
         number = int(value)
         problem = configjson.int_problem(number)
@@ -69,7 +71,9 @@ def _plain(value: object, path: str) -> Any:
         return nested
     if isinstance(value, list | tuple):
         return [_plain(item, f"{path}[{index}]") for index, item in enumerate(value)]
-    raise InvalidArgumentError(f"{path} has unsupported type {type(value).__name__}; use {_SUPPORTED}")
+    raise InvalidArgumentError(
+        f"{path} has unsupported type {type(value).__name__}; use {_SUPPORTED}"
+    )
 
 
 def document_from_proto(text: str, struct: struct_pb2.Struct) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import numbers
 import threading
 import time
 import uuid
@@ -406,11 +407,11 @@ class Run(RunHandle):
         `overwrite=True` replaces the series (see `log_metrics`): `log_metric("acc",
         [0.8, 0.9], overwrite=True)` leaves the series [0.8, 0.9] at steps 0 and 1.
 
-        `single_value=True` stores one value as a run attribute instead (`run.values`,
+        `single_value=True` stores one number as a run attribute instead (`run.values`,
         `RunInfo.values`), replacing an earlier value of that name; it has no step or
         timestamp and is queued like `log_configs`. It keeps its type, like config: an int
-        stays an int, a float may be NaN or infinite, and a bool, str or None is allowed too.
-        A single value and a series may share a name; they are separate.
+        stays an int, and a float may be NaN or infinite. A single value and a series may
+        share a name; they are separate.
         """
         if not isinstance(overwrite, bool):
             raise InvalidArgumentError(f"overwrite must be a bool, got {overwrite!r}")
@@ -437,7 +438,12 @@ class Run(RunHandle):
                 "single_value=True stores an attribute, which has no timestamp "
                 f"(got timestamp={timestamp!r})"
             )
-        # Typed JSON keeps the value's type: an int stays an int, NaN and infinities travel.
+        # A number; typed JSON keeps its type (an int stays an int, NaN and infinities travel).
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidArgumentError(
+                f"single value {name!r} must be a real number, got {type(value).__name__}: "
+                f"{value!r:.100}"
+            )
         values = plain_config({name: value}, "values")
         request = runs_pb2.UpdateRunConfigRequest(
             project=self._project, run_id=self._run_id, values_json=config_json(values, "values")
