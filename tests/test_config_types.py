@@ -112,6 +112,9 @@ def test_updates_save_and_single_values_keep_types(address: str) -> None:
         info = stepstream.get_run("updates", address=address)
         assert same(info.config, expected)
         assert same(info.values, {"best_epoch": 7, "best_loss": math.nan})
+        run.config["epochs"] = 3.0  # == 3, but another type: save() sends it
+        run.save()
+        assert type(stepstream.get_run("updates", address=address).config["epochs"]) is float
 
 
 def test_rewind_merge_and_fork_inherit_keep_types(address: str) -> None:

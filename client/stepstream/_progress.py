@@ -104,6 +104,3 @@ class Progress:
                 self._stream.flush()
             except (OSError, ValueError):
                 pass
-
-
-

@@ -24,7 +24,7 @@ from . import _lifecycle
 from ._client import RunClient
 from ._convert import config_json, plain_config, run_info_from_proto
 from ._exceptions import InvalidArgumentError, RPCError, RunClosedError
-from ._handle import RunHandle
+from ._metadata import LocalMetadata
 from ._origin import branch as _branch
 from ._origin import check_description_entry, rewind_existing
 from ._progress import await_result, copy_error
@@ -50,7 +50,8 @@ LOGGED_ERRORS_PER_KIND = 10
 
 _T = TypeVar("_T")
 
-class Run(RunHandle):
+
+class Run(LocalMetadata):
     """A run that streams metrics to a stepstream service.
 
     Creating a Run creates the run on the service (synchronously: a bad request fails here,
@@ -274,14 +275,8 @@ class Run(RunHandle):
 
     def _adopt(self, info: RunInfo) -> None:
         """Take `info` as the service's current view of the run (local edits are replaced)."""
-        self._info = info
+        super()._adopt(info)
         self._incarnation_id = info.incarnation_id
-        self._config = copy.deepcopy(info.config)
-        self._synced_config = copy.deepcopy(info.config)
-        self._tags = list(info.tags)
-        self._synced_tags = list(info.tags)
-        self._description = info.description
-        self._synced_description = info.description
 
     # ---- identity ---------------------------------------------------------------------
 
@@ -322,40 +317,6 @@ class Run(RunHandle):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Run project={self._project!r} run_id={self._run_id!r} {state}>"
-
-    # ---- local metadata (DigitalHub: edit, then save(); refresh() re-reads) -------------
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The run's config, as a local dict: edit it in place or assign a new dict, then call
-        `save()` to push the changes (values keep their types: ints, floats, bools, None)."""
-        return self._config
-
-    @config.setter
-    def config(self, value: Mapping[str, Any]) -> None:
-        if not isinstance(value, Mapping):
-            raise InvalidArgumentError(f"config must be a dict, got {type(value).__name__}")
-        self._config = dict(value)
-
-    @property
-    def tags(self) -> list[str]:
-        """The run's tags, as a local list: edit it or assign a new list, then `save()`."""
-        return self._tags
-
-    @tags.setter
-    def tags(self, value: Iterable[str]) -> None:
-        self._tags = check_tags(value)
-
-    @property
-    def description(self) -> str:
-        """The run's description (attribute sys/description), local until `save()`."""
-        return self._description
-
-    @description.setter
-    def description(self, value: str) -> None:
-        if not isinstance(value, str):
-            raise InvalidArgumentError(f"description must be a str, got {type(value).__name__}")
-        self._description = value
 
     # ---- logging (never waits on the network) --------------------------------------------
 
@@ -725,50 +686,3 @@ class Run(RunHandle):
         """wait() quietly, unless there is nothing a wait could deliver any more."""
         if not self._closed and self._sender.fatal is None:
             self.wait(verbose=False)
-
-    def save(self) -> Run:
-        """Push the local metadata you changed to the service, then refresh. Returns the Run.
-
-        Local metadata is `run.config`, `run.tags` and `run.description`. Config entries
-        added or changed since the last read are merged into the service's config; tags
-        added or removed locally are added or removed; a changed description is set. Changes
-        made on the service meanwhile by others are kept (only your edits are sent). The
-        service's config can only be merged into, so a config key deleted locally raises
-        InvalidArgumentError (set it to None instead). Everything is checked before anything
-        is sent; earlier log calls and queued updates are applied first.
-        """
-        removed = sorted(key for key in self._synced_config if key not in self._config)
-        if removed:
-            raise InvalidArgumentError(
-                f"config keys {removed} were removed from run.config, but the service's config "
-                "can only be merged into; put them back (set them to None to clear them)"
-            )
-        if DESCRIPTION_KEY in self._config:
-            raise InvalidArgumentError(
-                f"run.config has a {DESCRIPTION_KEY!r} key; set run.description instead"
-            )
-        changed = {
-            key: value
-            for key, value in self._config.items()
-            if key not in self._synced_config or self._synced_config[key] != value
-        }
-        description = self._description
-        if not isinstance(description, str):
-            raise InvalidArgumentError(
-                f"run.description must be a str, got {type(description).__name__}"
-            )
-        if description != self._synced_description:
-            changed[DESCRIPTION_KEY] = description
-        text = config_json(changed, "run.config") if changed else ""
-        tags = set(check_tags(self._tags, "run.tags"))
-        add = sorted(tags - set(self._synced_tags))
-        remove = sorted(set(self._synced_tags) - tags)
-        self._flush()
-        with self._reader() as client:
-            if text:
-                client.update_run_config(self._project, self._run_id, config_json=text)
-            if add or remove:
-                client.update_run_tags(self._project, self._run_id, add=add, remove=remove)
-            info = client.get_run(self._project, self._run_id)
-        self._adopt(info)
-        return self
