@@ -59,17 +59,20 @@ def test_every_read_and_export_leaves_a_failed_run_failed(address: str, tmp_path
 
 
 def test_the_handle_is_a_snapshot_and_its_copies_change_nothing(address: str) -> None:
-    with stepstream.Run("live", address=address, config={"lr": 0.1, "optim": {"b": [1]}}) as run:
-        with stepstream.get_run("live", address=address) as handle:
-            handle.config["lr"] = 9.0
-            handle.config["optim"]["b"].append(2)
-            handle.tags.append("x")
-            assert handle.config == {"lr": 0.1, "optim": {"b": [1]}} and handle.tags == []
-            run.log_configs({"epochs": 3})
-            run.wait()
-            assert "epochs" not in handle.config  # as of the read...
-            assert handle.refresh().config == {"lr": 0.1, "optim": {"b": [1]}, "epochs": 3}
-            assert handle.state == "RUNNING"
+    config = {"lr": 0.1, "optim": {"b": [1]}}
+    with (
+        stepstream.Run("live", address=address, config=config) as run,
+        stepstream.get_run("live", address=address) as handle,
+    ):
+        handle.config["lr"] = 9.0
+        handle.config["optim"]["b"].append(2)
+        handle.tags.append("x")
+        assert handle.config == {"lr": 0.1, "optim": {"b": [1]}} and handle.tags == []
+        run.log_configs({"epochs": 3})
+        run.wait()
+        assert "epochs" not in handle.config  # as of the read...
+        assert handle.refresh().config == {"lr": 0.1, "optim": {"b": [1]}, "epochs": 3}
+        assert handle.state == "RUNNING"
     assert stepstream.get_run("live", address=address).state == "FINISHED"
 
 
@@ -79,7 +82,7 @@ def test_a_missing_run_and_bad_arguments(address: str) -> None:
     assert err.value.reason == "RUN_NOT_FOUND"
     with pytest.raises(stepstream.InvalidArgumentError, match="run_id"):
         stepstream.get_run("bad id", address=address)
-    with pytest.raises(stepstream.InvalidArgumentError, match="^project must be a str, got int$"):
+    with pytest.raises(stepstream.InvalidArgumentError, match=r"^project must be a str, got int$"):
         stepstream.get_run("r", project=3, address=address)  # type: ignore[arg-type]
 
 

@@ -26,6 +26,7 @@ TRAINER = textwrap.dedent(
     import stepstream
 
     address, run_id, how, ending = sys.argv[1:5]
+    STEPS = int(sys.argv[5])
 
     def preempted(signum, frame):
         print("user handler", flush=True)
@@ -35,7 +36,7 @@ TRAINER = textwrap.dedent(
         signal.signal(signal.SIGTERM, preempted)
 
     def train(run):
-        for step in range(%(steps)d):
+        for step in range(STEPS):
             run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
         if ending == "user-sigterm":
             print("kept" if signal.getsignal(signal.SIGTERM) is preempted else "replaced")
@@ -74,13 +75,12 @@ TRAINER = textwrap.dedent(
         run = stepstream.Run(run_id, address=address)
         train(run)  # and never close()
     """
-    % {"steps": STEPS}
 )
 
 
 def trainer(address: str, run_id: str, how: str, ending: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", TRAINER, address, run_id, how, ending],
+        [sys.executable, "-c", TRAINER, address, run_id, how, ending, str(STEPS)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
