@@ -115,6 +115,14 @@ class Run(LocalMetadata):
     `remove_tags` update them too (and queue the change for the service). `state`, `values`
     and `incarnations` are as of the last `refresh()` (or creation) and of this Run's own
     calls. These attributes are meant for the thread that owns the Run.
+
+    Reads (`read_series`, `list_series`, `summary`, `logs`, `get_run`, `history`, `lineage`,
+    `refresh`, `export`) are those of `RunHandle`, after waiting for what this Run logged.
+
+    How the run ends: `close()` or the end of a `with` block finishes it; an exception
+    through `with` fails it with "<type>: <message>". A Run left open ends FINISHED at a
+    normal interpreter exit, FAILED on an uncaught exception, Ctrl-C or SIGTERM (see
+    docs/run-states.md: the SIGTERM handler is installed only over Python's default).
     """
 
     def __init__(
