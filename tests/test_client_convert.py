@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import re
 from typing import Any
@@ -10,14 +11,15 @@ from typing import Any
 import grpc
 import pytest
 import stepstream
-from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
+from stepstream import configjson
 from stepstream._convert import (
-    dict_from_struct,
+    config_json,
     ingest_error_from_rejection,
     ingest_error_from_status,
+    plain_config,
     run_info_from_proto,
-    struct_from_dict,
     summary_from_proto,
 )
 from stepstream.v1 import ingest_pb2, runs_pb2
@@ -32,26 +34,64 @@ from stepstream.v1 import ingest_pb2, runs_pb2
         {"layers": [[1.5, 2.5], [], {"a": [None, False, "s"]}]},
         {"empty": {}, "none_list": [], "sys/description": "baseline"},
         {"unicode/ключ": "значение ✓", "-0": -0.0, "big": 2.0**53},
+        {"batch_size": 64, "epochs": 3, "whole": 3.0, "neg": -(2**63), "top": 2**63 - 1},
+        {"loss": math.inf, "low": -math.inf, "grid": [1, 2.0, -math.inf, {"x": math.inf}]},
+        # Mappings that look like the tags themselves stay mappings.
+        {"$float": "NaN", "tagged": {"$float": "NaN"}, "obj": {"$object": {"$float": 1}}},
+        {"two": {"$float": "NaN", "other": 1}, "flag": {"$object": []}},
     ],
 )
-def test_struct_round_trip(config: dict[str, Any]) -> None:
-    struct = struct_from_dict(config)
-    assert isinstance(struct, struct_pb2.Struct)
-    assert dict_from_struct(struct) == config
-    again = struct_pb2.Struct.FromString(struct.SerializeToString())
-    assert dict_from_struct(again) == config
+def test_typed_json_round_trip_keeps_every_type(config: dict[str, Any]) -> None:
+    text = config_json(config)
+    back = configjson.loads(text)
+    assert back == config
+    assert _types(back) == _types(config)
+    # The service answers in the same encoding: through a Run message and back.
+    info = run_info_from_proto(runs_pb2.Run(run_id="r", config_json=text, values_json=text))
+    assert info.config == config and _types(info.config) == _types(config)
+    assert info.values == config
 
 
-def test_ints_and_tuples_come_back_as_floats_and_lists() -> None:
-    back = dict_from_struct(struct_from_dict({"epochs": 10, "shape": (3, 224)}))
-    assert back == {"epochs": 10.0, "shape": [3.0, 224.0]}
-    assert type(back["epochs"]) is float
+def _types(value: Any) -> Any:
+    """The shape of `value` with every leaf replaced by its type (== ignores 3 vs 3.0)."""
+    if isinstance(value, dict):
+        return {key: _types(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_types(item) for item in value]
+    return type(value)
 
 
-def test_empty_containers_keep_their_kind() -> None:
-    struct = struct_from_dict({"d": {}, "l": []})
-    assert struct.fields["d"].WhichOneof("kind") == "struct_value"
-    assert struct.fields["l"].WhichOneof("kind") == "list_value"
+def test_nan_survives_and_ints_stay_ints() -> None:
+    back = configjson.loads(config_json({"lr": math.nan, "epochs": 10, "shape": (3, 224)}))
+    assert math.isnan(back["lr"]) and back["epochs"] == 10 and type(back["epochs"]) is int
+    assert back["shape"] == [3, 224] and all(type(x) is int for x in back["shape"])
+
+
+def test_the_encoding_is_strict_json() -> None:
+    text = config_json({"a": math.nan, "b": math.inf, "c": -math.inf, "d": 1, "e": 1.0})
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(name)) == {
+        "a": {"$float": "NaN"},
+        "b": {"$float": "Infinity"},
+        "c": {"$float": "-Infinity"},
+        "d": 1,
+        "e": 1.0,
+    }
+    assert '"e":1.0' in text
+    assert config_json({"$object": 1}) == '{"$object":{"$object":1}}'
+
+
+def test_numpy_scalars_become_python_numbers() -> None:
+    numpy = pytest.importorskip("numpy")
+    back = plain_config({"n": numpy.int64(7), "x": numpy.float32(0.5), "b": numpy.bool_(True)})
+    assert back == {"n": 7, "x": 0.5, "b": True}
+    assert (type(back["n"]), type(back["x"])) == (int, float)
+
+
+def test_an_older_service_answers_a_struct() -> None:
+    message = runs_pb2.Run(run_id="r")
+    message.config.update({"epochs": 3, "lr": 0.1})
+    info = run_info_from_proto(message)
+    assert info.config == {"epochs": 3.0, "lr": 0.1} and type(info.config["epochs"]) is float
 
 
 @pytest.mark.parametrize(
@@ -67,12 +107,15 @@ def test_empty_containers_keep_their_kind() -> None:
             "str, list, tuple or dict",
         ),
         ({"optim": {1: "x"}}, "config['optim'] has a key of type int (1); keys must be str"),
-        ({"lr": math.nan}, "config['lr'] must be a finite number, got nan"),
-        ({"lr": [math.inf]}, "config['lr'][0] must be a finite number, got inf"),
         (
-            {"seed": 2**60},
-            f"config['seed'] = {2**60} cannot be stored exactly (config numbers are doubles, "
-            "exact up to 2**53); store it as a str",
+            {"seed": 2**63},
+            f"config['seed'] = {2**63} is outside the 64-bit integer range (-2**63 .. 2**63-1); "
+            "store it as a str",
+        ),
+        (
+            {"seed": [-(2**63) - 1]},
+            f"config['seed'][0] = {-(2**63) - 1} is outside the 64-bit integer range "
+            "(-2**63 .. 2**63-1); store it as a str",
         ),
         (
             {"data": b"bytes"},
@@ -83,7 +126,30 @@ def test_empty_containers_keep_their_kind() -> None:
 )
 def test_bad_configs_name_the_entry(config: Any, message: str) -> None:
     with pytest.raises(stepstream.InvalidArgumentError, match=f"^{re.escape(message)}$"):
-        struct_from_dict(config)
+        config_json(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1]", "must be a JSON object, got an array"),
+        ("3", "must be a JSON object, got a number"),
+        ('{"$float": "NaN"}', "must be a JSON object, got a number"),
+        ('{"a": NaN}', "has the bare constant NaN; spell it {'$float': 'NaN'}"),
+        ('{"a": {"$float": "nan"}}', "has {'$float': 'nan'}; the tag takes 'NaN', 'Infinity' or"),
+        ('{"a": {"$object": 3}}', "has {'$object': ...} around a int; the tag wraps an object"),
+        ('{"a": 9223372036854775808}', "has the integer 9223372036854775808 which is outside"),
+        ('{"a": ', "is not JSON (Expecting value: line 1 column 7 (char 6))"),
+    ],
+)
+def test_text_that_is_not_typed_json(text: str, message: str) -> None:
+    with pytest.raises(configjson.TypedJSONError, match=f"^{re.escape(message)}"):
+        configjson.loads(text)
+
+
+def test_deep_text_is_too_deep_not_a_crash() -> None:
+    with pytest.raises(configjson.TypedJSONTooDeep):
+        configjson.loads('{"a":' * 100_000 + "1" + "}" * 100_000)
 
 
 def _timestamp(seconds: int) -> timestamp_pb2.Timestamp:

@@ -87,13 +87,16 @@ def test_single_values(address: str) -> None:
             run.log_metric("acc", [0.8, 0.9], single_value=True)
         with _raises("single_value=True stores an attribute, which has no step (got step=3)"):
             run.log_metric("acc", 0.8, step=3, single_value=True)
-        with _raises("single value 'acc' must be finite, got nan"):
-            run.log_metric("acc", math.nan, single_value=True)
+        run.log_metric("diverged", math.nan, single_value=True)  # typed JSON carries NaN
+        run.log_metric("worst", -math.inf, single_value=True)
         with _raises("single value 'acc' must be a real number, got bool: True"):
             run.log_metric("acc", True, single_value=True)
         with _raises("value name '' is empty"):
             run.log_metric("", 1.0, single_value=True)
-        assert run.refresh().values == {"best": 0.75, "epochs": 3}
+        values = run.refresh().values
+        assert math.isnan(values.pop("diverged"))
+        assert values == {"best": 0.75, "epochs": 3, "worst": -math.inf}
+        assert type(values["epochs"]) is int and type(values["best"]) is float
         assert run.list_series() == []  # no series was created
         assert run.errors == []
 

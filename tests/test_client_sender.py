@@ -17,7 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from stepstream._columnar import EncodedBatch
 from stepstream._records import Rows, pack_doubles
-from stepstream._run import _Progress
+from stepstream._progress import Progress
 from stepstream._sender import BACKOFF_MAX, BACKOFF_MIN, Operation, Sender, backoff_delay
 from stepstream._types import SenderStats
 from stepstream.v1 import ingest_pb2
@@ -183,7 +183,7 @@ def _stats(logged: int, pending: int, connected: bool = True) -> SenderStats:
 
 def test_progress_updates_one_line_on_a_terminal() -> None:
     stream = _Stream(tty=True)
-    progress = _Progress(stream)
+    progress = Progress(stream)
     progress.show(_stats(2_000_000, 1_500_000))
     progress.show(_stats(2_000_000, 10, connected=False))
     progress.end()
@@ -195,7 +195,7 @@ def test_progress_updates_one_line_on_a_terminal() -> None:
 
 def test_progress_writes_occasional_lines_elsewhere() -> None:
     stream = _Stream(tty=False)
-    progress = _Progress(stream)
+    progress = Progress(stream)
     progress.show(_stats(10, 5))
     progress.show(_stats(10, 4))  # within five seconds of the last line: skipped
     progress.end()

@@ -24,6 +24,7 @@ import {
   type RunMoment,
 } from "./rules.js";
 import { Sender, type Rejection, type SenderStats } from "./sender.js";
+import { parseTypedJson } from "./typedjson.js";
 
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
 
@@ -369,8 +370,9 @@ export function runInfo(run: RunProto): RunInfo {
     state: (RunState[run.state] ?? "RUN_STATE_UNSPECIFIED").replace("RUN_STATE_", "") as RunStateName,
     tags: [...run.tags],
     description: run.description,
-    config: run.config ?? {},
-    values: run.values ?? {},
+    // The typed JSON when the service sends it (NaN and ±Infinity survive), else the Struct.
+    config: run.configJson ? parseTypedJson(run.configJson) : (run.config ?? {}),
+    values: run.valuesJson ? parseTypedJson(run.valuesJson) : (run.values ?? {}),
     currentIncarnationId: run.currentIncarnationId,
     incarnations: run.incarnations.map(incarnation),
     failureReason: run.failureReason,

@@ -57,6 +57,16 @@ describe("ingest and read", () => {
     assert.deepEqual(run.lastKnown.config, { lr: 0.1 });
   });
 
+  test("config sent as a Struct reads back through typed JSON, NaN and Infinity included", async () => {
+    const config = { epochs: 3, lr: 0.5, loss: NaN, clip: Infinity, nested: { low: -Infinity, on: true, no: null } };
+    const run = await Run.create({ address: service.address, runId: "typed-config", config });
+    assert.equal(run.lastKnown.config.epochs, 3);
+    assert.ok(Number.isNaN(run.lastKnown.config.loss));
+    assert.equal(run.lastKnown.config.clip, Infinity);
+    assert.deepEqual(run.lastKnown.config.nested, { low: -Infinity, on: true, no: null });
+    await run.close();
+  });
+
   test("the hand-made batch encoding decodes as protobuf-es reads it", () => {
     const batcher = new Batcher(100_000);
     batcher.add({ a: 1, b: NaN }, 0, 10);

@@ -9,11 +9,12 @@
 Log calls never wait on the network; a background thread batches and streams the points,
 reconnects and re-sends when the connection fails, and the service applies every batch exactly
 once. Runs fork (`Run(fork_from="<run_id>?_step=N")`, `fork_run_id=`/`fork_step=`) and rewind
-(`Run(resume_from="<run_id>?_step=N")`). See `Run` for the details and
+(`Run(resume_from="<run_id>?_step=N")`). `stepstream.get_run(run_id)` reads a run without
+changing it (a `RunHandle`). See `Run` for the details and
 `stepstream._exceptions` for the errors.
 """
 
-from ._client import get_run, list_runs, list_series, read_series
+from ._client import list_runs, list_series, read_series
 from ._exceptions import (
     InvalidArgumentError,
     MissingExtraError,
@@ -23,6 +24,7 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._export import export_run, load_export
+from ._handle import RunHandle, get_run
 from ._run import Run
 from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
 
@@ -36,6 +38,7 @@ __all__ = [
     "RPCError",
     "Run",
     "RunClosedError",
+    "RunHandle",
     "RunInfo",
     "SenderStats",
     "Series",

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import struct_pb2
 
 from stepstream.v1 import runs_pb2, runs_pb2_grpc
 
@@ -177,6 +176,11 @@ class RunClient:
         request = runs_pb2.ResumeRunRequest(project=project, run_id=run_id)
         return run_info_from_proto(self._call(lambda stub: stub.ResumeRun, request).run)
 
+    def fail_run(self, project: str, run_id: str, reason: str, *, timeout: float) -> RunInfo:
+        request = runs_pb2.FailRunRequest(project=project, run_id=run_id, reason=reason)
+        response = self._call(lambda stub: stub.FailRun, request, timeout=timeout)
+        return run_info_from_proto(response.run)
+
     def get_run(
         self,
         project: str,
@@ -202,11 +206,9 @@ class RunClient:
             for r in self._call(lambda stub: stub.ListRuns, request, read=True).runs
         ]
 
-    def rewind_run(
-        self, project: str, run_id: str, step: float, config: struct_pb2.Struct | None
-    ) -> RunInfo:
+    def rewind_run(self, project: str, run_id: str, step: float, config_json: str) -> RunInfo:
         request = runs_pb2.RewindRunRequest(
-            project=project, run_id=run_id, step=step, config=config
+            project=project, run_id=run_id, step=step, config_json=config_json
         )
         return run_info_from_proto(self._call(lambda stub: stub.RewindRun, request).run)
 
@@ -215,11 +217,12 @@ class RunClient:
         project: str,
         run_id: str,
         *,
-        config: struct_pb2.Struct | None = None,
-        values: struct_pb2.Struct | None = None,
+        config_json: str = "",
+        values_json: str = "",
     ) -> RunInfo:
+        """Merge typed JSON config entries and/or single values (stepstream.configjson)."""
         request = runs_pb2.UpdateRunConfigRequest(
-            project=project, run_id=run_id, config=config, values=values
+            project=project, run_id=run_id, config_json=config_json, values_json=values_json
         )
         return run_info_from_proto(self._call(lambda stub: stub.UpdateRunConfig, request).run)
 

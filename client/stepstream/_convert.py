@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -13,70 +12,78 @@ from google.rpc import status_pb2
 
 from stepstream.v1 import ingest_pb2, runs_pb2
 
+from . import configjson
 from ._exceptions import InvalidArgumentError, RPCError
 from ._types import Incarnation, IngestError, RunInfo, SeriesSummary
 from ._validate import check_name
 
-# Struct numbers are doubles: integers beyond this would silently change.
-_MAX_EXACT_INT = 2**53
 _SUPPORTED = "None, bool, int, float, str, list, tuple or dict"
 
 
-def struct_from_dict(config: object, what: str = "config") -> struct_pb2.Struct:
-    """Convert a config mapping into a `google.protobuf.Struct`, checking every value.
+def plain_config(config: object, what: str = "config") -> dict[str, Any]:
+    """Check a config (or single values) mapping and return it as plain values: dict, list,
+    str, int, float (NaN and infinities included), bool and None; tuples become lists and
+    other Integral/Real numbers (numpy's) int and float.
 
-    Top-level keys follow the attribute name rules; values may nest dicts, lists and tuples of
-    None, bool, int, float (finite) and str. Errors name the offending entry, e.g.
-    ``config['optim']['lr']``.
+    Top-level keys follow the attribute name rules; nested keys must be str. Errors name the
+    offending entry, e.g. ``config['optim']['lr']``.
     """
     if not isinstance(config, Mapping):
         raise InvalidArgumentError(f"{what} must be a dict, got {type(config).__name__}")
-    struct = struct_pb2.Struct()
-    for key, value in config.items():
-        check_name(key, f"{what} key")
-        _fill_value(struct.fields[key], value, f"{what}[{key!r}]")
-    return struct
+    out: dict[str, Any] = {}
+    try:
+        for key, value in config.items():
+            check_name(key, f"{what} key")
+            out[key] = _plain(value, f"{what}[{key!r}]")
+    except RecursionError:
+        raise InvalidArgumentError(
+            f"{what} is nested too deep to convert (the service takes far fewer levels)"
+        ) from None
+    return out
 
 
-def _fill_value(target: struct_pb2.Value, value: object, path: str) -> None:
-    if value is None:
-        target.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(value, bool):
-        target.bool_value = value
-    elif isinstance(value, str):
-        target.string_value = value
-    elif isinstance(value, numbers.Real):
-        if isinstance(value, numbers.Integral) and abs(int(value)) > _MAX_EXACT_INT:
-            raise InvalidArgumentError(
-                f"{path} = {int(value)} cannot be stored exactly (config numbers are doubles, "
-                f"exact up to 2**53); store it as a str"
-            )
-        number = float(value)
-        if not math.isfinite(number):
-            raise InvalidArgumentError(f"{path} must be a finite number, got {number!r}")
-        target.number_value = number
-    elif isinstance(value, Mapping):
-        nested = target.struct_value
-        nested.SetInParent()  # an empty dict must still become an (empty) struct
+def config_json(config: object, what: str = "config") -> str:
+    """`config`, checked (see plain_config), as typed JSON (`stepstream.configjson`)."""
+    return configjson.dumps(plain_config(config, what))
+
+
+def _plain(value: object, path: str) -> Any:
+    if value is None or isinstance(value, bool | str):
+        return value
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return _plain(value.item(), path)  # type: ignore[attr-defined]  # numpy.bool_ too
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+        problem = configjson.int_problem(number)
+        if problem is not None:
+            raise InvalidArgumentError(f"{path} = {number} {problem}; store it as a str")
+        return number
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, Mapping):
+        nested: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidArgumentError(
                     f"{path} has a key of type {type(key).__name__} ({key!r}); keys must be str"
                 )
-            _fill_value(nested.fields[key], item, f"{path}[{key!r}]")
-    elif isinstance(value, (list, tuple)):
-        items = target.list_value
-        items.SetInParent()
-        for index, item in enumerate(value):
-            _fill_value(items.values.add(), item, f"{path}[{index}]")
-    else:
-        raise InvalidArgumentError(
-            f"{path} has unsupported type {type(value).__name__}; use {_SUPPORTED}"
-        )
+            nested[key] = _plain(item, f"{path}[{key!r}]")
+        return nested
+    if isinstance(value, list | tuple):
+        return [_plain(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    raise InvalidArgumentError(
+        f"{path} has unsupported type {type(value).__name__}; use {_SUPPORTED}"
+    )
+
+
+def document_from_proto(text: str, struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A config or values document of a Run message: its typed JSON when the service sent
+    one, else (a service older than config_json) the Struct, whose numbers are all float."""
+    return configjson.loads(text) if text else dict_from_struct(struct)
 
 
 def dict_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Convert a `google.protobuf.Struct` into plain Python values (numbers as float)."""
+    """A `google.protobuf.Struct` as plain Python values (every number a float)."""
     return {key: _plain_value(value) for key, value in struct.fields.items()}
 
 
@@ -124,13 +131,13 @@ def run_info_from_proto(message: runs_pb2.Run) -> RunInfo:
         state=runs_pb2.RunState.Name(message.state).removeprefix("RUN_STATE_"),
         tags=list(message.tags),
         description=message.description,
-        config=dict_from_struct(message.config),
+        config=document_from_proto(message.config_json, message.config),
         incarnation_id=message.current_incarnation_id,
         incarnations=[incarnation_from_proto(i) for i in message.incarnations],
         failure_reason=message.failure_reason or None,
         create_time=_time(message, "create_time"),
         update_time=_time(message, "update_time"),
-        values=dict_from_struct(message.values),
+        values=document_from_proto(message.values_json, message.values),
         experiment_head=message.experiment_head,
         url=message.url or None,
         experiment_url=message.experiment_url or None,

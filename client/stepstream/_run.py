@@ -2,50 +2,43 @@
 
 from __future__ import annotations
 
-import atexit
 import collections
 import concurrent.futures
 import contextlib
 import copy
 import dataclasses
 import logging
-import os
-import sys
+import numbers
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from stepstream.v1 import runs_pb2
 
-from ._client import RunClient, check_read_range, make_selector, read_lineage
-from ._convert import dict_from_struct, run_info_from_proto, struct_from_dict
-from ._exceptions import (
-    InvalidArgumentError,
-    RPCError,
-    RunClosedError,
-    StepstreamError,
-    WaitTimeoutError,
-)
-from ._export import write_export
+from . import _lifecycle
+from ._client import RunClient
+from ._convert import config_json, plain_config, run_info_from_proto
+from ._exceptions import InvalidArgumentError, RPCError, RunClosedError
+from ._metadata import LocalMetadata
+from ._origin import branch as _branch
+from ._origin import check_description_entry, rewind_existing
+from ._progress import await_result, copy_error
 from ._records import Record, RecordMaker
 from ._security import Pem
 from ._sender import UNARY_TIMEOUT, Operation, Sender, UnaryCall
 from ._targets import Address, resolve_target
-from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
+from ._types import IngestError, RunInfo, SenderStats
 from ._validate import (
     check_id,
     check_name,
     check_positive_float,
     check_positive_int,
-    check_real,
     check_tags,
-    parse_run_moment,
 )
 from .rules import DESCRIPTION_KEY
 from .rules import MAX_BATCH_POINTS as SERVER_MAX_BATCH_POINTS
@@ -58,11 +51,8 @@ LOGGED_ERRORS_PER_KIND = 10
 
 _T = TypeVar("_T")
 
-# Runs not closed yet, closed at interpreter exit (bounded by each run's timeouts).
-_open_runs: weakref.WeakSet[Run] = weakref.WeakSet()
 
-
-class Run:
+class Run(LocalMetadata):
     """A run that streams metrics to a stepstream service.
 
     Creating a Run creates the run on the service (synchronously: a bad request fails here,
@@ -131,6 +121,14 @@ class Run:
     `remove_tags` update them too (and queue the change for the service). `state`, `values`
     and `incarnations` are as of the last `refresh()` (or creation) and of this Run's own
     calls. These attributes are meant for the thread that owns the Run.
+
+    Reads (`read_series`, `list_series`, `summary`, `logs`, `get_run`, `history`, `lineage`,
+    `refresh`, `export`) are those of `RunHandle`, after waiting for what this Run logged.
+
+    How the run ends: `close()` or the end of a `with` block finishes it; an exception
+    through `with` fails it with "<type>: <message>". A Run left open ends FINISHED at a
+    normal interpreter exit, FAILED on an uncaught exception, Ctrl-C or SIGTERM (see
+    docs/run-states.md: the SIGTERM handler is installed only over Python's default).
     """
 
     def __init__(
@@ -199,9 +197,9 @@ class Run:
         check_positive_int(max_inflight_batches, "max_inflight_batches")
         self._connect_timeout = check_positive_float(connect_timeout, "connect_timeout")
         self._reconnect_timeout = check_positive_float(reconnect_timeout, "reconnect_timeout")
-        config_struct = struct_from_dict(config) if config is not None else None
+        config_text = config_json(config) if config is not None else ""
         if config is not None:
-            _check_description_entry(config)
+            check_description_entry(config)
         tag_list = check_tags(tags)
         request = runs_pb2.CreateRunRequest(
             project=project or "",
@@ -209,7 +207,7 @@ class Run:
             run_id=run_id or "",
             tags=tag_list,
             description=description or "",
-            config=config_struct,
+            config_json=config_text,
             fork_run_id=branch.fork_run_id,
             fork_incarnation_id=branch.fork_incarnation_id,
             fork_step=branch.fork_step,
@@ -238,7 +236,8 @@ class Run:
         fallback = False
         try:
             if branch.rewind_run_id:
-                info = self._rewind_existing(
+                info = rewind_existing(
+                    self._client,
                     project or "",
                     branch.rewind_run_id,
                     branch.rewind_step,
@@ -246,6 +245,7 @@ class Run:
                     config=config,
                     tags=tag_list,
                     description=description,
+                    connect_timeout=self._connect_timeout,
                 )
             else:
                 response = self._client.create_run(request, timeout=self._connect_timeout)
@@ -297,67 +297,14 @@ class Run:
             reconnect_timeout=self._reconnect_timeout,
         )
         self._sender.start()
-        _open_runs.add(self)
-
-    def _rewind_existing(
-        self,
-        project: str,
-        run_id: str,
-        step: float,
-        *,
-        experiment_name: str | None,
-        config: Mapping[str, Any] | None,
-        tags: list[str],
-        description: str | None,
-    ) -> RunInfo:
-        """resume_from: cut the existing run back to `step`, then apply the metadata args."""
-        entries = dict(config or {})
-        if DESCRIPTION_KEY in entries:  # as in CreateRun and log_configs: the description
-            given = entries.pop(DESCRIPTION_KEY)
-            description = given if description is None else description
-        # GetRun first: a missing run is RUN_NOT_FOUND before anything changes, and a service
-        # that is still starting gets connect_timeout to come up.
-        current = self._client.get_run(
-            project, run_id, timeout=self._connect_timeout, wait_for_ready=True
-        )
-        if experiment_name is not None and current.experiment != experiment_name:
-            raise InvalidArgumentError(
-                f"resume_from names run {run_id!r}, which belongs to experiment "
-                f"{current.experiment!r}, not experiment_name={experiment_name!r}"
-            )
-        info = self._client.rewind_run(project, run_id, step, struct_from_dict(entries))
-        if tags:
-            info = self._client.update_run_tags(project, run_id, add=tags)
-        if description is not None:
-            description_struct = struct_from_dict({DESCRIPTION_KEY: description})
-            info = self._client.update_run_config(project, run_id, config=description_struct)
-        return info
+        _lifecycle.track(self)
 
     def _adopt(self, info: RunInfo) -> None:
         """Take `info` as the service's current view of the run (local edits are replaced)."""
-        self._info = info
+        super()._adopt(info)
         self._incarnation_id = info.incarnation_id
-        self._config = copy.deepcopy(info.config)
-        self._synced_config = copy.deepcopy(info.config)
-        self._tags = list(info.tags)
-        self._synced_tags = list(info.tags)
-        self._description = info.description
-        self._synced_description = info.description
 
     # ---- identity ---------------------------------------------------------------------
-
-    @property
-    def run_id(self) -> str:
-        """The run's ID (generated by the service when none was given)."""
-        return self._run_id
-
-    @property
-    def project(self) -> str:
-        return self._project
-
-    @property
-    def experiment_name(self) -> str | None:
-        return self._experiment_name
 
     @property
     def incarnation_id(self) -> str:
@@ -396,67 +343,6 @@ class Run:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Run project={self._project!r} run_id={self._run_id!r} {state}>"
-
-    # ---- local metadata (DigitalHub: edit, then save(); refresh() re-reads) -------------
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The run's config, as a local dict: edit it in place or assign a new dict, then call
-        `save()` to push the changes (numbers come back from the service as float)."""
-        return self._config
-
-    @config.setter
-    def config(self, value: Mapping[str, Any]) -> None:
-        if not isinstance(value, Mapping):
-            raise InvalidArgumentError(f"config must be a dict, got {type(value).__name__}")
-        self._config = dict(value)
-
-    @property
-    def tags(self) -> list[str]:
-        """The run's tags, as a local list: edit it or assign a new list, then `save()`."""
-        return self._tags
-
-    @tags.setter
-    def tags(self, value: Iterable[str]) -> None:
-        self._tags = check_tags(value)
-
-    @property
-    def description(self) -> str:
-        """The run's description (attribute sys/description), local until `save()`."""
-        return self._description
-
-    @description.setter
-    def description(self, value: str) -> None:
-        if not isinstance(value, str):
-            raise InvalidArgumentError(f"description must be a str, got {type(value).__name__}")
-        self._description = value
-
-    @property
-    def state(self) -> str:
-        """ "RUNNING", "STOPPED", "FINISHED" or "FAILED": as of creation, the last `refresh()`,
-        and this Run's own stop/resume/close."""
-        return self._info.state
-
-    @property
-    def values(self) -> dict[str, Any]:
-        """Single-value metrics (`log_metric(..., single_value=True)`), as of the last
-        `refresh()` plus the ones this Run logged since."""
-        return dict(self._info.values)
-
-    @property
-    def incarnations(self) -> list[Incarnation]:
-        """The run's incarnations as of creation or the last `refresh()`, oldest first (see
-        `history()` for a fresh read)."""
-        return list(self._info.incarnations)
-
-    def get_run_url(self) -> str | None:
-        """Link to this run in the service's web view, or None when the service serves none."""
-        return self.get_run().url
-
-    def get_experiment_url(self) -> str | None:
-        """Link to this run's experiment in the web view; None without a web view or an
-        experiment."""
-        return self.get_run().experiment_url
 
     # ---- logging (never waits on the network) --------------------------------------------
 
@@ -512,8 +398,9 @@ class Run:
 
         `single_value=True` stores one number as a run attribute instead (`run.values`,
         `RunInfo.values`), replacing an earlier value of that name; it has no step or
-        timestamp and is queued like `log_configs`. Single values are JSON numbers, so they
-        must be finite. A single value and a series may share a name; they are separate.
+        timestamp and is queued like `log_configs`. It keeps its type, like config: an int
+        stays an int, and a float may be NaN or infinite. A single value and a series may
+        share a name; they are separate.
         """
         if not isinstance(overwrite, bool):
             raise InvalidArgumentError(f"overwrite must be a bool, got {overwrite!r}")
@@ -540,16 +427,20 @@ class Run:
                 "single_value=True stores an attribute, which has no timestamp "
                 f"(got timestamp={timestamp!r})"
             )
-        # Single values travel as JSON numbers (google.protobuf.Struct): finite only.
-        number = check_real(value, f"single value {name!r}")
-        values = struct_from_dict({name: number}, "values")
+        # A number; typed JSON keeps its type (an int stays an int, NaN and infinities travel).
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidArgumentError(
+                f"single value {name!r} must be a real number, got {type(value).__name__}: "
+                f"{value!r:.100}"
+            )
+        values = plain_config({name: value}, "values")
         request = runs_pb2.UpdateRunConfigRequest(
-            project=self._project, run_id=self._run_id, values=values
+            project=self._project, run_id=self._run_id, values_json=config_json(values, "values")
         )
         self._submit(
             "UpdateRunConfig", lambda stub: stub.UpdateRunConfig(request, timeout=UNARY_TIMEOUT)
         )
-        self._info = dataclasses.replace(self._info, values={**self._info.values, name: number})
+        self._info = dataclasses.replace(self._info, values={**self._info.values, **values})
 
     def log_strings(
         self,
@@ -579,15 +470,15 @@ class Run:
         Checked now, sent by the background thread in order with the points; a failure goes
         to on_error. The local `run.config` / `run.description` are updated at once.
         """
-        struct = struct_from_dict(config)
-        _check_description_entry(config)
+        entries = plain_config(config)
+        check_description_entry(config)
         request = runs_pb2.UpdateRunConfigRequest(
-            project=self._project, run_id=self._run_id, config=struct
+            project=self._project, run_id=self._run_id, config_json=config_json(entries)
         )
         self._submit(
             "UpdateRunConfig", lambda stub: stub.UpdateRunConfig(request, timeout=UNARY_TIMEOUT)
         )
-        for key, value in dict_from_struct(struct).items():
+        for key, value in entries.items():
             if key == DESCRIPTION_KEY:
                 self._description = self._synced_description = value
             else:
@@ -633,7 +524,7 @@ class Run:
     def _raise_if_failed(self) -> None:
         fatal = self._sender.fatal
         if fatal is not None:
-            raise _copy_error(fatal) from None
+            raise copy_error(fatal) from None
 
     # ---- waiting and lifecycle ----------------------------------------------------------
 
@@ -692,7 +583,7 @@ class Run:
         if self._closed:
             return
         self._closed = True
-        _open_runs.discard(self)
+        _lifecycle.untrack(self)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def remaining() -> float | None:
@@ -707,7 +598,7 @@ class Run:
             self._await(stop, remaining(), False, "close()")
             self._sender.join(remaining())
         except RunClosedError:
-            error = _copy_error(self._sender.fatal) if self._sender.fatal else None
+            error = copy_error(self._sender.fatal) if self._sender.fatal else None
         except BaseException as exc:
             error = exc
         finally:
@@ -724,31 +615,7 @@ class Run:
         verbose: bool,
         action: str,
     ) -> _T:
-        start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
-        progress = _Progress(sys.stderr) if verbose else None
-        try:
-            while True:
-                now = time.monotonic()
-                step = 0.25 if deadline is None else min(0.25, max(deadline - now, 0.0))
-                try:
-                    return future.result(timeout=step)
-                except concurrent.futures.TimeoutError:
-                    pass
-                except StepstreamError as exc:
-                    raise _copy_error(exc) from None
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    pending = self._sender.stats().pending_points
-                    raise WaitTimeoutError(
-                        f"{action} timed out after {timeout:g} s with {pending:,} points "
-                        "not yet acknowledged"
-                    )
-                if progress is not None and now - start >= 1.0:
-                    progress.show(self._sender.stats())
-        finally:
-            if progress is not None:
-                progress.end()
+        return await_result(future, timeout, verbose, action, self._sender.stats)
 
     def __enter__(self) -> Run:
         return self
@@ -759,11 +626,11 @@ class Run:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
+        if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
             self.close()
             return
         try:
-            self.fail(repr(exc))
+            self.fail(_lifecycle.failure_reason(exc))
         except Exception as error:  # never hide the exception that is propagating
             logger.warning("stepstream: could not mark run %r as failed: %s", self._run_id, error)
 
@@ -782,6 +649,14 @@ class Run:
         self._shutdown(
             "FailRun", lambda stub: stub.FailRun(request, timeout=UNARY_TIMEOUT), timeout
         )
+
+    def _fail_directly(self, reason: str, timeout: float) -> None:
+        """FailRun on a channel of its own, past the sender (SIGTERM's last resort, when the
+        orderly fail() could not run): what is still queued is lost, the state is truthful."""
+        self._closed = True
+        _lifecycle.untrack(self)
+        with RunClient(self._target) as client:
+            client.fail_run(self._project, self._run_id, reason[:4096], timeout=timeout)
 
     # ---- errors -------------------------------------------------------------------------
 
@@ -824,7 +699,7 @@ class Run:
                 "\n".join(lines),
             )
 
-    # ---- reads (synchronous) --------------------------------------------------------
+    # ---- reads (RunHandle's, through the Run's channel) ----------------------------------
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[RunClient]:
@@ -842,397 +717,3 @@ class Run:
         """wait() quietly, unless there is nothing a wait could deliver any more."""
         if not self._closed and self._sender.fatal is None:
             self.wait(verbose=False)
-
-    def _selector(
-        self, incarnation_id: str | None, own_points_only: bool
-    ) -> runs_pb2.SeriesSelector:
-        if incarnation_id is None:
-            return make_selector(
-                self._project, run_id=self._run_id, own_points_only=own_points_only
-            )
-        return make_selector(
-            self._project, incarnation_id=incarnation_id, own_points_only=own_points_only
-        )
-
-    def read_series(
-        self,
-        name: str,
-        *,
-        step_min: float | None = None,
-        step_max: float | None = None,
-        own_points_only: bool = False,
-        max_points: int | None = None,
-        incarnation_id: str | None = None,
-        generation: int | None = None,
-        string_series: bool | None = None,
-    ) -> Series:
-        """Read one series of this run, in step order.
-
-        By default the run's current view, with the points it inherits from its fork parents
-        (Neptune's "show inherited metrics"); `own_points_only=True` returns only the points
-        this run's incarnation stored itself. `incarnation_id` reads exactly that incarnation
-        instead (an archived one from `history()`, or any other "immutable run ID").
-
-        `step_min`/`step_max` bound the steps (inclusive). `max_points` downsamples to at
-        most that many points for plotting, keeping each bucket's first, last, minimum and
-        maximum point and its first NaN (the service needs max_points >= 5). `generation`
-        reads an older generation of a series replaced by `overwrite=True` (0 = before the
-        first overwrite; own points of the viewed incarnation). A float and a string series
-        may share a name: the float one is returned unless `string_series=True`. A series
-        that does not exist reads as an empty Series.
-
-        Reads what the service has stored: call wait() first to read what you just logged.
-        """
-        check_name(name, "series name")
-        selector = self._selector(incarnation_id, own_points_only)
-        lo, hi, most, gen = check_read_range(step_min, step_max, max_points, generation)
-        with self._reader() as client:
-            return client.read_series(
-                selector,
-                name,
-                step_min=lo,
-                step_max=hi,
-                max_points=most,
-                generation=gen,
-                string_series=string_series,
-            )
-
-    def list_series(
-        self, *, own_points_only: bool = False, incarnation_id: str | None = None
-    ) -> list[SeriesSummary]:
-        """Summaries of every series visible in this run (or in `incarnation_id`), sorted by
-        name; float and string series alike."""
-        selector = self._selector(incarnation_id, own_points_only)
-        with self._reader() as client:
-            return client.list_series(selector)
-
-    def summary(
-        self, *, own_points_only: bool = False, incarnation_id: str | None = None
-    ) -> dict[str, SeriesSummary]:
-        """W&B's run summary: float series name -> SeriesSummary (count, last step, last,
-        min, max, generation), computed by the service from the current view, so it follows
-        rewinds and overwrites. String series are left out (see `logs()`)."""
-        return {
-            s.name: s
-            for s in self.list_series(
-                own_points_only=own_points_only, incarnation_id=incarnation_id
-            )
-            if not s.string_series
-        }
-
-    def logs(
-        self,
-        *,
-        step_min: float | None = None,
-        step_max: float | None = None,
-        own_points_only: bool = False,
-        incarnation_id: str | None = None,
-    ) -> dict[str, list[tuple[float, str]]]:
-        """The run's string series (console lines, `log_strings`): name -> [(step, line)].
-
-        Inherited lines are included unless `own_points_only`; a rewind cuts them back like
-        any other series. Reads what the service has stored: call wait() first.
-        """
-        selector = self._selector(incarnation_id, own_points_only)
-        lo, hi, _, _ = check_read_range(step_min, step_max, None, None)
-        with self._reader() as client:
-            names = [s.name for s in client.list_series(selector) if s.string_series]
-            if not names:
-                return {}
-            _, strings = client.read(selector, names, step_min=lo, step_max=hi)
-        return {
-            name: list(zip(series.steps, series.values, strict=True))  # type: ignore[arg-type]
-            for name, series in sorted(strings.items())
-        }
-
-    def get_run(self) -> RunInfo:
-        """The run as the service knows it now: state, tags, config, values, incarnations."""
-        with self._reader() as client:
-            return client.get_run(self._project, self._run_id)
-
-    def history(self) -> list[Incarnation]:
-        """This run's rewind history (W&B's "Forked From"): its incarnations, oldest first.
-
-        The last one is current; each earlier one was archived by a rewind and stays readable
-        with `read_series(..., incarnation_id=...)`. Each has its parent (the incarnation it
-        continues: the previous one for a rewind, the fork parent for the first incarnation
-        of a fork), the step where that parent was cut (`fork_step`) and its creation time.
-        """
-        return list(self.get_run().incarnations)
-
-    def lineage(self) -> list[Incarnation]:
-        """Where this run's current view comes from: the chain of incarnations, oldest first,
-        ending with the current one.
-
-        Follows parents across runs (forks) and within a run (rewinds). Each entry's
-        `fork_step` is where its parent was cut, so the points visible now are: the oldest
-        entry's up to the next entry's fork_step, and so on (each hop also limited by the
-        cuts below it). A parent that cannot be read (e.g. in another project) ends the
-        chain with an entry whose origin is "UNKNOWN".
-        """
-        with self._reader() as client:
-            return read_lineage(client, self._project, self.get_run())
-
-    # ---- DigitalHub CRUD: refresh, save, export -----------------------------------------
-
-    def refresh(self) -> Run:
-        """Re-read the run from the service into this object: state, tags, description,
-        config, values, incarnations. Waits for everything logged so far first (like
-        wait()), so it reads this Run's own queued updates; unsaved local edits of
-        `config`, `tags` and `description` are replaced. Returns the Run."""
-        self._flush()
-        with self._reader() as client:
-            info = client.get_run(self._project, self._run_id)
-        self._adopt(info)
-        return self
-
-    def save(self) -> Run:
-        """Push the local metadata you changed to the service, then refresh. Returns the Run.
-
-        Local metadata is `run.config`, `run.tags` and `run.description`. Config entries
-        added or changed since the last read are merged into the service's config; tags
-        added or removed locally are added or removed; a changed description is set. Changes
-        made on the service meanwhile by others are kept (only your edits are sent). The
-        service's config can only be merged into, so a config key deleted locally raises
-        InvalidArgumentError (set it to None instead). Everything is checked before anything
-        is sent; earlier log calls and queued updates are applied first.
-        """
-        removed = sorted(key for key in self._synced_config if key not in self._config)
-        if removed:
-            raise InvalidArgumentError(
-                f"config keys {removed} were removed from run.config, but the service's config "
-                "can only be merged into; put them back (set them to None to clear them)"
-            )
-        if DESCRIPTION_KEY in self._config:
-            raise InvalidArgumentError(
-                f"run.config has a {DESCRIPTION_KEY!r} key; set run.description instead"
-            )
-        changed = {
-            key: value
-            for key, value in self._config.items()
-            if key not in self._synced_config or self._synced_config[key] != value
-        }
-        description = self._description
-        if not isinstance(description, str):
-            raise InvalidArgumentError(
-                f"run.description must be a str, got {type(description).__name__}"
-            )
-        if description != self._synced_description:
-            changed[DESCRIPTION_KEY] = description
-        struct = struct_from_dict(changed, "run.config") if changed else None
-        tags = set(check_tags(self._tags, "run.tags"))
-        add = sorted(tags - set(self._synced_tags))
-        remove = sorted(set(self._synced_tags) - tags)
-        self._flush()
-        with self._reader() as client:
-            if struct is not None:
-                client.update_run_config(self._project, self._run_id, config=struct)
-            if add or remove:
-                client.update_run_tags(self._project, self._run_id, add=add, remove=remove)
-            info = client.get_run(self._project, self._run_id)
-        self._adopt(info)
-        return self
-
-    def export(
-        self,
-        path: str | os.PathLike[str] | None = None,
-        *,
-        format: str | None = None,
-        include_series: bool = False,
-    ) -> str:
-        """Write the run to a local YAML, JSON or Parquet file; returns the file's path.
-
-        The file holds the run as the service has it, after everything logged so far is
-        acknowledged (unsaved local edits are not in it: save() first): project, run_id,
-        experiment, state, description, tags, config, values, times, the rewind history, the
-        lineage (incarnations with their parents and fork steps, oldest first), a summary of
-        every series, and with `include_series=True` every series' points (steps, values,
-        timestamps; inherited points included). `path` defaults to "<run_id>.yaml" in the
-        current directory; the format comes from `format` ("yaml" or "json") or else from the
-        extension (.yaml, .yml, .json, .parquet). YAML needs the `yaml` extra (PyYAML), Parquet
-        the `parquet` extra (pyarrow; a Parquet file always holds every point); a missing one
-        raises MissingExtraError. `stepstream.load_export()` reads any of them back.
-        """
-        self._flush()
-        with self._reader() as client:
-            return write_export(client, self._project, self._run_id, path, format, include_series)
-
-
-def _branch(
-    run_id: str | None,
-    *,
-    fork_run_id: str | None,
-    fork_step: float | None,
-    fork_incarnation_id: str | None,
-    fork_from: str | None,
-    resume_from: str | None,
-    resume: bool,
-    inherit_configs: bool,
-) -> _Branch:
-    """Check the arguments that say where a run comes from (fork, rewind, new)."""
-    if fork_from is not None and resume_from is not None:
-        raise InvalidArgumentError(
-            "fork_from and resume_from are mutually exclusive: fork_from starts a new run from "
-            "'<run_id>?_step=<N>', resume_from rewinds that run itself; give one of them"
-        )
-    moment = (
-        "fork_from" if fork_from is not None else "resume_from" if resume_from is not None else None
-    )
-    if moment is not None:
-        others = [
-            what
-            for what, value in (
-                ("fork_run_id", fork_run_id),
-                ("fork_step", fork_step),
-                ("fork_incarnation_id", fork_incarnation_id),
-            )
-            if value is not None
-        ]
-        if others:
-            raise InvalidArgumentError(
-                f"{moment} already names the run and the step ('<run_id>?_step=<N>'); do not "
-                f"also give {', '.join(others)}"
-            )
-    if fork_from is not None:
-        parent, step = parse_run_moment(fork_from, "fork_from")
-        if run_id is not None and run_id == parent:
-            raise InvalidArgumentError(
-                f"fork_from {fork_from!r} names this run's own run_id {run_id!r}; a fork is a "
-                f"new run and needs another run_id (or none). To cut run {run_id!r} back to "
-                f"that step and continue it, use resume_from={fork_from!r} instead"
-            )
-        return _Branch(fork_run_id=parent, fork_step=step)
-    if resume_from is not None:
-        target, step = parse_run_moment(resume_from, "resume_from")
-        if run_id is not None and run_id != target:
-            raise InvalidArgumentError(
-                f"run_id {run_id!r} and resume_from {resume_from!r} name different runs; "
-                f"resume_from rewinds and attaches to run {target!r}: omit run_id or give "
-                f"run_id={target!r}"
-            )
-        if resume:
-            raise InvalidArgumentError(
-                "resume_from already attaches to the run it rewinds; drop resume=True"
-            )
-        if inherit_configs:
-            raise InvalidArgumentError(
-                "inherit_configs applies to forks; resume_from keeps the run's config (merge "
-                "entries into it with config=...)"
-            )
-        return _Branch(rewind_run_id=target, rewind_step=step)
-    if fork_incarnation_id is not None:
-        if fork_run_id is not None:
-            raise InvalidArgumentError(
-                "give fork_run_id or fork_incarnation_id, not both (got "
-                f"fork_run_id={fork_run_id!r}, fork_incarnation_id={fork_incarnation_id!r})"
-            )
-        check_id(fork_incarnation_id, "fork_incarnation_id")
-        if fork_step is None:
-            raise InvalidArgumentError(
-                f"fork_incarnation_id needs fork_step (got fork_incarnation_id="
-                f"{fork_incarnation_id!r}, fork_step=None)"
-            )
-        return _Branch(
-            fork_incarnation_id=fork_incarnation_id, fork_step=check_real(fork_step, "fork_step")
-        )
-    if (fork_run_id is None) != (fork_step is None):
-        raise InvalidArgumentError(
-            "fork_run_id and fork_step must be given together "
-            f"(got fork_run_id={fork_run_id!r}, fork_step={fork_step!r})"
-        )
-    if fork_run_id is not None:
-        check_id(fork_run_id, "fork_run_id")
-        return _Branch(fork_run_id=fork_run_id, fork_step=check_real(fork_step, "fork_step"))
-    if inherit_configs:
-        raise InvalidArgumentError(
-            "inherit_configs=True needs a fork: give fork_run_id, fork_incarnation_id or fork_from"
-        )
-    return _Branch()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Branch:
-    """Where a new Run comes from: a fork parent (run or incarnation, with the step), a run
-    to rewind (resume_from), or nothing."""
-
-    fork_run_id: str = ""
-    fork_incarnation_id: str = ""
-    fork_step: float | None = None
-    rewind_run_id: str = ""
-    rewind_step: float = 0.0
-
-
-def _check_description_entry(config: Mapping[str, Any]) -> None:
-    if DESCRIPTION_KEY in config and not isinstance(config[DESCRIPTION_KEY], str):
-        value = config[DESCRIPTION_KEY]
-        raise InvalidArgumentError(
-            f"config[{DESCRIPTION_KEY!r}] sets the description and must be a str, got "
-            f"{type(value).__name__}"
-        )
-
-
-def _copy_error(error: StepstreamError) -> StepstreamError:
-    """A fresh exception equal to `error`, so that raising it again and again (one failure
-    seen by many calls) does not grow one traceback forever."""
-    if isinstance(error, RPCError):
-        return RPCError(
-            error.code,
-            error.message,
-            reason=error.reason,
-            domain=error.domain,
-            metadata=error.metadata,
-        )
-    return type(error)(*error.args)
-
-
-class _Progress:
-    """Progress of a long wait on stderr: one updating line on a terminal, else a line every
-    five seconds."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        try:
-            self._tty = stream.isatty()
-        except Exception:  # a replaced stderr without isatty
-            self._tty = False
-        self._width = 0
-        self._last = 0.0
-
-    def show(self, stats: SenderStats) -> None:
-        now = time.monotonic()
-        if not self._tty and now - self._last < 5.0:
-            return
-        self._last = now
-        done = stats.logged_points - stats.pending_points
-        text = f"stepstream: {done:,} of {stats.logged_points:,} points acknowledged"
-        if not stats.connected:
-            text += " (reconnecting)"
-        try:
-            if self._tty:
-                self._stream.write("\r" + text.ljust(self._width))
-                self._width = len(text)
-            else:
-                self._stream.write(text + "\n")
-            self._stream.flush()
-        except (OSError, ValueError):  # stderr closed: progress is best effort
-            pass
-
-    def end(self) -> None:
-        if self._tty and self._width:
-            try:
-                self._stream.write("\n")
-                self._stream.flush()
-            except (OSError, ValueError):
-                pass
-
-
-def _close_open_runs() -> None:
-    """atexit: close runs the program forgot, each bounded by its reconnect timeout."""
-    for run in list(_open_runs):
-        try:
-            run.close(timeout=run._reconnect_timeout + run._connect_timeout)
-        except BaseException as exc:
-            logger.warning("stepstream: closing run %r at exit failed: %s", run.run_id, exc)
-
-
-atexit.register(_close_open_runs)

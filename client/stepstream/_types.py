@@ -123,7 +123,7 @@ class Incarnation:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """A run as the service knows it (`Run.get_run()`, `stepstream.get_run()`).
+    """A run as the service knows it (`Run.get_run()`, `RunHandle.info`).
 
     Attributes:
         run_id: the user-visible run ID.
@@ -132,13 +132,14 @@ class RunInfo:
         state: "RUNNING", "STOPPED", "FINISHED" or "FAILED".
         tags: sorted tags.
         description: the description ("" when unset).
-        config: the config, as plain Python values (numbers come back as float).
+        config: the config, as plain Python values with their types (ints, floats with NaN
+            and infinities, bools, None, str, lists, dicts).
         incarnation_id: the current incarnation (the one receiving writes).
         incarnations: every incarnation, oldest first; the last is current.
         failure_reason: why the run failed, for FAILED runs, else None.
         create_time: when the run was created (UTC), if known.
         update_time: when it last changed (UTC), if known.
-        values: single-value metrics (`log_metric(..., single_value=True)`), numbers as float.
+        values: single-value metrics (`log_metric(..., single_value=True)`), with their types.
         experiment_head: True when the run is the most recently created run of its
             experiment (the one an experiment read follows).
         url: link to the run in the service's web view; None when the service serves none.

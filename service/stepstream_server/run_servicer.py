@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
+from stepstream import configjson
 from stepstream.v1 import runs_pb2, runs_pb2_grpc
 
 from . import errors, web
-from .limits import MAX_CONFIG_DEPTH
+from .limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
 from .model import Incarnation, RunRecord, RunState
 from .reading import Reader, Selector, slices
 from .runs import CreateRun, RunManager
@@ -60,6 +61,8 @@ def run_proto(record: RunRecord, web_url: str = "") -> runs_pb2.Run:
         update_time=_timestamp(record.updated_at),
         failure_reason=record.failure_reason,
         values=values,
+        config_json=configjson.dumps(record.config),
+        values_json=configjson.dumps(record.values),
         experiment_head=record.experiment_head,
         url=web.run_url(web_url, record.project, record.run_id),
         experiment_url=web.experiment_url(web_url, record.project, record.experiment),
@@ -67,12 +70,46 @@ def run_proto(record: RunRecord, web_url: str = "") -> runs_pb2.Run:
 
 
 def struct_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return dict(json_format.MessageToDict(message))
+    """A Struct as plain values (an older client's config: every number a float, NaN too)."""
+    return {key: _plain(value) for key, value in message.fields.items()}
 
 
-async def _document(context: Any, field: str, message: struct_pb2.Struct) -> dict[str, Any]:
-    """A config or values document, within its bounds (its size is known before converting)."""
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
+
+
+def typed_document(field: str, text: str) -> dict[str, Any]:
+    """A typed JSON document (runs.proto "Typed JSON") within its bounds: the size of its
+    text first, then its syntax and tags (INVALID_CONFIG), then its depth."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        return check_document(field, size, {})  # raises CONFIG_TOO_LARGE
     try:
+        document = configjson.loads(text)
+    except configjson.TypedJSONTooDeep:
+        raise config_too_deep(field, f"more than {MAX_CONFIG_DEPTH}") from None
+    except configjson.TypedJSONError as exc:
+        raise errors.invalid(
+            "INVALID_CONFIG", f"{field}_json {exc}", field=f"{field}_json", detail=str(exc)
+        ) from None
+    return check_document(field, size, document)
+
+
+async def _document(
+    context: Any, field: str, message: struct_pb2.Struct, text: str = ""
+) -> dict[str, Any]:
+    """A config or values document within its bounds: the typed JSON text when the request
+    has one, else the Struct (whose size is known before converting)."""
+    try:
+        if text:
+            return typed_document(field, text)
         return check_document(field, message.ByteSize(), struct_dict(message))
     except errors.ServiceError as exc:
         await abort(context, exc)
@@ -96,7 +133,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def CreateRun(
         self, request: runs_pb2.CreateRunRequest, context: Any
     ) -> runs_pb2.CreateRunResponse:
-        config = await _document(context, "config", request.config)
+        config = await _document(context, "config", request.config, request.config_json)
         try:
             record, fallback, existed = await self.runs.create(
                 CreateRun(
@@ -168,8 +205,8 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def UpdateRunConfig(
         self, request: runs_pb2.UpdateRunConfigRequest, context: Any
     ) -> runs_pb2.UpdateRunConfigResponse:
-        config = await _document(context, "config", request.config)
-        values = await _document(context, "values", request.values)
+        config = await _document(context, "config", request.config, request.config_json)
+        values = await _document(context, "values", request.values, request.values_json)
         record = await _call(
             context, self.runs.update_config(request.project, request.run_id, config)
         )
@@ -182,7 +219,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def RewindRun(
         self, request: runs_pb2.RewindRunRequest, context: Any
     ) -> runs_pb2.RewindRunResponse:
-        config = await _document(context, "config", request.config)
+        config = await _document(context, "config", request.config, request.config_json)
         record = await _call(
             context, self.runs.rewind(request.project, request.run_id, request.step, config)
         )

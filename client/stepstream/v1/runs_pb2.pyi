@@ -103,6 +103,8 @@ class Run(_message.Message):
     EXPERIMENT_HEAD_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     EXPERIMENT_URL_FIELD_NUMBER: _builtins.int
+    CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    VALUES_JSON_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Project of the run."""
     run_id: _builtins.str
@@ -127,6 +129,15 @@ class Run(_message.Message):
     """Link to the run's experiment in the web view; empty without a web view
     or an experiment.
     """
+    config_json: _builtins.str
+    """The run's config as typed JSON (see "Typed JSON" above), with its ints,
+    floats (NaN and infinities too), bools and nulls exactly as written.
+    Always set by this service; `config` carries the same document as a
+    Struct (every number a double, non-finite ones included) for older
+    clients.
+    """
+    values_json: _builtins.str
+    """Single-value metrics as typed JSON; `values` is the same as a Struct."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags, sorted."""
@@ -170,10 +181,12 @@ class Run(_message.Message):
         experiment_head: _builtins.bool = ...,
         url: _builtins.str = ...,
         experiment_url: _builtins.str = ...,
+        config_json: _builtins.str = ...,
+        values_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "update_time", b"update_time", "values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "current_incarnation_id", b"current_incarnation_id", "description", b"description", "experiment", b"experiment", "experiment_head", b"experiment_head", "experiment_url", b"experiment_url", "failure_reason", b"failure_reason", "incarnations", b"incarnations", "project", b"project", "run_id", b"run_id", "state", b"state", "tags", b"tags", "update_time", b"update_time", "url", b"url", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "config_json", b"config_json", "create_time", b"create_time", "current_incarnation_id", b"current_incarnation_id", "description", b"description", "experiment", b"experiment", "experiment_head", b"experiment_head", "experiment_url", b"experiment_url", "failure_reason", b"failure_reason", "incarnations", b"incarnations", "project", b"project", "run_id", b"run_id", "state", b"state", "tags", b"tags", "update_time", b"update_time", "url", b"url", "values", b"values", "values_json", b"values_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +265,7 @@ class CreateRunRequest(_message.Message):
     FORK_STEP_FIELD_NUMBER: _builtins.int
     INHERIT_CONFIGS_FIELD_NUMBER: _builtins.int
     GET_IF_EXISTS_FIELD_NUMBER: _builtins.int
+    CONFIG_JSON_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Project; empty means "default"."""
     experiment: _builtins.str
@@ -293,6 +307,11 @@ class CreateRunRequest(_message.Message):
     """When the run already exists: return it instead of ALREADY_EXISTS
     (a client reconnecting to its own run).
     """
+    config_json: _builtins.str
+    """Initial config as typed JSON; when not empty it is used and `config` is
+    ignored. INVALID_ARGUMENT INVALID_CONFIG (field, detail) when it is not
+    typed JSON.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Initial tags."""
@@ -315,10 +334,11 @@ class CreateRunRequest(_message.Message):
         fork_step: _builtins.float | None = ...,
         inherit_configs: _builtins.bool = ...,
         get_if_exists: _builtins.bool = ...,
+        config_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_fork_step", b"_fork_step", "config", b"config", "fork_step", b"fork_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fork_step", b"_fork_step", "config", b"config", "description", b"description", "experiment", b"experiment", "fork_incarnation_id", b"fork_incarnation_id", "fork_run_id", b"fork_run_id", "fork_step", b"fork_step", "get_if_exists", b"get_if_exists", "inherit_configs", b"inherit_configs", "project", b"project", "run_id", b"run_id", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fork_step", b"_fork_step", "config", b"config", "config_json", b"config_json", "description", b"description", "experiment", b"experiment", "fork_incarnation_id", b"fork_incarnation_id", "fork_run_id", b"fork_run_id", "fork_step", b"fork_step", "get_if_exists", b"get_if_exists", "inherit_configs", b"inherit_configs", "project", b"project", "run_id", b"run_id", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__fork_step: _TypeAlias = _typing.Literal["fork_step"]  # noqa: Y015
     _WhichOneofArgType__fork_step: _TypeAlias = _typing.Literal["_fork_step", b"_fork_step"]  # noqa: Y015
@@ -674,10 +694,20 @@ class UpdateRunConfigRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
+    CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    VALUES_JSON_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Project; empty means "default"."""
     run_id: _builtins.str
     """The run ID."""
+    config_json: _builtins.str
+    """Entries to set as typed JSON; when not empty it is used and `config` is
+    ignored.
+    """
+    values_json: _builtins.str
+    """Single values to set as typed JSON; when not empty it is used and
+    `values` is ignored.
+    """
     @_builtins.property
     def config(self) -> _struct_pb2.Struct:
         """Entries to set; a key "sys/description" with a string value sets the
@@ -695,10 +725,12 @@ class UpdateRunConfigRequest(_message.Message):
         run_id: _builtins.str = ...,
         config: _struct_pb2.Struct | None = ...,
         values: _struct_pb2.Struct | None = ...,
+        config_json: _builtins.str = ...,
+        values_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "project", b"project", "run_id", b"run_id", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "config_json", b"config_json", "project", b"project", "run_id", b"run_id", "values", b"values", "values_json", b"values_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -714,6 +746,7 @@ class RewindRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    CONFIG_JSON_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Project; empty means "default"."""
     run_id: _builtins.str
@@ -721,6 +754,10 @@ class RewindRunRequest(_message.Message):
     step: _builtins.float
     """Points with step <= this stay visible (inclusive); later ones are
     archived. Must be finite.
+    """
+    config_json: _builtins.str
+    """Config entries as typed JSON; when not empty it is used and `config` is
+    ignored.
     """
     @_builtins.property
     def config(self) -> _struct_pb2.Struct:
@@ -733,10 +770,11 @@ class RewindRunRequest(_message.Message):
         run_id: _builtins.str = ...,
         step: _builtins.float = ...,
         config: _struct_pb2.Struct | None = ...,
+        config_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "project", b"project", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "config_json", b"config_json", "project", b"project", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -69,6 +69,20 @@ class RunServiceStub:
     1,000 tags per run (TOO_MANY_TAGS: count), each at most 256 bytes
     (TAG_TOO_LONG: size); a description or failure reason at most 64 KiB
     (TEXT_TOO_LONG: field, size). A request that breaks one changes nothing.
+
+    Typed JSON: config and single values travel twice, as a
+    google.protobuf.Struct (`config`, `values`: every number a double) and as
+    typed JSON text (`config_json`, `values_json`), which keeps their types.
+    Typed JSON is a JSON object (RFC 8259, UTF-8) where a number without
+    fraction or exponent is an integer (64-bit signed at most) and any other
+    number a float (a whole float keeps its ".0"); a non-finite float is the
+    one-key object {"$float": "NaN"}, {"$float": "Infinity"} or
+    {"$float": "-Infinity"}; an object of the document that is itself exactly
+    one key "$float" or "$object" is wrapped as {"$object": {...}}; bare NaN
+    or Infinity tokens are not JSON and are refused. A request whose typed
+    JSON field is not empty uses it and ignores the Struct beside it; text
+    that breaks these rules is INVALID_ARGUMENT INVALID_CONFIG (field,
+    detail). The size bound counts the typed JSON text's UTF-8 bytes.
     """
 
     def __init__(self, channel):
@@ -183,6 +197,20 @@ class RunServiceServicer:
     1,000 tags per run (TOO_MANY_TAGS: count), each at most 256 bytes
     (TAG_TOO_LONG: size); a description or failure reason at most 64 KiB
     (TEXT_TOO_LONG: field, size). A request that breaks one changes nothing.
+
+    Typed JSON: config and single values travel twice, as a
+    google.protobuf.Struct (`config`, `values`: every number a double) and as
+    typed JSON text (`config_json`, `values_json`), which keeps their types.
+    Typed JSON is a JSON object (RFC 8259, UTF-8) where a number without
+    fraction or exponent is an integer (64-bit signed at most) and any other
+    number a float (a whole float keeps its ".0"); a non-finite float is the
+    one-key object {"$float": "NaN"}, {"$float": "Infinity"} or
+    {"$float": "-Infinity"}; an object of the document that is itself exactly
+    one key "$float" or "$object" is wrapped as {"$object": {...}}; bare NaN
+    or Infinity tokens are not JSON and are refused. A request whose typed
+    JSON field is not empty uses it and ignores the Struct beside it; text
+    that breaks these rules is INVALID_ARGUMENT INVALID_CONFIG (field,
+    detail). The size bound counts the typed JSON text's UTF-8 bytes.
     """
 
     def CreateRun(self, request, context):
@@ -429,6 +457,20 @@ class RunService:
     1,000 tags per run (TOO_MANY_TAGS: count), each at most 256 bytes
     (TAG_TOO_LONG: size); a description or failure reason at most 64 KiB
     (TEXT_TOO_LONG: field, size). A request that breaks one changes nothing.
+
+    Typed JSON: config and single values travel twice, as a
+    google.protobuf.Struct (`config`, `values`: every number a double) and as
+    typed JSON text (`config_json`, `values_json`), which keeps their types.
+    Typed JSON is a JSON object (RFC 8259, UTF-8) where a number without
+    fraction or exponent is an integer (64-bit signed at most) and any other
+    number a float (a whole float keeps its ".0"); a non-finite float is the
+    one-key object {"$float": "NaN"}, {"$float": "Infinity"} or
+    {"$float": "-Infinity"}; an object of the document that is itself exactly
+    one key "$float" or "$object" is wrapped as {"$object": {...}}; bare NaN
+    or Infinity tokens are not JSON and are refused. A request whose typed
+    JSON field is not empty uses it and ignores the Struct beside it; text
+    that breaks these rules is INVALID_ARGUMENT INVALID_CONFIG (field,
+    detail). The size bound counts the typed JSON text's UTF-8 bytes.
     """
 
     @staticmethod

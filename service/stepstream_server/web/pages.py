@@ -19,7 +19,7 @@ from ..model import RunRecord, RunState, SeriesSummary
 from ..reading import LineageNode, Selector, lineage
 from ..validation import project_of
 from . import links
-from .api import Context, error_status, group_of, jsonable, param, series_order, summary_json
+from .api import Context, error_status, group_of, param, series_order, summary_json
 from .graph import layout, step_text
 
 MAX_CONFIG_COLUMNS = 4
@@ -36,6 +36,20 @@ def fmt_value(x: Any) -> str:
     if isinstance(x, str):
         return x
     return json.dumps(x, ensure_ascii=False)
+
+
+def fmt_config(x: Any) -> str:
+    """A config or single value as written, its type visible: 64 is an int, 64.0 a float."""
+    if isinstance(x, float):
+        return repr(x) if math.isfinite(x) else fmt_value(x)
+    return fmt_value(x)
+
+
+def config_text(document: dict[str, Any]) -> str:
+    """A config document for the run page: JSON, whole floats with their ".0", and the
+    non-finite ones spelled NaN, Infinity and -Infinity without quotes (a string "NaN" keeps
+    its quotes)."""
+    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=True)
 
 
 def fmt_time(seconds: float) -> str:
@@ -59,7 +73,9 @@ ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENV.globals.update(links=links, fmt_value=fmt_value, fmt_time=fmt_time, step=step_text)
+ENV.globals.update(
+    links=links, fmt_value=fmt_value, fmt_config=fmt_config, fmt_time=fmt_time, step=step_text
+)
 ENV.filters["sortable"] = sort_value
 
 
@@ -252,8 +268,8 @@ class Pages:
             incarnation_id=incarnation_id,
             graph=layout(nodes),
             viewing=incarnation_id or record.current_incarnation_id,
-            config_json=json.dumps(jsonable(record.config), indent=2, ensure_ascii=False),
-            values_json=json.dumps(jsonable(record.values), indent=2, ensure_ascii=False),
+            config_json=config_text(record.config),
+            values_json=config_text(record.values),
             **charts,
         )
 
