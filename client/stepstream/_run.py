@@ -33,8 +33,11 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._export import write_export
+from ._offline import online_spool, spool_meta, start_offline
+from ._policies import Policies
 from ._records import Record, RecordMaker
 from ._sender import UNARY_TIMEOUT, Operation, Sender, UnaryCall
+from ._spool import SpoolFile
 from ._targets import Address, resolve_target
 from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
 from ._validate import (
@@ -117,7 +120,11 @@ class Run:
         max_inflight_batches: batches sent but not yet acknowledged.
         connect_timeout: seconds to wait for the service when creating the run and when
             opening a stream.
-        reconnect_timeout: seconds to keep reconnecting a failed stream before giving up.
+        reconnect_timeout: seconds to keep reconnecting a failed stream before the run goes
+            offline (or, with on_unavailable="raise", fails).
+        mode, on_full, on_unavailable, on_rejection, spool_max_bytes: offline runs and the
+            policies for an unreachable service, a full queue and rejected points; see
+            `_policies` and the README's "Offline and unreliable networks".
 
     Local metadata (DigitalHub's Run object): `run.config`, `run.tags` and `run.description`
     are local copies, read from the service when the Run is created and by `refresh()`. Edit
@@ -151,6 +158,11 @@ class Run:
         max_inflight_batches: int = 32,
         connect_timeout: float = 10.0,
         reconnect_timeout: float = 300.0,
+        mode: str | None = None,
+        on_full: str = "spill",
+        on_unavailable: str = "offline",
+        on_rejection: str = "report",
+        spool_max_bytes: int | None = None,
     ) -> None:
         if run_id is not None:
             check_id(run_id, "run_id")
@@ -175,6 +187,15 @@ class Run:
                 raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
         if on_error is not None and not callable(on_error):
             raise InvalidArgumentError(f"on_error must be callable, got {on_error!r}")
+        policies = Policies.check(
+            mode=mode,
+            on_full=on_full,
+            on_unavailable=on_unavailable,
+            on_rejection=on_rejection,
+            spool_max_bytes=spool_max_bytes,
+            writer_id=writer_id,
+        )
+        self._policies = policies
         self._writer_id = (
             uuid.uuid4().hex if writer_id is None else check_id(writer_id, "writer_id")
         )
@@ -218,8 +239,11 @@ class Run:
         self._address = self._target.address
         self._client = RunClient(self._target)
         fallback = False
+        spool = None
         try:
-            if branch.rewind_run_id:
+            if policies.offline:
+                info, spool = self._start_offline(request, branch, config, tag_list, None)
+            elif branch.rewind_run_id:
                 info = self._rewind_existing(
                     project or "",
                     branch.rewind_run_id,
@@ -236,21 +260,80 @@ class Run:
                 if resume and info.state != "RUNNING":
                     info = self._client.resume_run(info.project, info.run_id)
         except RPCError as exc:
-            self._client.close()
-            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                action = "rewind" if branch.rewind_run_id else "create"
-                raise RPCError(
-                    exc.code,
-                    f"could not {action} the run: no answer from the stepstream service at "
-                    f"{self._address} within {self._connect_timeout:g} s ({exc.message})",
-                    reason=exc.reason,
-                    domain=exc.domain,
-                    metadata=exc.metadata,
-                ) from None
-            raise
+            if policies.goes_offline(exc, generated_writer=writer_id is None):
+                why = f"the service at {self._address} is unreachable ({exc.message})"
+                info, spool = self._start_offline(request, branch, config, tag_list, why)
+            else:
+                self._client.close()
+                self._raise_unreachable(exc, "rewind" if branch.rewind_run_id else "create")
+                raise
         except BaseException:
             self._client.close()
             raise
+        self._finish_init(info, project, experiment_name, fallback, branch)
+        self._sender = Sender(
+            address=self._target,
+            project=self._project,
+            run_id=self._run_id,
+            writer_id=self._writer_id,
+            report=policies.watch(self._report),
+            max_queued_points=max_queued_points,
+            max_batch_points=max_batch_points,
+            max_inflight_batches=max_inflight_batches,
+            connect_timeout=self._connect_timeout,
+            reconnect_timeout=self._reconnect_timeout,
+            on_full=policies.on_full,
+            on_unavailable=policies.on_unavailable,
+            spool_path=online_spool(self._project, self._run_id, self._writer_id),
+            spool_meta=spool_meta(self._project, self._run_id, self._writer_id, self._address),
+            spool_max_bytes=policies.spool_max_bytes,
+            spool=spool,
+            next_sequence=1 if writer_id is None else None,
+            offline=spool is not None,
+        )
+        self._sender.start()
+        _open_runs.add(self)
+
+    def _start_offline(
+        self,
+        request: runs_pb2.CreateRunRequest,
+        branch: _Branch,
+        config: Mapping[str, Any] | None,
+        tags: list[str],
+        why: str | None,
+    ) -> tuple[RunInfo, SpoolFile]:
+        return start_offline(
+            request,
+            rewind_run_id=branch.rewind_run_id,
+            rewind_step=branch.rewind_step,
+            config=config,
+            tags=tags,
+            description=request.description or None,
+            writer_id=self._writer_id,
+            address=self._address,
+            max_bytes=self._policies.spool_max_bytes,
+            why=why,
+        )
+
+    def _raise_unreachable(self, exc: RPCError, action: str) -> None:
+        if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise RPCError(
+                exc.code,
+                f"could not {action} the run: no answer from the stepstream service at "
+                f"{self._address} within {self._connect_timeout:g} s ({exc.message})",
+                reason=exc.reason,
+                domain=exc.domain,
+                metadata=exc.metadata,
+            ) from None
+
+    def _finish_init(
+        self,
+        info: RunInfo,
+        project: str | None,
+        experiment_name: str | None,
+        fallback: bool,
+        branch: _Branch,
+    ) -> None:
         self._run_id = info.run_id
         self._project = info.project or (project or "")
         self._experiment_name = info.experiment or experiment_name or None
@@ -265,21 +348,6 @@ class Run:
                 parent,
                 self._experiment_name,
             )
-
-        self._sender = Sender(
-            address=self._target,
-            project=self._project,
-            run_id=self._run_id,
-            writer_id=self._writer_id,
-            report=self._report,
-            max_queued_points=max_queued_points,
-            max_batch_points=max_batch_points,
-            max_inflight_batches=max_inflight_batches,
-            connect_timeout=self._connect_timeout,
-            reconnect_timeout=self._reconnect_timeout,
-        )
-        self._sender.start()
-        _open_runs.add(self)
 
     def _rewind_existing(
         self,
@@ -546,6 +614,7 @@ class Run:
     def _put(self, record: Record) -> None:
         if self._closed:
             raise RunClosedError(f"run {self._run_id!r} is closed")
+        self._policies.check_rejection()
         self._sender.put(record)
 
     # ---- metadata (queued, applied in order with the points) --------------------------

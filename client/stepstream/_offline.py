@@ -1,0 +1,112 @@
+"""Runs created without the service: the creation goes to the spool (docs/spool.md).
+
+An offline run (mode="offline", or a creation that found the service unreachable) gets its
+run ID from the client when none was given, and its spool's first entries are what the
+service would have been asked: `CreateRun` (fork fields included), or for `resume_from` the
+`RewindRun` with its tag and description updates. `stepstream sync` sends them first.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stepstream.v1 import runs_pb2
+
+from ._convert import struct_from_dict
+from ._spool import NewEntry, SpoolFile, spool_path, spool_root
+from ._types import RunInfo
+from .rules import DESCRIPTION_KEY
+
+logger = logging.getLogger("stepstream")
+
+
+def new_run_id() -> str:
+    """A run ID of the service's own form (`run-` + 12 hex digits)."""
+    return "run-" + secrets.token_hex(6)
+
+
+def spool_meta(project: str, run_id: str, writer_id: str, address: str) -> dict[str, str]:
+    return {"project": project, "run_id": run_id, "writer_id": writer_id, "address": address}
+
+
+def online_spool(project: str, run_id: str, writer_id: str) -> Path:
+    """Where an online run spills, should it need to."""
+    return spool_path(spool_root(), project, run_id, writer_id)
+
+
+def start_offline(
+    request: runs_pb2.CreateRunRequest,
+    *,
+    rewind_run_id: str,
+    rewind_step: float,
+    config: Mapping[str, Any] | None,
+    tags: list[str],
+    description: str | None,
+    writer_id: str,
+    address: str,
+    max_bytes: int | None,
+    why: str | None,
+) -> tuple[RunInfo, SpoolFile]:
+    """Create the run's spool with its creation entries; the run as the client sees it."""
+    project = request.project
+    run_id = rewind_run_id or request.run_id or new_run_id()
+    entries: list[NewEntry] = []
+    if rewind_run_id:
+        merged = dict(config or {})
+        if DESCRIPTION_KEY in merged:
+            given = merged.pop(DESCRIPTION_KEY)
+            description = given if description is None else description
+        rewind = runs_pb2.RewindRunRequest(
+            project=project, run_id=run_id, step=rewind_step, config=struct_from_dict(merged)
+        )
+        entries.append((0, 0, "RewindRun", rewind.SerializeToString()))
+        if tags:
+            update = runs_pb2.UpdateRunTagsRequest(project=project, run_id=run_id, add=tags)
+            entries.append((0, 0, "UpdateRunTags", update.SerializeToString()))
+        if description is not None:
+            body = runs_pb2.UpdateRunConfigRequest(
+                project=project,
+                run_id=run_id,
+                config=struct_from_dict({DESCRIPTION_KEY: description}),
+            )
+            entries.append((0, 0, "UpdateRunConfig", body.SerializeToString()))
+    else:
+        create = copy.deepcopy(request)
+        create.run_id = run_id
+        entries.append((0, 0, "CreateRun", create.SerializeToString()))
+    path = spool_path(spool_root(), project, run_id, writer_id)
+    spool = SpoolFile(
+        path, create=spool_meta(project, run_id, writer_id, address), max_bytes=max_bytes
+    )
+    try:
+        spool.append(entries)
+    except BaseException:
+        spool.close()
+        raise
+    if why is not None:
+        logger.warning(
+            "stepstream: %s; run %r is offline: everything is logged to %s (upload it with: "
+            "stepstream sync %s)",
+            why,
+            run_id,
+            path,
+            path,
+        )
+    config_view = {k: v for k, v in (config or {}).items() if k != DESCRIPTION_KEY}
+    info = RunInfo(
+        run_id=run_id,
+        project=project,
+        experiment=request.experiment or None,
+        state="RUNNING",
+        tags=sorted(set(tags)),
+        description=description or request.description or "",
+        config=copy.deepcopy(config_view),
+        incarnation_id="",
+        incarnations=[],
+    )
+    return info, spool

@@ -1,0 +1,477 @@
+"""The sender's spool side: when to spill, what is spooled, and draining it in log order.
+
+`Spill` is the state (the spool file, what is loaded for sending, what is durable);
+`SpillingProducer` is a mixin of `Sender` with the producer's steps while the spool is engaged.
+The protocol, each crash point and why it is safe: docs/spool.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from stepstream.v1 import runs_pb2
+
+from ._buffer import Buffer
+from ._columnar import EncodedBatch, encode_batch, split_for_blocks
+from ._convert import ingest_error_from_rpc_error
+from ._exceptions import RPCError, StepstreamError
+from ._spool import Entry, NewEntry, SpoolError, SpoolFile, SpoolFull
+from ._types import IngestError
+
+logger = logging.getLogger("stepstream")
+
+# A stream failing this long (seconds) spills everything, not only what the memory bound
+# cannot hold.
+SPILL_AFTER = 1.0
+# Points per spill transaction (one fsync) at most, when plenty is queued.
+SPILL_CHUNK_POINTS = 400_000
+# After SQLITE_FULL (disk full or spool_max_bytes), the next append is tried this much later.
+FULL_RETRY = 1.0
+# Answered batches are deleted from the file at most this often (a lost delete only means a
+# re-send answered as duplicate_batch).
+DELETE_EVERY = 0.2
+# Operations that are reads: a spilling sender treats them as barriers, never spools them.
+READ_ONLY = frozenset({"GetRun"})
+# Operations a replay must not repeat (docs/spool.md): marked before they are sent.
+NOT_IDEMPOTENT = frozenset({"RewindRun"})
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+Items = list[Any]  # what Buffer.take returns: records, or one operation
+
+
+class _Recorder:
+    """Stands in for the RunService stub: `op.call(_Recorder())` returns (method, request)
+    instead of calling, so a queued operation can be written to the spool."""
+
+    def __getattr__(self, method: str) -> Callable[..., tuple[str, bytes]]:
+        def record(request: Any, **_: Any) -> tuple[str, bytes]:
+            return method, request.SerializeToString()
+
+        return record
+
+
+def record_call(call: Callable[[Any], Any]) -> tuple[str, bytes]:
+    """The (RunService method, serialized request) of an operation's unary call."""
+    method, body = call(_Recorder())
+    return str(method), bytes(body)
+
+
+def replay_call(method: str, body: bytes, timeout: float) -> Callable[[Any], Any]:
+    """The unary call of a spooled operation, for Sender._unary."""
+    request_type = getattr(runs_pb2, f"{method}Request", None)
+    if request_type is None:
+        raise SpoolError(f"the spool holds an unknown operation {method!r}")
+    request = request_type.FromString(body)
+    return lambda stub: getattr(stub, method)(request, timeout=timeout)
+
+
+class Spill:
+    """The spool of one sender: its file (opened lazily), what is loaded, what is durable."""
+
+    def __init__(
+        self,
+        *,
+        path: Path | None,
+        meta: dict[str, str],
+        max_bytes: int | None,
+        file: SpoolFile | None = None,
+    ) -> None:
+        self.path = file.path if file is not None else path
+        self._meta = meta
+        self._max_bytes = max_bytes
+        self.file = file
+        self.loaded_pos = 0  # entries up to this position are in memory, or done
+        self.last_pos = 0
+        self.top_sequence = 0  # highest batch sequence in the file
+        self._spooled: dict[int, int] = {}  # sequence -> points of batches in the file
+        self.spooled_points = 0
+        self._answered = 0
+        self._deleted = 0
+        self._last_delete = 0.0
+        self.full_until = 0.0
+        self.warned_full = False
+        self.engaged = False
+        if file is not None:
+            for entry in file.entries():
+                if entry.is_batch:
+                    self._spooled[entry.sequence] = entry.points
+            self.spooled_points = sum(self._spooled.values())
+            self.last_pos = file.last_pos()
+            self.top_sequence = file.last_sequence()
+            self.engaged = self.last_pos > 0
+
+    @property
+    def available(self) -> bool:
+        return self.path is not None
+
+    @property
+    def has_unloaded(self) -> bool:
+        return self.last_pos > self.loaded_pos
+
+    def append(self, unacked: Iterable[EncodedBatch], new: list[NewEntry]) -> None:
+        """Write `new` durably, after every unanswered in-memory batch not in the file yet
+        (so that nothing older than a spooled batch lives only in memory)."""
+        if self.file is None:
+            if self.path is None:
+                raise SpoolError("this run has no spool")
+            self.file = SpoolFile(self.path, create=self._meta, max_bytes=self._max_bytes)
+        prefix = [b for b in unacked if b.sequence > self.top_sequence]
+        entries: list[NewEntry] = [(b.sequence, b.points, "", b.request) for b in prefix]
+        entries += new
+        if not entries:
+            return
+        had_unloaded = self.has_unloaded
+        positions = self.file.append(entries)
+        self.last_pos = positions[-1]
+        if prefix and not had_unloaded:
+            self.loaded_pos = positions[len(prefix) - 1]  # those are in memory already
+        for sequence, points, method, _ in entries:
+            if not method:
+                self._spooled[sequence] = points
+                self.spooled_points += points
+                self.top_sequence = max(self.top_sequence, sequence)
+
+    def load(self, room: int) -> list[Entry]:
+        """The next entries to send: up to `room` batches, or one operation."""
+        assert self.file is not None
+        entries = self.file.entries(after=self.loaded_pos, limit=max(room, 1))
+        if not entries:
+            self.loaded_pos = self.last_pos
+            return []
+        if not entries[0].is_batch:
+            entries = entries[:1]
+        else:
+            cut = next((i for i, e in enumerate(entries) if not e.is_batch), len(entries))
+            entries = entries[:cut]
+        self.loaded_pos = entries[-1].pos
+        return entries
+
+    def unload(self, pos: int) -> None:
+        """An operation could not be run (the service went away): load it again later."""
+        self.loaded_pos = min(self.loaded_pos, pos - 1)
+
+    def answered(self, sequence: int) -> None:
+        points = self._spooled.pop(sequence, None)
+        if points is not None:
+            self.spooled_points -= points
+            self._answered = max(self._answered, sequence)
+
+    def op_done(self, pos: int) -> None:
+        if self.file is not None:
+            self.file.delete(pos)
+
+    def flush_deletes(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.file is None or self._answered <= self._deleted:
+            return
+        if force or now - self._last_delete >= DELETE_EVERY:
+            with contextlib.suppress(SpoolError, OSError):
+                self.file.delete_batches(self._answered)
+                self._deleted = self._answered
+            self._last_delete = now
+
+    def close(self) -> None:
+        """Close the file at the sender's end; removed when it holds nothing."""
+        if self.file is None:
+            return
+        try:
+            self.flush_deletes(force=True)
+            left, points = self.file.counts()
+            removed = self.file.close()
+        except Exception as exc:  # a broken disk must not hide what the run did
+            logger.warning("stepstream: closing the spool %s failed: %s", self.path, exc)
+            return
+        self.file = None
+        if not removed:
+            logger.warning(
+                "stepstream: %d spooled entries (%s points) were not delivered; they are in %s;"
+                " upload them with: stepstream sync %s",
+                left,
+                f"{points:,}",
+                self.path,
+                self.path,
+            )
+
+
+class SpillingProducer:
+    """Mixin of `Sender`: the producer's steps while the spool is engaged (docs/spool.md)."""
+
+    # Provided by Sender.
+    buffer: Buffer[Any]
+    fatal: StepstreamError | None
+    offline: bool
+    batches_sent: int
+    _spill: Spill
+    _unacked: OrderedDict[int, EncodedBatch]
+    _next_sequence: int | None
+    _max_batch_points: int
+    _max_inflight: int
+    _max_queued: int
+    _on_full: str
+    _on_unavailable: str
+    _call: Any
+    _failing_since: float | None
+    _pushback: deque[Items]
+    _held_op: Any
+    _progress: asyncio.Event
+    _wake: asyncio.Event
+    _offline_warned: bool
+
+    if TYPE_CHECKING:  # Sender's own methods
+
+        async def _send_encoded(self, batch: EncodedBatch) -> None: ...
+        async def _end_stream(self) -> None: ...
+        async def _unary(self, call: Any) -> Any: ...
+        async def _wait_until(self, condition: Callable[[], bool]) -> None: ...
+        async def _run_operation(self, op: Any) -> None: ...
+        def _report(self, error: IngestError) -> None: ...
+        def _where(self) -> str: ...
+
+    # ---- decisions ----------------------------------------------------------------------
+
+    def _take(self, max_points: int) -> Items | None:
+        if self._pushback:
+            return self._pushback.popleft()
+        self._wake.clear()
+        return self.buffer.take(max_points)
+
+    def _spill_wanted(self) -> bool:
+        """Whether new records must go to the spool rather than to the stream."""
+        spill = self._spill
+        if self._on_full != "spill" or not spill.available or self._next_sequence is None:
+            return False
+        if self.offline or spill.has_unloaded:
+            return True
+        if time.monotonic() < spill.full_until:
+            return False  # no room on disk: send from memory while we can
+        if self._call is not None and len(self._unacked) < self._max_inflight:
+            return False
+        if self.buffer.queued_points >= self._max_queued // 2:
+            return True
+        failing = self._failing_since
+        loop = asyncio.get_running_loop()
+        return failing is not None and loop.time() - failing >= SPILL_AFTER
+
+    async def _nap(self, timeout: float = 0.05, *, clear_wake: bool = True) -> None:
+        """Sleep until an answer, a log call, or `timeout`. `clear_wake=False` right after
+        a take() that found the queue empty (its wakeup must not be lost)."""
+        self._progress.clear()
+        if clear_wake:
+            self._wake.clear()
+        waiters = [asyncio.ensure_future(e.wait()) for e in (self._progress, self._wake)]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _go_offline(self, error: RPCError) -> bool:
+        """After the reconnect window: spool everything and keep reconnecting. False when the
+        run cannot go offline (fail-fast policy, no spool, or no sequence numbers yet)."""
+        if self._on_unavailable != "offline" or not self._spill.available:
+            return False
+        if self._next_sequence is None:
+            return False
+        if not self.offline:
+            self.offline = True
+            self._spill.engaged = True
+            if not self._offline_warned:
+                self._offline_warned = True
+                logger.warning(
+                    "stepstream: the service at %s is unreachable (%s); the run goes offline: "
+                    "logging continues into the spool %s, which drains when the service is "
+                    "back (or later: stepstream sync %s)",
+                    self._where(),
+                    error.message,
+                    self._spill.path,
+                    self._spill.path,
+                )
+            self._wake.set()
+            self._progress.set()
+        return True
+
+    # ---- the engaged producer -----------------------------------------------------------
+
+    async def _spool_step(self) -> bool:
+        """One step while the spool is engaged; True when the sender is to stop."""
+        spill = self._spill
+        spill.flush_deletes()
+        if self._held_op is not None and await self._release_held():
+            return True
+        can_send = (
+            not self.offline and self._call is not None and len(self._unacked) < self._max_inflight
+        )
+        if spill.has_unloaded and can_send:
+            await self._drain_step()
+            return False
+        if self._held_op is not None:
+            await self._nap()
+            return False
+        if not self._pushback and not self._spill_wanted():
+            spill.engaged = False  # back to the stream: nothing spooled waits to be loaded
+            return False
+        if not self._must_take():
+            await self._nap()
+            return False
+        items = self._take(self._max_batch_points)
+        if items is None:
+            await self._nap(clear_wake=False)
+            return False
+        first = items[0]
+        if hasattr(first, "future"):  # an Operation (records have no future)
+            await self._spill_operation(first)
+        else:
+            await self._spill_records(items)
+        return False
+
+    def _must_take(self) -> bool:
+        """Whether to take from the queue now (else wait: the drain makes room)."""
+        if self.offline or self._pushback:
+            return True
+        if time.monotonic() < self._spill.full_until:
+            return False
+        if self.buffer.queued_points >= self._max_queued // 2:
+            return True
+        failing = self._failing_since
+        return failing is not None and asyncio.get_running_loop().time() - failing >= SPILL_AFTER
+
+    async def _spill_records(self, first: Items) -> None:
+        taken: list[Items] = [first]
+        points = sum(r.points for r in first)
+        while points < SPILL_CHUNK_POINTS:
+            more = self._take(self._max_batch_points)
+            if more is None:
+                break
+            taken.append(more)
+            if hasattr(more[0], "future"):
+                break  # an operation: spooled after these records, in the next step
+            points += sum(r.points for r in more)
+        tail = taken.pop() if hasattr(taken[-1][0], "future") else None
+        assert self._next_sequence is not None
+        start = self._next_sequence
+        entries: list[NewEntry] = []
+        for records in taken:
+            for part in split_for_blocks(records):
+                batch = encode_batch(start + len(entries), part)
+                entries.append((batch.sequence, batch.points, "", batch.request))
+        if await self._append(entries, taken):
+            self._next_sequence = start + len(entries)
+        if tail is not None:
+            self._pushback.append(tail)
+
+    async def _spill_operation(self, op: Any) -> None:
+        if op.stop or op.call is None or op.name in READ_ONLY:
+            self._held_op = op
+            return
+        method, body = record_call(op.call)
+        last = (self._next_sequence or 1) - 1
+        if await self._append([(last, 0, method, body)], [[op]]):
+            op.future.set_result(None)
+
+    async def _append(self, entries: list[NewEntry], items: list[Items]) -> bool:
+        """Append durably; on a full disk put `items` back in front and warn once."""
+        spill = self._spill
+        try:
+            spill.append(self._unacked.values(), entries)
+        except SpoolFull as exc:
+            self._pushback.extendleft(reversed(items))
+            spill.full_until = time.monotonic() + FULL_RETRY
+            if not spill.warned_full:
+                spill.warned_full = True
+                logger.warning(
+                    "stepstream: the spool has no room (%s); log calls block until it has "
+                    "(nothing is dropped)",
+                    exc,
+                )
+            if self.offline or spill.has_unloaded:
+                await asyncio.sleep(FULL_RETRY)
+            return False
+        return True
+
+    async def _release_held(self) -> bool:
+        """Release a held barrier (wait(), close's stop) once everything before it is
+        delivered, or durable in the spool while offline. True when the sender stops."""
+        op = self._held_op
+        spill = self._spill
+        if self._pushback:
+            return False  # earlier records are not durable yet
+        if self.offline:
+            if await self._append([], []):
+                self._held_op = None
+                op.future.set_result(None)
+                return bool(op.stop)
+            return False
+        if spill.has_unloaded or self._unacked:
+            return False
+        self._held_op = None
+        if op.stop:
+            await self._end_stream()
+            op.future.set_result(None)
+            return True
+        await self._run_operation(op)
+        return False
+
+    async def _drain_step(self) -> None:
+        entries = self._spill.load(self._max_inflight - len(self._unacked))
+        if not entries:
+            return
+        if not entries[0].is_batch:
+            await self._replay(entries[0])
+            return
+        for entry in entries:
+            await self._send_encoded(EncodedBatch(entry.sequence, entry.body, entry.points))
+
+    async def _replay(self, entry: Entry) -> None:
+        spill = self._spill
+        from ._sender import UNARY_TIMEOUT
+
+        if entry.method in NOT_IDEMPOTENT:
+            if entry.attempted:
+                self._report(
+                    IngestError(
+                        series="",
+                        reason="NOT_REPEATED",
+                        message=f"{entry.method} was sent by an interrupted upload; not repeated",
+                    )
+                )
+                spill.op_done(entry.pos)
+                return
+            assert spill.file is not None
+            spill.file.mark_attempted(entry.pos)
+        await self._wait_until(lambda: not self._unacked or self.offline)
+        if self.offline:
+            spill.unload(entry.pos)
+            return
+        try:
+            await self._unary(replay_call(entry.method, entry.body, UNARY_TIMEOUT))
+        except RPCError as exc:
+            if exc.code in UNREACHABLE and self._go_offline(exc):
+                spill.unload(entry.pos)
+                return
+            self._report(ingest_error_from_rpc_error(exc, operation=entry.method))
+        spill.op_done(entry.pos)
+
+    async def _offline_operation(self, op: Any) -> bool:
+        """An operation met online whose barrier or call found the run offline: spool it.
+        True when it was spooled (its future resolved)."""
+        if op.stop or op.call is None or op.name in READ_ONLY:
+            self._held_op = op
+            return True
+        method, body = record_call(op.call)
+        last = (self._next_sequence or 1) - 1
+        while not await self._append([(last, 0, method, body)], []):
+            if self.fatal is not None:
+                return False
+            await asyncio.sleep(FULL_RETRY)
+        if not op.future.done():
+            op.future.set_result(None)
+        return True
