@@ -859,8 +859,9 @@ class Run:
             lines.append(
                 f"  {reason} ({where}): {points[reason, series]:,} points in {count:,} reports"
             )
-        if stats.pending_points:
-            lines.append(f"  {stats.pending_points:,} logged points were never acknowledged")
+        if stats.pending_points > stats.spooled_points:  # spooled ones: see the spool's warning
+            lost = stats.pending_points - stats.spooled_points
+            lines.append(f"  {lost:,} logged points were never acknowledged")
         if lines:
             logger.warning(
                 "stepstream: run %r closed with problems (acknowledged %s of %s points):\n%s",

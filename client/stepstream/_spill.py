@@ -193,8 +193,8 @@ class Spill:
         self.file = None
         if not removed:
             logger.warning(
-                "stepstream: %d spooled entries (%s points) were not delivered; they are in %s;"
-                " upload them with: stepstream sync %s",
+                "stepstream: %d entries (%s points) wait in the spool %s; upload them with: "
+                "stepstream sync %s",
                 left,
                 f"{points:,}",
                 self.path,

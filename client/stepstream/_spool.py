@@ -219,9 +219,9 @@ class SpoolFile:
         return int(row[0])
 
     def last_sequence(self) -> int:
-        row = self._db.execute(
-            "SELECT coalesce(max(sequence), 0) FROM entries WHERE method = ''"
-        ).fetchone()
+        """The highest sequence number used (an operation records the last batch before it,
+        so this holds even when every batch is gone)."""
+        row = self._db.execute("SELECT coalesce(max(sequence), 0) FROM entries").fetchone()
         return int(row[0])
 
     # ---- writing ------------------------------------------------------------------------
@@ -255,6 +255,12 @@ class SpoolFile:
 
     def mark_attempted(self, pos: int) -> None:
         self._db.execute("UPDATE entries SET attempted = 1 WHERE pos = ?", (pos,))
+
+    def __enter__(self) -> SpoolFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(remove_if_empty=False)
 
     def close(self, *, remove_if_empty: bool = True) -> bool:
         """Close the file; remove it (and its run directory, if empty) when it holds no

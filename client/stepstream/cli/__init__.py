@@ -4,6 +4,7 @@
     stepstream runs show RUN [--json]
     stepstream runs export RUN PATH [--series] [--format F]
     stepstream series RUN NAME [--max-points N] [--csv | --json]
+    stepstream sync [PATH ...] [--timeout S]   upload runs from the local spool
     stepstream serve ...        the service's own CLI, when stepstream-server is installed
 
 A new subcommand is a module with `register(commands)` that adds its parser and sets
@@ -17,10 +18,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import runs, series, serve
+from . import runs, series, serve, sync
 from ._output import run_handler
 
-COMMANDS = (runs, series, serve)
+COMMANDS = (runs, series, serve, sync)
 
 
 def parser() -> argparse.ArgumentParser:
