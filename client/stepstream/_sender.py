@@ -216,6 +216,7 @@ class Sender(SpillingProducer):
         self._pushback: deque[list[Any]] = deque()  # taken, not yet spooled (disk full)
         self._held_op: Operation | None = None  # a barrier waiting for the spool to drain
         self._permanently_offline = offline
+        self._stop_deadline: float | None = None  # close() while offline waits until then
         self.offline = offline
         self._offline_warned = offline
 

@@ -225,10 +225,14 @@ class SpillingProducer:
     _progress: asyncio.Event
     _wake: asyncio.Event
     _offline_warned: bool
+    _permanently_offline: bool
+    _reconnect_timeout: float
+    _stop_deadline: float | None
 
     if TYPE_CHECKING:  # Sender's own methods
 
         async def _send_encoded(self, batch: EncodedBatch) -> None: ...
+        async def _send_new(self, records: list[Any]) -> None: ...
         async def _end_stream(self) -> None: ...
         async def _unary(self, call: Any) -> Any: ...
         async def _wait_until(self, condition: Callable[[], bool]) -> None: ...
@@ -316,6 +320,9 @@ class SpillingProducer:
         if self._held_op is not None:
             await self._nap()
             return False
+        if can_send and time.monotonic() < spill.full_until:
+            await self._send_from_memory()  # no room on disk, nothing spooled waits: send
+            return False
         if not self._pushback and not self._spill_wanted():
             spill.engaged = False  # back to the stream: nothing spooled waits to be loaded
             return False
@@ -343,6 +350,15 @@ class SpillingProducer:
             return True
         failing = self._failing_since
         return failing is not None and asyncio.get_running_loop().time() - failing >= SPILL_AFTER
+
+    async def _send_from_memory(self) -> None:
+        items = self._take(self._max_batch_points)
+        if items is None:
+            await self._nap(clear_wake=False)
+        elif hasattr(items[0], "future"):
+            await self._run_operation(items[0])
+        else:
+            await self._send_new(items)
 
     async def _spill_records(self, first: Items) -> None:
         taken: list[Items] = [first]
@@ -405,11 +421,19 @@ class SpillingProducer:
         if self._pushback:
             return False  # earlier records are not durable yet
         if self.offline:
-            if await self._append([], []):
-                self._held_op = None
-                op.future.set_result(None)
-                return bool(op.stop)
-            return False
+            if not await self._append([], []):
+                return False
+            if op.stop and not self._permanently_offline:
+                # close() after an outage: one more reconnect window before the rest is
+                # left for `stepstream sync` (everything is durable already).
+                now = time.monotonic()
+                if self._stop_deadline is None:
+                    self._stop_deadline = now + self._reconnect_timeout
+                if now < self._stop_deadline:
+                    return False
+            self._held_op = None
+            op.future.set_result(None)
+            return bool(op.stop)
         if spill.has_unloaded or self._unacked:
             return False
         self._held_op = None

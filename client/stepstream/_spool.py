@@ -36,6 +36,10 @@ class SpoolBusy(SpoolError):
     """Another process (a live trainer, another `stepstream sync`) holds the spool's lock."""
 
 
+class SpoolGone(SpoolError):
+    """The spool file no longer exists (another process uploaded and removed it)."""
+
+
 class SpoolFull(SpoolError):
     """The disk, or `spool_max_bytes`, has no room for the entries (SQLITE_FULL)."""
 
@@ -102,13 +106,20 @@ class SpoolFile:
         self.path = Path(path)
         self._lock_fd: int | None = None
         if create is None and not self.path.is_file():
-            raise SpoolError(f"{self.path}: no such spool file")
+            raise SpoolGone(f"{self.path}: no such spool file")
         if create is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        if create is None and not self.path.is_file():  # removed while we took the lock
+            self._release_lock()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}.lock")
+            raise SpoolGone(f"{self.path}: no such spool file (uploaded by another process)")
+        # An existing file is opened read-write, never created (mode=rw).
+        target = str(self.path) if create is not None else f"{self.path.resolve().as_uri()}?mode=rw"
         try:
             self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False
+                target, isolation_level=None, check_same_thread=False, uri=create is None
             )
         except sqlite3.Error as exc:
             self._release_lock()
@@ -173,8 +184,13 @@ class SpoolFile:
             if not self.meta.get(key):
                 raise SpoolError(f"{self.path}: spool metadata has no {key}")
         if max_bytes is not None:
+            # The bound is the database's size; the WAL is checkpointed and truncated at a
+            # quarter of it, so the files together stay within about 1.5 times the bound.
             page_size = db.execute("PRAGMA page_size").fetchone()[0]
-            db.execute(f"PRAGMA max_page_count={max(int(max_bytes) // page_size, 2)}")
+            pages = max(int(max_bytes) // page_size, 2)
+            db.execute(f"PRAGMA max_page_count={pages}")
+            db.execute(f"PRAGMA wal_autocheckpoint={max(pages // 4, 4)}")
+            db.execute(f"PRAGMA journal_size_limit={int(max_bytes) // 4}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -182,7 +198,8 @@ class SpoolFile:
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLITE_FULL may have rolled it back already
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 

@@ -25,7 +25,7 @@ from stepstream.v1 import runs_pb2
 from .._client import RunClient
 from .._exceptions import RPCError
 from .._sender import Operation, Sender
-from .._spool import SpoolBusy, SpoolError, SpoolFile, find_spools, spool_root
+from .._spool import SpoolBusy, SpoolError, SpoolFile, SpoolGone, find_spools, spool_root
 from .._targets import resolve_target
 from .._types import IngestError
 from . import _connection
@@ -60,7 +60,7 @@ def register(commands: Any) -> None:
 class Outcome:
     path: Path
     run: str = ""
-    status: str = "uploaded"  # uploaded, partial, busy, error, unreachable
+    status: str = "uploaded"  # uploaded, partial, gone, busy, error, unreachable
     sent: int = 0
     rejected: int = 0
     left: int = 0
@@ -94,7 +94,7 @@ def sync_command(args: argparse.Namespace) -> int:
         print(outcome.line(), flush=True)
     if any(o.status == "unreachable" for o in outcomes):
         return UNREACHABLE
-    if any(o.status != "uploaded" or o.rejected for o in outcomes):
+    if any(o.status not in ("uploaded", "gone") or o.rejected for o in outcomes):
         return FAILED
     return OK
 
@@ -103,6 +103,10 @@ def sync_file(path: Path, args: argparse.Namespace) -> Outcome:
     outcome = Outcome(path)
     try:
         spool = SpoolFile(path)
+    except SpoolGone as exc:
+        outcome.status = "gone"
+        outcome.notes.append(str(exc))
+        return outcome
     except SpoolBusy as exc:
         outcome.status = "busy"
         outcome.notes.append(str(exc))
