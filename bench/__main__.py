@@ -29,7 +29,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--cases",
         default="all",
         help="comma-separated: a,b,c,d (ingest shapes; d includes memory), node (shape b via "
-        "client-node), latency, cost, stall, reads, web; default all",
+        "client-node), latency, cost, stall, reads, web, hostile, spool; default all",
     )
     parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow baseline")
     parser.add_argument(

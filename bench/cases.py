@@ -225,6 +225,7 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     from bench.case_latency import latency
     from bench.case_node import node_ingest
     from bench.case_reads import reads
+    from bench.case_spool import spool
     from bench.case_trainer import cost, stall
     from bench.case_web import web
 
@@ -238,4 +239,5 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     cases["reads"] = reads
     cases["web"] = web
     cases["hostile"] = hostile
+    cases["spool"] = spool
     return cases
