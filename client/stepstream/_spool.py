@@ -21,6 +21,7 @@ SUFFIX = ".spool"
 DEFAULT_DIR = ".stepstream-client"
 # The project directory of a run in the service's default project (project "").
 DEFAULT_PROJECT_DIR = "_default"
+PAGE_SIZE = 65536
 
 try:  # POSIX: an advisory lock that dies with its process (kill -9 included)
     import fcntl
@@ -163,6 +164,10 @@ class SpoolFile:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             if not {"meta", "entries"} <= tables:
                 raise SpoolError(f"{self.path}: not a stepstream spool (no spool tables)")
+        if create is not None:
+            # Before the first table: large pages suit a log of large blobs (fewer overflow
+            # pages to write per batch). Ignored for a file that already has pages.
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         if create is not None:
