@@ -43,6 +43,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,7 +62,7 @@ from ._convert import (
 )
 from ._exceptions import RPCError, RunClosedError, StepstreamError
 from ._records import Record
-from ._spill import UNREACHABLE, Spill, SpillingProducer
+from ._spill import UNREACHABLE, Spill, SpillingProducer, _Write
 from ._spool import SpoolFile
 from ._targets import Address, Target, resolve_target
 from ._types import IngestError, SenderStats
@@ -217,6 +218,8 @@ class Sender(SpillingProducer):
         self._held_op: Operation | None = None  # a barrier waiting for the spool to drain
         self._permanently_offline = offline
         self._stop_deadline: float | None = None  # close() while offline waits until then
+        self._writer: ThreadPoolExecutor | None = None  # spool writes pipelined while offline
+        self._write: _Write | None = None
         self.offline = offline
         self._offline_warned = offline
 
@@ -406,7 +409,7 @@ class Sender(SpillingProducer):
             self._fail_current_op()
             for channel in self._channels.values():
                 await channel.close(grace=None)
-            self._spill.close()
+            await self._end_spool()
 
     def _fail(self, error: StepstreamError) -> None:
         """Give up for good: report, refuse new records, fail every pending operation."""

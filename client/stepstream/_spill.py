@@ -13,6 +13,8 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +76,26 @@ def replay_call(method: str, body: bytes, timeout: float) -> Callable[[Any], Any
     return lambda stub: getattr(stub, method)(request, timeout=timeout)
 
 
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """An append being written: its entries, how many re-write in-memory batches first."""
+
+    entries: list[NewEntry]
+    prefix: int
+    had_unloaded: bool
+    top_before: int
+
+
+@dataclass
+class _Write:
+    """A pipelined append on the writer thread, with what to put back if it fails."""
+
+    future: asyncio.Future[list[int]]
+    planned: Planned
+    items: list[Items]
+    start: int
+
+
 class Spill:
     """The spool of one sender: its file (opened lazily), what is loaded, what is durable."""
 
@@ -120,6 +142,12 @@ class Spill:
     def append(self, unacked: Iterable[EncodedBatch], new: list[NewEntry]) -> None:
         """Write `new` durably, after every unanswered in-memory batch not in the file yet
         (so that nothing older than a spooled batch lives only in memory)."""
+        planned = self.prepare(unacked, new)
+        if planned is not None:
+            self.committed(planned, self.write(planned))
+
+    def prepare(self, unacked: Iterable[EncodedBatch], new: list[NewEntry]) -> Planned | None:
+        """The entries of an append (on the loop thread); None when there is nothing."""
         if self.file is None:
             if self.path is None:
                 raise SpoolError("this run has no spool")
@@ -128,17 +156,28 @@ class Spill:
         entries: list[NewEntry] = [(b.sequence, b.points, "", b.request) for b in prefix]
         entries += new
         if not entries:
-            return
-        had_unloaded = self.has_unloaded
-        positions = self.file.append(entries)
+            return None
+        planned = Planned(entries, len(prefix), self.has_unloaded, self.top_sequence)
+        top = max((e[0] for e in entries if not e[2]), default=0)
+        self.top_sequence = max(self.top_sequence, top)  # a later prepare must not repeat them
+        return planned
+
+    def write(self, planned: Planned) -> list[int]:
+        """The file I/O of an append (may run on the writer thread); SpoolFull on no room."""
+        assert self.file is not None
+        return self.file.append(planned.entries)
+
+    def failed(self, planned: Planned) -> None:
+        self.top_sequence = planned.top_before
+
+    def committed(self, planned: Planned, positions: list[int]) -> None:
         self.last_pos = positions[-1]
-        if prefix and not had_unloaded:
-            self.loaded_pos = positions[len(prefix) - 1]  # those are in memory already
-        for sequence, points, method, _ in entries:
+        if planned.prefix and not planned.had_unloaded:
+            self.loaded_pos = positions[planned.prefix - 1]  # those are in memory already
+        for sequence, points, method, _ in planned.entries:
             if not method:
                 self._spooled[sequence] = points
                 self.spooled_points += points
-                self.top_sequence = max(self.top_sequence, sequence)
 
     def load(self, room: int) -> list[Entry]:
         """The next entries to send: up to `room` batches, or one operation."""
@@ -228,6 +267,8 @@ class SpillingProducer:
     _permanently_offline: bool
     _reconnect_timeout: float
     _stop_deadline: float | None
+    _writer: ThreadPoolExecutor | None
+    _write: _Write | None
 
     if TYPE_CHECKING:  # Sender's own methods
 
@@ -303,11 +344,31 @@ class SpillingProducer:
             self._progress.set()
         return True
 
+    async def _end_spool(self) -> None:
+        """At the sender's end: let a pipelined write finish, then close the spool."""
+        try:
+            failed = await self._settle_write()
+        except BaseException as exc:  # cancelled again, or a broken disk: say so
+            failed = None
+            logger.warning("stepstream: the last spool write did not finish: %r", exc)
+        if failed is not None:  # its points never became durable
+            logger.warning("stepstream: the last spool write found no room: %s", failed[1])
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        self._spill.close()
+
     # ---- the engaged producer -----------------------------------------------------------
 
     async def _spool_step(self) -> bool:
         """One step while the spool is engaged; True when the sender is to stop."""
         spill = self._spill
+        if not self.offline and self._write is not None:
+            failed = await self._settle_write()  # the file is the loop's alone again
+            if failed is not None:
+                self._pushback.extendleft(reversed(failed[0].items))
+                self._next_sequence = failed[0].start
+                await self._full(failed[1])
+                return False
         spill.flush_deletes()
         if self._held_op is not None and await self._release_held():
             return True
@@ -379,7 +440,7 @@ class SpillingProducer:
             for part in split_for_blocks(records):
                 batch = encode_batch(start + len(entries), part)
                 entries.append((batch.sequence, batch.points, "", batch.request))
-        if await self._append(entries, taken):
+        if await self._append(entries, taken, start=start):
             self._next_sequence = start + len(entries)
         if tail is not None:
             self._pushback.append(tail)
@@ -393,25 +454,66 @@ class SpillingProducer:
         if await self._append([(last, 0, method, body)], [[op]]):
             op.future.set_result(None)
 
-    async def _append(self, entries: list[NewEntry], items: list[Items]) -> bool:
-        """Append durably; on a full disk put `items` back in front and warn once."""
+    async def _append(
+        self, entries: list[NewEntry], items: list[Items], *, start: int | None = None
+    ) -> bool:
+        """Append durably; on a full disk put `items` back in front and warn once.
+
+        With `start` (the first sequence number of `entries`, records spilled offline) the
+        write is pipelined: it runs on the writer thread while the loop encodes the next
+        records, and True means "submitted"; a failure is found by the next append (or
+        `_settle_write`), which puts both back in order and rewinds the sequence numbers.
+        """
         spill = self._spill
+        failed = await self._settle_write()
+        if failed is not None:
+            write, exc = failed
+            self._pushback.extendleft(reversed(write.items + items))
+            self._next_sequence = write.start
+            return await self._full(exc)
+        if start is not None and self.offline:
+            planned = spill.prepare(self._unacked.values(), entries)
+            if planned is not None:
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="stepstream-spool")
+                loop = asyncio.get_running_loop()
+                future = loop.run_in_executor(self._writer, spill.write, planned)
+                self._write = _Write(future, planned, items, start)
+            return True
         try:
             spill.append(self._unacked.values(), entries)
         except SpoolFull as exc:
             self._pushback.extendleft(reversed(items))
-            spill.full_until = time.monotonic() + FULL_RETRY
-            if not spill.warned_full:
-                spill.warned_full = True
-                logger.warning(
-                    "stepstream: the spool has no room (%s); log calls block until it has "
-                    "(nothing is dropped)",
-                    exc,
-                )
-            if self.offline or spill.has_unloaded:
-                await asyncio.sleep(FULL_RETRY)
-            return False
+            return await self._full(exc)
         return True
+
+    async def _settle_write(self) -> tuple[_Write, SpoolFull] | None:
+        """Wait for the pipelined write; (it, the error) when it found no room."""
+        write = self._write
+        if write is None:
+            return None
+        self._write = None
+        try:
+            positions = await asyncio.shield(write.future)
+        except SpoolFull as exc:
+            self._spill.failed(write.planned)
+            return write, exc
+        self._spill.committed(write.planned, positions)
+        return None
+
+    async def _full(self, exc: SpoolFull) -> bool:
+        spill = self._spill
+        spill.full_until = time.monotonic() + FULL_RETRY
+        if not spill.warned_full:
+            spill.warned_full = True
+            logger.warning(
+                "stepstream: the spool has no room (%s); log calls block until it has "
+                "(nothing is dropped)",
+                exc,
+            )
+        if self.offline or spill.has_unloaded:
+            await asyncio.sleep(FULL_RETRY)
+        return False
 
     async def _release_held(self) -> bool:
         """Release a held barrier (wait(), close's stop) once everything before it is
@@ -421,7 +523,7 @@ class SpillingProducer:
         if self._pushback:
             return False  # earlier records are not durable yet
         if self.offline:
-            if not await self._append([], []):
+            if not await self._append([], []):  # settles the pipelined write first
                 return False
             if op.stop and not self._permanently_offline:
                 # close() after an outage: one more reconnect window before the rest is
