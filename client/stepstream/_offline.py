@@ -12,12 +12,12 @@ import copy
 import logging
 import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from stepstream.v1 import runs_pb2
 
 from ._convert import struct_from_dict
+from ._policies import Policies
 from ._spool import NewEntry, SpoolFile, spool_path, spool_root
 from ._types import RunInfo
 from .rules import DESCRIPTION_KEY
@@ -34,26 +34,44 @@ def spool_meta(project: str, run_id: str, writer_id: str, address: str) -> dict[
     return {"project": project, "run_id": run_id, "writer_id": writer_id, "address": address}
 
 
-def online_spool(project: str, run_id: str, writer_id: str) -> Path:
-    """Where an online run spills, should it need to."""
-    return spool_path(spool_root(), project, run_id, writer_id)
+def sender_spool(
+    policies: Policies,
+    spool: SpoolFile | None,
+    project: str,
+    run_id: str,
+    writer_id: str,
+    address: str,
+) -> dict[str, Any]:
+    """The Sender's spool arguments for a Run: where it would spill, and for an offline run
+    its open spool. A writer ID the Run generated starts at sequence 1 (docs/spool.md)."""
+    generated = spool is not None or policies.generated_writer
+    return {
+        "on_full": policies.on_full,
+        "on_unavailable": policies.on_unavailable,
+        "spool_path": spool_path(spool_root(), project, run_id, writer_id),
+        "spool_meta": spool_meta(project, run_id, writer_id, address),
+        "spool_max_bytes": policies.spool_max_bytes,
+        "spool": spool,
+        "next_sequence": 1 if generated else None,
+        "offline": spool is not None,
+    }
 
 
 def start_offline(
     request: runs_pb2.CreateRunRequest,
-    *,
     rewind_run_id: str,
     rewind_step: float,
     config: Mapping[str, Any] | None,
     tags: list[str],
-    description: str | None,
+    policies: Policies,
     writer_id: str,
     address: str,
-    max_bytes: int | None,
     why: str | None,
 ) -> tuple[RunInfo, SpoolFile]:
     """Create the run's spool with its creation entries; the run as the client sees it."""
     project = request.project
+    description = request.description or None
+    max_bytes = policies.spool_max_bytes
     run_id = rewind_run_id or request.run_id or new_run_id()
     entries: list[NewEntry] = []
     if rewind_run_id:

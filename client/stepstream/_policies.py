@@ -45,6 +45,7 @@ class Policies:
     on_unavailable: str
     on_rejection: str
     spool_max_bytes: int | None
+    generated_writer: bool = True  # the Run generated its writer ID (no writer_id given)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rejection: IngestError | None = field(default=None, repr=False)
     _raised: bool = field(default=False, repr=False)
@@ -52,7 +53,6 @@ class Policies:
     @classmethod
     def check(
         cls,
-        *,
         mode: str | None,
         on_full: str,
         on_unavailable: str,
@@ -86,17 +86,18 @@ class Policies:
             on_unavailable=_choice(on_unavailable, ON_UNAVAILABLE, "on_unavailable"),
             on_rejection=_choice(on_rejection, ON_REJECTION, "on_rejection"),
             spool_max_bytes=spool_max_bytes,
+            generated_writer=writer_id is None,
         )
 
     @property
     def offline(self) -> bool:
         return self.mode == "offline"
 
-    def goes_offline(self, error: RPCError, *, generated_writer: bool) -> bool:
+    def goes_offline(self, error: RPCError) -> bool:
         """Whether a creation that failed with `error` turns the run offline instead."""
         return (
             self.on_unavailable == "offline"
-            and generated_writer
+            and self.generated_writer
             and error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         )
 

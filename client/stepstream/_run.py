@@ -33,11 +33,10 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._export import write_export
-from ._offline import online_spool, spool_meta, start_offline
+from ._offline import sender_spool, start_offline
 from ._policies import Policies
 from ._records import Record, RecordMaker
 from ._sender import UNARY_TIMEOUT, Operation, Sender, UnaryCall
-from ._spool import SpoolFile
 from ._targets import Address, resolve_target
 from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
 from ._validate import (
@@ -121,10 +120,9 @@ class Run:
         connect_timeout: seconds to wait for the service when creating the run and when
             opening a stream.
         reconnect_timeout: seconds to keep reconnecting a failed stream before the run goes
-            offline (or, with on_unavailable="raise", fails).
+            offline (with on_unavailable="raise": gives up).
         mode, on_full, on_unavailable, on_rejection, spool_max_bytes: offline runs and the
-            policies for an unreachable service, a full queue and rejected points; see
-            `_policies` and the README's "Offline and unreliable networks".
+            spool; see `_policies` and the README's "Offline and unreliable networks".
 
     Local metadata (DigitalHub's Run object): `run.config`, `run.tags` and `run.description`
     are local copies, read from the service when the Run is created and by `refresh()`. Edit
@@ -187,15 +185,9 @@ class Run:
                 raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
         if on_error is not None and not callable(on_error):
             raise InvalidArgumentError(f"on_error must be callable, got {on_error!r}")
-        policies = Policies.check(
-            mode=mode,
-            on_full=on_full,
-            on_unavailable=on_unavailable,
-            on_rejection=on_rejection,
-            spool_max_bytes=spool_max_bytes,
-            writer_id=writer_id,
+        policies = self._policies = Policies.check(
+            mode, on_full, on_unavailable, on_rejection, spool_max_bytes, writer_id
         )
-        self._policies = policies
         self._writer_id = (
             uuid.uuid4().hex if writer_id is None else check_id(writer_id, "writer_id")
         )
@@ -239,10 +231,11 @@ class Run:
         self._address = self._target.address
         self._client = RunClient(self._target)
         fallback = False
+        offline = (request, branch.rewind_run_id, branch.rewind_step, config, tag_list, policies)
         spool = None
         try:
             if policies.offline:
-                info, spool = self._start_offline(request, branch, config, tag_list, None)
+                info, spool = start_offline(*offline, self._writer_id, self._address, None)
             elif branch.rewind_run_id:
                 info = self._rewind_existing(
                     project or "",
@@ -260,80 +253,25 @@ class Run:
                 if resume and info.state != "RUNNING":
                     info = self._client.resume_run(info.project, info.run_id)
         except RPCError as exc:
-            if policies.goes_offline(exc, generated_writer=writer_id is None):
+            if policies.goes_offline(exc):
                 why = f"the service at {self._address} is unreachable ({exc.message})"
-                info, spool = self._start_offline(request, branch, config, tag_list, why)
+                info, spool = start_offline(*offline, self._writer_id, self._address, why)
             else:
                 self._client.close()
-                self._raise_unreachable(exc, "rewind" if branch.rewind_run_id else "create")
+                if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    action = "rewind" if branch.rewind_run_id else "create"
+                    raise RPCError(
+                        exc.code,
+                        f"could not {action} the run: no answer from the stepstream service at "
+                        f"{self._address} within {self._connect_timeout:g} s ({exc.message})",
+                        reason=exc.reason,
+                        domain=exc.domain,
+                        metadata=exc.metadata,
+                    ) from None
                 raise
         except BaseException:
             self._client.close()
             raise
-        self._finish_init(info, project, experiment_name, fallback, branch)
-        self._sender = Sender(
-            address=self._target,
-            project=self._project,
-            run_id=self._run_id,
-            writer_id=self._writer_id,
-            report=policies.watch(self._report),
-            max_queued_points=max_queued_points,
-            max_batch_points=max_batch_points,
-            max_inflight_batches=max_inflight_batches,
-            connect_timeout=self._connect_timeout,
-            reconnect_timeout=self._reconnect_timeout,
-            on_full=policies.on_full,
-            on_unavailable=policies.on_unavailable,
-            spool_path=online_spool(self._project, self._run_id, self._writer_id),
-            spool_meta=spool_meta(self._project, self._run_id, self._writer_id, self._address),
-            spool_max_bytes=policies.spool_max_bytes,
-            spool=spool,
-            next_sequence=1 if writer_id is None else None,
-            offline=spool is not None,
-        )
-        self._sender.start()
-        _open_runs.add(self)
-
-    def _start_offline(
-        self,
-        request: runs_pb2.CreateRunRequest,
-        branch: _Branch,
-        config: Mapping[str, Any] | None,
-        tags: list[str],
-        why: str | None,
-    ) -> tuple[RunInfo, SpoolFile]:
-        return start_offline(
-            request,
-            rewind_run_id=branch.rewind_run_id,
-            rewind_step=branch.rewind_step,
-            config=config,
-            tags=tags,
-            description=request.description or None,
-            writer_id=self._writer_id,
-            address=self._address,
-            max_bytes=self._policies.spool_max_bytes,
-            why=why,
-        )
-
-    def _raise_unreachable(self, exc: RPCError, action: str) -> None:
-        if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise RPCError(
-                exc.code,
-                f"could not {action} the run: no answer from the stepstream service at "
-                f"{self._address} within {self._connect_timeout:g} s ({exc.message})",
-                reason=exc.reason,
-                domain=exc.domain,
-                metadata=exc.metadata,
-            ) from None
-
-    def _finish_init(
-        self,
-        info: RunInfo,
-        project: str | None,
-        experiment_name: str | None,
-        fallback: bool,
-        branch: _Branch,
-    ) -> None:
         self._run_id = info.run_id
         self._project = info.project or (project or "")
         self._experiment_name = info.experiment or experiment_name or None
@@ -348,6 +286,24 @@ class Run:
                 parent,
                 self._experiment_name,
             )
+
+        self._sender = Sender(
+            address=self._target,
+            project=self._project,
+            run_id=self._run_id,
+            writer_id=self._writer_id,
+            report=policies.watch(self._report),
+            max_queued_points=max_queued_points,
+            max_batch_points=max_batch_points,
+            max_inflight_batches=max_inflight_batches,
+            connect_timeout=self._connect_timeout,
+            reconnect_timeout=self._reconnect_timeout,
+            **sender_spool(
+                policies, spool, self._project, self._run_id, self._writer_id, self._address
+            ),
+        )
+        self._sender.start()
+        _open_runs.add(self)
 
     def _rewind_existing(
         self,
@@ -859,8 +815,8 @@ class Run:
             lines.append(
                 f"  {reason} ({where}): {points[reason, series]:,} points in {count:,} reports"
             )
-        if stats.pending_points > stats.spooled_points:  # spooled ones: see the spool's warning
-            lost = stats.pending_points - stats.spooled_points
+        lost = stats.pending_points - stats.spooled_points  # spooled: the spool's own warning
+        if lost > 0:
             lines.append(f"  {lost:,} logged points were never acknowledged")
         if lines:
             logger.warning(
