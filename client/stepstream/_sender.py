@@ -41,9 +41,8 @@ import logging
 import random
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,8 +61,9 @@ from ._convert import (
 )
 from ._exceptions import RPCError, RunClosedError, StepstreamError
 from ._records import Record
-from ._spill import UNREACHABLE, Spill, SpillingProducer, _Write
+from ._spill import UNREACHABLE, SpillingProducer
 from ._spool import SpoolFile
+from ._spool_queue import Spill
 from ._targets import Address, Target, resolve_target
 from ._types import IngestError, SenderStats
 
@@ -208,20 +208,13 @@ class Sender(SpillingProducer):
         self._reconnect_timeout = reconnect_timeout
         self._ack_timeout = ACK_TIMEOUT if ack_timeout is None else ack_timeout
         self.buffer: Buffer[Operation] = Buffer(max_queued_points, self._wakeup)
-        self._max_queued = max_queued_points
-        self._on_full = on_full
-        self._on_unavailable = on_unavailable
-        self._spill = Spill(
-            path=spool_path, meta=spool_meta or {}, max_bytes=spool_max_bytes, file=spool
+        self._init_spill(
+            max_queued_points,
+            on_full,
+            on_unavailable,
+            offline,
+            Spill(path=spool_path, meta=spool_meta or {}, max_bytes=spool_max_bytes, file=spool),
         )
-        self._pushback: deque[list[Any]] = deque()  # taken, not yet spooled (disk full)
-        self._held_op: Operation | None = None  # a barrier waiting for the spool to drain
-        self._permanently_offline = offline
-        self._stop_deadline: float | None = None  # close() while offline waits until then
-        self._writer: ThreadPoolExecutor | None = None  # spool writes pipelined while offline
-        self._write: _Write | None = None
-        self.offline = offline
-        self._offline_warned = offline
 
         self._thread = threading.Thread(
             target=self._thread_main, name=f"stepstream-sender-{run_id}", daemon=True
