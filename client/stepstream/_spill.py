@@ -269,10 +269,11 @@ class SpillingProducer:
             for part in split_for_blocks(records):
                 batch = encode_batch(start + len(entries), part)
                 entries.append((batch.sequence, batch.points, "", batch.request))
-        if await self._append(entries, taken, start=start):
+        back = taken + ([tail] if tail is not None else [])  # in order, should it fail
+        if await self._append(entries, back, start=start, written=taken):
             self._next_sequence = start + len(entries)
-        if tail is not None:
-            self._pushback.append(tail)
+            if tail is not None:
+                await self._spill_operation(tail[0])
 
     async def _spill_operation(self, op: Any) -> None:
         if op.stop or op.call is None or op.name in READ_ONLY:
@@ -284,7 +285,12 @@ class SpillingProducer:
             op.future.set_result(None)
 
     async def _append(
-        self, entries: list[NewEntry], items: list[Items], *, start: int | None = None
+        self,
+        entries: list[NewEntry],
+        items: list[Items],
+        *,
+        start: int | None = None,
+        written: list[Items] | None = None,
     ) -> bool:
         """Append durably; on a full disk put `items` back in front and warn once.
 
@@ -292,6 +298,8 @@ class SpillingProducer:
         write is pipelined: it runs on the writer thread while the loop encodes the next
         records, and True means "submitted"; a failure is found by the next append (or
         `_settle_write`), which puts both back in order and rewinds the sequence numbers.
+        `written` are the items of `entries` alone (`items` may end with an operation taken
+        after them, which the caller goes on with when this returns True).
         """
         spill = self._spill
         failed = await self._settle_write()
@@ -307,7 +315,7 @@ class SpillingProducer:
                     self._writer = ThreadPoolExecutor(1, thread_name_prefix="stepstream-spool")
                 loop = asyncio.get_running_loop()
                 future = loop.run_in_executor(self._writer, spill.write, planned)
-                self._write = _Write(future, planned, items, start)
+                self._write = _Write(future, planned, items if written is None else written, start)
             return True
         try:
             spill.append(self._unacked.values(), entries)
@@ -389,23 +397,23 @@ class SpillingProducer:
         spill = self._spill
         from ._sender import UNARY_TIMEOUT
 
-        if entry.method in NOT_IDEMPOTENT:
-            if entry.attempted:
-                self._report(
-                    IngestError(
-                        series="",
-                        reason="NOT_REPEATED",
-                        message=f"{entry.method} was sent by an interrupted upload; not repeated",
-                    )
+        if entry.method in NOT_IDEMPOTENT and entry.attempted:
+            self._report(
+                IngestError(
+                    series="",
+                    reason="NOT_REPEATED",
+                    message=f"{entry.method} was sent by an interrupted upload; not repeated",
                 )
-                spill.op_done(entry.pos)
-                return
-            assert spill.file is not None
-            spill.file.mark_attempted(entry.pos)
+            )
+            spill.op_done(entry.pos)
+            return
         await self._wait_until(lambda: not self._unacked or self.offline)
         if self.offline:
             spill.unload(entry.pos)
             return
+        if entry.method in NOT_IDEMPOTENT:
+            assert spill.file is not None
+            spill.file.mark_attempted(entry.pos)  # committed before it can reach the service
         try:
             await self._unary(replay_call(entry.method, entry.body, UNARY_TIMEOUT))
         except RPCError as exc:
