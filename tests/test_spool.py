@@ -369,3 +369,30 @@ def test_policy_arguments_are_checked(dead_address: str, monkeypatch: pytest.Mon
         stepstream.InvalidArgumentError, match="STEPSTREAM_MODE must be one of 'online'"
     ):
         stepstream.Run("r", address=dead_address)
+
+
+def test_sync_with_the_service_unreachable_exits_3_and_keeps_the_spool(
+    spool_dir: Path, dead_address: str
+) -> None:
+    with stepstream.Run("later", address=dead_address, mode="offline") as run:
+        run.log_metrics(row(0), step=0)
+    (path,) = spools(spool_dir)
+    before = path.read_bytes()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stepstream.cli",
+            "sync",
+            "--address",
+            dead_address,
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 3
+    assert "later: unreachable; 0 points sent, 0 rejected; 3 entries left" in result.stdout
+    assert path.read_bytes() == before

@@ -87,9 +87,12 @@ def sync_command(args: argparse.Namespace) -> int:
     if not files:
         print(f"nothing to sync in {', '.join(map(str, roots))}")
         return OK
-    outcomes = []
+    outcomes: list[Outcome] = []
     for path in files:
-        outcome = sync_file(path, args)
+        if outcomes and outcomes[-1].status == "unreachable":
+            outcome = Outcome(path, status="unreachable", notes=["not tried: unreachable"])
+        else:
+            outcome = sync_file(path, args)
         outcomes.append(outcome)
         print(outcome.line(), flush=True)
     if any(o.status == "unreachable" for o in outcomes):
@@ -207,6 +210,7 @@ def _drain(spool: SpoolFile, args: argparse.Namespace, outcome: Outcome) -> Outc
         spool=spool,
         next_sequence=spool.last_sequence() + 1,
     )
+    sender._stop_deadline = 0.0  # unreachable past --timeout: stop then, no second window
     sender.start()
     stop = sender.submit(Operation("stop", stop=True))
     shown = 0.0
