@@ -31,7 +31,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default="all",
         help="comma-separated: a,b,c,d (ingest shapes; d includes memory), node (shape b via "
         "client-node), latency, cost, trackio (Trackio's workloads), stall, reads, web, hostile,"
-        " security (TLS + tokens); default all",
+        " security (TLS + tokens), spool; default all",
     )
     parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow baseline")
     parser.add_argument("--no-trackio", action="store_true", help="skip the Trackio baseline")

@@ -228,6 +228,7 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     from bench.case_node import node_ingest
     from bench.case_reads import reads
     from bench.case_security import security
+    from bench.case_spool import spool
     from bench.case_trainer import cost, stall
     from bench.case_web import web
     from bench.trackio_cases import trackio_workloads
@@ -244,4 +245,5 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     cases["web"] = web
     cases["hostile"] = hostile
     cases["security"] = functools.partial(security, shapes=shapes)
+    cases["spool"] = spool
     return cases

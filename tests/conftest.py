@@ -28,6 +28,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(autouse=True)
+def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's client spool ($STEPSTREAM_DIR) in its own directory, never the checkout."""
+    path = tmp_path / "client-spool"
+    monkeypatch.setenv("STEPSTREAM_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path / "redis", port=free_port()).start()

@@ -396,7 +396,7 @@ def test_a_stalled_replica_in_the_list_is_skipped(address: str, form: str) -> No
 def test_no_live_replica_is_an_rpc_error_naming_the_address() -> None:
     given = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     with pytest.raises(stepstream.RPCError) as caught:
-        stepstream.Run("r", address=given, connect_timeout=0.5)
+        stepstream.Run("r", address=given, connect_timeout=0.5, on_unavailable="raise")
     assert caught.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     shown = ",".join(given)
     assert f"no answer from the stepstream service at {shown} within 0.5 s" in str(caught.value)

@@ -118,7 +118,7 @@ def test_run_fails_fast_without_a_service() -> None:
     address = _unused_address()
     started = time.monotonic()
     with pytest.raises(stepstream.RPCError) as caught:
-        stepstream.Run("r1", address=address, connect_timeout=0.5)
+        stepstream.Run("r1", address=address, connect_timeout=0.5, on_unavailable="raise")
     assert time.monotonic() - started < 5
     assert caught.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     assert f"no answer from the stepstream service at {address} within 0.5 s" in str(caught.value)

@@ -55,6 +55,15 @@ class WaitTimeoutError(StepstreamError, TimeoutError):
     """`wait()` or `close()` gave up before everything was acknowledged."""
 
 
+class PointsRejectedError(StepstreamError):
+    """With `Run(on_rejection="raise")`: the service rejected points, raised at the next log
+    call. `error` is the first rejection (an IngestError: series, reason, count, steps)."""
+
+    def __init__(self, error: Any) -> None:
+        self.error = error
+        super().__init__(f"the service rejected points: {error}")
+
+
 class MissingExtraError(StepstreamError, ImportError):
     """A feature needs an optional extra of the client that is not installed.
 

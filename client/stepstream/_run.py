@@ -25,8 +25,10 @@ from ._client import RunClient
 from ._convert import config_json, plain_config, run_info_from_proto
 from ._exceptions import InvalidArgumentError, RPCError, RunClosedError
 from ._metadata import LocalMetadata
+from ._offline import sender_spool, start_offline
 from ._origin import branch as _branch
 from ._origin import check_description_entry, rewind_existing
+from ._policies import Policies
 from ._progress import await_result, copy_error
 from ._records import Record, RecordMaker
 from ._security import Pem
@@ -108,12 +110,15 @@ class Run(LocalMetadata):
         max_inflight_batches: batches sent but not yet acknowledged.
         connect_timeout: seconds to wait for the service when creating the run and when
             opening a stream.
-        reconnect_timeout: seconds to keep reconnecting a failed stream before giving up.
+        reconnect_timeout: seconds to keep reconnecting a failed stream before the run goes
+            offline (with on_unavailable="raise": gives up).
         tls, root_certificates, client_certificate, client_key, token: how to authenticate
             (README: Security): TLS with the system's roots (tls=True) or with a CA file,
             a client certificate for mTLS, and the access token of a service that runs with
             --auth required. Default: $STEPSTREAM_TLS, $STEPSTREAM_TLS_CA,
             $STEPSTREAM_TLS_CERT, $STEPSTREAM_TLS_KEY and $STEPSTREAM_TOKEN.
+        mode, on_full, on_unavailable, on_rejection, spool_max_bytes: offline runs and the
+            spool; see `_policies` and the README's "Offline and unreliable networks".
 
     Local metadata (DigitalHub's Run object): `run.config`, `run.tags` and `run.description`
     are local copies, read from the service when the Run is created and by `refresh()`. Edit
@@ -160,6 +165,11 @@ class Run(LocalMetadata):
         client_certificate: Pem | None = None,
         client_key: Pem | None = None,
         token: str | None = None,
+        mode: str | None = None,
+        on_full: str = "spill",
+        on_unavailable: str = "offline",
+        on_rejection: str = "report",
+        spool_max_bytes: int | None = None,
     ) -> None:
         if run_id is not None:
             check_id(run_id, "run_id")
@@ -184,6 +194,9 @@ class Run(LocalMetadata):
                 raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
         if on_error is not None and not callable(on_error):
             raise InvalidArgumentError(f"on_error must be callable, got {on_error!r}")
+        policies = self._policies = Policies.check(
+            mode, on_full, on_unavailable, on_rejection, spool_max_bytes, writer_id
+        )
         self._writer_id = (
             uuid.uuid4().hex if writer_id is None else check_id(writer_id, "writer_id")
         )
@@ -234,8 +247,12 @@ class Run(LocalMetadata):
         self._address = self._target.address
         self._client = RunClient(self._target)
         fallback = False
+        offline = (request, branch.rewind_run_id, branch.rewind_step, config, tag_list, policies)
+        spool = None
         try:
-            if branch.rewind_run_id:
+            if policies.offline:
+                info, spool = start_offline(*offline, self._writer_id, self._address, None)
+            elif branch.rewind_run_id:
                 info = rewind_existing(
                     self._client,
                     project or "",
@@ -254,18 +271,22 @@ class Run(LocalMetadata):
                 if resume and info.state != "RUNNING":
                     info = self._client.resume_run(info.project, info.run_id)
         except RPCError as exc:
-            self._client.close()
-            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                action = "rewind" if branch.rewind_run_id else "create"
-                raise RPCError(
-                    exc.code,
-                    f"could not {action} the run: no answer from the stepstream service at "
-                    f"{self._address} within {self._connect_timeout:g} s ({exc.message})",
-                    reason=exc.reason,
-                    domain=exc.domain,
-                    metadata=exc.metadata,
-                ) from None
-            raise
+            if policies.goes_offline(exc):
+                why = f"the service at {self._address} is unreachable ({exc.message})"
+                info, spool = start_offline(*offline, self._writer_id, self._address, why)
+            else:
+                self._client.close()
+                if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    action = "rewind" if branch.rewind_run_id else "create"
+                    raise RPCError(
+                        exc.code,
+                        f"could not {action} the run: no answer from the stepstream service at "
+                        f"{self._address} within {self._connect_timeout:g} s ({exc.message})",
+                        reason=exc.reason,
+                        domain=exc.domain,
+                        metadata=exc.metadata,
+                    ) from None
+                raise
         except BaseException:
             self._client.close()
             raise
@@ -289,12 +310,15 @@ class Run(LocalMetadata):
             project=self._project,
             run_id=self._run_id,
             writer_id=self._writer_id,
-            report=self._report,
+            report=policies.watch(self._report),
             max_queued_points=max_queued_points,
             max_batch_points=max_batch_points,
             max_inflight_batches=max_inflight_batches,
             connect_timeout=self._connect_timeout,
             reconnect_timeout=self._reconnect_timeout,
+            **sender_spool(
+                policies, spool, self._project, self._run_id, self._writer_id, self._address
+            ),
         )
         self._sender.start()
         _lifecycle.track(self)
@@ -457,6 +481,7 @@ class Run(LocalMetadata):
     def _put(self, record: Record) -> None:
         if self._closed:
             raise RunClosedError(f"run {self._run_id!r} is closed")
+        self._policies.check_rejection()
         if type(record) is tuple:
             self._sender.buffer.put_point(record)
         else:
@@ -688,8 +713,9 @@ class Run(LocalMetadata):
             lines.append(
                 f"  {reason} ({where}): {points[reason, series]:,} points in {count:,} reports"
             )
-        if stats.pending_points:
-            lines.append(f"  {stats.pending_points:,} logged points were never acknowledged")
+        lost = stats.pending_points - stats.spooled_points  # spooled: the spool's own warning
+        if lost > 0:
+            lines.append(f"  {lost:,} logged points were never acknowledged")
         if lines:
             logger.warning(
                 "stepstream: run %r closed with problems (acknowledged %s of %s points):\n%s",

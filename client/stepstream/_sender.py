@@ -24,6 +24,12 @@ next entry first. A stalled replica (SIGSTOP) may keep its connection up: when b
 
 The service answers a re-sent batch it had already committed with its original result
 (`duplicate_batch`), so a batch is applied exactly once however often it travels.
+
+Spool (`on_full="spill"`, see `_spill` and docs/spool.md): when the producer cannot send and
+the memory queue is half full, or the stream has been failing for a second, or the run is
+offline, it writes batches (with their sequence numbers) and operations to a SQLite spool
+instead, and loads them back in log order once a stream is open. Past `reconnect_timeout`
+the run goes offline (`on_unavailable="offline"`) instead of failing, and keeps reconnecting.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -54,6 +61,9 @@ from ._convert import (
 )
 from ._exceptions import RPCError, RunClosedError, StepstreamError
 from ._records import Record, record_points
+from ._spill import UNREACHABLE, SpillingProducer
+from ._spool import SpoolFile
+from ._spool_queue import Spill
 from ._targets import Address, Target, resolve_target
 from ._types import IngestError, SenderStats
 
@@ -154,8 +164,14 @@ def _as_rpc_error(exc: BaseException) -> RPCError:
     return RPCError(grpc.StatusCode.INTERNAL, f"client error: {exc!r}")
 
 
-class Sender:
-    """Streams a Run's records to IngestService.AppendPoints from a background thread."""
+class Sender(SpillingProducer):
+    """Streams a Run's records to IngestService.AppendPoints from a background thread.
+
+    `spool_path`/`spool_meta` say where to spill (created when first needed); `spool` is an
+    already open spool (an offline run, `stepstream sync`). `next_sequence` is the first
+    sequence number when known without asking the service (a writer ID generated here starts
+    at 1). `offline=True` never connects: everything goes to the spool.
+    """
 
     def __init__(
         self,
@@ -171,6 +187,14 @@ class Sender:
         connect_timeout: float,
         reconnect_timeout: float,
         ack_timeout: float | None = None,
+        on_full: str = "block",
+        on_unavailable: str = "raise",
+        spool_path: Path | None = None,
+        spool_meta: dict[str, str] | None = None,
+        spool_max_bytes: int | None = None,
+        spool: SpoolFile | None = None,
+        next_sequence: int | None = None,
+        offline: bool = False,
     ) -> None:
         self._target = resolve_target(address)
         self._address = self._target.address
@@ -184,6 +208,13 @@ class Sender:
         self._reconnect_timeout = reconnect_timeout
         self._ack_timeout = ACK_TIMEOUT if ack_timeout is None else ack_timeout
         self.buffer: Buffer[Operation] = Buffer(max_queued_points, self._wakeup)
+        self._init_spill(
+            max_queued_points,
+            on_full,
+            on_unavailable,
+            offline,
+            Spill(path=spool_path, meta=spool_meta or {}, max_bytes=spool_max_bytes, file=spool),
+        )
 
         self._thread = threading.Thread(
             target=self._thread_main, name=f"stepstream-sender-{run_id}", daemon=True
@@ -203,7 +234,7 @@ class Sender:
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._index = 0  # the entry of a rotating target in use
         self._unacked: OrderedDict[int, EncodedBatch] = OrderedDict()
-        self._next_sequence: int | None = None
+        self._next_sequence: int | None = next_sequence
         self._last_answered = 0  # highest sequence number answered
         self._backoff = BACKOFF_MIN
         self._failing_since: float | None = None
@@ -245,14 +276,20 @@ class Sender:
             logged_points=logged,
             acknowledged_points=self.acknowledged_points,
             rejected_points=self.rejected_points,
-            pending_points=logged - self.answered_points,
+            pending_points=max(logged - self.answered_points, 0),
             batches_sent=self.batches_sent,
             batches_resent=self.batches_resent,
             duplicate_batches=self.duplicate_batches,
             inflight_batches=len(self._unacked),
             connections=self.connections,
             connected=self.connected,
+            spooled_points=self._spill.spooled_points,
+            offline=self.offline,
         )
+
+    @property
+    def spool_path(self) -> Path | None:
+        return self._spill.path
 
     @property
     def alive(self) -> bool:
@@ -346,7 +383,9 @@ class Sender:
     async def _main(self) -> None:
         self._use_channel(0)
         producer = asyncio.create_task(self._produce())
-        connector = asyncio.create_task(self._connect())
+        connector = asyncio.create_task(
+            asyncio.sleep(0) if self._permanently_offline else self._connect()
+        )
         self._producer = producer
         self._connector = connector
         try:
@@ -363,6 +402,7 @@ class Sender:
             self._fail_current_op()
             for channel in self._channels.values():
                 await channel.close(grace=None)
+            await self._end_spool()
 
     def _fail(self, error: StepstreamError) -> None:
         """Give up for good: report, refuse new records, fail every pending operation."""
@@ -406,11 +446,25 @@ class Sender:
     # ---- producer -----------------------------------------------------------------------
 
     async def _produce(self) -> None:
+        spilling = self._on_full == "spill"
         while True:
+            if self.fatal is not None:
+                raise _Fatal
+            spill = self._spill
+            if spill.engaged or self._pushback or self._held_op or self._spill_wanted():
+                spill.engaged = True
+                if await self._spool_step():
+                    return
+                continue
+            if spilling and len(self._unacked) >= self._max_inflight:
+                await self._nap()  # the spill check runs again when it returns
+                continue
             await self._wait_until(lambda: len(self._unacked) < self._max_inflight)
-            self._wake.clear()
-            items = self.buffer.take(self._max_batch_points)
+            items = self._take(self._max_batch_points)
             if items is None:
+                if spilling:
+                    await self._nap(clear_wake=False)
+                    continue
                 await self._wake.wait()
                 if self.fatal is not None:
                     raise _Fatal
@@ -418,10 +472,10 @@ class Sender:
             first = items[0]
             if isinstance(first, Operation):
                 await self._run_operation(first)
-                if first.stop:
+                if first.stop and first.future.done():
                     return
                 continue
-            records: list[Record] = items  # type: ignore[assignment]  # take() never mixes
+            records: list[Record] = items  # take() never mixes records and operations
             if self._next_sequence is None:
                 await self._opened.wait()
             await self._send_new(records)
@@ -431,10 +485,13 @@ class Sender:
             await self._send_batch(part)
 
     async def _send_batch(self, records: list[Record]) -> None:
+        assert self._next_sequence is not None
+        batch = encode_batch(self._next_sequence, records)
+        self._next_sequence += 1
+        await self._send_encoded(batch)
+
+    async def _send_encoded(self, batch: EncodedBatch) -> None:
         async with self._write_lock:
-            assert self._next_sequence is not None
-            batch = encode_batch(self._next_sequence, records)
-            self._next_sequence += 1
             self._unacked[batch.sequence] = batch
             self.batches_sent += 1
             call = self._call
@@ -465,7 +522,10 @@ class Sender:
 
     async def _run_operation(self, op: Operation) -> None:
         self._current_op = op
-        await self._wait_until(lambda: not self._unacked)
+        await self._wait_until(lambda: not self._unacked or self.offline)
+        if self.offline and await self._offline_operation(op):
+            self._current_op = None
+            return
         if op.stop:
             await self._end_stream()
             op.future.set_result(None)
@@ -475,6 +535,13 @@ class Sender:
             try:
                 result = await self._unary(op.call)
             except RPCError as exc:
+                if (
+                    exc.code in UNREACHABLE
+                    and self._go_offline(exc)
+                    and await self._offline_operation(op)
+                ):
+                    self._current_op = None
+                    return
                 if op.report:
                     self._report(ingest_error_from_rpc_error(exc, operation=op.name))
                 op.future.set_exception(exc)
@@ -488,6 +555,8 @@ class Sender:
         give_up = loop.time() + self._reconnect_timeout
         backoff = BACKOFF_MIN
         while True:
+            if self.offline:
+                raise RPCError(grpc.StatusCode.UNAVAILABLE, "the run is offline")
             try:
                 return await call(self._runs)
             except grpc.RpcError as exc:
@@ -540,17 +609,17 @@ class Sender:
                         self._reconnect_timeout,
                     )
                 elif now - self._failing_since >= self._reconnect_timeout:
-                    self._fail(
-                        RPCError(
-                            error.code,
-                            f"gave up reconnecting after {self._reconnect_timeout:g} s: "
-                            f"{error.message}",
-                            reason=error.reason,
-                            domain=error.domain,
-                            metadata=error.metadata,
-                        )
+                    gave_up = RPCError(
+                        error.code,
+                        f"gave up reconnecting after {self._reconnect_timeout:g} s: "
+                        f"{error.message}",
+                        reason=error.reason,
+                        domain=error.domain,
+                        metadata=error.metadata,
                     )
-                    return
+                    if not self._go_offline(gave_up):  # offline: spool, keep reconnecting
+                        self._fail(gave_up)
+                        return
                 logger.debug("stepstream: reconnect to %s failed (%s)", self._where(), error)
                 self._next_entry()
                 await asyncio.sleep(backoff_delay(self._backoff))
@@ -655,6 +724,9 @@ class Sender:
                 self._where(),
                 len(self._unacked),
             )
+        if self.offline:
+            self.offline = False  # back online: the spool drains in log order
+            self._wake.set()
         self._ack_clock = time.monotonic() if self._unacked else None
         self.connections += 1
         if not self._unacked:
@@ -684,6 +756,7 @@ class Sender:
             logger.warning("stepstream: ignoring an answer for unknown batch %d", sequence)
             return
         self._last_answered = max(self._last_answered, sequence)
+        self._spill.answered(sequence)
         kind = response.WhichOneof("result")
         if kind == "appended":
             self._progressed()

@@ -180,6 +180,8 @@ class SenderStats:
         inflight_batches: batches sent and not yet answered.
         connections: streams opened successfully (1 + number of reconnects).
         connected: whether a stream is open right now.
+        spooled_points: points durable in the local spool, not yet acknowledged.
+        offline: whether the run is offline (logging only to the spool).
     """
 
     logged_points: int
@@ -192,3 +194,5 @@ class SenderStats:
     inflight_batches: int
     connections: int
     connected: bool
+    spooled_points: int = 0
+    offline: bool = False

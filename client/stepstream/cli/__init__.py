@@ -4,6 +4,7 @@
     stepstream runs show RUN [--json]
     stepstream runs export RUN PATH [--series] [--format F]
     stepstream series RUN NAME [--max-points N] [--csv | --json]
+    stepstream sync [PATH ...] [--timeout S]   upload runs from the local spool
     stepstream serve ...        the service's own CLI, when stepstream-server is installed
     stepstream tokens ...       access tokens, on the store (also the service's CLI)
 
@@ -18,10 +19,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import runs, series, serve, tokens
+from . import runs, series, serve, sync, tokens
 from ._output import run_handler
 
-COMMANDS = (runs, series, serve, tokens)
+COMMANDS = (runs, series, serve, sync, tokens)
 
 
 def parser() -> argparse.ArgumentParser:
