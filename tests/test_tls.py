@@ -96,7 +96,9 @@ def log_and_read(address: str, run_id: str, **connection: object) -> list[float]
 def refused(address: str, **connection: object) -> stepstream.RPCError:
     """The error of a read, after checking that a Run cannot be created either."""
     with pytest.raises(stepstream.RPCError) as caught:
-        stepstream.Run("refused", address=address, connect_timeout=2, **connection)  # type: ignore[arg-type]
+        stepstream.Run(
+            "refused", address=address, connect_timeout=2, on_unavailable="raise", **connection
+        )  # type: ignore[arg-type]
     # A Run waits for the service up to connect_timeout, then says it got no answer.
     assert caught.value.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"), caught.value
     assert "no answer from the stepstream service" in caught.value.message

@@ -23,6 +23,7 @@ from stepstream.v1 import runs_pb2
 from ._client import RunClient, check_read_range, make_selector, read_lineage
 from ._exceptions import InvalidArgumentError
 from ._export import write_export
+from ._security import Connection, Unpack
 from ._targets import Address, Target, resolve_target
 from ._types import Incarnation, RunInfo, Series, SeriesSummary
 from ._validate import check_id, check_name
@@ -50,12 +51,17 @@ class RunHandle:
     _info: RunInfo
 
     def __init__(
-        self, run_id: str, *, project: str | None = None, address: Address | None = None
+        self,
+        run_id: str,
+        *,
+        project: str | None = None,
+        address: Address | None = None,
+        **connection: Unpack[Connection],
     ) -> None:
         check_id(run_id, "run_id")
         if project is not None and not isinstance(project, str):
             raise InvalidArgumentError(f"project must be a str, got {type(project).__name__}")
-        self._target = resolve_target(address)
+        self._target = resolve_target(address, **connection)
         self._handle_client: RunClient | None = None
         with self._reader() as client:
             info = client.get_run(project or "", run_id)
@@ -369,9 +375,15 @@ class RunHandle:
 
 
 def get_run(
-    run_id: str, *, project: str | None = None, address: Address | None = None
+    run_id: str,
+    *,
+    project: str | None = None,
+    address: Address | None = None,
+    **connection: Unpack[Connection],
 ) -> RunHandle:
     """A read-only handle on run `run_id` (see RunHandle): its state, config, tags, values and
     incarnations as of now, and methods that read its series, history and lineage and export
-    it. Never changes the run; RPCError RUN_NOT_FOUND when it does not exist."""
-    return RunHandle(run_id, project=project, address=address)
+    it. Never changes the run; RPCError RUN_NOT_FOUND when it does not exist. Takes Run's
+    `tls`, `root_certificates`, `client_certificate`, `client_key` and `token` keywords too
+    (README: Security)."""
+    return RunHandle(run_id, project=project, address=address, **connection)

@@ -396,6 +396,7 @@ class Run(LocalMetadata):
         if type(record) is tuple:  # a one-key call: the per-call pattern's fast path
             if self._closed:
                 raise RunClosedError(f"run {self._run_id!r} is closed")
+            self._policies.check_rejection()
             self._sender.buffer.put_point(record)
         elif isinstance(record, list):
             for item in record:

@@ -22,6 +22,7 @@ from ._buffer import Buffer
 from ._columnar import EncodedBatch, encode_batch, split_for_blocks
 from ._convert import ingest_error_from_rpc_error
 from ._exceptions import RPCError, StepstreamError
+from ._records import record_points
 from ._spool import Entry, NewEntry, SpoolFull
 from ._spool_queue import Planned, Spill, record_call, replay_call
 from ._types import IngestError
@@ -252,7 +253,7 @@ class SpillingProducer:
 
     async def _spill_records(self, first: Items) -> None:
         taken: list[Items] = [first]
-        points = sum(r.points for r in first)
+        points = sum(map(record_points, first))
         while points < SPILL_CHUNK_POINTS:
             more = self._take(self._max_batch_points)
             if more is None:
@@ -260,7 +261,7 @@ class SpillingProducer:
             taken.append(more)
             if hasattr(more[0], "future"):
                 break  # an operation: spooled after these records, in the next step
-            points += sum(r.points for r in more)
+            points += sum(map(record_points, more))
         tail = taken.pop() if hasattr(taken[-1][0], "future") else None
         assert self._next_sequence is not None
         start = self._next_sequence
