@@ -21,16 +21,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import grpc
 import grpc.aio
 
 from ._exceptions import InvalidArgumentError
 
+# typing.Unpack types the security keywords of the read functions. Python 3.10 has none at
+# run time (no dependency for it): annotations stay unevaluated strings there, and type
+# checkers take it from typing_extensions.
 if sys.version_info >= (3, 11):
     from typing import Unpack
-else:  # pragma: no cover
+elif TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Unpack
 
 __all__ = ["Connection", "Pem", "Security", "Unpack", "resolve_security"]
