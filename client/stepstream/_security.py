@@ -21,16 +21,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import grpc
 import grpc.aio
 
 from ._exceptions import InvalidArgumentError
 
+# typing.Unpack types the security keywords of the read functions. Python 3.10 has none at
+# run time (no dependency for it): annotations stay unevaluated strings there, and type
+# checkers take it from typing_extensions.
 if sys.version_info >= (3, 11):
     from typing import Unpack
-else:  # pragma: no cover
+elif TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Unpack
 
 __all__ = ["Connection", "Pem", "Security", "Unpack", "resolve_security"]
@@ -87,7 +90,16 @@ class Security:
             channel = grpc.intercept_channel(channel, _SyncBearer(self.token))
         return channel
 
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The token as call metadata: what bidirectional streams must pass themselves (an
+        asyncio stream-stream interceptor would route every write through a queue and two
+        tasks, and return from write() before the request is sent)."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else None
+
     def aio_channel(self, target: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+        """Unary and server-streaming calls get the token from interceptors; a stream-stream
+        call passes `metadata` (the sender's AppendPoints does)."""
         interceptors = _aio_bearer(self.token) if self.token else None
         if self.tls:
             return grpc.aio.secure_channel(
@@ -225,10 +237,4 @@ def _aio_bearer(token: str) -> Any:
         ) -> Any:
             return await continuation(_aio_details(details, token), requests)
 
-    class StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-        async def intercept_stream_stream(
-            self, continuation: Any, details: Any, requests: Any
-        ) -> Any:
-            return await continuation(_aio_details(details, token), requests)
-
-    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+    return [UnaryUnary(), UnaryStream(), StreamUnary()]

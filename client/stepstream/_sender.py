@@ -627,7 +627,7 @@ class Sender(SpillingProducer):
 
     async def _session(self) -> None:
         """One stream, watched: it ends when batches wait ack_timeout for an answer."""
-        call: _Stream = self._append_points(None)
+        call: _Stream = self._append_points(None, metadata=self._target.security.metadata)
         self._ack_clock = None
         stream = asyncio.create_task(self._stream(call))
         watchdog = asyncio.create_task(self._watch_acks())
