@@ -52,7 +52,8 @@ def decode_values(blob: bytes, n: int, is_string: bool) -> Floats | list[str]:
 def chunk_columns(
     chunk: ChunkWrite,
 ) -> tuple[float, float, int, bytes, bytes, bytes, bytes | None]:
-    """min_step, max_step, n, the three packed columns and the stats of a chunk row."""
+    """min_step, max_step, n, the three packed columns and the stats of a chunk row (many
+    chunks at once: `chunk_rows`)."""
     return (
         float(chunk.steps[0]),
         float(chunk.steps[-1]),
@@ -86,27 +87,86 @@ def extremes(values: Floats, width: int) -> Floats:
 
 def _bucket_picks(values: Floats, width: int) -> np.ndarray[Any, np.dtype[np.int64]]:
     """Per bucket: (first, min, max, first NaN or first, last) indices, shape (buckets, 5)."""
-    n = len(values)
+    return _bucket_picks_rows(np.asarray(values, dtype=np.float64)[None, :], width)[0]
+
+
+def _bucket_picks_rows(
+    matrix: np.ndarray[Any, Any], width: int
+) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """`_bucket_picks` of every row of a (rows, n) matrix at once: shape (rows, buckets, 5)."""
+    k, n = matrix.shape
     starts = np.arange(0, n, width)
+    buckets = len(starts)
     ends = np.minimum(starts + width, n) - 1
-    vals = np.asarray(values, dtype=np.float64)
-    pad = len(starts) * width - n
-    grid = np.concatenate([vals, np.full(pad, np.nan)]).reshape(len(starts), width)
-    real = (np.arange(len(starts) * width) < n).reshape(len(starts), width)
+    pad = buckets * width - n
+    if pad:
+        matrix = np.concatenate([matrix, np.full((k, pad), np.nan)], axis=1)
+    grid = matrix.reshape(k, buckets, width)
+    real = (np.arange(buckets * width) < n).reshape(buckets, width)
     nan = np.isnan(grid)
-    low = np.where(nan, np.inf, grid).argmin(axis=1)
-    high = np.where(nan, -np.inf, grid).argmax(axis=1)
+    low = np.where(nan, np.inf, grid).argmin(axis=2)
+    high = np.where(nan, -np.inf, grid).argmax(axis=2)
     real_nan = nan & real
-    first_nan = np.where(real_nan.any(axis=1), real_nan.argmax(axis=1), 0)
-    picks = np.stack([starts, starts + low, starts + high, starts + first_nan, ends], axis=1)
-    out: np.ndarray[Any, np.dtype[np.int64]] = np.minimum(picks, ends[:, None]).astype(np.int64)
+    first_nan = np.where(real_nan.any(axis=2), real_nan.argmax(axis=2), 0)
+    start = np.broadcast_to(starts, (k, buckets))
+    last = np.broadcast_to(ends, (k, buckets))
+    picks = np.stack([start, start + low, start + high, start + first_nan, last], axis=2)
+    out: np.ndarray[Any, np.dtype[np.int64]] = np.minimum(picks, ends[None, :, None]).astype(
+        np.int64
+    )
     return out
 
 
 def chunk_stats(steps: Floats, values: Floats, timestamps: Floats) -> bytes:
-    picks = np.sort(_bucket_picks(values, STATS_BLOCK), axis=1)
+    return _stats_rows(steps[None, :], np.asarray(values)[None, :], timestamps[None, :])[0]
+
+
+def _stats_rows(
+    steps: np.ndarray[Any, Any], values: np.ndarray[Any, Any], timestamps: np.ndarray[Any, Any]
+) -> list[bytes]:
+    """`chunk_stats` of every row of three (rows, n) matrices, computed together."""
     vals = np.asarray(values, dtype=np.float64)
-    return np.stack([steps[picks], vals[picks], timestamps[picks]], axis=-1).tobytes()
+    picks = np.sort(_bucket_picks_rows(vals, STATS_BLOCK), axis=2)
+    rows = np.arange(len(vals))[:, None, None]
+    table = np.stack([steps[rows, picks], vals[rows, picks], timestamps[rows, picks]], axis=-1)
+    return [row.tobytes() for row in table]
+
+
+def chunk_rows(
+    chunks: Sequence[ChunkWrite],
+) -> list[tuple[float, float, int, bytes, bytes, bytes, bytes | None]]:
+    """`chunk_columns` of many chunks, in order. Float chunks of equal length (a block's series
+    in one group: the common case) are packed and their stats computed as one matrix each, so
+    the numpy work is per group of equal lengths rather than per chunk."""
+    out: list[Any] = [None] * len(chunks)
+    by_length: dict[int, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        if chunk.is_string:
+            out[i] = chunk_columns(chunk)
+        else:
+            by_length.setdefault(len(chunk.steps), []).append(i)
+    for indices in by_length.values():
+        if len(indices) == 1:
+            out[indices[0]] = chunk_columns(chunks[indices[0]])
+            continue
+        group = [chunks[i] for i in indices]
+        steps = np.stack([c.steps for c in group])
+        values = np.stack([np.asarray(c.values, dtype=np.float64) for c in group])
+        ts = np.stack([c.timestamps for c in group])
+        stats = _stats_rows(steps, values, ts)
+        lows, highs = steps[:, 0].tolist(), steps[:, -1].tolist()
+        n = steps.shape[1]
+        for j, i in enumerate(indices):
+            out[i] = (
+                lows[j],
+                highs[j],
+                n,
+                steps[j].tobytes(),
+                values[j].tobytes(),
+                ts[j].tobytes(),
+                stats[j],
+            )
+    return out
 
 
 def stats_points(name: str, blob: bytes) -> SeriesPoints:
