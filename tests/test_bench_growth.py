@@ -56,7 +56,8 @@ def test_growth_quick_prints_rows_and_plots(tmp_path: Path) -> None:
 
 def _one_by_one(chunk: ChunkWrite) -> tuple[object, ...]:
     """The row format written before chunk_rows, spelled out: block stats of (first, min, max,
-    first NaN or first, last) per 256 points, sorted, as (step, value, timestamp) float64."""
+    first NaN or first, last) per 256 points, sorted, as (step, value, timestamp) float64;
+    steps and timestamps in their shortest form (tests/test_chunk_columns.py)."""
     steps, values, ts = chunk.steps, np.asarray(chunk.values, dtype=np.float64), chunk.timestamps
     table = []
     for lo in range(0, len(values), codec.STATS_BLOCK):
@@ -68,8 +69,8 @@ def _one_by_one(chunk: ChunkWrite) -> tuple[object, ...]:
         for i in sorted([0, low, high, first_nan, len(block) - 1]):
             table.append((steps[lo + i], values[lo + i], ts[lo + i]))
     stats = np.array(table, dtype=np.float64).tobytes()
-    return (float(steps[0]), float(steps[-1]), len(steps), steps.tobytes(), values.tobytes(),
-            ts.tobytes(), stats)  # fmt: skip
+    return (float(steps[0]), float(steps[-1]), len(steps), codec.pack_floats(steps),
+            values.tobytes(), codec.pack_floats(ts), stats)  # fmt: skip
 
 
 def test_chunk_rows_pack_each_chunk_as_alone() -> None:
