@@ -163,7 +163,9 @@ def extremes(values: Floats, width: int) -> Floats:
 
 def _bucket_picks(values: Floats, width: int) -> np.ndarray[Any, np.dtype[np.int64]]:
     """Per bucket: (first, min, max, first NaN or first, last) indices, shape (buckets, 5)."""
-    return _bucket_picks_rows(np.asarray(values, dtype=np.float64)[None, :], width)[0]
+    picks: np.ndarray[Any, np.dtype[np.int64]]
+    picks = _bucket_picks_rows(np.asarray(values, dtype=np.float64)[None, :], width)[0]
+    return picks
 
 
 def _bucket_picks_rows(
