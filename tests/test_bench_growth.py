@@ -44,8 +44,8 @@ def test_growth_quick_prints_rows_and_plots(tmp_path: Path) -> None:
     assert "FAILED" not in table
     for row in (
         "| 8. growth: ingest at ",
-        "| 8. growth: read the reference series (100,000 points), last 10,000 steps, at ",
-        "| 8. growth: read the reference series (100,000 points), whole, downsampled, at ",
+        "| 8. growth: read a 100,000-point series, last 10,000 steps, at ",
+        "| 8. growth: read a 100,000-point series, whole, downsampled, at ",
         "| 8. growth: service RSS at ",
         "| 8. growth: service RSS with 10,000 distinct series in one run |",
     ):
