@@ -135,6 +135,8 @@ class Context:
     trackio_reason: str = ""
     # Medians other cases build on: "rate:a" (stepstream points/s of shape a), ...
     measured: dict[str, float] = field(default_factory=dict)
+    # Where the table is written; cases that draw a plot put it beside it.
+    out_dir: Path | None = None
 
     @property
     def mlflow_seconds(self) -> float:
@@ -222,6 +224,7 @@ def error_row(name: str, error: BaseException) -> Row:
 def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row]]]:
     """Case name → function, in the order they run ((a) and (b) before the latency cases,
     which offer half of the throughput those measured)."""
+    from bench.case_growth import growth
     from bench.case_hostile import hostile
     from bench.case_ingest import ingest
     from bench.case_latency import latency
@@ -246,4 +249,9 @@ def register(shapes: dict[str, Shape]) -> dict[str, Callable[[Context], list[Row
     cases["hostile"] = hostile
     cases["security"] = functools.partial(security, shapes=shapes)
     cases["spool"] = spool
+    cases["growth"] = growth  # opt-in (OPT_IN): minutes long, run with --cases growth
     return cases
+
+
+# Cases that "all" leaves out.
+OPT_IN = ("growth",)

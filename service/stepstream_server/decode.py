@@ -103,7 +103,14 @@ class Decoder:
         problem = step_problem(steps)
         if problem is not None:
             return reject_all(*problem)
-        matrix = np.array(block.values, dtype=np.float64).reshape(rows, width)
+        # One contiguous column per series: later concatenations and packing copy whole rows.
+        columns = np.array(block.values, dtype=np.float64).reshape(rows, width).T.copy()
+        if len(self._known.intersection(names)) == width:  # all known, so distinct: the usual
+            entries.extend(
+                SeriesEntry(name, False, steps, column, timestamps, False)
+                for name, column in zip(names, columns, strict=True)
+            )
+            return None
         seen: set[str] = set()
         for i, name in enumerate(names):
             if name in seen:
@@ -128,7 +135,7 @@ class Decoder:
                     continue
                 if len(self._known) < _KNOWN_NAMES_LIMIT:
                     self._known.add(name)
-            entries.append(SeriesEntry(name, False, steps, matrix[:, i], timestamps, False))
+            entries.append(SeriesEntry(name, False, steps, columns[i], timestamps, False))
         return None
 
     def _shape(

@@ -230,7 +230,7 @@ class Judge:
     ) -> dict[int, list[Floor]]:
         """Every judged entry's floor before it, per group index; parts get their epochs."""
 
-        def plan() -> dict[RunKey, tuple[tuple[Uses, list[int]], list[CheckEntry]]]:
+        def plan() -> dict[RunKey, tuple[Plan, list[CheckEntry]]]:
             return {
                 key: _plan([group[i] for i in by_run[key] if group[i].failure is None])
                 for key in parts
@@ -396,41 +396,57 @@ def _not_active(record: RunRecord) -> BatchFailure:
 
 # (batch index, entry index, entry) per field, in group order; and the entries to check.
 Uses = dict[str, list[tuple[int, int, SeriesEntry]]]
+# The uses, each batch's entry count, and the fields with assigned steps or an overwrite.
+Plan = tuple[Uses, list[int], set[str]]
 
 
-def _plan(items: Sequence[Pending]) -> tuple[tuple[Uses, list[int]], list[CheckEntry]]:
+def _plan(items: Sequence[Pending]) -> tuple[Plan, list[CheckEntry]]:
     """What to send for one run. A series whose entries in this group all carry explicit
     steps is sent once, as its largest step: the script advances the floor to it, and the
     floor before each entry follows from the returned starting floor. Series with assigned
     steps or an overwrite send every entry, in order: their floors depend on what came before."""
     uses: Uses = {}
+    mixed: set[str] = set()
     for b, item in enumerate(items):
         for k, e in enumerate(item.entries):
-            uses.setdefault(e.field, []).append((b, k, e))
+            name = e.field
+            found = uses.get(name)
+            if found is None:
+                uses[name] = [(b, k, e)]
+            else:
+                found.append((b, k, e))
+            if e.assign or e.overwrite:
+                mixed.add(name)
     checks: list[CheckEntry] = []
     for name, entries in uses.items():
-        if all(not (e.assign or e.overwrite) for _, _, e in entries):
-            checks.append(_check_entry(name, max(entries, key=lambda u: u[2].last_step)[2]))
-        else:
+        if name in mixed:
             checks.extend(_check_entry(name, e) for _, _, e in entries)
-    return (uses, [len(item.entries) for item in items]), checks
+        elif len(entries) == 1:
+            checks.append(_check_entry(name, entries[0][2]))
+        else:
+            checks.append(_check_entry(name, max(entries, key=lambda u: u[2].last_step)[2]))
+    return (uses, [len(item.entries) for item in items], mixed), checks
 
 
-def _spread(plan: tuple[Uses, list[int]], answer: list[Floor]) -> list[list[Floor]]:
+def _spread(plan: Plan, answer: list[Floor]) -> list[list[Floor]]:
     """Each batch's entries' floors before them, from the script's answer."""
-    uses, sizes = plan
+    uses, sizes, mixed = plan
     out: list[list[Floor]] = [[NO_FLOOR] * n for n in sizes]
     replies = iter(answer)
-    for entries in uses.values():
-        if all(not (e.assign or e.overwrite) for _, _, e in entries):
-            floor = next(replies)
-            for b, k, e in entries:
-                out[b][k] = floor
-                if e.last_step > floor.step:
-                    floor = Floor(e.last_step, LazyToken(e.values))
-        else:
+    for name, entries in uses.items():
+        if name in mixed:
             for b, k, _ in entries:
                 out[b][k] = next(replies)
+            continue
+        floor = next(replies)
+        if len(entries) == 1:
+            b, k, _ = entries[0]
+            out[b][k] = floor
+            continue
+        for b, k, e in entries:
+            out[b][k] = floor
+            if e.last_step > floor.step:
+                floor = Floor(e.last_step, LazyToken(e.values))
     return out
 
 
@@ -501,14 +517,27 @@ def _apply(item: Pending, record: RunRecord, floors: Sequence[Floor], chunks: Ch
 
 
 def _chunk_writes(chunks: Chunks) -> list[ChunkWrite]:
+    # The series of one block share their steps and timestamps arrays: joined once for all.
+    # (Keyed by the parts' ids, which stay distinct while `chunks` holds every part.)
+    joined: dict[tuple[int, ...], Floats] = {}
+
+    def shared(parts: list[Floats]) -> Floats:
+        if len(parts) == 1:
+            return parts[0]
+        key = tuple(map(id, parts))
+        found = joined.get(key)
+        if found is None:
+            found = joined[key] = np.concatenate(parts)
+        return found
+
     return [
         ChunkWrite(
             inc,
             name,
             is_string,
-            _concat_floats([p[0] for p in parts]),
+            shared([p[0] for p in parts]),
             _concat_values([p[1] for p in parts], is_string),
-            _concat_floats([p[2] for p in parts]),
+            shared([p[2] for p in parts]),
             new_generation,
         )
         for (inc, is_string, name), generations in chunks.items()

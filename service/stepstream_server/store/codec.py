@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,81 @@ def encode_values(values: Floats | list[str]) -> bytes:
     return np.ascontiguousarray(values, dtype=np.float64).tobytes()
 
 
+# -- the steps and ts columns: packed float64, or a compact form (docs/scaling.md) ----------
+#
+# Packed is 8 bytes a point; a compact form's length is never a multiple of 8, and its first
+# byte names it: b"A" + first + delta (an exact progression), b"R" + (value, count) per run of
+# equal values. A value's bits are kept exactly in every form.
+
+_PROGRESSION = b"A"
+_RUNS = b"R"
+_TWO_DOUBLES = struct.Struct("<dd")
+
+
+def _progression(first: float, delta: float, n: int) -> Floats:
+    with np.errstate(over="ignore"):  # a point past the float range: then not a progression
+        return first + np.arange(n, dtype=np.float64) * delta
+
+
+def pack_floats(column: Floats) -> bytes:
+    """A steps or timestamps column, in its shortest form."""
+    a = np.ascontiguousarray(column, dtype=np.float64)
+    n = len(a)
+    if n <= 2:
+        return a.tobytes()
+    bits = a.view(np.int64)
+    first = float(a[0])
+    delta = float(a[1]) - first
+    # Finite operands only: what NaN bits arithmetic makes is up to the machine.
+    if (
+        math.isfinite(first)
+        and math.isfinite(delta)
+        and np.array_equal(_progression(first, delta, n).view(np.int64), bits)
+    ):
+        return _PROGRESSION + _TWO_DOUBLES.pack(first, delta)
+    starts = np.flatnonzero(bits[1:] != bits[:-1]) + 1
+    runs = len(starts) + 1
+    if 1 + 16 * runs < 8 * n:
+        starts = np.concatenate([[0], starts])
+        counts = np.diff(np.concatenate([starts, [n]]))
+        return _RUNS + np.stack([bits[starts], counts.astype(np.int64)], axis=1).tobytes()
+    return a.tobytes()
+
+
+def pack_rows(matrix: np.ndarray[Any, Any]) -> list[bytes]:
+    """`pack_floats` of every row of a (rows, n) matrix. Equal rows are packed once: the
+    series of one block share their steps and timestamps."""
+    a = np.ascontiguousarray(matrix, dtype=np.float64)
+    bits = a.view(np.int64)
+    if len(a) and np.array_equal(bits, np.broadcast_to(bits[0], bits.shape)):
+        return [pack_floats(a[0])] * len(a)
+    packed: dict[bytes, bytes] = {}
+    out = []
+    for raw in map(bytes, a):
+        found = packed.get(raw)
+        if found is None:
+            found = packed[raw] = pack_floats(np.frombuffer(raw, dtype=np.float64))
+        out.append(found)
+    return out
+
+
+def unpack_floats(blob: bytes, n: int) -> Floats:
+    """The `n` values of a column `pack_floats` wrote (or packed float64, from any version)."""
+    if len(blob) % 8 == 0:
+        return np.frombuffer(blob, dtype=np.float64, count=n)
+    tag = blob[:1]
+    if tag == _PROGRESSION:
+        first, delta = _TWO_DOUBLES.unpack_from(blob, 1)
+        return _progression(first, delta, n)
+    if tag == _RUNS:
+        table = np.frombuffer(blob, dtype=np.int64, offset=1).reshape(-1, 2)
+        out: Floats = np.repeat(table[:, 0], table[:, 1]).view(np.float64)
+        if len(out) != n:
+            raise ValueError(f"a run-length column holds {len(out)} values, not {n}")
+        return out
+    raise ValueError(f"unknown column form {tag!r} ({len(blob)} bytes for {n} values)")
+
+
 def decode_values(blob: bytes, n: int, is_string: bool) -> Floats | list[str]:
     if not is_string:
         return np.frombuffer(blob, dtype=np.float64, count=n)
@@ -52,14 +128,15 @@ def decode_values(blob: bytes, n: int, is_string: bool) -> Floats | list[str]:
 def chunk_columns(
     chunk: ChunkWrite,
 ) -> tuple[float, float, int, bytes, bytes, bytes, bytes | None]:
-    """min_step, max_step, n, the three packed columns and the stats of a chunk row."""
+    """min_step, max_step, n, the three packed columns and the stats of a chunk row (many
+    chunks at once: `chunk_rows`)."""
     return (
         float(chunk.steps[0]),
         float(chunk.steps[-1]),
         len(chunk.steps),
-        chunk.steps.tobytes(),
+        pack_floats(chunk.steps),
         encode_values(chunk.values),
-        chunk.timestamps.tobytes(),
+        pack_floats(chunk.timestamps),
         None if chunk.is_string else chunk_stats(chunk.steps, chunk.values, chunk.timestamps),  # type: ignore[arg-type]
     )
 
@@ -86,27 +163,90 @@ def extremes(values: Floats, width: int) -> Floats:
 
 def _bucket_picks(values: Floats, width: int) -> np.ndarray[Any, np.dtype[np.int64]]:
     """Per bucket: (first, min, max, first NaN or first, last) indices, shape (buckets, 5)."""
-    n = len(values)
+    picks: np.ndarray[Any, np.dtype[np.int64]]
+    picks = _bucket_picks_rows(np.asarray(values, dtype=np.float64)[None, :], width)[0]
+    return picks
+
+
+def _bucket_picks_rows(
+    matrix: np.ndarray[Any, Any], width: int
+) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """`_bucket_picks` of every row of a (rows, n) matrix at once: shape (rows, buckets, 5)."""
+    k, n = matrix.shape
+    width = min(width, max(n, 1))  # one bucket: no padding to compute over
     starts = np.arange(0, n, width)
+    buckets = len(starts)
     ends = np.minimum(starts + width, n) - 1
-    vals = np.asarray(values, dtype=np.float64)
-    pad = len(starts) * width - n
-    grid = np.concatenate([vals, np.full(pad, np.nan)]).reshape(len(starts), width)
-    real = (np.arange(len(starts) * width) < n).reshape(len(starts), width)
+    pad = buckets * width - n
+    if pad:
+        matrix = np.concatenate([matrix, np.full((k, pad), np.nan)], axis=1)
+    grid = matrix.reshape(k, buckets, width)
+    real = (np.arange(buckets * width) < n).reshape(buckets, width)
     nan = np.isnan(grid)
-    low = np.where(nan, np.inf, grid).argmin(axis=1)
-    high = np.where(nan, -np.inf, grid).argmax(axis=1)
+    low = np.where(nan, np.inf, grid).argmin(axis=2)
+    high = np.where(nan, -np.inf, grid).argmax(axis=2)
     real_nan = nan & real
-    first_nan = np.where(real_nan.any(axis=1), real_nan.argmax(axis=1), 0)
-    picks = np.stack([starts, starts + low, starts + high, starts + first_nan, ends], axis=1)
-    out: np.ndarray[Any, np.dtype[np.int64]] = np.minimum(picks, ends[:, None]).astype(np.int64)
+    first_nan = np.where(real_nan.any(axis=2), real_nan.argmax(axis=2), 0)
+    start = np.broadcast_to(starts, (k, buckets))
+    last = np.broadcast_to(ends, (k, buckets))
+    picks = np.stack([start, start + low, start + high, start + first_nan, last], axis=2)
+    out: np.ndarray[Any, np.dtype[np.int64]] = np.minimum(picks, ends[None, :, None]).astype(
+        np.int64
+    )
     return out
 
 
 def chunk_stats(steps: Floats, values: Floats, timestamps: Floats) -> bytes:
-    picks = np.sort(_bucket_picks(values, STATS_BLOCK), axis=1)
+    return _stats_rows(steps[None, :], np.asarray(values)[None, :], timestamps[None, :])[0]
+
+
+def _stats_rows(
+    steps: np.ndarray[Any, Any], values: np.ndarray[Any, Any], timestamps: np.ndarray[Any, Any]
+) -> list[bytes]:
+    """`chunk_stats` of every row of three (rows, n) matrices, computed together."""
     vals = np.asarray(values, dtype=np.float64)
-    return np.stack([steps[picks], vals[picks], timestamps[picks]], axis=-1).tobytes()
+    picks = np.sort(_bucket_picks_rows(vals, STATS_BLOCK), axis=2)
+    rows = np.arange(len(vals))[:, None, None]
+    table = np.stack([steps[rows, picks], vals[rows, picks], timestamps[rows, picks]], axis=-1)
+    return [row.tobytes() for row in table]
+
+
+def chunk_rows(
+    chunks: Sequence[ChunkWrite],
+) -> list[tuple[float, float, int, bytes, bytes, bytes, bytes | None]]:
+    """`chunk_columns` of many chunks, in order. Float chunks of equal length (a block's series
+    in one group: the common case) are packed and their stats computed as one matrix each, so
+    the numpy work is per group of equal lengths rather than per chunk."""
+    out: list[Any] = [None] * len(chunks)
+    by_length: dict[int, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        if chunk.is_string:
+            out[i] = chunk_columns(chunk)
+        else:
+            by_length.setdefault(len(chunk.steps), []).append(i)
+    for indices in by_length.values():
+        if len(indices) == 1:
+            out[indices[0]] = chunk_columns(chunks[indices[0]])
+            continue
+        group = [chunks[i] for i in indices]
+        steps = np.stack([c.steps for c in group])
+        values = np.stack([np.asarray(c.values, dtype=np.float64) for c in group])
+        ts = np.stack([c.timestamps for c in group])
+        stats = _stats_rows(steps, values, ts)
+        packed_steps, packed_ts = pack_rows(steps), pack_rows(ts)
+        lows, highs = steps[:, 0].tolist(), steps[:, -1].tolist()
+        n = steps.shape[1]
+        for j, i in enumerate(indices):
+            out[i] = (
+                lows[j],
+                highs[j],
+                n,
+                packed_steps[j],
+                values[j].tobytes(),
+                packed_ts[j],
+                stats[j],
+            )
+    return out
 
 
 def stats_points(name: str, blob: bytes) -> SeriesPoints:
@@ -185,7 +325,7 @@ def floor_of(
     name: str, is_string: bool, n: int, steps_blob: bytes, vals_blob: bytes, step_cap: float
 ) -> tuple[str, tuple[float, str]]:
     """The floor key of a series and its last point at or below `step_cap` in this chunk."""
-    steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
+    steps = unpack_floats(steps_blob, n)
     idx = int(np.searchsorted(steps, step_cap, side="right")) - 1
     values = decode_values(vals_blob, n, is_string)
     key = ("s:" if is_string else "f:") + name
@@ -201,13 +341,13 @@ def points_of(
 ) -> SeriesPoints | None:
     """The points of one chunk row (n, steps, vals, ts) within [step_min, step_max]."""
     n, steps_blob, vals_blob, ts_blob = row
-    steps = np.frombuffer(steps_blob, dtype=np.float64, count=n)
+    steps = unpack_floats(steps_blob, n)
     lo_i = int(np.searchsorted(steps, step_min, side="left"))
     hi_i = int(np.searchsorted(steps, step_max, side="right"))
     if lo_i >= hi_i:
         return None
     values = decode_values(vals_blob, n, is_string)
-    ts = np.frombuffer(ts_blob, dtype=np.float64, count=n)
+    ts = unpack_floats(ts_blob, n)
     return SeriesPoints(name, is_string, steps[lo_i:hi_i], values[lo_i:hi_i], ts[lo_i:hi_i])
 
 

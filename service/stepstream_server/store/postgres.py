@@ -25,7 +25,7 @@ from ..model import ChunkWrite, Incarnation, Origin, RunRecord, RunState, Segmen
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
-    chunk_columns,
+    chunk_rows,
     floor_of,
     fold_visible,
     incarnation_from_row,
@@ -893,7 +893,8 @@ def _insert_chunks(cur: Cursor, chunks: Sequence[tuple[str, str, ChunkWrite]]) -
             needed.add(key)
     series = _series_ids(cur, sorted(needed))
     rows = []
-    for chunk_id, key, (_, _, chunk) in zip(ids, keys, chunks, strict=True):
+    columns = chunk_rows([c for _, _, c in chunks])
+    for chunk_id, key, (_, _, chunk), packed in zip(ids, keys, chunks, columns, strict=True):
         if chunk.new_generation:
             # Its first chunk decides which snapshots see the generation.
             series[key] = _one(
@@ -905,7 +906,7 @@ def _insert_chunks(cur: Cursor, chunks: Sequence[tuple[str, str, ChunkWrite]]) -
                 " RETURNING series_id",
                 (*key, chunk_id, *key),
             )
-        rows.append((key[0], key[1], chunk_id, series[key], *chunk_columns(chunk)))
+        rows.append((key[0], key[1], chunk_id, series[key], *packed))
     with cur.copy(f"COPY chunks ({_CHUNK_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_CHUNK_TYPES)
         for row in rows:

@@ -29,7 +29,7 @@ from ..model import (
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
-    chunk_columns,
+    chunk_rows,
     floor_of,
     fold_visible,
     incarnation_from_row,
@@ -501,19 +501,20 @@ class SqliteStore:
                     if verdict is not None:
                         refused[(part.project, part.run_id)] = verdict
                         continue
-                    for chunk in part.chunks:
+                    columns = chunk_rows(part.chunks)
+                    for chunk, packed in zip(part.chunks, columns, strict=True):
                         key = (chunk.incarnation_id, chunk.is_string, chunk.name)
                         if chunk.new_generation:
                             # Its first chunk decides which snapshots see it: insert it alone.
                             series_id = self._new_generation(conn, key, undo)
-                            cur = conn.execute(_INSERT_CHUNK, (series_id, *chunk_columns(chunk)))
+                            cur = conn.execute(_INSERT_CHUNK, (series_id, *packed))
                             conn.execute(
                                 "UPDATE series SET created_chunk = ? WHERE series_id = ?",
                                 (cur.lastrowid, series_id),
                             )
                             continue
                         series_id = self._series_ids.get(key) or self._series_id(conn, key, undo)
-                        rows.append((series_id, *chunk_columns(chunk)))
+                        rows.append((series_id, *packed))
                     for w in part.writers:
                         key3 = (w.project, w.run_id, w.writer_id)
                         last[key3] = max(last.get(key3, 0), w.sequence)
