@@ -26,6 +26,7 @@ from ..model import (
     Segment,
     SeriesPoints,
 )
+from . import parts_rule
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
@@ -473,16 +474,7 @@ class SqliteStore:
     def writer_outcome(
         self, project: str, run_id: str, writer_id: str, sequence: int
     ) -> str | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT outcome FROM acks WHERE project = ? AND run_id = ? AND writer_id = ?"
-                " AND sequence = ?",
-                (project, run_id, writer_id, sequence),
-            )
-            .fetchone()
-        )
-        return None if row is None else str(row[0])
+        return _outcome(self._conn(), project, run_id, writer_id, sequence)
 
     def commit(self, parts: Sequence[RunCommit]) -> Refused:
         # Series IDs cached by this transaction, with what they replaced: undone on failure.
@@ -513,11 +505,13 @@ class SqliteStore:
                         rows.append((series_id, *chunk_columns(chunk)))
                     for w in part.writers:
                         key3 = (w.project, w.run_id, w.writer_id)
-                        last[key3] = max(last.get(key3, 0), w.sequence)
+                        if parts_rule.advances(w):
+                            last[key3] = max(last.get(key3, 0), w.sequence)
                         acks.append((*key3, w.sequence, w.outcome_json))
                 conn.executemany(_INSERT_CHUNK, rows)
                 conn.executemany(
-                    "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) VALUES (?,?,?,?,?)",
+                    "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) VALUES (?,?,?,?,?)"
+                    " ON CONFLICT DO UPDATE SET outcome = excluded.outcome",  # a part's progress
                     acks,
                 )
                 conn.executemany(
@@ -556,6 +550,11 @@ class SqliteStore:
                 (part.project, part.run_id, writer_id),
             ).fetchone()
             if stored is not None and int(stored[0]) >= sequence:
+                return fence
+        for w in part.writers:  # a part of a batch lands only right after the one before it
+            if isinstance(w, parts_rule.PartCommit) and parts_rule.refuses(
+                w, _outcome(conn, w.project, w.run_id, w.writer_id, w.sequence)
+            ):
                 return fence
         return None
 
@@ -864,3 +863,14 @@ def _sql_real(x: float) -> float:
         if x == math.inf
         else (-1.7976931348623157e308 if x == -math.inf else x)
     )
+
+
+def _outcome(
+    conn: sqlite3.Connection, project: str, run_id: str, writer_id: str, sequence: int
+) -> str | None:
+    row = conn.execute(
+        "SELECT outcome FROM acks WHERE project = ? AND run_id = ? AND writer_id = ?"
+        " AND sequence = ?",
+        (project, run_id, writer_id, sequence),
+    ).fetchone()
+    return None if row is None else str(row[0])
