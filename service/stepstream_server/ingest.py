@@ -92,6 +92,7 @@ class IngestWorker:
         self._inflight: asyncio.Task[set[tuple[str, str]]] | None = None  # commit under way
         self._judging = False  # a group taken and not yet committing (drain waits for it)
         self._background: set[asyncio.Task[None]] = set()
+        self._active: set[int] = set()  # writers with a batch in flight (ids)
         self.stats = {"groups": 0, "batches": 0, "points": 0, "refused": 0, "rejudged": 0}
 
     def start(self) -> None:
@@ -182,6 +183,7 @@ class IngestWorker:
         writer.next_expected += 1
         future: asyncio.Future[Outcome] = loop.create_future()
         writer.inflight[sequence] = future
+        self._active.add(id(writer))
         split = None
         resume, writer.resume = writer.resume, None
         if resume is not None and resume.sequence == sequence and failure is None:
@@ -251,7 +253,9 @@ class IngestWorker:
             points += item.points
         self._again = again
         writers = {id(p.writer) for p in self._queue} | {id(p.writer) for p in group}
-        contended = len(writers) > 1
+        # Another writer may have nothing queued because its batches are in the group that
+        # commits now (pipelining) or on their way back: writers with a batch in flight count.
+        contended = len(writers) > 1 or len(self._active) > 1
         share = max(1, (self.limits.max_group_points - points) // max(1, len(writers)))
         taken: dict[int, int] = {}
         keep: deque[Pending] = deque()
@@ -271,14 +275,10 @@ class IngestWorker:
                 closed.add(w)  # its later batches wait too: a writer's order is kept
                 keep.append(item)
                 continue
-            if (
-                item.split is None
-                and item.failure is None
-                and (contended and item.points > self.limits.max_part_points)
-            ):
+            if item.split is None and item.failure is None and contended and self._big(item):
                 item.split = Split(item.entries, item.rejections, item.future)
-            if item.split is not None:
-                part = cut(item, self.limits.max_part_points if contended else None)
+            if item.split is not None:  # once cut, cut to the end: each part is as small
+                part = cut(item, self.limits.max_part_points, self.limits.max_part_entries)
                 closed.add(w)
                 group.append(part)
                 points += part.points
@@ -290,6 +290,10 @@ class IngestWorker:
             points += item.points
         self._queue = keep
         return group
+
+    def _big(self, item: Pending) -> bool:
+        limits = self.limits
+        return item.points > limits.max_part_points or len(item.entries) > limits.max_part_entries
 
     async def _run(self) -> None:
         """Judge each group while the previous one commits (one commit in flight): the Redis
@@ -495,6 +499,8 @@ class IngestWorker:
         writer = item.writer
         writer.committed = max(writer.committed, item.sequence)
         writer.inflight.pop(item.sequence, None)
+        if not writer.inflight:
+            self._active.discard(id(writer))
         if not item.future.done():
             item.future.set_result(outcome)
         self._leave(item)
@@ -518,6 +524,7 @@ class IngestWorker:
                     # will, and asyncio must not log "exception was never retrieved".
                     fut.exception()
             writer.inflight.clear()
+            self._active.discard(id(writer))
             self._leave(item)
 
     def _spawn(self, coro: Awaitable[None]) -> None:

@@ -59,17 +59,18 @@ class Split:
     def taken_all(self) -> bool:
         return self.cursor >= self.end
 
-    def cut(self, max_points: int | None) -> tuple[list[SeriesEntry], Position, Position, int]:
-        """The next part: at most `max_points` points (None: the rest) from the cursor."""
+    def cut(
+        self, max_points: int, max_entries: int
+    ) -> tuple[list[SeriesEntry], Position, Position, int]:
+        """The next part from the cursor: at most `max_points` points in at most
+        `max_entries` entries (a series costs the store far more than a point)."""
         start = self.cursor
         e, p = start
         out: list[SeriesEntry] = []
         taken = 0
-        while e < len(self.entries) and (max_points is None or taken < max_points):
+        while e < len(self.entries) and taken < max_points and len(out) < max_entries:
             entry = self.entries[e]
-            room = (
-                entry.count - p if max_points is None else min(entry.count - p, max_points - taken)
-            )
+            room = min(entry.count - p, max_points - taken)
             if p == 0 and room == entry.count:
                 out.append(entry)
             else:
@@ -172,10 +173,10 @@ def merge_acks(a: AppendAck, b: AppendAck) -> AppendAck:
     )
 
 
-def cut(item: Pending, max_points: int | None) -> Pending:
+def cut(item: Pending, max_points: int, max_entries: int) -> Pending:
     """The next part of a batch in parts; its points move from the batch to the part."""
     assert item.split is not None
-    entries, start, end, n = item.split.cut(max_points)
+    entries, start, end, n = item.split.cut(max_points, max_entries)
     item.points -= n
     rejections = item.split.rejections if start == (0, 0) else []
     return Pending(

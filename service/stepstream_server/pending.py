@@ -63,5 +63,8 @@ class WorkerLimits:
     # While several writers queue, a bigger batch is committed in parts of this many points,
     # so that no group (and no light stream's batch in it) waits for a whole big batch.
     max_part_points: int = 16_384
+    # ... and of at most this many series entries: a new series costs the store (a series row,
+    # a chunk) about what a few hundred points do.
+    max_part_entries: int = 256
     # A batch refused this many times fails (COMMIT_FAILED) instead of being judged again.
     max_attempts: int = 16
