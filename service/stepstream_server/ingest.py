@@ -255,7 +255,7 @@ class IngestWorker:
         writers = {id(p.writer) for p in self._queue} | {id(p.writer) for p in group}
         # Another writer may have nothing queued because its batches are in the group that
         # commits now (pipelining) or on their way back: writers with a batch in flight count.
-        contended = len(writers) > 1 or len(self._active) > 1
+        contended = len(writers) > 1 or len(self._active) > 1 or self.limits.always_cut
         share = max(1, (self.limits.max_group_points - points) // max(1, len(writers)))
         taken: dict[int, int] = {}
         keep: deque[Pending] = deque()

@@ -66,5 +66,8 @@ class WorkerLimits:
     # ... and of at most this many series entries: a new series costs the store (a series row,
     # a chunk) about what a few hundred points do.
     max_part_entries: int = 256
+    # Cut big batches in parts even for a lone writer (every commit then stays small; the
+    # tests use it to reach the parts' failure cases with one stream).
+    always_cut: bool = False
     # A batch refused this many times fails (COMMIT_FAILED) instead of being judged again.
     max_attempts: int = 16
