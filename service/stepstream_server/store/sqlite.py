@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
+from ..limits import SERIES_ID_CACHE
 from ..model import (
     Incarnation,
     Origin,
@@ -40,6 +41,7 @@ from .codec import (
     sampled_points,
     view_segments,
 )
+from .lru import LruCache
 from .schema import SchemaTooNew
 
 SCHEMA_V1 = """
@@ -131,7 +133,8 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
         # (incarnation, is_string, name) -> series_id; only the committing thread writes it.
-        self._series_ids: dict[tuple[str, bool, str], int] = {}
+        # Recently written series' IDs; bounded (a wide run must not grow the service).
+        self._series_ids: LruCache[tuple[str, bool, str], int] = LruCache(SERIES_ID_CACHE)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
