@@ -41,7 +41,7 @@ from .model import (
     outcome_from_json,
 )
 from .ordering import FloorCache, await_judgments
-from .outage import StoreOutage
+from .outage import RedisOutage, StoreOutage
 from .parts import Resume, Split, cut, writer_commit
 from .pending import Pending as Pending
 from .pending import WorkerLimits as WorkerLimits
@@ -73,6 +73,7 @@ class IngestWorker:
     ) -> None:
         self.store = store
         self.outage = StoreOutage(on_store_serving)
+        self.redis = RedisOutage()
         self.judge = Judge(store, floors)
         self.floors = floors
         self.limits = limits or WorkerLimits()
@@ -323,9 +324,13 @@ class IngestWorker:
             await self._hold(group, exc)
             return
         except Exception as exc:  # keep serving: the group's streams reconnect and re-send
-            log.exception("judging a group failed")
+            if self.redis.caused(exc):
+                self.redis.failed(str(exc))  # a line when the outage starts, not per group
+            else:
+                log.exception("judging a group failed")
             self._fail(group, exc)
             return
+        self.redis.succeeded()
         previous = await self._settle()
         if previous:
             # Judged on top of batches that are to be judged again (or failed): these
@@ -532,7 +537,7 @@ class IngestWorker:
             try:
                 await coro
             except RedisError as exc:  # the lease then expires instead
-                log.warning("could not release leases: %s", exc)
+                self.redis.failed(str(exc))
 
         task = asyncio.create_task(guarded())
         self._background.add(task)

@@ -179,6 +179,8 @@ class IngestServicer:
                     return
         except asyncio.CancelledError:
             raise
+        except grpc.aio.AbortError:  # the stream was ended with a status already (a failed batch)
+            return
         except Exception:
             log.exception("ingest stream failed")
             await answers.put(
