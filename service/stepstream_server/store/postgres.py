@@ -36,6 +36,7 @@ from .codec import (
     sampled_points,
     view_segments,
 )
+from .pg_analyze import Analyzer
 from .schema import SchemaTooNew
 
 Cursor = psycopg.Cursor[TupleRow]
@@ -205,6 +206,7 @@ class PostgresStore:
             timeout=POOL_TIMEOUT,
         )
         self._active: set[psycopg.Connection[TupleRow]] = set()  # for interrupt()
+        self.analyzer = Analyzer(self._read)  # fresh statistics after bulk loads
         try:
             self._pool.open(wait=True, timeout=30.0)
             self._migrate()
@@ -490,6 +492,7 @@ class PostgresStore:
                     accepted.append(part)
             _insert_chunks(cur, [(p.project, p.run_id, c) for p in accepted for c in p.chunks])
             _record_writers(cur, accepted)
+        self.analyzer.after_commit()
         return refused
 
     def raise_fence(self, project: str, run_id: str, at_least: int) -> int:
