@@ -62,7 +62,7 @@ class WorkerLimits:
     max_group_batches: int = 512
     # While several writers queue, a bigger batch is committed in parts of this many points,
     # so that no group (and no light stream's batch in it) waits for a whole big batch.
-    max_part_points: int = 16_384
+    max_part_points: int = 8_192
     # ... and of at most this many series entries: a new series costs the store (a series row,
     # a chunk) about what a few hundred points do.
     max_part_entries: int = 256
