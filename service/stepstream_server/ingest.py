@@ -232,8 +232,9 @@ class IngestWorker:
         writer with queued batches gets an equal share of the group's points (at least one
         batch), in its own order; what exceeds a share waits for the next group. So a light
         stream's batches ride in every group next to a heavy one's, never behind all of it.
-        While several writers queue, a big batch goes in parts (`max_part_points`): one part
-        of it per group, and nothing else of its writer (docs/faults.md, section 5)."""
+        While several writers have batches in flight, a big batch goes in parts
+        (`max_part_points`, `max_part_entries`): one part of it per group, and nothing else of
+        its writer (docs/faults.md, section 5)."""
         group: list[Pending] = []
         points = 0
         closed: set[int] = set()  # writers that add nothing more to this group
