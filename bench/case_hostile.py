@@ -91,13 +91,13 @@ async def _result(proc: asyncio.subprocess.Process) -> dict[str, Any]:
     return json.loads(out)  # type: ignore[no-any-return]
 
 
-async def attack(address: str) -> None:
+async def attack(address: str, quick: bool) -> None:
     """Role hostile: a request of 10,000,000 empty entries, then a legal batch of 100,000
-    one-point series, each answered before the next."""
+    one-point series, each answered before the next (quick: 200,000 and 10,000)."""
     empty = ingest_pb2.PointBatch(sequence=1)
-    empty.float_series.extend([ingest_pb2.FloatSeries()] * 10_000_000)
+    empty.float_series.extend([ingest_pb2.FloatSeries()] * (200_000 if quick else 10_000_000))
     wide = ingest_pb2.PointBatch(sequence=2)
-    for i in range(100_000):
+    for i in range(10_000 if quick else 100_000):
         wide.float_series.add(name=f"s{i}", steps=[1.0], values=[1.0])
     raw = [
         ingest_pb2.AppendPointsRequest(batch=empty).SerializeToString(),
@@ -130,7 +130,7 @@ async def attack(address: str) -> None:
     print(json.dumps(answers))
 
 
-async def stall(address: str) -> dict[str, Any]:
+async def stall(address: str, quick: bool) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(address) as ch:
         runs = runs_pb2_grpc.RunServiceStub(ch)
         ingest = ingest_pb2_grpc.IngestServiceStub(ch)
@@ -138,7 +138,7 @@ async def stall(address: str) -> dict[str, Any]:
         light = Stream(ingest)
         await light.open("light")
         alone = [await light.round_trip(light.batch(LIGHT)) for _ in range(200)]
-        hostile = await _helper(address, "hostile")
+        hostile = await _helper(address, "hostile", *(["--quick"] if quick else []))
         beside = []
         while hostile.returncode is None:
             beside.append(await light.round_trip(light.batch(LIGHT)))
@@ -225,13 +225,20 @@ def hostile(ctx: Context) -> list[Row]:
     stepstream = start_stepstream(ctx.work_dir)
     try:
         result = run_json(
-            python_module("bench.case_hostile", "--address", stepstream.address), timeout=600
+            python_module(
+                "bench.case_hostile",
+                "--address",
+                stepstream.address,
+                *(["--quick"] if ctx.quick else []),
+            ),
+            timeout=600,
         )
     finally:
         stepstream.stop()
     s, f = result["stall"], result["fairness"]
     added = s["beside_max"] - s["alone_median"]
     answered = ", ".join(f"{a['seconds']:.1f} s" for a in s["hostile"])
+    sizes = ("200,000", "10,000") if ctx.quick else ("10,000,000", "100,000")
     return [
         Row(
             "7a. light stream's worst round trip beside hostile batches (added)",
@@ -246,7 +253,7 @@ def hostile(ctx: Context) -> list[Row]:
                 f" {s['beside_median'] * 1000:.1f} ms over {s['beside_round_trips']} round trips;"
                 f" the hostile requests were answered in"
                 f" {answered}"
-                " (10,000,000 empty entries: refused; 100,000 one-point series: in parts)"
+                f" ({sizes[0]} empty entries: refused; {sizes[1]} one-point series: in parts)"
             ],
         ),
         Row(
@@ -267,6 +274,7 @@ def main() -> None:
     parser.add_argument("--address", required=True)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--role", choices=["light", "hostile", "heavy"], default="light")
+    parser.add_argument("--quick", action="store_true", help="smaller hostile requests, 2 s")
     args = parser.parse_args()
 
     async def heavy() -> dict[str, float]:
@@ -275,12 +283,12 @@ def main() -> None:
 
     async def both() -> dict[str, object]:
         return {
-            "stall": await stall(args.address),
-            "fairness": await fairness(args.address, args.seconds),
+            "stall": await stall(args.address, args.quick),
+            "fairness": await fairness(args.address, 2.0 if args.quick else args.seconds),
         }
 
     if args.role == "hostile":
-        asyncio.run(attack(args.address))
+        asyncio.run(attack(args.address, args.quick))
     elif args.role == "heavy":
         print(json.dumps(asyncio.run(heavy())))
     else:
