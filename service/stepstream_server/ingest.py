@@ -93,7 +93,9 @@ class IngestWorker:
         self._inflight: asyncio.Task[set[tuple[str, str]]] | None = None  # commit under way
         self._judging = False  # a group taken and not yet committing (drain waits for it)
         self._background: set[asyncio.Task[None]] = set()
-        self._active: set[int] = set()  # writers with a batch in flight (ids)
+        # Writers (ids) with a batch in flight whose latest batch is small: a big batch is cut
+        # in parts only for them (heavy writers among themselves gain nothing from parts).
+        self._light: set[int] = set()
         self.stats = {"groups": 0, "batches": 0, "points": 0, "refused": 0, "rejudged": 0}
 
     def start(self) -> None:
@@ -184,12 +186,15 @@ class IngestWorker:
         writer.next_expected += 1
         future: asyncio.Future[Outcome] = loop.create_future()
         writer.inflight[sequence] = future
-        self._active.add(id(writer))
         split = None
         resume, writer.resume = writer.resume, None
         if resume is not None and resume.sequence == sequence and failure is None:
             split = Split(entries, rejections, future, resume)  # goes on where it stopped
         points = sum(e.count for e in entries) if split is None else split.remaining
+        if points > self.limits.max_part_points or len(entries) > self.limits.max_part_entries:
+            self._light.discard(id(writer))
+        else:
+            self._light.add(id(writer))
         while (
             self._queued_points and self._queued_points + points > self.limits.max_queued_points
         ) or (
@@ -255,9 +260,6 @@ class IngestWorker:
             points += item.points
         self._again = again
         writers = {id(p.writer) for p in self._queue} | {id(p.writer) for p in group}
-        # Another writer may have nothing queued because its batches are in the group that
-        # commits now (pipelining) or on their way back: writers with a batch in flight count.
-        contended = len(writers) > 1 or len(self._active) > 1 or self.limits.always_cut
         share = max(1, (self.limits.max_group_points - points) // max(1, len(writers)))
         taken: dict[int, int] = {}
         keep: deque[Pending] = deque()
@@ -277,7 +279,7 @@ class IngestWorker:
                 closed.add(w)  # its later batches wait too: a writer's order is kept
                 keep.append(item)
                 continue
-            if item.split is None and item.failure is None and contended and self._big(item):
+            if item.split is None and item.failure is None and self._cuts(item):
                 item.split = Split(item.entries, item.rejections, item.future)
             if item.split is not None:  # once cut, cut to the end: each part is as small
                 part = cut(item, self.limits.max_part_points, self.limits.max_part_entries)
@@ -293,9 +295,14 @@ class IngestWorker:
         self._queue = keep
         return group
 
-    def _big(self, item: Pending) -> bool:
+    def _cuts(self, item: Pending) -> bool:
+        """Whether a big batch goes in parts: another writer with small batches has one in
+        flight (queued, being judged or committing: counting only the queue would miss the
+        light stream whose batches are all in the group that commits now)."""
         limits = self.limits
-        return item.points > limits.max_part_points or len(item.entries) > limits.max_part_entries
+        big = item.points > limits.max_part_points or len(item.entries) > limits.max_part_entries
+        others = len(self._light) > 1 or (self._light and id(item.writer) not in self._light)
+        return big and (limits.always_cut or bool(others))
 
     async def _run(self) -> None:
         """Judge each group while the previous one commits (one commit in flight): the Redis
@@ -507,7 +514,7 @@ class IngestWorker:
         writer.committed = max(writer.committed, item.sequence)
         writer.inflight.pop(item.sequence, None)
         if not writer.inflight:
-            self._active.discard(id(writer))
+            self._light.discard(id(writer))
         if not item.future.done():
             item.future.set_result(outcome)
         self._leave(item)
@@ -531,7 +538,7 @@ class IngestWorker:
                     # will, and asyncio must not log "exception was never retrieved".
                     fut.exception()
             writer.inflight.clear()
-            self._active.discard(id(writer))
+            self._light.discard(id(writer))
             self._leave(item)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
