@@ -60,6 +60,7 @@ from ._convert import (
     ingest_error_from_status,
 )
 from ._exceptions import RPCError, RunClosedError, StepstreamError
+from ._name_bytes import split_by_name_bytes
 from ._records import Record, record_points
 from ._spill import UNREACHABLE, SpillingProducer
 from ._spool import SpoolFile
@@ -482,7 +483,8 @@ class Sender(SpillingProducer):
 
     async def _send_new(self, records: list[Record]) -> None:
         for part in split_for_blocks(records):
-            await self._send_batch(part)
+            for piece in split_by_name_bytes(part):  # never more name bytes than the service takes
+                await self._send_batch(piece)
 
     async def _send_batch(self, records: list[Record]) -> None:
         assert self._next_sequence is not None

@@ -22,6 +22,7 @@ from ._buffer import Buffer
 from ._columnar import EncodedBatch, encode_batch, split_for_blocks
 from ._convert import ingest_error_from_rpc_error
 from ._exceptions import RPCError, StepstreamError
+from ._name_bytes import split_by_name_bytes
 from ._records import record_points
 from ._spool import Entry, NewEntry, SpoolFull
 from ._spool_queue import Planned, Spill, record_call, replay_call
@@ -268,8 +269,9 @@ class SpillingProducer:
         entries: list[NewEntry] = []
         for records in taken:
             for part in split_for_blocks(records):
-                batch = encode_batch(start + len(entries), part)
-                entries.append((batch.sequence, batch.points, "", batch.request))
+                for piece in split_by_name_bytes(part):  # as _send_new: what the service takes
+                    batch = encode_batch(start + len(entries), piece)
+                    entries.append((batch.sequence, batch.points, "", batch.request))
         back = taken + ([tail] if tail is not None else [])  # in order, should it fail
         if await self._append(entries, back, start=start, written=taken):
             self._next_sequence = start + len(entries)

@@ -20,6 +20,9 @@ DEFAULT_PROJECT = "default"
 DESCRIPTION_KEY = "sys/description"
 # Points (values) in one PointBatch, float_series, string_series and float_blocks together.
 MAX_BATCH_POINTS = 100_000
+# UTF-8 bytes of every series name in one PointBatch together (entries' names and blocks'
+# names, each time it appears). The client cuts batches to stay within it (`_name_bytes`).
+MAX_BATCH_NAME_BYTES = 8 * 1024 * 1024
 # Responses one AppendPoints stream may owe before the service stops reading its requests.
 MAX_INFLIGHT_PER_STREAM = 64
 # Points in one ReadSeriesResponse message.

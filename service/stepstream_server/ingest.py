@@ -25,7 +25,7 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import grpc
 from redis.exceptions import RedisError
@@ -39,58 +39,18 @@ from .model import (
     Rejection,
     RunRecord,
     SeriesEntry,
-    WriterCommit,
     outcome_from_json,
 )
-from .ordering import FloorCache
-from .outage import StoreOutage
+from .ordering import FloorCache, await_judgments
+from .outage import RedisOutage, StoreOutage
+from .parts import Resume, Split, cut, writer_commit
+from .pending import Pending as Pending
+from .pending import WorkerLimits as WorkerLimits
+from .pending import Writer as Writer
 from .store import AsyncStore, RunCommit, StoreUnavailable
+from .store.parts_rule import read_partial
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Writer:
-    """Sequence state of one (run, writer): committed, expected next, and what is in flight."""
-
-    project: str
-    run_id: str
-    writer_id: str
-    committed: int
-    next_expected: int
-    inflight: dict[int, asyncio.Future[Outcome]] = field(default_factory=dict)
-    queued_points: int = 0  # of its batches waiting in the queue (fair sharing)
-
-    @property
-    def run_key(self) -> tuple[str, str]:
-        return (self.project, self.run_id)
-
-
-@dataclass
-class Pending:
-    """A batch waiting for its group commit."""
-
-    writer: Writer
-    sequence: int
-    entries: list[SeriesEntry]
-    rejections: list[Rejection]
-    failure: BatchFailure | None
-    points: int
-    future: asyncio.Future[Outcome]
-    attempts: int = 0  # judged this many times (a refused part is judged again)
-
-
-@dataclass(frozen=True)
-class WorkerLimits:
-    """Bounds that keep memory flat and groups reasonably sized."""
-
-    max_queued_points: int = 2_000_000
-    # One writer's share of the queue: a heavy stream cannot fill it for everyone else.
-    max_writer_queued_points: int = 500_000
-    max_group_points: int = 500_000
-    max_group_batches: int = 512
-    # A batch refused this many times fails (COMMIT_FAILED) instead of being judged again.
-    max_attempts: int = 16
 
 
 # The one batch error the worker answers before the batch's turn (it does not use up a sequence).
@@ -117,6 +77,7 @@ class IngestWorker:
         self.metrics.watch_queue(lambda: self._queued_points)
         self.store = store
         self.outage = StoreOutage(on_store_serving)
+        self.redis = RedisOutage()
         self.judge = Judge(store, floors)
         self.floors = floors
         self.limits = limits or WorkerLimits()
@@ -136,6 +97,9 @@ class IngestWorker:
         self._inflight: asyncio.Task[set[tuple[str, str]]] | None = None  # commit under way
         self._judging = False  # a group taken and not yet committing (drain waits for it)
         self._background: set[asyncio.Task[None]] = set()
+        # Writers (ids) with a batch in flight whose latest batch is small: a big batch is cut
+        # in parts only for them (heavy writers among themselves gain nothing from parts).
+        self._light: set[int] = set()
         self.stats = {"groups": 0, "batches": 0, "points": 0, "refused": 0, "rejudged": 0}
 
     def start(self) -> None:
@@ -182,6 +146,12 @@ class IngestWorker:
             )
         writer.committed = max(writer.committed, committed)
         writer.next_expected = max(writer.next_expected, writer.committed + 1)
+        # The next batch's first parts may be durable (the service died between its parts).
+        text = await self.store.read(
+            lambda s: s.writer_outcome(project, run_id, writer_id, writer.committed + 1)
+        )
+        found = read_partial(text)
+        writer.resume = None if found is None else Resume(writer.committed + 1, *found)
         return writer, record
 
     async def submit(
@@ -220,7 +190,15 @@ class IngestWorker:
         writer.next_expected += 1
         future: asyncio.Future[Outcome] = loop.create_future()
         writer.inflight[sequence] = future
-        points = sum(e.count for e in entries)
+        split = None
+        resume, writer.resume = writer.resume, None
+        if resume is not None and resume.sequence == sequence and failure is None:
+            split = Split(entries, rejections, future, resume)  # goes on where it stopped
+        points = sum(e.count for e in entries) if split is None else split.remaining
+        if points > self.limits.max_part_points or len(entries) > self.limits.max_part_entries:
+            self._light.discard(id(writer))
+        else:
+            self._light.add(id(writer))
         while (
             self._queued_points and self._queued_points + points > self.limits.max_queued_points
         ) or (
@@ -231,7 +209,9 @@ class IngestWorker:
             await self._room.wait()
         self._queued_points += points
         writer.queued_points += points
-        self._queue.append(Pending(writer, sequence, entries, rejections, failure, points, future))
+        self._queue.append(
+            Pending(writer, sequence, entries, rejections, failure, points, future, split=split)
+        )
         self._wake.set()
         return future
 
@@ -260,20 +240,32 @@ class IngestWorker:
         """The next group: batches to judge again first, then the queue, shared fairly: each
         writer with queued batches gets an equal share of the group's points (at least one
         batch), in its own order; what exceeds a share waits for the next group. So a light
-        stream's batches ride in every group next to a heavy one's, never behind all of it."""
+        stream's batches ride in every group next to a heavy one's, never behind all of it.
+        While several writers have batches in flight, a big batch goes in parts
+        (`max_part_points`, `max_part_entries`): one part of it per group, and nothing else of
+        its writer (docs/faults.md, section 5)."""
         group: list[Pending] = []
         points = 0
-        while self._again and len(group) < self.limits.max_group_batches:
+        closed: set[int] = set()  # writers that add nothing more to this group
+        again: deque[Pending] = deque()
+        while self._again:
             item = self._again.popleft()
             if item.future.done():  # failed with an earlier group; its stream re-sends it
                 self._leave(item)
                 continue
+            w = id(item.writer)
+            if len(group) >= self.limits.max_group_batches or w in closed:
+                closed.add(w)
+                again.append(item)
+                continue
+            if item.split is not None:
+                closed.add(w)
             group.append(item)
             points += item.points
-        writers = {id(p.writer) for p in self._queue}
+        self._again = again
+        writers = {id(p.writer) for p in self._queue} | {id(p.writer) for p in group}
         share = max(1, (self.limits.max_group_points - points) // max(1, len(writers)))
         taken: dict[int, int] = {}
-        closed: set[int] = set()
         keep: deque[Pending] = deque()
         while self._queue:
             item = self._queue.popleft()
@@ -291,11 +283,30 @@ class IngestWorker:
                 closed.add(w)  # its later batches wait too: a writer's order is kept
                 keep.append(item)
                 continue
+            if item.split is None and item.failure is None and self._cuts(item):
+                item.split = Split(item.entries, item.rejections, item.future)
+            if item.split is not None:  # once cut, cut to the end: each part is as small
+                part = cut(item, self.limits.max_part_points, self.limits.max_part_entries)
+                closed.add(w)
+                group.append(part)
+                points += part.points
+                if not item.split.taken_all:
+                    keep.append(item)  # the rest stays ahead of the writer's later batches
+                continue
             taken[w] = taken.get(w, 0) + item.points
             group.append(item)
             points += item.points
         self._queue = keep
         return group
+
+    def _cuts(self, item: Pending) -> bool:
+        """Whether a big batch goes in parts: another writer with small batches has one in
+        flight (queued, being judged or committing: counting only the queue would miss the
+        light stream whose batches are all in the group that commits now)."""
+        limits = self.limits
+        big = item.points > limits.max_part_points or len(item.entries) > limits.max_part_entries
+        others = len(self._light) > 1 or (self._light and id(item.writer) not in self._light)
+        return big and (limits.always_cut or bool(others))
 
     async def _run(self) -> None:
         """Judge each group while the previous one commits (one commit in flight): the Redis
@@ -326,9 +337,13 @@ class IngestWorker:
             await self._hold(group, exc)
             return
         except Exception as exc:  # keep serving: the group's streams reconnect and re-send
-            log.exception("judging a group failed")
+            if self.redis.caused(exc):
+                self.redis.failed(str(exc))  # a line when the outage starts, not per group
+            else:
+                log.exception("judging a group failed")
             self._fail(group, exc)
             return
+        self.redis.succeeded()
         previous = await self._settle()
         if previous:
             # Judged on top of batches that are to be judged again (or failed): these
@@ -387,30 +402,22 @@ class IngestWorker:
         self, group: Sequence[Pending], judgment: Judgment, started: float
     ) -> set[tuple[str, str]]:
         parts = judgment.parts
-        moved = await self._await_dependencies(parts)
+        moved = await await_judgments(self.floors, parts)
         commits = [
             RunCommit(
                 p.project,
                 p.run_id,
                 p.epoch,
                 p.chunks,
-                [
-                    WriterCommit(
-                        p.project,
-                        p.run_id,
-                        group[i].writer.writer_id,
-                        group[i].sequence,
-                        judgment.outcomes[i].to_json(),
-                    )
-                    for i in p.indices
-                ],
+                [writer_commit(group[i], judgment.outcomes[i]) for i in p.indices],
             )
             for p in parts
             if p.key not in moved
         ]
         with self.metrics.store_commit_seconds.time():
             refused = await self.store.write(lambda s: s.commit(commits))
-        await self.outage.succeeded()
+        if commits:  # an empty commit lands even on a full disk: it says nothing of the store
+            await self.outage.succeeded()
         back: list[RunPart] = []
         landed: list[RunPart] = []
         for p in parts:
@@ -429,9 +436,15 @@ class IngestWorker:
         accepted = 0
         for p in landed:
             for i in p.indices:
-                accepted += self._acknowledge(group[i], judgment.outcomes[i])
+                if group[i].split is not None:
+                    accepted += self._part_landed(group[i], judgment.outcomes[i])
+                else:
+                    accepted += self._acknowledge(group[i], judgment.outcomes[i])
         for i in judgment.loose:
-            self._acknowledge(group[i], judgment.outcomes[i])
+            item, outcome = group[i], judgment.outcomes[i]
+            if item.split is not None:
+                outcome = item.split.merge(item.start, item.end, outcome)[0]
+            self._acknowledge(item, outcome)
         released = [p.key for p in landed if p.checked]
         if released:
             self._spawn(self.floors.release(judgment.token, released))
@@ -442,31 +455,6 @@ class IngestWorker:
         self.stats["points"] += accepted
         self.metrics.group_committed(sum(len(p.indices) for p in landed), accepted, started)
         return {p.key for p in back}
-
-    async def _await_dependencies(self, parts: Sequence[RunPart]) -> set[tuple[str, str]]:
-        """Wait until every judgment these parts read from has committed; the runs whose epoch
-        moved meanwhile (a dependency died or failed) are returned, to be judged again."""
-        waiting = [p for p in parts if p.dependencies]
-        moved: set[tuple[str, str]] = set()
-        delay = 0.001
-        while waiting:
-            try:
-                answers = await self.floors.await_dependencies(
-                    [(p.project, p.run_id, p.epoch, p.dependencies) for p in waiting]
-                )
-            except RedisError:  # cannot tell: judging again is always safe
-                answers = ["moved"] * len(waiting)
-            still = []
-            for p, answer in zip(waiting, answers, strict=True):
-                if answer == "moved":
-                    moved.add(p.key)
-                elif answer == "wait":
-                    still.append(p)
-            waiting = still
-            if waiting:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-        return moved
 
     async def _again_in_order(self, group: Sequence[Pending], parts: Sequence[RunPart]) -> None:
         """Send the parts' batches back to be judged again (after a fresh look at their
@@ -490,6 +478,8 @@ class IngestWorker:
                     outcome = AppendAck(0, 0, (), (), "", duplicate_batch=True)
                 self._acknowledge(item, outcome)
                 continue
+            if item.split is not None and await self._landed_unseen(item):
+                continue
             item.attempts += 1
             if item.attempts >= self.limits.max_attempts:
                 self._fail([item], StoreFailed(f"refused {item.attempts} times"))
@@ -498,10 +488,42 @@ class IngestWorker:
             again.append(item)
         self._requeue(again)
 
+    async def _landed_unseen(self, item: Pending) -> bool:
+        """Whether a refused part is stored already (its commit landed but was not seen:
+        the connection died during COMMIT): the stored progress is at its end or past it."""
+        w = item.writer
+        try:
+            text = await self.store.read(
+                lambda s: s.writer_outcome(w.project, w.run_id, w.writer_id, item.sequence)
+            )
+        except StoreUnavailable:
+            return False  # refused again then, and looked at again
+        found = read_partial(text)
+        if found is None or found[0] < item.end:
+            return False
+        assert item.split is not None
+        item.split.so_far = found[1]
+        self._leave(item)
+        return True
+
+    def _part_landed(self, item: Pending, outcome: Outcome) -> int:
+        """A part is stored: the batch is acknowledged if it was the last one."""
+        assert item.split is not None
+        merged, final = item.split.merge(item.start, item.end, outcome)
+        if isinstance(merged, AppendAck):
+            item.split.so_far = merged
+        if final:
+            self._acknowledge(item, merged)
+        else:
+            self._leave(item)
+        return outcome.accepted if isinstance(outcome, AppendAck) else 0
+
     def _acknowledge(self, item: Pending, outcome: Outcome) -> int:
         writer = item.writer
         writer.committed = max(writer.committed, item.sequence)
         writer.inflight.pop(item.sequence, None)
+        if not writer.inflight:
+            self._light.discard(id(writer))
         if not item.future.done():
             item.future.set_result(outcome)
         self._leave(item)
@@ -525,6 +547,7 @@ class IngestWorker:
                     # will, and asyncio must not log "exception was never retrieved".
                     fut.exception()
             writer.inflight.clear()
+            self._light.discard(id(writer))
             self._leave(item)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -532,7 +555,7 @@ class IngestWorker:
             try:
                 await coro
             except RedisError as exc:  # the lease then expires instead
-                log.warning("could not release leases: %s", exc)
+                self.redis.failed(str(exc))
 
         task = asyncio.create_task(guarded())
         self._background.add(task)

@@ -10,6 +10,7 @@ the event loop long: large batches are decoded off the loop (`OFFLOAD_ENTRIES`).
 
 from __future__ import annotations
 
+from stepstream.rules import MAX_BATCH_NAME_BYTES as MAX_BATCH_NAME_BYTES
 from stepstream.rules import MAX_BATCH_POINTS as MAX_BATCH_POINTS
 
 # -- ingest: one PointBatch ------------------------------------------------------------------
@@ -21,8 +22,8 @@ MAX_BATCH_ENTRIES = 100_000
 # Series names in one FloatBlock, and series (entries plus block names) in one batch.
 MAX_BLOCK_NAMES = 100_000
 MAX_BATCH_SERIES = 100_000
-# UTF-8 bytes of every series name in one batch, together.
-MAX_BATCH_NAME_BYTES = 8 * 1024 * 1024
+# UTF-8 bytes of every series name in one batch, together: MAX_BATCH_NAME_BYTES, from
+# stepstream.rules (the client cuts its batches to stay within it).
 # A batch with more series than this is decoded on a thread, not on the event loop.
 OFFLOAD_ENTRIES = 2_000
 
@@ -43,3 +44,9 @@ MAX_TEXT_BYTES = 64 * 1024
 # ListSeries page size: 0 means the default; larger values are lowered to the maximum (AIP-158).
 DEFAULT_PAGE_SIZE = 1_000
 MAX_PAGE_SIZE = 10_000
+
+# -- memory ----------------------------------------------------------------------------------
+
+# Series IDs the SQLite store keeps in memory (least recently written forgotten first; a miss
+# costs one indexed read). About 200 bytes each: 100,000 is ~20 MB whatever the runs' width.
+SERIES_ID_CACHE = 100_000

@@ -21,12 +21,13 @@ that is there: a floor a judgment moved at this epoch is never replaced (docs/re
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from .model import Floats, value_token
 
@@ -429,3 +430,38 @@ def _answer(reply: Any) -> CheckAnswer:
             floors.append(Floor(float(step), token))
     dependencies = tuple(_text(reply[2]).split("\0")[:-1])
     return CheckAnswer("ok", floors, dependencies)
+
+
+class Judged(Protocol):
+    """What a waiting judgment of one run names (judge.RunPart)."""
+
+    project: str
+    run_id: str
+    epoch: int
+    dependencies: tuple[str, ...]
+
+
+async def await_judgments(floors: FloorCache, parts: Sequence[Judged]) -> set[tuple[str, str]]:
+    """Wait until every judgment these parts read from has committed; the runs whose epoch
+    moved meanwhile (a dependency died or failed) are returned, to be judged again."""
+    waiting = [p for p in parts if p.dependencies]
+    moved: set[tuple[str, str]] = set()
+    delay = 0.001
+    while waiting:
+        try:
+            answers = await floors.await_dependencies(
+                [(p.project, p.run_id, p.epoch, p.dependencies) for p in waiting]
+            )
+        except RedisError:  # cannot tell: judging again is always safe
+            answers = ["moved"] * len(waiting)
+        still = []
+        for p, answer in zip(waiting, answers, strict=True):
+            if answer == "moved":
+                moved.add((p.project, p.run_id))
+            elif answer == "wait":
+                still.append(p)
+        waiting = still
+        if waiting:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    return moved

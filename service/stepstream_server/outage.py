@@ -1,5 +1,6 @@
-"""A store outage as the ingest worker lives through it: one log line when it starts, one when
-it ends, the health status in between, and the capped backoff between attempts.
+"""Outages as the ingest worker lives through them: the store refusing writes (one log line
+when it starts, one when it ends, the health status in between, and the capped backoff between
+attempts), and Redis unreachable (one line when it starts, one when it ends).
 
 The worker reports every attempt that failed because the store refused writes
 (`StoreUnavailable`) and every commit that landed; this class turns that into two
@@ -13,6 +14,10 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+from .errors import ServiceError
 
 log = logging.getLogger("stepstream")
 
@@ -73,3 +78,48 @@ class StoreOutage:
             return
         await asyncio.sleep(self._backoff * (0.5 + random.random() / 2))
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+
+
+class RedisOutage:
+    """Whether the ordering check reaches Redis, as far as the last group showed. While it
+    does not, each group fails retryably (`FLOORS_UNAVAILABLE`: the judge tried for ~12 s) and
+    its clients re-send; this turns that into two log lines, never a traceback per group."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.failures = 0  # groups failed (or leases not released) in this outage
+        self.outages = 0
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    @staticmethod
+    def caused(exc: BaseException) -> bool:
+        """Whether `exc` says that Redis could not be reached."""
+        if isinstance(exc, ServiceError):
+            return exc.reason == "FLOORS_UNAVAILABLE"
+        return isinstance(exc, RedisError)
+
+    def failed(self, detail: str) -> None:
+        self.failures += 1
+        if self.since is not None:
+            return
+        self.since = time.monotonic()
+        self.outages += 1
+        log.warning(
+            "redis outage: the ordering check cannot reach Redis (%s); batches fail retryably"
+            " (FLOORS_UNAVAILABLE) and clients re-send them until it answers",
+            detail,
+        )
+
+    def succeeded(self) -> None:
+        if self.since is None:
+            return
+        lasted, failures = time.monotonic() - self.since, self.failures
+        self.since, self.failures = None, 0
+        log.warning(
+            "redis outage over: Redis answers again after %.1f s (%d failed groups)",
+            lasted,
+            failures,
+        )

@@ -224,6 +224,8 @@ class IngestServicer:
         except asyncio.CancelledError:
             stream.cut = stream.drained  # else the stream itself is ending
             raise
+        except grpc.aio.AbortError:  # the stream was ended with a status already (a failed batch)
+            return
         except Exception:
             if self.draining:  # the server stopped under the stream: expected, not a failure
                 log.info("ingest stream ended by the drain")

@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from .. import errors
 from ..model import ChunkWrite, Incarnation, Origin, RunRecord, RunState, Segment, SeriesPoints
+from . import parts_rule
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
@@ -35,6 +36,7 @@ from .codec import (
     sampled_points,
     view_segments,
 )
+from .pg_analyze import Analyzer
 from .schema import SchemaTooNew
 from .tokens import POSTGRES_MIGRATION as TOKENS_MIGRATION
 
@@ -207,6 +209,7 @@ class PostgresStore:
             timeout=POOL_TIMEOUT,
         )
         self._active: set[psycopg.Connection[TupleRow]] = set()  # for interrupt()
+        self.analyzer = Analyzer(self._read)  # fresh statistics after bulk loads
         try:
             self._pool.open(wait=True, timeout=30.0)
             self._migrate()
@@ -484,12 +487,15 @@ class PostgresStore:
                 first: dict[str, int] = {}
                 for w in part.writers:
                     first[w.writer_id] = min(first.get(w.writer_id, w.sequence), w.sequence)
-                if any(stored[(part.project, part.run_id, w)] >= s for w, s in first.items()):
+                if any(
+                    stored[(part.project, part.run_id, w)] >= s for w, s in first.items()
+                ) or _part_refused(cur, part):
                     refused[(part.project, part.run_id)] = fences[(part.project, part.run_id)]
                 else:
                     accepted.append(part)
             _insert_chunks(cur, [(p.project, p.run_id, c) for p in accepted for c in p.chunks])
             _record_writers(cur, accepted)
+        self.analyzer.after_commit()
         return refused
 
     def raise_fence(self, project: str, run_id: str, at_least: int) -> int:
@@ -951,14 +957,18 @@ def _record_writers(cur: Cursor, parts: Sequence[RunCommit]) -> None:
     if not acks:
         return
     last: dict[tuple[str, str, str], int] = {}
-    for project, run_id, writer_id, sequence, _ in acks:
-        key = (project, run_id, writer_id)
-        last[key] = max(last.get(key, 0), sequence)
+    for p in parts:
+        for w in p.writers:
+            if parts_rule.advances(w):
+                key = (p.project, p.run_id, w.writer_id)
+                last[key] = max(last.get(key, 0), w.sequence)
     unnest = "unnest(%s::text[], %s::text[], %s::text[], %s::int8[]) AS k(project, run_id, writer_id, seq)"
     same = "w.project = k.project AND w.run_id = k.run_id AND w.writer_id = k.writer_id"
     cur.execute(
         "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) SELECT * FROM"
-        " unnest(%s::text[], %s::text[], %s::text[], %s::int8[], %s::text[])",
+        " unnest(%s::text[], %s::text[], %s::text[], %s::int8[], %s::text[])"
+        " ON CONFLICT (project, run_id, writer_id, sequence)"
+        " DO UPDATE SET outcome = excluded.outcome",  # a part's progress (parts_rule)
         _columns(acks, 5),
     )
     cur.execute(
@@ -971,6 +981,21 @@ def _record_writers(cur: Cursor, parts: Sequence[RunCommit]) -> None:
             f"DELETE FROM acks w USING {unnest} WHERE {same} AND w.sequence <= k.seq",
             _columns(trim, 4),
         )
+
+
+def _part_refused(cur: Cursor, part: RunCommit) -> bool:
+    """A part of a batch not right after the one before it (its writer row is locked)."""
+    for w in part.writers:
+        if isinstance(w, parts_rule.PartCommit):
+            cur.execute(
+                "SELECT outcome FROM acks WHERE project = %s AND run_id = %s AND writer_id = %s"
+                " AND sequence = %s",
+                (w.project, w.run_id, w.writer_id, w.sequence),
+            )
+            row = cur.fetchone()
+            if parts_rule.refuses(w, None if row is None else str(row[0])):
+                return True
+    return False
 
 
 def _insert_incarnation(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
+from ..limits import SERIES_ID_CACHE
 from ..model import (
     Incarnation,
     Origin,
@@ -26,6 +27,7 @@ from ..model import (
     Segment,
     SeriesPoints,
 )
+from . import parts_rule
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
@@ -39,6 +41,7 @@ from .codec import (
     sampled_points,
     view_segments,
 )
+from .lru import LruCache
 from .schema import SchemaTooNew
 from .tokens import SQLITE_MIGRATION as TOKENS_MIGRATION
 
@@ -133,7 +136,8 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
         # (incarnation, is_string, name) -> series_id; only the committing thread writes it.
-        self._series_ids: dict[tuple[str, bool, str], int] = {}
+        # Recently written series' IDs; bounded (a wide run must not grow the service).
+        self._series_ids: LruCache[tuple[str, bool, str], int] = LruCache(SERIES_ID_CACHE)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -476,16 +480,7 @@ class SqliteStore:
     def writer_outcome(
         self, project: str, run_id: str, writer_id: str, sequence: int
     ) -> str | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT outcome FROM acks WHERE project = ? AND run_id = ? AND writer_id = ?"
-                " AND sequence = ?",
-                (project, run_id, writer_id, sequence),
-            )
-            .fetchone()
-        )
-        return None if row is None else str(row[0])
+        return _outcome(self._conn(), project, run_id, writer_id, sequence)
 
     def commit(self, parts: Sequence[RunCommit]) -> Refused:
         # Series IDs cached by this transaction, with what they replaced: undone on failure.
@@ -517,11 +512,13 @@ class SqliteStore:
                         rows.append((series_id, *packed))
                     for w in part.writers:
                         key3 = (w.project, w.run_id, w.writer_id)
-                        last[key3] = max(last.get(key3, 0), w.sequence)
+                        if parts_rule.advances(w):
+                            last[key3] = max(last.get(key3, 0), w.sequence)
                         acks.append((*key3, w.sequence, w.outcome_json))
                 conn.executemany(_INSERT_CHUNK, rows)
                 conn.executemany(
-                    "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) VALUES (?,?,?,?,?)",
+                    "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) VALUES (?,?,?,?,?)"
+                    " ON CONFLICT DO UPDATE SET outcome = excluded.outcome",  # a part's progress
                     acks,
                 )
                 conn.executemany(
@@ -560,6 +557,11 @@ class SqliteStore:
                 (part.project, part.run_id, writer_id),
             ).fetchone()
             if stored is not None and int(stored[0]) >= sequence:
+                return fence
+        for w in part.writers:  # a part of a batch lands only right after the one before it
+            if isinstance(w, parts_rule.PartCommit) and parts_rule.refuses(
+                w, _outcome(conn, w.project, w.run_id, w.writer_id, w.sequence)
+            ):
                 return fence
         return None
 
@@ -868,3 +870,14 @@ def _sql_real(x: float) -> float:
         if x == math.inf
         else (-1.7976931348623157e308 if x == -math.inf else x)
     )
+
+
+def _outcome(
+    conn: sqlite3.Connection, project: str, run_id: str, writer_id: str, sequence: int
+) -> str | None:
+    row = conn.execute(
+        "SELECT outcome FROM acks WHERE project = ? AND run_id = ? AND writer_id = ?"
+        " AND sequence = ?",
+        (project, run_id, writer_id, sequence),
+    ).fetchone()
+    return None if row is None else str(row[0])

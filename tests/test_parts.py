@@ -1,0 +1,277 @@
+"""A big batch committed in parts across groups (docs/faults.md, section 5): its
+acknowledgement and its stored points are those of the same batch committed whole, after a
+kill -9 between parts, a replay, a part that landed unseen, and a stop between parts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from conftest import free_port
+from parts_serve import SMALL
+from procs import ServiceProcess, wait_serving
+from stepstream.v1 import ingest_pb2, ingest_pb2_grpc, runs_pb2, runs_pb2_grpc
+from stepstream_server.config import Settings
+from stepstream_server.server import Service
+from stepstream_server.store import StoreUnavailable, open_store
+from stepstream_server.store.parts_rule import read_partial
+from wire import Stream, create_run, fseries, read_points, sseries
+
+pytestmark = pytest.mark.stores("sqlite", "postgresql")
+
+NAMES = ["long", "auto", "s0", "s1", "s2", "s3", "s4", "ow", "old"]
+
+
+def preludes() -> list[list[Any]]:
+    """Two small batches: old's floor at 8 (9 points: cut in two parts), ow's 7 points."""
+    return [
+        [fseries("old", range(9), [float(i) for i in range(9)])],
+        [fseries("ow", range(7), [-1.0] * 7)],
+    ]
+
+
+def big() -> list[Any]:
+    """55 points in 10 entries, cut by SMALL into 9 parts: inside an explicit series, inside
+    an assigned one, inside an overwrite, and inside a rejected prefix (old: steps 0..7 are
+    below its floor 8, step 8 re-sends the point at the floor, 9..11 are new)."""
+    return [
+        fseries("long", range(20), [float(i) for i in range(20)]),
+        fseries("auto", values=[2.0] * 10, assign=True),
+        *[fseries(f"s{i}", [1], [float(i)]) for i in range(5)],
+        sseries("text", [1, 2, 3], ["a", "b", "c"]),
+        ingest_pb2.FloatSeries(name="ow", steps=range(5), values=[9.0] * 5, overwrite=True),
+        fseries("old", range(12), [float(i) for i in range(12)]),
+    ]
+
+
+def ack_view(resp: ingest_pb2.AppendPointsResponse) -> tuple[Any, ...]:
+    a = resp.appended
+    assert resp.WhichOneof("result") == "appended", resp
+    return (
+        a.accepted_count,
+        a.duplicate_count,
+        [(r.series, r.reason, r.count, r.first_step, r.last_step, r.floor) for r in a.rejections],
+        [(s.series, s.first_step, s.count) for s in a.assigned_steps],
+    )
+
+
+async def contents(runs: runs_pb2_grpc.RunServiceStub, run_id: str) -> dict[str, Any]:
+    out = {n: await read_points(runs, run_id, n) for n in NAMES}
+    out["text"] = await read_points(runs, run_id, "text", strings=True)
+    return out
+
+
+async def write_reference(runs: Any, ingest: Any, run_id: str) -> tuple[Any, dict[str, Any]]:
+    """The batch committed whole (a lone writer with default limits is not cut)."""
+    await create_run(runs, run_id)
+    s = Stream(ingest)
+    await s.open(run_id, writer_id="ref")
+    for p in preludes():
+        await s.send(*p)
+    ack = ack_view(await s.send(*big()))
+    await s.close()
+    return ack, await contents(runs, run_id)
+
+
+def cut_small(svc: Service) -> None:
+    svc.worker.limits = replace(svc.worker.limits, **SMALL)
+
+
+async def test_parted_batch_acks_and_stores_what_a_whole_one_does(service, runs, ingest):
+    ref_ack, ref = await write_reference(runs, ingest, "whole")
+    cut_small(service)
+    await create_run(runs, "parts")
+    s = Stream(ingest)
+    await s.open("parts", writer_id="w")
+    for p in preludes():
+        await s.send(*p)
+    groups = service.worker.stats["groups"]
+    ack = ack_view(await s.send(*big()))
+    assert service.worker.stats["groups"] - groups >= 9  # it did go in parts
+    assert ack == ref_ack
+    assert ack[0] == 55 - 8 - 1 and ack[1] == 1  # old: 8 below the floor, 1 re-sent at it
+    assert ack[2] == [("old", "STEP_NOT_INCREASING", 8, 0.0, 7.0, 8.0)]  # one, across a cut
+    assert await contents(runs, "parts") == ref
+    assert ref["ow"] == ([0, 1, 2, 3, 4], [9.0] * 5)  # the overwrite's later slices kept
+    assert ref["auto"][0] == list(range(10))
+
+
+async def test_replay_of_a_completed_parted_batch_is_a_duplicate(service, runs, ingest):
+    cut_small(service)
+    await create_run(runs, "r")
+    s = Stream(ingest)
+    await s.open("r", writer_id="w")
+    first = await s.send(*big())
+    before = await contents(runs, "r")
+    again = await s.send(*big(), sequence=1)
+    assert again.appended.duplicate_batch
+    assert ack_view(again) == ack_view(first)
+    s2 = Stream(ingest)  # and on a new stream, from the stored acknowledgement
+    opened = await s2.open("r", writer_id="w")
+    assert opened.opened.last_committed_sequence == 1
+    third = await s2.send(*big(), sequence=1)
+    assert third.appended.duplicate_batch and ack_view(third) == ack_view(first)
+    assert await contents(runs, "r") == before
+
+
+async def test_part_that_landed_unseen_is_not_applied_twice(service, runs, ingest):
+    """The third part's COMMIT lands but its caller hears "connection lost" (the seam: the
+    store's commit call). The worker holds the group, judges the part again, the store
+    refuses it (the progress is past its start), and the worker finds it stored."""
+    ref_ack, ref = await write_reference(runs, ingest, "whole")
+    cut_small(service)
+    sync = service.worker.store.sync
+    real = sync.commit
+    calls = {"n": 0}
+
+    def commit(parts: Any) -> Any:
+        refused = real(parts)
+        if any(p.run_id == "parts" for p in parts):
+            calls["n"] += 1
+            if calls["n"] == 5:  # the preludes' three parts, then the big batch's second
+                raise StoreUnavailable(RuntimeError("connection lost during COMMIT (test)"))
+        return refused
+
+    sync.commit = commit
+    try:
+        await create_run(runs, "parts")
+        s = Stream(ingest)
+        await s.open("parts", writer_id="w")
+        for p in preludes():
+            await s.send(*p)
+        refused = service.worker.stats["refused"]
+        ack = ack_view(await s.send(*big()))
+    finally:
+        sync.commit = real
+    assert calls["n"] > 5
+    assert service.worker.stats["refused"] > refused  # the replayed part was refused
+    assert service.worker.outage.outages >= 1
+    assert ack == ref_ack
+    assert await contents(runs, "parts") == ref
+
+
+async def test_run_stopped_between_parts(service, runs, ingest):
+    """The rest of the batch is answered RUN_NOT_ACTIVE as rejections; what landed stays."""
+    cut_small(service)
+    worker = service.worker
+    landed, go = asyncio.Event(), asyncio.Event()
+    real_landed, real_judge = worker._part_landed, worker.judge.judge
+
+    def part_landed(item: Any, outcome: Any) -> int:
+        landed.set()
+        return real_landed(item, outcome)
+
+    async def judge(group: Any) -> Any:
+        if any(p.split is not None and p.start != (0, 0) for p in group):
+            await go.wait()
+        return await real_judge(group)
+
+    worker._part_landed = part_landed  # type: ignore[method-assign]
+    worker.judge.judge = judge  # type: ignore[method-assign]
+    await create_run(runs, "r")
+    s = Stream(ingest)
+    await s.open("r", writer_id="w")
+    batch = ingest_pb2.PointBatch(sequence=1)
+    batch.float_series.extend([fseries("long", range(20), [1.0] * 20)])
+    await s.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
+    await asyncio.wait_for(landed.wait(), 30)
+    await runs.StopRun(runs_pb2.StopRunRequest(run_id="r"))
+    go.set()
+    resp = await asyncio.wait_for(s.call.read(), 30)
+    a = resp.appended
+    assert a.accepted_count == 7
+    assert [(r.series, r.reason, r.count) for r in a.rejections] == [("long", "RUN_NOT_ACTIVE", 13)]
+    assert (await read_points(runs, "r", "long"))[0] == list(range(7))
+    again = await s.send(fseries("long", range(20), [1.0] * 20), sequence=1)
+    assert again.appended.duplicate_batch and again.appended.accepted_count == 7
+
+
+async def test_kill9_between_parts_resumes_exactly_once(
+    tmp_path: Path, settings: Settings, store_url: str | None
+) -> None:
+    """Killed with the big batch's first parts durable (the third part that did not finish
+    its batch: the preludes' first, then the big batch's two); the restarted service resumes the
+    re-sent batch at the stored progress: the same acknowledgement and points as the batch
+    committed whole, nothing twice, no step assigned twice."""
+    data = tmp_path / "svc"
+    marker = tmp_path / "between"
+    extra = ["--store", store_url] if store_url else []
+    port = free_port()
+    log = open(tmp_path / "parts.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "parts_serve.py"),
+            "serve",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data),
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PARTS_STOP_AFTER": "3", "PARTS_MARKER": str(marker)},
+    )
+    log.close()
+    try:
+        wait_serving(f"127.0.0.1:{port}", 30, proc)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            runs, ingest = runs_pb2_grpc.RunServiceStub(ch), ingest_pb2_grpc.IngestServiceStub(ch)
+            await create_run(runs, "parts")
+            s = Stream(ingest)
+            await s.open("parts", writer_id="trainer")
+            for p in preludes():
+                await s.send(*p)
+            batch = ingest_pb2.PointBatch(sequence=3)
+            for e in big():
+                if isinstance(e, ingest_pb2.StringSeries):
+                    batch.string_series.append(e)
+                else:
+                    batch.float_series.append(e)
+            await s.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
+            deadline = time.monotonic() + 60
+            while not marker.exists():
+                assert time.monotonic() < deadline, "the service never stopped between parts"
+                assert proc.poll() is None
+                await asyncio.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Between parts indeed: the store holds the first parts' progress, not the sequence.
+    url = Settings(address="", data_dir=data, redis_url=None, store=store_url).store_url
+    store = open_store(url)
+    try:
+        assert store.writer_sequence("default", "parts", "trainer") == 2
+        found = read_partial(store.writer_outcome("default", "parts", "trainer", 3))
+        assert found is not None and found[1].accepted > 0
+    finally:
+        store.close()
+    svc = ServiceProcess(data, None, free_port(), extra=extra).start()
+    try:
+        async with grpc.aio.insecure_channel(svc.address) as ch:
+            runs, ingest = runs_pb2_grpc.RunServiceStub(ch), ingest_pb2_grpc.IngestServiceStub(ch)
+            ref_ack, ref = await write_reference(runs, ingest, "whole")
+            s = Stream(ingest)
+            opened = await s.open("parts", writer_id="trainer")
+            assert opened.opened.last_committed_sequence == 2
+            ack = ack_view(await s.send(*big(), sequence=3))
+            assert ack == ref_ack
+            assert await contents(runs, "parts") == ref
+            again = await s.send(*big(), sequence=3)
+            assert again.appended.duplicate_batch and ack_view(again) == ref_ack
+    finally:
+        assert svc.terminate() == 0
