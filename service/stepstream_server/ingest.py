@@ -306,7 +306,7 @@ class IngestWorker:
         limits = self.limits
         big = item.points > limits.max_part_points or len(item.entries) > limits.max_part_entries
         others = len(self._light) > 1 or (self._light and id(item.writer) not in self._light)
-        return big and (limits.always_cut or bool(others))
+        return big and (limits.always_cut or (limits.cut_parts and bool(others)))
 
     async def _run(self) -> None:
         """Judge each group while the previous one commits (one commit in flight): the Redis
