@@ -118,19 +118,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         async def first_then_rest(requests: AsyncIterator[Any], context: Any) -> Any:
             """The requests again, once the first one (the only one the rule reads) passed."""
+            rest = requests.__aiter__()
             try:
-                first = await requests.__anext__()
+                first = await rest.__anext__()
             except StopAsyncIteration:
                 await check(token, None, None)  # an empty stream still needs a token
                 return _empty()
             await check(token, rule, first)
-
-            async def again() -> AsyncIterator[Any]:
-                yield first
-                async for request in requests:
-                    yield request
-
-            return again()
+            return _Replay(first, rest)
 
         if behavior is not None:
             stream_behavior = behavior
@@ -162,6 +157,34 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class _Replay:
+    """`first`, then the rest of the stream straight from gRPC's own iterator: after the first
+    message nothing of the interceptor runs per request (no generator in between)."""
+
+    __slots__ = ("_first", "_rest")
+
+    def __init__(self, first: Any, rest: AsyncIterator[Any]) -> None:
+        self._first: Any = first
+        self._rest = rest
+
+    def __aiter__(self) -> _Replay:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        first = self._first
+        if first is _TAKEN:
+            return self._rest.__anext__()
+        self._first = _TAKEN
+        return _value(first)
+
+
+_TAKEN = object()
+
+
+async def _value(value: Any) -> Any:
+    return value
 
 
 async def _empty() -> AsyncIterator[Any]:
