@@ -1,10 +1,15 @@
 """Case 10: what TLS and `--auth required` cost. Shapes (a) and (b) and the acknowledgement
-latency at half load, each alternating, repetition by repetition, between plain `stepstream
-serve` and one with `--tls-cert/--tls-key --auth required` (certificates made by trustme, a
-write token from `stepstream tokens create`), so both are measured under the same load."""
+latency at a tenth of plain's rate, each alternating, repetition by repetition, between plain
+`stepstream serve` and one with `--tls-cert/--tls-key --auth required` (certificates made by
+trustme, a write token from `stepstream tokens create`), so both are measured under the same
+load. The order flips every repetition (plain first, then secured first, ...), so a load that
+rises or falls through the run, or whatever the first of a pair leaves behind, is not charged
+to one side. Beside the rates, the CPU the service and the driver spend per point (from
+/proc, around the timed part) shows the cost with less of the machine's other load in it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -90,9 +95,24 @@ def plain_and_secured(ctx: Context) -> Iterator[list[tuple[Target, dict[str, Any
         yield [(plain, {}), (secured, options)]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (all their threads) so far, from /proc."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def in_pairs(targets: list[Any], rep: int) -> list[Any]:
+    """The targets in the order of repetition `rep`: flipped every other one."""
+    return targets if rep % 2 == 0 else targets[::-1]
+
+
 def ingest_rate(
     pool: DriverPool, target: Target, options: dict[str, Any], shape: Shape, tag: str
-) -> float:
+) -> tuple[float, float, float]:
+    """Points per second, and the service's and the driver's CPU microseconds per point."""
     pool.send(
         {
             "cmd": "prepare",
@@ -104,12 +124,15 @@ def ingest_rate(
         }
     )
     pool.collect()
+    server, drivers = [target.server.pid], [proc.pid for proc in pool.procs]
+    server0, drivers0 = cpu_seconds(server), cpu_seconds(drivers)
     results = pool.command({"cmd": "go"})
+    server_cpu, driver_cpu = cpu_seconds(server) - server0, cpu_seconds(drivers) - drivers0
     pool.command({"cmd": "finish"})
     rate, acked, logged = aggregate_rate(results)
     if acked != logged:
         raise BenchError(f"{target.label} {tag}: {acked:,} of {logged:,} points acknowledged")
-    return rate
+    return rate, server_cpu * 1e6 / logged, driver_cpu * 1e6 / logged
 
 
 def security(ctx: Context, shapes: dict[str, Shape]) -> list[Row]:
@@ -126,16 +149,20 @@ def security_rows(
     rows: list[Row] = []
     key = shape.key
     rates: dict[str, list[float]] = {"stepstream": [], "secured": []}
+    cpus: dict[str, list[tuple[float, float]]] = {"stepstream": [], "secured": []}
     p50s: dict[str, list[float]] = {"stepstream": [], "secured": []}
     with DriverPool(
         f"security-{key}", [python_module("bench.driver", "ingest")], ctx.work_dir
     ) as pool:
         for rep in range(ctx.reps):
-            for target, options in targets:
-                rate = ingest_rate(pool, target, options, shape, f"sec-{key}-{target.label}-{rep}")
+            for target, options in in_pairs(targets, rep):
+                tag = f"sec-{key}-{target.label}-{rep}"
+                rate, server_us, driver_us = ingest_rate(pool, target, options, shape, tag)
                 rates[target.label].append(rate)
+                cpus[target.label].append((server_us, driver_us))
                 ctx.progress(
-                    f"security {shape.title} {target.label} rep {rep + 1}: {rate:,.0f} pts/s"
+                    f"security {shape.title} {target.label} rep {rep + 1}: {rate:,.0f} pts/s;"
+                    f" CPU per point: service {server_us:.3f} µs, driver {driver_us:.3f} µs"
                 )
     # A tenth of plain stepstream's rate as just measured here: well below saturation
     # on a shared machine, so the difference is what TLS and the token check add (at
@@ -145,7 +172,7 @@ def security_rows(
         f"security-lat-{key}", [python_module("bench.driver", "latency")], ctx.work_dir
     ) as pool:
         for rep in range(ctx.reps):
-            for target, options in targets:
+            for target, options in in_pairs(targets, rep):
                 pool.command(
                     {
                         "cmd": "prepare",
@@ -160,10 +187,26 @@ def security_rows(
                 result = pool.command({"cmd": "go"})[0]
                 pool.command({"cmd": "finish"})
                 p50s[target.label].append(float(result["p50"]))
+                ctx.progress(
+                    f"security latency ({key}) {target.label} rep {rep + 1}:"
+                    f" p50 {float(result['p50']) * 1000:.2f} ms"
+                )
     plain_rate, secured_rate = median(rates["stepstream"]), median(rates["secured"])
     plain_p50, secured_p50 = median(p50s["stepstream"]), median(p50s["secured"])
     assert plain_rate and secured_rate and plain_p50 is not None and secured_p50 is not None
-    same_run = "measured alternately with plain stepstream in this run"
+    same_run = (
+        "measured alternately with plain stepstream in this run, order flipped every repetition"
+    )
+
+    def cpu_note(which: int, what: str) -> str:
+        secured = median([c[which] for c in cpus["secured"]])
+        plain = median([c[which] for c in cpus["stepstream"]])
+        assert secured is not None and plain is not None
+        return (
+            f"{what} CPU per point secured {secured:.3f} µs, plain {plain:.3f} µs"
+            f" (ratio {secured / plain:.2f})"
+        )
+
     rows.append(
         Row(
             f"10. ingest {shape.title} with TLS + --auth required (no-op column: plain stepstream)",
@@ -176,7 +219,8 @@ def security_rows(
                 f"{same_run}; per-repetition pts/s: secured "
                 + ", ".join(f"{r:,.0f}" for r in rates["secured"])
                 + "; plain "
-                + ", ".join(f"{r:,.0f}" for r in rates["stepstream"])
+                + ", ".join(f"{r:,.0f}" for r in rates["stepstream"]),
+                "medians: " + cpu_note(0, "service") + "; " + cpu_note(1, "driver"),
             ],
         )
     )
@@ -188,7 +232,12 @@ def security_rows(
             plain_p50,
             target=f"< {MAX_P50_ADDED * 1000:g} ms above plain",
             met=secured_p50 - plain_p50 < MAX_P50_ADDED,
-            notes=[f"offered {offered:,.0f} pts/s; {same_run}"],
+            notes=[
+                f"offered {offered:,.0f} pts/s; {same_run}; per-repetition p50 ms: secured "
+                + ", ".join(f"{p * 1000:.2f}" for p in p50s["secured"])
+                + "; plain "
+                + ", ".join(f"{p * 1000:.2f}" for p in p50s["stepstream"])
+            ],
         )
     )
     return rows
