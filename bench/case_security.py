@@ -151,6 +151,7 @@ def security_rows(
     rates: dict[str, list[float]] = {"stepstream": [], "secured": []}
     cpus: dict[str, list[tuple[float, float]]] = {"stepstream": [], "secured": []}
     p50s: dict[str, list[float]] = {"stepstream": [], "secured": []}
+    loads: dict[str, list[float]] = {"stepstream": [], "secured": []}  # service CPU / wall
     with DriverPool(
         f"security-{key}", [python_module("bench.driver", "ingest")], ctx.work_dir
     ) as pool:
@@ -184,12 +185,16 @@ def security_rows(
                         "run_options": options,
                     }
                 )
+                server = [target.server.pid]
+                cpu0, wall0 = cpu_seconds(server), time.monotonic()
                 result = pool.command({"cmd": "go"})[0]
+                busy = (cpu_seconds(server) - cpu0) / (time.monotonic() - wall0)
                 pool.command({"cmd": "finish"})
                 p50s[target.label].append(float(result["p50"]))
+                loads[target.label].append(busy)
                 ctx.progress(
                     f"security latency ({key}) {target.label} rep {rep + 1}:"
-                    f" p50 {float(result['p50']) * 1000:.2f} ms"
+                    f" p50 {float(result['p50']) * 1000:.2f} ms; service CPU {busy:.0%}"
                 )
     plain_rate, secured_rate = median(rates["stepstream"]), median(rates["secured"])
     plain_p50, secured_p50 = median(p50s["stepstream"]), median(p50s["secured"])
@@ -236,7 +241,9 @@ def security_rows(
                 f"offered {offered:,.0f} pts/s; {same_run}; per-repetition p50 ms: secured "
                 + ", ".join(f"{p * 1000:.2f}" for p in p50s["secured"])
                 + "; plain "
-                + ", ".join(f"{p * 1000:.2f}" for p in p50s["stepstream"])
+                + ", ".join(f"{p * 1000:.2f}" for p in p50s["stepstream"]),
+                f"service CPU while offered (median, of one core): secured"
+                f" {median(loads['secured']) or 0:.0%}, plain {median(loads['stepstream']) or 0:.0%}",
             ],
         )
     )

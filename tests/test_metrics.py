@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,6 +16,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from stepstream.v1 import ingest_pb2_grpc, runs_pb2, runs_pb2_grpc
+from stepstream_server.auth import SecuritySettings, check_binding
 from stepstream_server.config import Settings
 from stepstream_server.metrics import Metrics
 from stepstream_server.server import Service
@@ -211,3 +215,52 @@ async def test_bad_metrics_address_refuses_to_start(
     # Nothing was left running: the same data directory starts at once.
     svc = await Service.start(settings)
     await svc.stop()
+
+
+PUBLIC_METRICS_REFUSED = (
+    "--metrics-address 0.0.0.0:9464 is not a loopback address, and /metrics answers anyone who"
+    " can reach it without a token (--auth required does not cover it). Add --metrics-public"
+    " to serve it there on purpose (e.g. for a Prometheus on another host), or bind it to"
+    " 127.0.0.1"
+)
+
+
+def test_a_non_loopback_metrics_address_needs_metrics_public_or_insecure() -> None:
+    grpc_bind = {"--address": "127.0.0.1:50051"}
+    for security in (SecuritySettings(), SecuritySettings(auth="required")):
+        with pytest.raises(ValueError) as refused:
+            check_binding(security, grpc_bind, "0.0.0.0:9464")
+        assert str(refused.value) == PUBLIC_METRICS_REFUSED
+    check_binding(SecuritySettings(metrics_public=True), grpc_bind, "0.0.0.0:9464")
+    check_binding(SecuritySettings(insecure=True), grpc_bind, "0.0.0.0:9464")
+    for loopback in ("127.0.0.1:9464", "localhost:9464", "[::1]:9464"):
+        check_binding(SecuritySettings(), grpc_bind, loopback)
+    # Not HOST:PORT: the endpoint refuses it with its own message (the test above).
+    check_binding(SecuritySettings(), grpc_bind, "9464")
+
+
+def test_serve_refuses_a_public_metrics_address_and_says_why(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stepstream_server.cli", "serve", "--address", "127.0.0.1:0",
+         "--data-dir", str(tmp_path / "data"), "--auth", "required",
+         "--metrics-address", "0.0.0.0:9464"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert PUBLIC_METRICS_REFUSED in result.stderr
+
+
+async def test_metrics_public_serves_metrics_on_every_interface(settings: Settings) -> None:
+    svc = await Service.start(
+        dataclasses.replace(
+            settings,
+            metrics_address="0.0.0.0:0",
+            security=SecuritySettings(metrics_public=True),
+        )
+    )
+    try:
+        assert svc.metrics_endpoint is not None
+        samples = await scrape(f"http://127.0.0.1:{svc.metrics_endpoint.port}/metrics")
+        assert samples[("stepstream_open_streams", frozenset())] == 0.0
+    finally:
+        await svc.stop()

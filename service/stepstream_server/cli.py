@@ -113,7 +113,14 @@ def add_security_options(serve: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a non-loopback --address/--web-address without --auth required",
+        help="allow a non-loopback --address/--web-address without --auth required"
+        " (and a non-loopback --metrics-address)",
+    )
+    group.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="allow a non-loopback --metrics-address: /metrics takes no token, even with"
+        " --auth required",
     )
 
 
@@ -124,6 +131,7 @@ def security_settings(args: argparse.Namespace) -> SecuritySettings:
         tls_client_ca=args.tls_client_ca,
         auth=args.auth,
         insecure=args.insecure,
+        metrics_public=args.metrics_public,
     )
 
 

@@ -175,7 +175,8 @@ class Service:
         binds = {"--address": settings.address}
         if settings.web_address is not None:
             binds["--web-address"] = settings.web_address
-        preflight(settings.security, binds)  # before anything starts: nothing to undo
+        # Before anything starts: nothing to undo.
+        preflight(settings.security, binds, settings.metrics_address)
         metrics = Metrics()
         # Bound first: an address in use fails the start before anything else runs.
         endpoint = None

@@ -23,10 +23,12 @@ from .web import WebGuard
 __all__ = ["Security", "SecuritySettings", "check_binding", "preflight"]
 
 
-def preflight(settings: SecuritySettings, binds: dict[str, str]) -> None:
+def preflight(
+    settings: SecuritySettings, binds: dict[str, str], metrics_address: str | None = None
+) -> None:
     """What can be refused before the service starts anything: the flags together, where it
     listens (check_binding), and the TLS files (read and parsed). Raises ValueError."""
-    check_binding(settings, binds)
+    check_binding(settings, binds, metrics_address)
     server_ssl_context(settings)
     server_credentials(settings)
 

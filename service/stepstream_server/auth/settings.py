@@ -1,7 +1,8 @@
-"""What `stepstream serve` is told about security, and the one rule on where it may listen.
+"""What `stepstream serve` is told about security, and the rules on where it may listen.
 
 `Settings.security` (config.py) holds a `SecuritySettings`; the default is plain text without
-tokens, which is allowed on loopback addresses only."""
+tokens, which is allowed on loopback addresses only; `/metrics`, which takes no token, is
+served beyond loopback only when told `--metrics-public` (or `--insecure`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ class SecuritySettings:
     auth: str = "off"
     # Listen on a non-loopback address without tokens, on purpose.
     insecure: bool = False
+    # Serve /metrics (no token, whatever `auth` says) on a non-loopback address, on purpose.
+    metrics_public: bool = False
 
     @property
     def tls(self) -> bool:
@@ -53,11 +56,25 @@ def is_loopback(host: str) -> bool:
         return False  # a host name, or "" (every interface)
 
 
-def check_binding(security: SecuritySettings, addresses: dict[str, str]) -> None:
+def check_binding(
+    security: SecuritySettings, addresses: dict[str, str], metrics_address: str | None = None
+) -> None:
     """Refuse to listen beyond loopback with no tokens unless told `--insecure`: anyone who can
     reach the port could then write, rewind and read every run. `addresses` maps a flag name to
-    the HOST:PORT it binds (the gRPC address, the web view's)."""
+    the HOST:PORT it binds (the gRPC address, the web view's). `metrics_address` (/metrics,
+    which never asks for a token) beyond loopback needs `--metrics-public` or `--insecure`,
+    with or without `--auth required`; one that is not HOST:PORT is left to the endpoint to
+    refuse, with its own message."""
     security.check()
+    if metrics_address is not None and not (security.metrics_public or security.insecure):
+        host, sep, port = metrics_address.rpartition(":")
+        if sep and port.isdigit() and not is_loopback(host):
+            raise ValueError(
+                f"--metrics-address {metrics_address} is not a loopback address, and /metrics "
+                "answers anyone who can reach it without a token (--auth required does not "
+                "cover it). Add --metrics-public to serve it there on purpose (e.g. for a "
+                "Prometheus on another host), or bind it to 127.0.0.1"
+            )
     if security.auth_required or security.insecure:
         return
     for flag, address in addresses.items():
