@@ -207,10 +207,8 @@ def security_rows(
         secured = median([c[which] for c in cpus["secured"]])
         plain = median([c[which] for c in cpus["stepstream"]])
         assert secured is not None and plain is not None
-        return (
-            f"{what} CPU per point secured {secured:.3f} µs, plain {plain:.3f} µs"
-            f" (ratio {secured / plain:.2f})"
-        )
+        ratio = f"ratio {secured / plain:.2f}" if plain > 0 else "too short to count"
+        return f"{what} CPU per point secured {secured:.3f} µs, plain {plain:.3f} µs ({ratio})"
 
     rows.append(
         Row(
