@@ -74,7 +74,7 @@ class WorkerLimits:
     max_part_entries: int = 256
     # Cut a big batch in parts while another writer whose latest batch is small has one in
     # flight (docs/faults.md section 5). Off: big batches are committed whole.
-    cut_parts: bool = False
+    cut_parts: bool = True
     # Cut big batches in parts even for a lone writer (every commit then stays small; the
     # tests use it to reach the parts' failure cases with one stream).
     always_cut: bool = False
