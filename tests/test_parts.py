@@ -433,8 +433,10 @@ async def test_a_big_batch_is_cut_beside_a_light_writer_in_flight(service, runs,
 async def test_a_lone_big_batch_is_whole_beside_a_writer_that_went_away(service, runs, ingest):
     """The light writer's stream is cancelled with its batches in flight; they commit, and
     afterwards a lone wide batch is committed whole (the light writer no longer counts: it
-    used to stay in the light set by id, and a lone 100,000-series batch went in 391 parts)."""
+    used to stay in the light set by id, and a lone 100,000-series batch went in 391 parts).
+    Only batches in flight count here: no window of recent answers."""
     worker = service.worker
+    worker.limits = replace(worker.limits, light_recent=0.0)
     light, go = await light_batches_held(service, runs, ingest)
     light.call.cancel()
     while service.ingest.open_streams:
@@ -450,3 +452,25 @@ async def test_a_lone_big_batch_is_whole_beside_a_writer_that_went_away(service,
     assert (await heavy.send(wide(600))).appended.accepted_count == 600
     assert worker.stats["groups"] - groups == 1
     await heavy.close()
+
+
+async def test_a_big_batch_is_cut_right_after_a_light_writers_answer(service, runs, ingest):
+    """A light stream sending one batch at a time has none in flight between an answer and
+    its next batch: a big batch taken then is cut all the same (the window of recent answers,
+    `light_recent`: wide here, so that a slow machine does not outlast it)."""
+    worker = service.worker
+    worker.limits = replace(worker.limits, light_recent=3600.0)
+    await create_run(runs, "light")
+    light = Stream(ingest)
+    await light.open("light", writer_id="light")
+    assert (await light.send(fseries("m", [1], [1.0]))).appended.accepted_count == 1
+    assert not worker._writers[("default", "light", "light")].waiting
+    await create_run(runs, "heavy")
+    heavy = Stream(ingest)
+    await heavy.open("heavy", writer_id="heavy")
+    groups = worker.stats["groups"]
+    assert (await heavy.send(wide(600))).appended.accepted_count == 600
+    assert worker.stats["groups"] - groups == 3  # parts of 256, 256 and 88 series
+    assert (await light.send(fseries("m", [2], [1.0]))).appended.accepted_count == 1
+    await heavy.close()
+    await light.close()

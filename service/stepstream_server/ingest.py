@@ -99,9 +99,9 @@ class IngestWorker:
         self._judging = False  # a group taken and not yet committing (drain waits for it)
         self._background: set[asyncio.Task[None]] = set()
         # Writers whose latest batch is small: a big batch is cut in parts only while one of
-        # them (another writer) has a batch in flight (heavy writers among themselves gain
-        # nothing from parts). Held weakly and asked live (`Writer.waiting`), so a writer
-        # that went away, or whose batches all resolved, never counts.
+        # them (another writer) has a batch in flight or had one answered just now (heavy
+        # writers among themselves gain nothing from parts). Held weakly and asked live
+        # (`_cuts`), so a writer that went away, or went quiet, never counts.
         self._light: weakref.WeakSet[Writer] = weakref.WeakSet()
         self._stopping = False  # drain_and_stop: reads of stored outcomes stop retrying
         self.stats = {"groups": 0, "batches": 0, "points": 0, "refused": 0, "rejudged": 0}
@@ -201,8 +201,7 @@ class IngestWorker:
             split = Split(entries, rejections, future, resume)  # goes on where it stopped
         points = sum(e.count for e in entries) if split is None else split.remaining
         limits = self.limits
-        writer.light = points <= limits.max_part_points and len(entries) <= limits.max_part_entries
-        if writer.light:
+        if points <= limits.max_part_points and len(entries) <= limits.max_part_entries:
             self._light.add(writer)
         else:
             self._light.discard(writer)
@@ -234,8 +233,6 @@ class IngestWorker:
         if not future.done():  # a re-send on another stream may wait for it: it re-sends
             future.set_exception(StoreFailed("the stream went away before its batch was queued"))
             future.exception()
-        if not writer.waiting:
-            self._light.discard(writer)
 
     async def _stored_sequence(self, w: Writer) -> int:
         return await self.store.read(lambda s: s.writer_sequence(w.project, w.run_id, w.writer_id))
@@ -358,13 +355,16 @@ class IngestWorker:
     def _cuts(self, item: Pending) -> bool:
         """Whether a big batch goes in parts: another writer with small batches has one in
         flight (queued, being judged or committing: counting only the queue would miss the
-        light stream whose batches are all in the group that commits now)."""
+        light stream whose batches are all in the group that commits now), or had one
+        answered within `light_recent` seconds (one batch at a time: none in flight between
+        an answer and the next batch, and a whole big batch would stall the next)."""
         limits = self.limits
         big = item.points > limits.max_part_points or len(item.entries) > limits.max_part_entries
         if not big or limits.always_cut:
             return big
+        since = asyncio.get_running_loop().time() - limits.light_recent
         return limits.cut_parts and any(
-            w is not item.writer and w.waiting for w in list(self._light)
+            w is not item.writer and (w.answered_at > since or w.waiting) for w in list(self._light)
         )
 
     async def _run(self) -> None:
@@ -577,8 +577,7 @@ class IngestWorker:
         writer = item.writer
         writer.committed = max(writer.committed, item.sequence)
         writer.inflight.pop(item.sequence, None)
-        if not writer.waiting:
-            self._light.discard(writer)
+        writer.answered_at = asyncio.get_running_loop().time()
         if not item.future.done():
             item.future.set_result(outcome)
         self._leave(item)

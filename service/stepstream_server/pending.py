@@ -26,7 +26,7 @@ class Writer:
     inflight: dict[int, asyncio.Future[Outcome]] = field(default_factory=dict)
     queued_points: int = 0  # of its batches waiting in the queue (fair sharing)
     resume: Resume | None = None  # a batch whose first parts are durable (parts.py)
-    light: bool = False  # its latest batch is small (a big batch beside it goes in parts)
+    answered_at: float = float("-inf")  # loop time of its latest acknowledgement
 
     @property
     def waiting(self) -> bool:
@@ -73,8 +73,11 @@ class WorkerLimits:
     # a chunk) about what a few hundred points do.
     max_part_entries: int = 256
     # Cut a big batch in parts while another writer whose latest batch is small has one in
-    # flight (docs/faults.md section 5). Off: big batches are committed whole.
+    # flight, or had one answered in the last `light_recent` seconds: a stream that sends one
+    # batch at a time has none in flight between an answer and its next batch
+    # (docs/faults.md section 5). Off: big batches are committed whole.
     cut_parts: bool = True
+    light_recent: float = 1.0
     # Cut big batches in parts even for a lone writer (every commit then stays small; the
     # tests use it to reach the parts' failure cases with one stream).
     always_cut: bool = False
