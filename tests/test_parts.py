@@ -313,7 +313,7 @@ async def test_stream_cancelled_between_parts_commits_its_batches(service, runs,
                 batch.float_series.append(e)
         await s.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
     await asyncio.wait_for(landed.wait(), 30)
-    while worker._queued_points < 2:  # the rest of batch 3 and batch 4 are queued
+    while [p.sequence for p in worker._queue] != [3, 4]:  # the rest of 3, and 4, queued
         await asyncio.sleep(0.01)
     s.call.cancel()
     while service.ingest.open_streams:

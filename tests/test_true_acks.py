@@ -47,7 +47,7 @@ async def test_a_stream_cancelled_with_batches_in_flight_loses_none(service, run
     for seq in (1, 2, 3):
         await s.call.write(batch(seq))
     await asyncio.wait_for(entered.wait(), 30)
-    while worker._queued_points < 2:  # batches 2 and 3 queued behind the group judging 1
+    while [p.sequence for p in worker._queue] != [2, 3]:  # queued behind the group judging 1
         await asyncio.sleep(0.01)
     s.call.cancel()
     while service.ingest.open_streams:
