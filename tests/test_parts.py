@@ -412,7 +412,7 @@ async def light_batches_held(service: Service, runs: Any, ingest: Any) -> tuple[
 
 async def test_a_big_batch_is_cut_beside_a_light_writer_in_flight(service, runs, ingest):
     """Default limits: the light writer's batch is committing when the wide batch is taken,
-    so the wide one goes in parts of at most 256 series."""
+    so the wide one goes in parts of at most `max_part_entries` (128) series."""
     worker = service.worker
     light, go = await light_batches_held(service, runs, ingest)
     await create_run(runs, "heavy")
@@ -424,7 +424,7 @@ async def test_a_big_batch_is_cut_beside_a_light_writer_in_flight(service, runs,
     groups = worker.stats["groups"]
     go.set()
     assert (await sent).appended.accepted_count == 600
-    assert worker.stats["groups"] - groups >= 1 + 3  # the light group, then three parts
+    assert worker.stats["groups"] - groups >= 1 + 5  # the light group, then five parts
     assert [(await light.call.read()).appended.accepted_count for _ in (1, 2)] == [1, 1]
     await heavy.close()
     await light.close()
@@ -470,7 +470,7 @@ async def test_a_big_batch_is_cut_right_after_a_light_writers_answer(service, ru
     await heavy.open("heavy", writer_id="heavy")
     groups = worker.stats["groups"]
     assert (await heavy.send(wide(600))).appended.accepted_count == 600
-    assert worker.stats["groups"] - groups == 3  # parts of 256, 256 and 88 series
+    assert worker.stats["groups"] - groups == 5  # parts of 128 series, and one of 88
     assert (await light.send(fseries("m", [2], [1.0]))).appended.accepted_count == 1
     await heavy.close()
     await light.close()
