@@ -2,7 +2,9 @@
 every batch of more than 7 points or 3 entries into parts, and, with PARTS_STOP_AFTER=K, stops
 dead right after the K-th part that does not finish its batch is durable (it writes
 PARTS_MARKER, then blocks its event loop), so that the test can kill -9 it between parts.
-The seam is the worker's limits and the moment after a commit; the parts logic is the real one."""
+The seam is the worker's limits and the moment after a commit; the parts logic is the real one.
+The seam is set only when this file runs as a program: test_parts.py imports `SMALL` from it,
+and patching on import cut every batch of every later test in the same pytest process."""
 
 from __future__ import annotations
 
@@ -37,8 +39,7 @@ def _stopping_part_landed(self: ingest.IngestWorker, item: Any, outcome: Any) ->
     return accepted
 
 
-ingest.IngestWorker.__init__ = _small_init  # type: ignore[method-assign]
-ingest.IngestWorker._part_landed = _stopping_part_landed  # type: ignore[method-assign]
-
 if __name__ == "__main__":
+    ingest.IngestWorker.__init__ = _small_init  # type: ignore[method-assign]
+    ingest.IngestWorker._part_landed = _stopping_part_landed  # type: ignore[method-assign]
     cli.main()

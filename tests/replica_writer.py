@@ -95,7 +95,14 @@ async def main() -> None:
                 await call.done_writing()
                 print(json.dumps({"acks": acks, "moves": moves}))
                 return
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError, ConnectionError):
+        # A write after the replica ended the stream (killed, draining) finds the RPC
+        # finished: InvalidStateError, not AioRpcError.
+        except (
+            grpc.aio.AioRpcError,
+            asyncio.TimeoutError,
+            asyncio.InvalidStateError,
+            ConnectionError,
+        ):
             moves += 1
             await asyncio.sleep(0.05)
     raise SystemExit("writer never finished")

@@ -97,11 +97,14 @@ async def test_batch_bounds(runs, ingest, stream, entries, reason, message, meta
     await other.close()
 
 
-async def test_a_batch_at_every_bound_is_accepted(runs, stream):
-    """A block of MAX_BLOCK_NAMES series, one step: the widest batch a client sends."""
+async def test_a_batch_at_every_bound_is_accepted(service, runs, stream):
+    """A block of MAX_BLOCK_NAMES series, one step: the widest batch a client sends. Its
+    writer is alone, so it is committed whole, in one group (docs/faults.md section 5)."""
     names = _names(limits.MAX_BLOCK_NAMES)
+    groups = service.worker.stats["groups"]
     resp = await stream.send(fblock(names, [1.0], values=[0.5] * len(names)))
     assert resp.appended.accepted_count == len(names)
+    assert service.worker.stats["groups"] - groups == 1
     assert await read_points(runs, "r1", names[-1]) == ([1], [0.5])
 
 

@@ -275,3 +275,202 @@ async def test_kill9_between_parts_resumes_exactly_once(
             assert again.appended.duplicate_batch and ack_view(again) == ref_ack
     finally:
         assert svc.terminate() == 0
+
+
+async def test_stream_cancelled_between_parts_commits_its_batches(service, runs, ingest):
+    """The client cancels its stream after the big batch's first part landed, with a later
+    batch queued: the rest of the parts and the later batch still commit, in order, and a
+    re-send of the big batch on a new stream is the same acknowledgement, as a duplicate."""
+    ref_ack, ref = await write_reference(runs, ingest, "whole")
+    cut_small(service)
+    worker = service.worker
+    landed, go = asyncio.Event(), asyncio.Event()
+    real_landed, real_judge = worker._part_landed, worker.judge.judge
+
+    def part_landed(item: Any, outcome: Any) -> int:
+        if item.sequence == 3:
+            landed.set()
+        return real_landed(item, outcome)
+
+    async def judge(group: Any) -> Any:
+        if any(p.sequence == 3 and p.start != (0, 0) for p in group):
+            await go.wait()
+        return await real_judge(group)
+
+    worker._part_landed = part_landed  # type: ignore[method-assign]
+    worker.judge.judge = judge  # type: ignore[method-assign]
+    await create_run(runs, "parts")
+    s = Stream(ingest)
+    await s.open("parts", writer_id="w")
+    for p in preludes():
+        await s.send(*p)
+    for seq, entries in ((3, big()), (4, [fseries("after", [1], [4.0])])):
+        batch = ingest_pb2.PointBatch(sequence=seq)
+        for e in entries:
+            if isinstance(e, ingest_pb2.StringSeries):
+                batch.string_series.append(e)
+            else:
+                batch.float_series.append(e)
+        await s.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
+    await asyncio.wait_for(landed.wait(), 30)
+    while [p.sequence for p in worker._queue] != [3, 4]:  # the rest of 3, and 4, queued
+        await asyncio.sleep(0.01)
+    s.call.cancel()
+    while service.ingest.open_streams:
+        await asyncio.sleep(0.01)
+    go.set()
+    while worker._queue or worker._again or worker._busy:
+        await asyncio.sleep(0.01)
+    s2 = Stream(ingest)
+    opened = await s2.open("parts", writer_id="w")
+    assert opened.opened.last_committed_sequence == 4
+    again = await s2.send(*big(), sequence=3)
+    assert again.appended.duplicate_batch and ack_view(again) == ref_ack
+    assert await contents(runs, "parts") == ref
+    assert await read_points(runs, "parts", "after") == ([1], [4.0])
+    await s2.close()
+
+
+async def test_parts_held_out_of_order_go_back_in_order(service, runs, ingest):
+    """Part 2 is held (the store failed while it was judged, during part 1's commit) before
+    part 1, which was committing, is held too: both go back in their batch's order, and
+    nothing is refused (ordered by sequence alone, part 2 went first and was refused)."""
+    import threading
+
+    ref_ack, ref = await write_reference(runs, ingest, "whole")
+    cut_small(service)
+    worker = service.worker
+    sync = worker.store.sync
+    real_commit, real_judge = sync.commit, worker.judge.judge
+    committing, judged = asyncio.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+    held = {"commit": 0, "judge": 0}
+
+    def commit(parts: Any) -> Any:
+        writers = [w for p in parts for w in p.writers if p.run_id == "parts"]
+        if not held["commit"] and any(w.sequence == 3 for w in writers):
+            held["commit"] += 1  # the big batch's first part: not stored
+            loop.call_soon_threadsafe(committing.set)
+            judged.wait(30)
+            raise StoreUnavailable(RuntimeError("disk I/O error (test)"))
+        return real_commit(parts)
+
+    async def judge(group: Any) -> Any:
+        second = [p for p in group if p.split is not None and p.start != (0, 0)]
+        if second and not held["judge"]:
+            held["judge"] += 1  # part 2, judged while part 1 commits
+            await committing.wait()
+            judged.set()
+            raise StoreUnavailable(RuntimeError("disk I/O error (test)"))
+        return await real_judge(group)
+
+    await create_run(runs, "parts")
+    s = Stream(ingest)
+    await s.open("parts", writer_id="w")
+    for p in preludes():
+        await s.send(*p)
+    sync.commit = commit
+    worker.judge.judge = judge  # type: ignore[method-assign]
+    try:
+        ack = ack_view(await s.send(*big()))
+    finally:
+        sync.commit = real_commit
+        worker.judge.judge = real_judge  # type: ignore[method-assign]
+    assert held == {"commit": 1, "judge": 1}
+    assert worker.stats["refused"] == 0
+    assert ack == ref_ack
+    assert await contents(runs, "parts") == ref
+
+
+def wide(n: int) -> Any:
+    return ingest_pb2.FloatBlock(names=[f"w{i}" for i in range(n)], steps=[1.0], values=[1.0] * n)
+
+
+async def light_batches_held(service: Service, runs: Any, ingest: Any) -> tuple[Stream, Any]:
+    """A light writer whose first batch is being judged (held there until `go` is set)."""
+    worker = service.worker
+    entered, go = asyncio.Event(), asyncio.Event()
+    real = worker.judge.judge
+
+    async def judge(group: Any) -> Any:
+        if any(p.writer.writer_id == "light" for p in group) and not go.is_set():
+            entered.set()
+            await go.wait()
+        return await real(group)
+
+    worker.judge.judge = judge  # type: ignore[method-assign]
+    await create_run(runs, "light")
+    light = Stream(ingest)
+    await light.open("light", writer_id="light")
+    for seq in (1, 2):
+        batch = ingest_pb2.PointBatch(sequence=seq)
+        batch.float_series.append(fseries("m", [seq], [1.0]))
+        await light.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
+    await asyncio.wait_for(entered.wait(), 30)
+    return light, go
+
+
+async def test_a_big_batch_is_cut_beside_a_light_writer_in_flight(service, runs, ingest):
+    """Default limits: the light writer's batch is committing when the wide batch is taken,
+    so the wide one goes in parts of at most `max_part_entries` (128) series."""
+    worker = service.worker
+    light, go = await light_batches_held(service, runs, ingest)
+    await create_run(runs, "heavy")
+    heavy = Stream(ingest)
+    await heavy.open("heavy", writer_id="heavy")
+    sent = asyncio.create_task(heavy.send(wide(600)))
+    while worker._queued_points < 600:
+        await asyncio.sleep(0.01)
+    groups = worker.stats["groups"]
+    go.set()
+    assert (await sent).appended.accepted_count == 600
+    assert worker.stats["groups"] - groups >= 1 + 5  # the light group, then five parts
+    assert [(await light.call.read()).appended.accepted_count for _ in (1, 2)] == [1, 1]
+    await heavy.close()
+    await light.close()
+
+
+async def test_a_lone_big_batch_is_whole_beside_a_writer_that_went_away(service, runs, ingest):
+    """The light writer's stream is cancelled with its batches in flight; they commit, and
+    afterwards a lone wide batch is committed whole (the light writer no longer counts: it
+    used to stay in the light set by id, and a lone 100,000-series batch went in 391 parts).
+    Only batches in flight count here: no window of recent answers."""
+    worker = service.worker
+    worker.limits = replace(worker.limits, light_recent=0.0)
+    light, go = await light_batches_held(service, runs, ingest)
+    light.call.cancel()
+    while service.ingest.open_streams:
+        await asyncio.sleep(0.01)
+    go.set()
+    while worker._queue or worker._again or worker._busy:
+        await asyncio.sleep(0.01)
+    assert await read_points(runs, "light", "m") == ([1, 2], [1.0, 1.0])
+    await create_run(runs, "heavy")
+    heavy = Stream(ingest)
+    await heavy.open("heavy", writer_id="heavy")
+    groups = worker.stats["groups"]
+    assert (await heavy.send(wide(600))).appended.accepted_count == 600
+    assert worker.stats["groups"] - groups == 1
+    await heavy.close()
+
+
+async def test_a_big_batch_is_cut_right_after_a_light_writers_answer(service, runs, ingest):
+    """A light stream sending one batch at a time has none in flight between an answer and
+    its next batch: a big batch taken then is cut all the same (the window of recent answers,
+    `light_recent`: wide here, so that a slow machine does not outlast it)."""
+    worker = service.worker
+    worker.limits = replace(worker.limits, light_recent=3600.0)
+    await create_run(runs, "light")
+    light = Stream(ingest)
+    await light.open("light", writer_id="light")
+    assert (await light.send(fseries("m", [1], [1.0]))).appended.accepted_count == 1
+    assert not worker._writers[("default", "light", "light")].waiting
+    await create_run(runs, "heavy")
+    heavy = Stream(ingest)
+    await heavy.open("heavy", writer_id="heavy")
+    groups = worker.stats["groups"]
+    assert (await heavy.send(wide(600))).appended.accepted_count == 600
+    assert worker.stats["groups"] - groups == 5  # parts of 128 series, and one of 88
+    assert (await light.send(fseries("m", [2], [1.0]))).appended.accepted_count == 1
+    await heavy.close()
+    await light.close()

@@ -24,8 +24,9 @@ import contextlib
 import logging
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import replace
+from typing import Any
 
 import grpc
 from redis.exceptions import RedisError
@@ -97,9 +98,12 @@ class IngestWorker:
         self._inflight: asyncio.Task[set[tuple[str, str]]] | None = None  # commit under way
         self._judging = False  # a group taken and not yet committing (drain waits for it)
         self._background: set[asyncio.Task[None]] = set()
-        # Writers (ids) with a batch in flight whose latest batch is small: a big batch is cut
-        # in parts only for them (heavy writers among themselves gain nothing from parts).
-        self._light: set[int] = set()
+        # Writers whose latest batch is small: a big batch is cut in parts only while one of
+        # them (another writer) has a batch in flight or had one answered just now (heavy
+        # writers among themselves gain nothing from parts). Held weakly and asked live
+        # (`_cuts`), so a writer that went away, or went quiet, never counts.
+        self._light: weakref.WeakSet[Writer] = weakref.WeakSet()
+        self._stopping = False  # drain_and_stop: reads of stored outcomes stop retrying
         self.stats = {"groups": 0, "batches": 0, "points": 0, "refused": 0, "rejudged": 0}
 
     def start(self) -> None:
@@ -122,6 +126,7 @@ class IngestWorker:
         self._again.clear()
         self._queue.clear()
         self._fail(left, StoreFailed("the service stopped while the store refused writes"))
+        self._stopping = True
         for task in list(self._background):
             with contextlib.suppress(Exception):
                 await task
@@ -195,25 +200,39 @@ class IngestWorker:
         if resume is not None and resume.sequence == sequence and failure is None:
             split = Split(entries, rejections, future, resume)  # goes on where it stopped
         points = sum(e.count for e in entries) if split is None else split.remaining
-        if points > self.limits.max_part_points or len(entries) > self.limits.max_part_entries:
-            self._light.discard(id(writer))
+        limits = self.limits
+        if points <= limits.max_part_points and len(entries) <= limits.max_part_entries:
+            self._light.add(writer)
         else:
-            self._light.add(id(writer))
-        while (
-            self._queued_points and self._queued_points + points > self.limits.max_queued_points
-        ) or (
-            writer.queued_points
-            and writer.queued_points + points > self.limits.max_writer_queued_points
-        ):
-            self._room.clear()
-            await self._room.wait()
+            self._light.discard(writer)
+        try:
+            while (
+                self._queued_points and self._queued_points + points > limits.max_queued_points
+            ) or (
+                writer.queued_points
+                and writer.queued_points + points > limits.max_writer_queued_points
+            ):
+                self._room.clear()
+                await self._room.wait()
+        except asyncio.CancelledError:  # the stream went away before its batch was queued
+            self._withdraw(writer, sequence, future)
+            raise
         self._queued_points += points
         writer.queued_points += points
         self._queue.append(
             Pending(writer, sequence, entries, rejections, failure, points, future, split=split)
         )
         self._wake.set()
-        return future
+        return _Answer(future)
+
+    def _withdraw(self, writer: Writer, sequence: int, future: asyncio.Future[Outcome]) -> None:
+        """A batch that never reached the queue: its sequence is free again for its re-send."""
+        writer.inflight.pop(sequence, None)
+        if writer.next_expected == sequence + 1:
+            writer.next_expected = sequence
+        if not future.done():  # a re-send on another stream may wait for it: it re-sends
+            future.set_exception(StoreFailed("the stream went away before its batch was queued"))
+            future.exception()
 
     async def _stored_sequence(self, w: Writer) -> int:
         return await self.store.read(lambda s: s.writer_sequence(w.project, w.run_id, w.writer_id))
@@ -223,12 +242,46 @@ class IngestWorker:
         return _duplicate(outcome)
 
     async def _stored_outcome(self, writer: Writer, sequence: int) -> Outcome:
-        text = await self.store.read(
-            lambda s: s.writer_outcome(writer.project, writer.run_id, writer.writer_id, sequence)
-        )
-        if text is None:  # older than the retained acknowledgements: counts are gone
-            return AppendAck(0, 0, (), (), "", duplicate_batch=True)
-        return outcome_from_json(text, duplicate=True)
+        """The stored acknowledgement of a committed batch, as a duplicate. While the store
+        cannot be read, it is read again after a capped backoff: an acknowledgement always
+        carries the truth, never an empty incarnation (docs/faults.md, section 5)."""
+        delay = 0.05
+        while True:
+            try:
+                text = await self.store.read(
+                    lambda s: s.writer_outcome(
+                        writer.project, writer.run_id, writer.writer_id, sequence
+                    )
+                )
+                if text is not None:
+                    return outcome_from_json(text, duplicate=True)
+                # Older than the retained acknowledgements (ACK_RETENTION): the counts are
+                # gone; the incarnation is the run's current one.
+                record = await self.run_record(writer.project, writer.run_id)
+                return AppendAck(0, 0, (), (), record.current_incarnation_id, duplicate_batch=True)
+            except StoreUnavailable:
+                if self._stopping:
+                    raise StoreFailed("the service stopped while the store refused reads") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _answer_stored(self, item: Pending) -> None:
+        """Answer a batch committed meanwhile (another replica, or a commit that landed
+        unseen) from its stored acknowledgement, read in the background: the worker goes on,
+        and the batch stays unanswered until the read succeeds."""
+        self._leave(item)
+
+        async def answer() -> None:
+            try:
+                outcome = await self._stored_outcome(item.writer, item.sequence)
+            except StoreFailed as exc:
+                self._fail([item], exc)
+                return
+            self._acknowledge(item, outcome)
+
+        task = asyncio.create_task(answer())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- the worker -------------------------------------------------------------------------
 
@@ -302,11 +355,17 @@ class IngestWorker:
     def _cuts(self, item: Pending) -> bool:
         """Whether a big batch goes in parts: another writer with small batches has one in
         flight (queued, being judged or committing: counting only the queue would miss the
-        light stream whose batches are all in the group that commits now)."""
+        light stream whose batches are all in the group that commits now), or had one
+        answered within `light_recent` seconds (one batch at a time: none in flight between
+        an answer and the next batch, and a whole big batch would stall the next)."""
         limits = self.limits
         big = item.points > limits.max_part_points or len(item.entries) > limits.max_part_entries
-        others = len(self._light) > 1 or (self._light and id(item.writer) not in self._light)
-        return big and (limits.always_cut or (limits.cut_parts and bool(others)))
+        if not big or limits.always_cut:
+            return big
+        since = asyncio.get_running_loop().time() - limits.light_recent
+        return limits.cut_parts and any(
+            w is not item.writer and (w.answered_at > since or w.waiting) for w in list(self._light)
+        )
 
     async def _run(self) -> None:
         """Judge each group while the previous one commits (one commit in flight): the Redis
@@ -392,10 +451,10 @@ class IngestWorker:
     def _requeue(self, items: Sequence[Pending]) -> None:
         """Put batches back to be judged again, ahead of the queue. Each writer's batches must
         stay in sequence order: a later one committed first would make an earlier one look
-        like a duplicate. Ordering everything by sequence does that whatever groups they came
-        from (the order between writers is free)."""
+        like a duplicate. Ordering everything by sequence (the parts of a batch by their
+        start) does that whatever groups they came from (the order between writers is free)."""
         if items:
-            self._again = deque(sorted([*self._again, *items], key=lambda p: p.sequence))
+            self._again = deque(sorted([*self._again, *items], key=lambda p: (p.sequence, p.start)))
             self._wake.set()
 
     async def _commit_group(
@@ -472,11 +531,7 @@ class IngestWorker:
             if item.future.done():
                 continue
             if item.sequence <= item.writer.committed:
-                try:
-                    outcome = await self._stored_outcome(item.writer, item.sequence)
-                except StoreUnavailable:
-                    outcome = AppendAck(0, 0, (), (), "", duplicate_batch=True)
-                self._acknowledge(item, outcome)
+                self._answer_stored(item)
                 continue
             if item.split is not None and await self._landed_unseen(item):
                 continue
@@ -522,8 +577,7 @@ class IngestWorker:
         writer = item.writer
         writer.committed = max(writer.committed, item.sequence)
         writer.inflight.pop(item.sequence, None)
-        if not writer.inflight:
-            self._light.discard(id(writer))
+        writer.answered_at = asyncio.get_running_loop().time()
         if not item.future.done():
             item.future.set_result(outcome)
         self._leave(item)
@@ -547,7 +601,7 @@ class IngestWorker:
                     # will, and asyncio must not log "exception was never retrieved".
                     fut.exception()
             writer.inflight.clear()
-            self._light.discard(id(writer))
+            self._light.discard(writer)
             self._leave(item)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -564,3 +618,16 @@ class IngestWorker:
 
 def _duplicate(outcome: Outcome) -> Outcome:
     return replace(outcome, duplicate_batch=True)
+
+
+class _Answer:
+    """What a stream awaits for its batch: the worker's future, shielded. A stream that goes
+    away while it waits (its client cancelled, its connection dropped) must not cancel the
+    batch itself: the batch is in flight and commits in its writer's order; a cancelled one
+    would be skipped while the later ones commit, and its re-send taken for a duplicate."""
+
+    def __init__(self, future: asyncio.Future[Outcome]) -> None:
+        self.future = future
+
+    def __await__(self) -> Generator[Any, None, Outcome]:
+        return asyncio.shield(self.future).__await__()

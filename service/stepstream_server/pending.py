@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .parts import Resume, Split
 
 
-@dataclass
+@dataclass(eq=False)  # one object per writer at a time: compared (and hashed) by identity
 class Writer:
     """Sequence state of one (run, writer): committed, expected next, and what is in flight."""
 
@@ -26,6 +26,12 @@ class Writer:
     inflight: dict[int, asyncio.Future[Outcome]] = field(default_factory=dict)
     queued_points: int = 0  # of its batches waiting in the queue (fair sharing)
     resume: Resume | None = None  # a batch whose first parts are durable (parts.py)
+    answered_at: float = float("-inf")  # loop time of its latest acknowledgement
+
+    @property
+    def waiting(self) -> bool:
+        """A batch of it is in flight: queued, being judged or committing, unanswered."""
+        return any(not f.done() for f in self.inflight.values())
 
     @property
     def run_key(self) -> tuple[str, str]:
@@ -64,12 +70,16 @@ class WorkerLimits:
     # so that no group (and no light stream's batch in it) waits for a whole big batch.
     max_part_points: int = 8_192
     # ... and of at most this many series entries: a new series costs the store (a series row,
-    # a chunk) about what a few hundred points do.
-    max_part_entries: int = 256
-    # Off by default for now: with it on, a lone 100,000-series batch beside writers whose
-    # streams had ended was cut (their ids stayed in the light set) and, once in a full
-    # suite, never answered (docs/faults.md section 5, "Known gap"). On: cut beside light writers.
-    cut_parts: bool = False
+    # a chunk) about what a few hundred points do. 128 rather than 256: beside a 100,000-series
+    # batch the light stream's median round trip was 13-20 ms instead of 23-26 (its worst
+    # 159-593 ms instead of 292-902), and the wide batch was not answered later (hostile bench).
+    max_part_entries: int = 128
+    # Cut a big batch in parts while another writer whose latest batch is small has one in
+    # flight, or had one answered in the last `light_recent` seconds: a stream that sends one
+    # batch at a time has none in flight between an answer and its next batch
+    # (docs/faults.md section 5). Off: big batches are committed whole.
+    cut_parts: bool = True
+    light_recent: float = 1.0
     # Cut big batches in parts even for a lone writer (every commit then stays small; the
     # tests use it to reach the parts' failure cases with one stream).
     always_cut: bool = False
