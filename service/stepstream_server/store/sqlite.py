@@ -27,7 +27,7 @@ from ..model import (
     Segment,
     SeriesPoints,
 )
-from . import parts_rule
+from . import parts_rule, wal
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
@@ -138,6 +138,7 @@ class SqliteStore:
         # (incarnation, is_string, name) -> series_id; only the committing thread writes it.
         # Recently written series' IDs; bounded (a wide run must not grow the service).
         self._series_ids: LruCache[tuple[str, bool, str], int] = LruCache(SERIES_ID_CACHE)
+        self._checkpointer = wal.Checkpointer(path, synchronous)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -165,6 +166,7 @@ class SqliteStore:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA foreign_keys=ON")
+            wal.configure(conn)
             self._local.conn = conn
             with self._guard:
                 self._connections.append(conn)
@@ -199,6 +201,7 @@ class SqliteStore:
                 conn.interrupt()
 
     def close(self) -> None:
+        self._checkpointer.stop()
         with self._guard:
             for conn in self._connections:
                 conn.close()
@@ -537,6 +540,7 @@ class SqliteStore:
                 else:
                     self._series_ids[key] = previous
             raise
+        self._checkpointer.poke()  # the WAL is copied back off this thread (store/wal.py)
         return refused
 
     @staticmethod
