@@ -69,6 +69,7 @@ def test_commits_leave_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
 def test_what_was_committed_reaches_the_database_file(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     store, inc = _store_with_run(path)
+    store._checkpointer.pages = 1  # copy after every commit
     try:
         for sequence in range(1, 6):
             _commit(store, inc, sequence)
@@ -79,6 +80,37 @@ def test_what_was_committed_reaches_the_database_file(tmp_path: Path) -> None:
         with sqlite3.connect(alone) as copy:
             assert copy.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 5 * 50
             assert copy.execute("SELECT MAX(last_sequence) FROM writers").fetchone()[0] == 5
+    finally:
+        store.close()
+
+
+def test_uncopied_frames_are_read_from_the_wal_index(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    shm = path.with_name(path.name + "-shm")
+    assert wal.uncopied_frames(shm) is None  # no database yet
+    store, inc = _store_with_run(path)
+    try:
+        _commit(store, inc, 1)
+        conn = sqlite3.connect(path)
+        try:
+            frames = wal.uncopied_frames(shm)
+            busy, in_log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert busy == 0 and in_log == copied and frames == in_log > 0
+            assert wal.uncopied_frames(shm) == 0
+        finally:
+            conn.close()
+    finally:
+        store.close()
+
+
+def test_a_small_commit_is_not_checkpointed_under_the_next_one(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store, inc = _store_with_run(path)
+    try:
+        _commit(store, inc, 1)  # far below CHECKPOINT_PAGES
+        assert not store._checkpointer.due()
+        store._checkpointer.pages = 1
+        assert store._checkpointer.due()
     finally:
         store.close()
 

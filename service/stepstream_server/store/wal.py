@@ -6,9 +6,12 @@ With its default of 1,000 pages, a wide group (1,000 series, about one dirty ind
 series) crosses it on nearly every commit, and a narrow one on every 50th: that commit then
 takes several times longer, and its batches' acknowledgements wait for it (the p99 of the
 latency bench). Here the committing connections keep only a high backstop, and a
-`Checkpointer` runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection shortly after
-commits. Durability does not change: a commit is durable once its WAL frames are synced,
-whoever copies them later.
+`Checkpointer` runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection after a commit left
+`CHECKPOINT_PAGES` or more frames uncopied (SQLite's own threshold: as often as before, only
+elsewhere); a short burst that writes less is never checkpointed under the next commit's
+fsync. It reads that count from the wal-index header in the `-shm` file (`mxFrame` and
+`nBackfill`, sqlite.org/walformat.html). Durability does not change: a commit is durable once
+its WAL frames are synced, whoever copies them later.
 
 A passive checkpoint takes no lock a writer waits for. It can fall behind a writer that never
 pauses; the log then only resets once a commit finds it wholly copied, so the backstop bounds
@@ -22,18 +25,40 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import struct
 import threading
 import weakref
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# Uncopied WAL frames (pages) that make the checkpointer copy them: SQLite's default threshold.
+CHECKPOINT_PAGES = 1_000
 # Pages past which a committing connection checkpoints by itself (about 40 MiB of 4 KiB pages).
 BACKSTOP_PAGES = 10_000
 # Bytes of WAL file kept after the log resets.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 # At most this often: each checkpoint syncs the log and the database file once.
 MIN_INTERVAL = 0.05
+
+# The wal-index header at the start of the -shm file, in the machine's byte order: mxFrame (the
+# last valid frame) at byte 16, and nBackfill (frames already copied) at byte 96.
+_FRAME_FIELD = struct.Struct("=I")
+_MX_FRAME, _BACKFILL, _HEADER_BYTES = 16, 96, 100
+
+
+def uncopied_frames(shm: Path) -> int | None:
+    """Frames of the log not yet copied into the database file; None if unknown (no -shm)."""
+    try:
+        with open(shm, "rb") as f:
+            head = f.read(_HEADER_BYTES)
+    except OSError:
+        return None
+    if len(head) < _HEADER_BYTES:
+        return None
+    frames = _FRAME_FIELD.unpack_from(head, _MX_FRAME)[0]
+    copied = _FRAME_FIELD.unpack_from(head, _BACKFILL)[0]
+    return max(0, frames - copied)
 
 
 def configure(conn: sqlite3.Connection) -> None:
@@ -45,9 +70,11 @@ def configure(conn: sqlite3.Connection) -> None:
 class Checkpointer:
     """Checkpoints one database file after commits; started on the first `poke`."""
 
-    def __init__(self, path: Path, synchronous: str) -> None:
+    def __init__(self, path: Path, synchronous: str, pages: int = CHECKPOINT_PAGES) -> None:
         self._path = path
+        self._shm = path.with_name(path.name + "-shm")
         self._synchronous = synchronous
+        self.pages = pages
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._guard = threading.Lock()
@@ -87,6 +114,10 @@ class Checkpointer:
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         return conn
 
+    def due(self) -> bool:
+        frames = uncopied_frames(self._shm)
+        return frames is None or frames >= self.pages
+
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         target = self.poked  # every commit poked so far is in the log
         try:
@@ -112,6 +143,9 @@ def _run(ref: weakref.ref[Checkpointer], wake: threading.Event, stop: threading.
             owner = ref()
             if owner is None:
                 break
+            if not owner.due():
+                del owner
+                continue
             try:
                 if conn is None:
                     conn = owner._connect()
