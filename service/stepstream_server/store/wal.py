@@ -56,8 +56,8 @@ def uncopied_frames(shm: Path) -> int | None:
         return None
     if len(head) < _HEADER_BYTES:
         return None
-    frames = _FRAME_FIELD.unpack_from(head, _MX_FRAME)[0]
-    copied = _FRAME_FIELD.unpack_from(head, _BACKFILL)[0]
+    frames = int(_FRAME_FIELD.unpack_from(head, _MX_FRAME)[0])
+    copied = int(_FRAME_FIELD.unpack_from(head, _BACKFILL)[0])
     return max(0, frames - copied)
 
 
