@@ -171,3 +171,80 @@ def test_rows_written_packed_before_compact_forms_still_read(tmp_path: Path) -> 
         assert store.floors(store.segments(inc))["f:loss"][0] == 9.0
     finally:
         store.close()
+
+
+# -- the stats rows, against the first (padded) implementation ------------------------------
+
+
+def _reference_picks(matrix: np.ndarray, width: int) -> np.ndarray:
+    """The buckets' (first, min, max, first NaN or first, last) as first written: every row
+    padded with NaN to whole buckets, NaN masked everywhere."""
+    k, n = matrix.shape
+    width = min(width, max(n, 1))
+    starts = np.arange(0, n, width)
+    buckets = len(starts)
+    ends = np.minimum(starts + width, n) - 1
+    pad = buckets * width - n
+    if pad:
+        matrix = np.concatenate([matrix, np.full((k, pad), np.nan)], axis=1)
+    grid = matrix.reshape(k, buckets, width)
+    real = (np.arange(buckets * width) < n).reshape(buckets, width)
+    nan = np.isnan(grid)
+    low = np.where(nan, np.inf, grid).argmin(axis=2)
+    high = np.where(nan, -np.inf, grid).argmax(axis=2)
+    real_nan = nan & real
+    first_nan = np.where(real_nan.any(axis=2), real_nan.argmax(axis=2), 0)
+    start = np.broadcast_to(starts, (k, buckets))
+    last = np.broadcast_to(ends, (k, buckets))
+    picks = np.stack([start, start + low, start + high, start + first_nan, last], axis=2)
+    return np.minimum(picks, ends[None, :, None]).astype(np.int64)
+
+
+def _reference_stats(steps: np.ndarray, values: np.ndarray, ts: np.ndarray) -> bytes:
+    picks = np.sort(_reference_picks(values[None, :], codec.STATS_BLOCK), axis=2)[0]
+    return np.stack([steps[picks], values[picks], ts[picks]], axis=-1).tobytes()
+
+
+def _values(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
+    v = rng.normal(size=n)
+    if kind == "nan" and n:
+        v[rng.integers(0, n, size=max(1, n // 7))] = np.nan
+    if kind == "inf" and n:
+        v[rng.integers(0, n, size=max(1, n // 9))] = np.inf
+        v[rng.integers(0, n, size=max(1, n // 11))] = -np.inf
+    if kind == "all nan":
+        v[:] = np.nan
+    if kind == "ties":
+        v = np.round(v)
+    return v
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 255, 256, 257, 400, 512, 700])
+@pytest.mark.parametrize("kind", ["plain", "nan", "inf", "all nan", "ties"])
+def test_stats_and_extremes_match_the_padded_reference(n: int, kind: str) -> None:
+    rng = np.random.default_rng(n * 31 + len(kind))
+    rows = np.stack([_values(rng, n, kind) for _ in range(6)])
+    for width in (1, 3, 50, codec.STATS_BLOCK, 10_000):
+        assert np.array_equal(
+            codec._bucket_picks_rows(rows, width), _reference_picks(rows, width)
+        ), width
+        assert np.array_equal(
+            codec.extremes(rows[0], width), np.unique(_reference_picks(rows[:1], width).ravel())
+        ), width
+    steps = np.arange(n, dtype=np.float64) * 2 + 1
+    ts = np.full(n, 1.7e9)
+    shared = [ChunkWrite("i", f"s{k}", False, steps, rows[k], ts) for k in range(len(rows))]
+    own = [ChunkWrite("i", f"o{k}", False, steps.copy(), rows[k], ts + k) for k in range(len(rows))]
+    # A block's series share their columns (one packing), others are stacked: both paths.
+    packed = codec.chunk_rows(shared) + codec.chunk_rows(own)
+    for chunk, row in zip(shared + own, packed, strict=True):
+        expected = _reference_stats(chunk.steps, np.asarray(chunk.values), chunk.timestamps)
+        assert row == codec.chunk_columns(chunk), chunk.name
+        assert row[6] == expected, chunk.name
+        assert codec.unpack_floats(row[3], n).tobytes() == chunk.steps.tobytes()
+        assert codec.unpack_floats(row[5], n).tobytes() == chunk.timestamps.tobytes()
+
+
+def test_no_points_have_no_buckets() -> None:
+    assert codec._bucket_picks_rows(np.empty((3, 0)), 256).shape == (3, 0, 5)
+    assert len(codec.extremes(np.empty(0), 256)) == 0

@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from stepstream.v1 import ingest_pb2, runs_pb2
 
+from . import collector
 from .auth import Security, preflight
 from .config import Settings
 from .datadir import DataDirLock
@@ -343,6 +344,7 @@ def _redact(url: str) -> str:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then drain and stop."""
     service = await Service.start(settings)
+    collector.tune()  # after startup: what it made is never garbage (collector.py)
     redis_where = f"embedded at {service.embedded.url}" if service.embedded else settings.redis_url
     log.info(
         "stepstream listening on %s (store: %s, redis: %s)",

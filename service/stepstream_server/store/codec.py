@@ -171,28 +171,44 @@ def _bucket_picks(values: Floats, width: int) -> np.ndarray[Any, np.dtype[np.int
 def _bucket_picks_rows(
     matrix: np.ndarray[Any, Any], width: int
 ) -> np.ndarray[Any, np.dtype[np.int64]]:
-    """`_bucket_picks` of every row of a (rows, n) matrix at once: shape (rows, buckets, 5)."""
+    """`_bucket_picks` of every row of a (rows, n) matrix at once: shape (rows, buckets, 5).
+    The whole buckets are a view of the matrix and the last, shorter one is taken apart, so
+    nothing is padded or copied; NaN is masked only when there is one."""
     k, n = matrix.shape
-    width = min(width, max(n, 1))  # one bucket: no padding to compute over
-    starts = np.arange(0, n, width)
-    buckets = len(starts)
-    ends = np.minimum(starts + width, n) - 1
-    pad = buckets * width - n
-    if pad:
-        matrix = np.concatenate([matrix, np.full((k, pad), np.nan)], axis=1)
-    grid = matrix.reshape(k, buckets, width)
-    real = (np.arange(buckets * width) < n).reshape(buckets, width)
+    if n == 0:
+        return np.empty((k, 0, 5), dtype=np.int64)
+    width = min(width, n)
+    whole = n // width
+    picks = []
+    if whole:
+        grid = matrix[:, : whole * width].reshape(k, whole, width)
+        picks.append(_grid_picks(grid, np.arange(0, whole * width, width)))
+    if n % width:
+        tail = matrix[:, whole * width :]
+        picks.append(_grid_picks(tail[:, None, :], np.array([whole * width])))
+    return picks[0] if len(picks) == 1 else np.concatenate(picks, axis=1)
+
+
+def _grid_picks(
+    grid: np.ndarray[Any, Any], starts: np.ndarray[Any, Any]
+) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """(first, min, max, first NaN or first, last) of buckets of equal width: grid (rows,
+    buckets, width), `starts` each bucket's first index; NaN never is a minimum or maximum."""
+    k, buckets, width = grid.shape
     nan = np.isnan(grid)
-    low = np.where(nan, np.inf, grid).argmin(axis=2)
-    high = np.where(nan, -np.inf, grid).argmax(axis=2)
-    real_nan = nan & real
-    first_nan = np.where(real_nan.any(axis=2), real_nan.argmax(axis=2), 0)
+    if nan.any():
+        low = np.where(nan, np.inf, grid).argmin(axis=2)
+        high = np.where(nan, -np.inf, grid).argmax(axis=2)
+        first_nan = np.where(nan.any(axis=2), nan.argmax(axis=2), 0)
+    else:
+        low = grid.argmin(axis=2)
+        high = grid.argmax(axis=2)
+        first_nan = np.zeros((k, buckets), dtype=np.int64)
     start = np.broadcast_to(starts, (k, buckets))
-    last = np.broadcast_to(ends, (k, buckets))
-    picks = np.stack([start, start + low, start + high, start + first_nan, last], axis=2)
-    out: np.ndarray[Any, np.dtype[np.int64]] = np.minimum(picks, ends[None, :, None]).astype(
-        np.int64
-    )
+    last = np.broadcast_to(starts + (width - 1), (k, buckets))
+    out: np.ndarray[Any, np.dtype[np.int64]] = np.stack(
+        [start, start + low, start + high, start + first_nan, last], axis=2
+    ).astype(np.int64)
     return out
 
 
@@ -203,11 +219,16 @@ def chunk_stats(steps: Floats, values: Floats, timestamps: Floats) -> bytes:
 def _stats_rows(
     steps: np.ndarray[Any, Any], values: np.ndarray[Any, Any], timestamps: np.ndarray[Any, Any]
 ) -> list[bytes]:
-    """`chunk_stats` of every row of three (rows, n) matrices, computed together."""
+    """`chunk_stats` of every row of (rows, n) values, computed together; `steps` and
+    `timestamps` are (rows, n) too, or one (n,) column that every row shares."""
     vals = np.asarray(values, dtype=np.float64)
     picks = np.sort(_bucket_picks_rows(vals, STATS_BLOCK), axis=2)
     rows = np.arange(len(vals))[:, None, None]
-    table = np.stack([steps[rows, picks], vals[rows, picks], timestamps[rows, picks]], axis=-1)
+
+    def at(column: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return column[picks] if column.ndim == 1 else column[rows, picks]
+
+    table = np.stack([at(steps), vals[rows, picks], at(timestamps)], axis=-1)
     return [row.tobytes() for row in table]
 
 
@@ -229,8 +250,18 @@ def chunk_rows(
             out[indices[0]] = chunk_columns(chunks[indices[0]])
             continue
         group = [chunks[i] for i in indices]
-        steps = np.stack([c.steps for c in group])
         values = np.stack([np.asarray(c.values, dtype=np.float64) for c in group])
+        first = group[0]
+        if all(c.steps is first.steps and c.timestamps is first.timestamps for c in group):
+            # One block's series (judge._chunk_writes shares their columns): packed once.
+            stats = _stats_rows(first.steps, values, first.timestamps)
+            n = len(first.steps)
+            low, high = float(first.steps[0]), float(first.steps[-1])
+            packed = (pack_floats(first.steps), pack_floats(first.timestamps))
+            for j, i in enumerate(indices):
+                out[i] = (low, high, n, packed[0], values[j].tobytes(), packed[1], stats[j])
+            continue
+        steps = np.stack([c.steps for c in group])
         ts = np.stack([c.timestamps for c in group])
         stats = _stats_rows(steps, values, ts)
         packed_steps, packed_ts = pack_rows(steps), pack_rows(ts)

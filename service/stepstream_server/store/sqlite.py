@@ -27,7 +27,7 @@ from ..model import (
     Segment,
     SeriesPoints,
 )
-from . import parts_rule
+from . import parts_rule, wal
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
@@ -138,6 +138,7 @@ class SqliteStore:
         # (incarnation, is_string, name) -> series_id; only the committing thread writes it.
         # Recently written series' IDs; bounded (a wide run must not grow the service).
         self._series_ids: LruCache[tuple[str, bool, str], int] = LruCache(SERIES_ID_CACHE)
+        self._checkpointer = wal.Checkpointer(path, synchronous)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -165,6 +166,7 @@ class SqliteStore:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA foreign_keys=ON")
+            wal.configure(conn)
             self._local.conn = conn
             with self._guard:
                 self._connections.append(conn)
@@ -199,6 +201,7 @@ class SqliteStore:
                 conn.interrupt()
 
     def close(self) -> None:
+        self._checkpointer.stop()
         with self._guard:
             for conn in self._connections:
                 conn.close()
@@ -497,10 +500,23 @@ class SqliteStore:
                         refused[(part.project, part.run_id)] = verdict
                         continue
                     columns = chunk_rows(part.chunks)
+                    # A series' chunk of its current generation comes before any new
+                    # generation of it in a part (judge._apply), so these IDs hold for them.
+                    ids = iter(
+                        self._series_ids_for(
+                            conn,
+                            [
+                                (c.incarnation_id, c.is_string, c.name)
+                                for c in part.chunks
+                                if not c.new_generation
+                            ],
+                            undo,
+                        )
+                    )
                     for chunk, packed in zip(part.chunks, columns, strict=True):
-                        key = (chunk.incarnation_id, chunk.is_string, chunk.name)
                         if chunk.new_generation:
                             # Its first chunk decides which snapshots see it: insert it alone.
+                            key = (chunk.incarnation_id, chunk.is_string, chunk.name)
                             series_id = self._new_generation(conn, key, undo)
                             cur = conn.execute(_INSERT_CHUNK, (series_id, *packed))
                             conn.execute(
@@ -508,8 +524,7 @@ class SqliteStore:
                                 (cur.lastrowid, series_id),
                             )
                             continue
-                        series_id = self._series_ids.get(key) or self._series_id(conn, key, undo)
-                        rows.append((series_id, *packed))
+                        rows.append((next(ids), *packed))
                     for w in part.writers:
                         key3 = (w.project, w.run_id, w.writer_id)
                         if parts_rule.advances(w):
@@ -537,6 +552,7 @@ class SqliteStore:
                 else:
                     self._series_ids[key] = previous
             raise
+        self._checkpointer.poke()  # the WAL is copied back off this thread (store/wal.py)
         return refused
 
     @staticmethod
@@ -582,30 +598,38 @@ class SqliteStore:
             raise errors.run_not_found(project, run_id)
         return int(row[0])
 
-    def _series_id(
+    def _series_ids_for(
         self,
         conn: sqlite3.Connection,
-        key: tuple[str, bool, str],
+        keys: Sequence[tuple[str, bool, str]],
         undo: dict[tuple[str, bool, str], int | None],
-    ) -> int:
-        """The current generation's series row, created (generation 0) when missing."""
-        incarnation_id, is_string, name = key
-        row = conn.execute(
-            "SELECT series_id FROM series WHERE incarnation_id = ? AND is_string = ? AND name = ?"
-            " ORDER BY generation DESC LIMIT 1",
-            (incarnation_id, int(is_string), name),
-        ).fetchone()
-        if row is None:
-            cur = conn.execute(
-                "INSERT INTO series (incarnation_id, name, is_string) VALUES (?,?,?)",
-                (incarnation_id, name, int(is_string)),
-            )
-            series_id = int(cur.lastrowid or 0)
-        else:
-            series_id = int(row[0])
-        undo.setdefault(key, self._series_ids.get(key))
-        self._series_ids[key] = series_id
-        return series_id
+    ) -> list[int]:
+        """The current generation's series row of each key, created (generation 0) when
+        missing: the ones not cached are looked up and created a few hundred names per
+        statement (a wide run's first group has a thousand new series)."""
+        ids: dict[tuple[str, bool, str], int] = {}
+        missing: dict[tuple[str, bool], dict[str, None]] = {}
+        for key in keys:
+            found = self._series_ids.get(key)
+            if found is None:
+                missing.setdefault((key[0], key[1]), {})[key[2]] = None
+            else:
+                ids[key] = found
+        for (incarnation_id, is_string), wanted in missing.items():
+            names = list(wanted)
+            known = _series_rows(conn, incarnation_id, is_string, names)
+            new = [name for name in names if name not in known]
+            if new:
+                conn.executemany(
+                    "INSERT INTO series (incarnation_id, name, is_string) VALUES (?,?,?)",
+                    [(incarnation_id, name, int(is_string)) for name in new],
+                )
+                known.update(_series_rows(conn, incarnation_id, is_string, new))
+            for name in names:
+                key = (incarnation_id, is_string, name)
+                undo.setdefault(key, self._series_ids.get(key))
+                self._series_ids[key] = ids[key] = known[name]
+        return [ids[key] for key in keys]
 
     def _new_generation(
         self,
@@ -881,3 +905,21 @@ def _outcome(
         (project, run_id, writer_id, sequence),
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+def _series_rows(
+    conn: sqlite3.Connection, incarnation_id: str, is_string: bool, names: Sequence[str]
+) -> dict[str, int]:
+    """The newest generation's series_id of each of these names that has a series row."""
+    newest: dict[str, tuple[int, int]] = {}
+    for i in range(0, len(names), _IN_BATCH):
+        part = names[i : i + _IN_BATCH]
+        rows = conn.execute(
+            "SELECT name, generation, series_id FROM series WHERE incarnation_id = ?"
+            f" AND is_string = ? AND name IN ({','.join('?' * len(part))})",
+            (incarnation_id, int(is_string), *part),
+        )
+        for name, generation, series_id in rows:
+            if name not in newest or generation > newest[name][0]:
+                newest[name] = (int(generation), int(series_id))
+    return {name: series_id for name, (_, series_id) in newest.items()}
