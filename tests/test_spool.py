@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import stepstream
+import stepstream._spill
 from conftest import free_port
 from procs import ServiceProcess
 from stepstream._exceptions import PointsRejectedError
@@ -244,6 +245,45 @@ def test_spool_max_bytes_blocks_log_calls_then_they_go_on(
         assert caplog.text.count("the spool has no room") == 1
         run.close(timeout=120)
         assert_exact(svc.address, "small-disk", steps)
+    finally:
+        svc.terminate()
+
+
+def test_a_spool_too_small_for_what_is_in_flight_waits_without_holding_the_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stream fails and the run is not offline yet (a long reconnect window): the 32
+    # batches in flight (~280 KB) go first into a spool of 64 KB, so the very first append
+    # finds no room and leaves nothing in the file. Retrying at once, without ever yielding,
+    # once kept the sender's loop to itself: the connector never ran, the service that came
+    # back was never reached and close() hung.
+    monkeypatch.setattr(stepstream._spill, "SPILL_AFTER", 60.0)  # spill on the memory bound
+    svc = ServiceProcess(tmp_path / "data", None, free_port()).start()
+    try:
+        run = stepstream.Run(
+            "tiny-spool",
+            address=svc.address,
+            reconnect_timeout=120.0,
+            max_queued_points=40_000,
+            max_batch_points=1000,
+            spool_max_bytes=64 * 1024,
+        )
+        run.log_metrics(row(0), step=0)
+        run.wait(timeout=60, verbose=False)
+        svc.kill9()
+        steps = 8000
+        with caplog.at_level(logging.WARNING, "stepstream"):
+            for s in range(1, steps):
+                run.log_metrics(row(s), step=s)
+            deadline = time.monotonic() + 60
+            while "the spool has no room" not in caplog.text:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert not run.stats.offline and not run.stats.connected
+        svc.start()
+        run.close(timeout=120)
+        assert run.stats.acknowledged_points == steps * len(KEYS)
+        assert_exact(svc.address, "tiny-spool", steps)
     finally:
         svc.terminate()
 

@@ -247,10 +247,15 @@ class SpillingProducer:
         items = self._take(self._max_batch_points)
         if items is None:
             await self._nap(clear_wake=False)
-        elif hasattr(items[0], "future"):
-            await self._run_operation(items[0])
-        else:
+        elif not hasattr(items[0], "future"):
             await self._send_new(items)
+        elif items[0].stop:
+            # close()'s stop: held like any other, so that releasing it (_release_held) is
+            # what ends the stream and the sender. Run here, it ended the stream but left
+            # the producer going, and close() waited for the thread until its timeout.
+            self._held_op = items[0]
+        else:
+            await self._run_operation(items[0])
 
     async def _spill_records(self, first: Items) -> None:
         taken: list[Items] = [first]
@@ -353,6 +358,12 @@ class SpillingProducer:
             )
         if self.offline or spill.has_unloaded:
             await asyncio.sleep(FULL_RETRY)
+        else:
+            # Online, and what fills the spool is sent and unanswered: only answers make room.
+            # Wait for one (or the retry) before the next try. Never go straight back: the
+            # next step takes the pushed-back records again without yielding to the loop, so
+            # the connector that reads the answers would never run.
+            await self._nap(FULL_RETRY)
         return False
 
     async def _release_held(self) -> bool:
