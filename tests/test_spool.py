@@ -19,6 +19,7 @@ import stepstream._spill
 from conftest import free_port
 from procs import ServiceProcess
 from stepstream._exceptions import PointsRejectedError
+from stepstream._spool_queue import Spill
 
 KEYS = [f"layer{i}/grad" for i in range(10)]
 
@@ -286,6 +287,25 @@ def test_a_spool_too_small_for_what_is_in_flight_waits_without_holding_the_sende
         assert_exact(svc.address, "tiny-spool", steps)
     finally:
         svc.terminate()
+
+
+def test_an_entry_spooled_after_every_loaded_one_was_answered_is_still_sent(
+    tmp_path: Path,
+) -> None:
+    # Every entry in the file was loaded (sent) and answered, and deleted: an entry spooled
+    # next once got the position of a deleted one (SQLite reuses the highest rowids), below
+    # the "loaded up to" mark. It was never sent; the batches after it went from memory and
+    # the service refused them with SEQUENCE_GAP (seen in a full run of the max-bytes test).
+    spill = Spill(path=tmp_path / "r.spool", meta={"run_id": "r", "writer_id": "w"}, max_bytes=None)
+    spill.append([], [(1, 10, "", b"one"), (2, 10, "", b"two")])
+    assert [e.sequence for e in spill.load(8)] == [1, 2]
+    spill.answered(1)
+    spill.answered(2)
+    spill.flush_deletes(force=True)
+    spill.append([], [(3, 10, "", b"three")])
+    assert spill.has_unloaded
+    assert [(e.sequence, e.body) for e in spill.load(8)] == [(3, b"three")]
+    spill.close()
 
 
 def test_fail_fast_keeps_the_old_behaviour(tmp_path: Path, dead_address: str) -> None:

@@ -127,6 +127,10 @@ class SpoolFile:
             raise SpoolError(f"{self.path}: cannot open: {exc}") from None
         try:
             self._setup(create, max_bytes)
+            # Positions only grow while the file is open; append() never reuses those of
+            # deleted entries (SQLite's own rowids would): an entry given a reused position
+            # would sit below the sender's "loaded up to" mark, never sent (docs/spool.md).
+            self._top_pos = self.last_pos()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             self._release_lock()
@@ -252,18 +256,22 @@ class SpoolFile:
         """Append entries in one durable transaction; their positions. Raises SpoolFull
         (nothing written) when the disk or the bound has no room."""
         positions = []
+        pos = self._top_pos
         try:
             with self._transaction():
                 for sequence, points, method, body in new:
-                    cursor = self._db.execute(
-                        "INSERT INTO entries (sequence, points, method, body) VALUES (?, ?, ?, ?)",
-                        (sequence, points, method, body),
+                    pos += 1
+                    self._db.execute(
+                        "INSERT INTO entries (pos, sequence, points, method, body) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (pos, sequence, points, method, body),
                     )
-                    positions.append(int(cursor.lastrowid or 0))
+                    positions.append(pos)
         except sqlite3.OperationalError as exc:
             if "full" in str(exc).lower():
                 raise SpoolFull(f"{self.path}: {exc}") from None
             raise SpoolError(f"{self.path}: {exc}") from None
+        self._top_pos = pos
         return positions
 
     def delete_batches(self, up_to_sequence: int) -> None:
