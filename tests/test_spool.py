@@ -198,11 +198,6 @@ def test_memory_bound_reached_spills_and_log_calls_keep_returning(tmp_path: Path
         svc.terminate()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (closing note of 2026-12-01, issue 9): once in a full suite close() hung"
-    " after the service came back; passes alone",
-)
 def test_spool_max_bytes_blocks_log_calls_then_they_go_on(
     tmp_path: Path, spool_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -358,11 +358,12 @@ class SpillingProducer:
             )
         if self.offline or spill.has_unloaded:
             await asyncio.sleep(FULL_RETRY)
-        else:
-            # Online, and what fills the spool is sent and unanswered: only answers make room.
-            # Wait for one (or the retry) before the next try. Never go straight back: the
-            # next step takes the pushed-back records again without yielding to the loop, so
-            # the connector that reads the answers would never run.
+        elif self._call is None or len(self._unacked) >= self._max_inflight:
+            # Online, what fills the spool is sent and unanswered, and the stream takes no
+            # more: wait for an answer (or the retry). Never go straight back: the next step
+            # would take the pushed-back records again without yielding to the loop, and the
+            # connector that reconnects and reads the answers would never run. (When the
+            # stream takes batches, the next step sends them from memory.)
             await self._nap(FULL_RETRY)
         return False
 
