@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from stepstream import _lifecycle
 from stepstream.v1 import ingest_pb2_grpc, runs_pb2_grpc
 from stepstream_server.config import Settings
 from stepstream_server.embedded_redis import EmbeddedRedis
@@ -34,6 +35,18 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "client-spool"
     monkeypatch.setenv("STEPSTREAM_DIR", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def stop_leaked_runs() -> Iterator[None]:
+    """A Run that a test left open (it failed before close()) has its sender stopped after
+    the test: it would go on reconnecting to a service that is gone, and log into later
+    tests. Runs open before the test (a module's fixture) are left alone."""
+    before = set(_lifecycle._open_runs)
+    yield
+    for run in set(_lifecycle._open_runs) - before:
+        _lifecycle.untrack(run)
+        run._sender.abort()
 
 
 @pytest.fixture

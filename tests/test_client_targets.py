@@ -533,12 +533,17 @@ class Trainer:
         assert not self.thread.is_alive()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (closing note of 2026-12-01, issue 8): after the suite's earlier client"
-    " tests the failed-over stream (INTERNAL 'Internal error from Core') never gets its"
-    " re-sent batches acknowledged; passes alone and with its own file",
-)
+def stream_open(run: stepstream.Run) -> bool:
+    """Whether the run's stream is open (waiting up to 30 s). A failover test checks it before
+    it starts the second replica: only then is the stream surely on the first."""
+    give_up = time.monotonic() + 30
+    while not run.stats.connected:
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_the_stream_fails_over_when_its_replica_dies(
     address: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -547,22 +552,19 @@ def test_the_stream_fails_over_when_its_replica_dies(
     run = stepstream.Run(
         "killed", address=[first.address, f"127.0.0.1:{second_port}"], max_batch_points=2000
     )
-    try:
-        trainer = Trainer(run)
-        assert trainer.half.wait(60)
-        second = replicas(address, second_port)
-        trainer.second_half_in_flight()
-        first.kill()
-        trainer.join()
-        run.wait(timeout=60, verbose=False)
-        stats = run.stats
-        assert stats.connections >= 2  # it did reconnect, necessarily through the second
-        assert stats.acknowledged_points == Trainer.STEPS * len(NAMES)
-        assert stats.rejected_points == 0 and not run.errors
-        run.close(timeout=60)
-    finally:
-        if not run.closed:  # failed: stop its sender, or it logs into later tests
-            run._sender.abort()
+    trainer = Trainer(run)
+    assert trainer.half.wait(60)
+    assert stream_open(run)
+    second = replicas(address, second_port)
+    trainer.second_half_in_flight()
+    first.kill()
+    trainer.join()
+    run.wait(timeout=60, verbose=False)
+    stats = run.stats
+    assert stats.connections >= 2  # it did reconnect, necessarily through the second
+    assert stats.acknowledged_points == Trainer.STEPS * len(NAMES)
+    assert stats.rejected_points == 0 and not run.errors
+    run.close(timeout=60)
     assert second.received > 0
     assert_stored_exactly_once("killed", Trainer.STEPS, address)
     assert stepstream.get_run("killed", address=address).state == "FINISHED"
@@ -583,6 +585,7 @@ def test_the_stream_fails_over_when_its_replica_stalls(
     )
     trainer = Trainer(run)
     assert trainer.half.wait(60)
+    assert stream_open(run)
     second = replicas(address, second_port)
     trainer.second_half_in_flight()
     first.stall()

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import stepstream
+import stepstream._spill
 from conftest import free_port
 from procs import ServiceProcess
 from stepstream._exceptions import PointsRejectedError
+from stepstream._spool_queue import Spill
 
 KEYS = [f"layer{i}/grad" for i in range(10)]
 
@@ -196,11 +198,6 @@ def test_memory_bound_reached_spills_and_log_calls_keep_returning(tmp_path: Path
         svc.terminate()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (closing note of 2026-12-01, issue 9): once in a full suite close() hung"
-    " after the service came back; passes alone",
-)
 def test_spool_max_bytes_blocks_log_calls_then_they_go_on(
     tmp_path: Path, spool_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -246,6 +243,64 @@ def test_spool_max_bytes_blocks_log_calls_then_they_go_on(
         assert_exact(svc.address, "small-disk", steps)
     finally:
         svc.terminate()
+
+
+def test_a_spool_too_small_for_what_is_in_flight_waits_without_holding_the_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stream fails and the run is not offline yet (a long reconnect window): the 32
+    # batches in flight (~280 KB) go first into a spool of 64 KB, so the very first append
+    # finds no room and leaves nothing in the file. Retrying at once, without ever yielding,
+    # once kept the sender's loop to itself: the connector never ran, the service that came
+    # back was never reached and close() hung.
+    monkeypatch.setattr(stepstream._spill, "SPILL_AFTER", 60.0)  # spill on the memory bound
+    svc = ServiceProcess(tmp_path / "data", None, free_port()).start()
+    try:
+        run = stepstream.Run(
+            "tiny-spool",
+            address=svc.address,
+            reconnect_timeout=120.0,
+            max_queued_points=40_000,
+            max_batch_points=1000,
+            spool_max_bytes=64 * 1024,
+        )
+        run.log_metrics(row(0), step=0)
+        run.wait(timeout=60, verbose=False)
+        svc.kill9()
+        steps = 8000
+        with caplog.at_level(logging.WARNING, "stepstream"):
+            for s in range(1, steps):
+                run.log_metrics(row(s), step=s)
+            deadline = time.monotonic() + 60
+            while "the spool has no room" not in caplog.text:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert not run.stats.offline and not run.stats.connected
+        svc.start()
+        run.close(timeout=120)
+        assert run.stats.acknowledged_points == steps * len(KEYS)
+        assert_exact(svc.address, "tiny-spool", steps)
+    finally:
+        svc.terminate()
+
+
+def test_an_entry_spooled_after_every_loaded_one_was_answered_is_still_sent(
+    tmp_path: Path,
+) -> None:
+    # Every entry in the file was loaded (sent) and answered, and deleted: an entry spooled
+    # next once got the position of a deleted one (SQLite reuses the highest rowids), below
+    # the "loaded up to" mark. It was never sent; the batches after it went from memory and
+    # the service refused them with SEQUENCE_GAP (seen in a full run of the max-bytes test).
+    spill = Spill(path=tmp_path / "r.spool", meta={"run_id": "r", "writer_id": "w"}, max_bytes=None)
+    spill.append([], [(1, 10, "", b"one"), (2, 10, "", b"two")])
+    assert [e.sequence for e in spill.load(8)] == [1, 2]
+    spill.answered(1)
+    spill.answered(2)
+    spill.flush_deletes(force=True)
+    spill.append([], [(3, 10, "", b"three")])
+    assert spill.has_unloaded
+    assert [(e.sequence, e.body) for e in spill.load(8)] == [(3, b"three")]
+    spill.close()
 
 
 def test_fail_fast_keeps_the_old_behaviour(tmp_path: Path, dead_address: str) -> None:

@@ -247,10 +247,15 @@ class SpillingProducer:
         items = self._take(self._max_batch_points)
         if items is None:
             await self._nap(clear_wake=False)
-        elif hasattr(items[0], "future"):
-            await self._run_operation(items[0])
-        else:
+        elif not hasattr(items[0], "future"):
             await self._send_new(items)
+        elif items[0].stop:
+            # close()'s stop: held like any other, so that releasing it (_release_held) is
+            # what ends the stream and the sender. Run here, it ended the stream but left
+            # the producer going, and close() waited for the thread until its timeout.
+            self._held_op = items[0]
+        else:
+            await self._run_operation(items[0])
 
     async def _spill_records(self, first: Items) -> None:
         taken: list[Items] = [first]
@@ -353,6 +358,13 @@ class SpillingProducer:
             )
         if self.offline or spill.has_unloaded:
             await asyncio.sleep(FULL_RETRY)
+        elif self._call is None or len(self._unacked) >= self._max_inflight:
+            # Online, what fills the spool is sent and unanswered, and the stream takes no
+            # more: wait for an answer (or the retry). Never go straight back: the next step
+            # would take the pushed-back records again without yielding to the loop, and the
+            # connector that reconnects and reads the answers would never run. (When the
+            # stream takes batches, the next step sends them from memory.)
+            await self._nap(FULL_RETRY)
         return False
 
     async def _release_held(self) -> bool:

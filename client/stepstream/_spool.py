@@ -127,6 +127,11 @@ class SpoolFile:
             raise SpoolError(f"{self.path}: cannot open: {exc}") from None
         try:
             self._setup(create, max_bytes)
+            # Positions only grow while the file is open; append() never reuses those of
+            # deleted entries (SQLite's own rowids would): an entry given a reused position
+            # would sit below the sender's "loaded up to" mark, never sent (docs/spool.md).
+            self._top_pos = self.last_pos()
+            self._wal_limit = None if max_bytes is None else int(max_bytes) // 4
         except sqlite3.DatabaseError as exc:
             self._db.close()
             self._release_lock()
@@ -189,8 +194,9 @@ class SpoolFile:
             if not self.meta.get(key):
                 raise SpoolError(f"{self.path}: spool metadata has no {key}")
         if max_bytes is not None:
-            # The bound is the database's size; the WAL is checkpointed and truncated at a
-            # quarter of it, so the files together stay within about 1.5 times the bound.
+            # The bound is the database's size; the WAL is emptied once an append leaves it
+            # above a quarter of the bound (_truncate_wal) and truncated to that after other
+            # checkpoints, so the files together stay within about 1.5 times the bound.
             page_size = db.execute("PRAGMA page_size").fetchone()[0]
             pages = max(int(max_bytes) // page_size, 2)
             db.execute(f"PRAGMA max_page_count={pages}")
@@ -252,19 +258,41 @@ class SpoolFile:
         """Append entries in one durable transaction; their positions. Raises SpoolFull
         (nothing written) when the disk or the bound has no room."""
         positions = []
+        pos = self._top_pos
         try:
             with self._transaction():
                 for sequence, points, method, body in new:
-                    cursor = self._db.execute(
-                        "INSERT INTO entries (sequence, points, method, body) VALUES (?, ?, ?, ?)",
-                        (sequence, points, method, body),
+                    pos += 1
+                    self._db.execute(
+                        "INSERT INTO entries (pos, sequence, points, method, body) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (pos, sequence, points, method, body),
                     )
-                    positions.append(int(cursor.lastrowid or 0))
+                    positions.append(pos)
         except sqlite3.OperationalError as exc:
             if "full" in str(exc).lower():
+                self._truncate_wal()
                 raise SpoolFull(f"{self.path}: {exc}") from None
             raise SpoolError(f"{self.path}: {exc}") from None
+        if self._wal_limit is not None and self._wal_bytes() > self._wal_limit:
+            self._truncate_wal()
+        self._top_pos = pos
         return positions
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def _truncate_wal(self) -> None:
+        """Empty the WAL file into the database. A bounded spool does it after an append
+        that leaves the WAL above a quarter of the bound, and after one that found no room:
+        the WAL keeps the last transaction's pages (a rolled-back one's too) until the next
+        checkpoint, and beside a database at the bound the files held about 2.4 times
+        spool_max_bytes (its pages are 64 KB). Only a broken disk makes it fail."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def delete_batches(self, up_to_sequence: int) -> None:
         """Forget the batches answered up to this sequence number."""
