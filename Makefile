@@ -54,9 +54,9 @@ run: venv assets
 	$(BIN)/stepstream serve $(ARGS)
 
 # Two pytest-xdist workers: most tests wait on subprocesses, servers and fsync, so two share
-# the machine's cores well. Each test module runs whole on one worker (tests/conftest.py puts
-# it in its own xdist group); PYTEST_XDIST= runs in one process, PYTEST_ARGS is appended.
-PYTEST_XDIST ?= -n 2 --dist loadgroup
+# the machine's cores well. tests/conftest.py schedules them: each test module whole on one
+# worker, the longest modules first. PYTEST_XDIST= runs in one process; PYTEST_ARGS is appended.
+PYTEST_XDIST ?= -n 2
 test: dev-venv node assets chromium
 	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 

@@ -14,9 +14,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The Node case runs npm ci and tsc in client-node/, as test_node_client does: one xdist group.
-pytestmark = pytest.mark.xdist_group("checkout")
-
 TRACKIO_ROWS = [
     "| 8. Trackio's workload 10 series x 2,000 steps, one dict per step, log call → close(): "
     "stepstream (SQLite) |",

@@ -12,9 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ holds the Node helpers
 from bench.nodejs import PACKAGE, ROOT, node_env, npm_ci, run
 
-# npm ci, tsc and build/protodeps write into the checkout, as the bench smoke's Node case and
-# test_protos do: one xdist group runs them one after another.
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("checkout")]
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")

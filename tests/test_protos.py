@@ -6,12 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
-
-# Writes build/protodeps in the checkout, as test_node_client does: never both at once.
-pytestmark = pytest.mark.xdist_group("checkout")
 
 
 def test_generated_code_matches_protos(tmp_path: Path) -> None:
