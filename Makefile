@@ -53,8 +53,12 @@ node: venv
 run: venv assets
 	$(BIN)/stepstream serve $(ARGS)
 
+# Two pytest-xdist workers: most tests wait on subprocesses, servers and fsync, so two share
+# the machine's cores well. tests/conftest.py schedules them: each test module whole on one
+# worker, the longest modules first. PYTEST_XDIST= runs in one process; PYTEST_ARGS is appended.
+PYTEST_XDIST ?= -n 2
 test: dev-venv node assets chromium
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # Regenerates the Python code and type stubs for protos/ into client/stepstream/v1, and the
 # TypeScript code into client-node/src/gen.

@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from bench.procs import REPO_ROOT, ServerProcess, bench_env, free_port
+from bench.venvs import Venv, wait_http
 
-VENV = REPO_ROOT / "bench" / ".trackio-venv"
 # The release measured; pinned so that figures of two runs compare the same Trackio.
 TRACKIO_REQUIREMENT = "trackio==0.43.0"
-INSTALL_TIMEOUT = 1200.0
 # Trackio must never try the Hub, open a browser, or phone home.
 TRACKIO_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -38,51 +32,23 @@ class TrackioUnavailable(RuntimeError):
     """Trackio could not be installed or started; the table says "n/a" and why."""
 
 
+VENV = Venv(
+    REPO_ROOT / "bench" / ".trackio-venv",
+    "trackio",
+    TRACKIO_REQUIREMENT,
+    TRACKIO_ENV,
+    TrackioUnavailable,
+)
+
+
 def python() -> Path:
-    return VENV / "bin" / "python"
-
-
-def installed_version() -> str | None:
-    if not python().exists():
-        return None
-    probe = subprocess.run(
-        [str(python()), "-c", "import trackio; print(trackio.__version__)"],
-        capture_output=True,
-        text=True,
-        env=bench_env(TRACKIO_ENV),
-        timeout=120,
-    )
-    return probe.stdout.strip() if probe.returncode == 0 else None
+    return VENV.python
 
 
 def ensure_installed(log: Path) -> str:
-    """The Trackio version in bench/.trackio-venv, creating it and `pip install` of TRACKIO_REQUIREMENT if
-    needed. Raises TrackioUnavailable with the reason."""
-    version = installed_version()
-    if version:
-        return version
-    print(f"bench: installing trackio into {VENV} (once; log in {log})", file=sys.stderr)
-    steps = []
-    if not python().exists():
-        steps.append([sys.executable, "-m", "venv", str(VENV)])
-    steps.append([str(python()), "-m", "pip", "install", "--quiet", TRACKIO_REQUIREMENT])
-    with open(log, "ab") as out:
-        for step in steps:
-            try:
-                done = subprocess.run(
-                    step, stdout=out, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise TrackioUnavailable(f"`{' '.join(step)}` failed: {exc}") from None
-            if done.returncode != 0:
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:]
-                raise TrackioUnavailable(
-                    f"`{' '.join(step[:4])} ...` exited with {done.returncode}: {' '.join(tail)}"
-                )
-    version = installed_version()
-    if not version:
-        raise TrackioUnavailable("trackio was installed but cannot be imported")
-    return version
+    """The Trackio version in bench/.trackio-venv, creating it and `pip install` of
+    TRACKIO_REQUIREMENT if needed. Raises TrackioUnavailable with the reason."""
+    return VENV.ensure_installed(log)
 
 
 class TrackioServer:
@@ -98,7 +64,7 @@ class TrackioServer:
         self.token = secrets.token_urlsafe(24)
         self.server = ServerProcess(
             "trackio show",
-            [str(VENV / "bin" / "trackio"), "show", "--host", "127.0.0.1"],
+            [str(VENV.bin("trackio")), "show", "--host", "127.0.0.1"],
             self.data_dir / "server.log",
             env=bench_env(
                 {
@@ -110,25 +76,10 @@ class TrackioServer:
             ),
         )
         try:
-            self._wait(120.0)
+            wait_http(self.server, self.url + "/", 120.0, TrackioUnavailable)
         except BaseException:
             self.server.stop()
             raise
-
-    def _wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.server.alive():
-                raise TrackioUnavailable(f"trackio show exited:\n{self.server.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise TrackioUnavailable(f"trackio show did not answer in {timeout:g} s")
-            time.sleep(0.2)
 
     def driver_env(self) -> dict[str, str]:
         """The environment of a Trackio writer process (bench.trackio_driver)."""

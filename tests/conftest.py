@@ -5,6 +5,7 @@ loopback port."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -56,6 +57,54 @@ def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+# Under pytest-xdist (`make test`) each test module runs whole on one worker, in its own order,
+# its module-scoped servers started once; the modules that write into the checkout
+# (build/protodeps; client-node/'s npm ci and tsc, which the bench's Node case runs too) run on
+# one worker one after another. Modules are handed out in collection order, LONG_MODULES first
+# (their tests summed take minutes on a loaded 2-core machine), so that none of them starts
+# last and holds one worker alone at the end; the others follow in pytest's order.
+CHECKOUT_WRITERS = (
+    "tests/test_bench_smoke.py",
+    "tests/test_node_client.py",
+    "tests/test_protos.py",
+)
+LONG_MODULES = (
+    "tests/test_wide_runs.py",  # 1,000,000 series, restarted and walked
+    "tests/test_bench_smoke.py",  # with the other CHECKOUT_WRITERS
+    "tests/test_replicas.py",
+    "tests/test_client_targets.py",
+    "tests/test_bounds.py",
+    "tests/test_spool.py",
+    "tests/test_mesh.py",
+    "tests/test_spool_faults.py",
+    "tests/test_processes.py",
+    "tests/test_auth.py",
+)
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = _module(nodeid)
+            return "checkout" if module in CHECKOUT_WRITERS else module
+
+    config.option.loadscopereorder = False  # collection order, not most tests first
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a run without xdist keeps pytest's order
+        rank = {module: i for i, module in enumerate(LONG_MODULES)}
+        items.sort(key=lambda item: rank.get(_module(item.nodeid), len(rank)))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -74,7 +74,9 @@ def drop_database(url: str) -> None:
 
 
 def empty_database(url: str) -> None:
-    """Remove every row of a stepstream database made by `create_database` (its schema stays)."""
+    """Remove every row of a stepstream database made by `create_database` (its schema stays)
+    and restart its sequences. DELETE, referring tables first, rather than TRUNCATE: on the few
+    rows a test leaves it is several times faster, and it waits for no other session's lock."""
     name = urlsplit(url).path.lstrip("/")
     if not name.startswith("stepstream_test_"):
         raise ValueError(f"refusing to empty {name!r}: not made by create_database")
@@ -86,8 +88,37 @@ def empty_database(url: str) -> None:
                 " AND tablename <> 'schema_version'"
             )
         ]
-        conn.execute(
-            sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
-                sql.SQL(", ").join(map(sql.Identifier, tables))
+        refers: dict[str, set[str]] = {t: set() for t in tables}  # table -> tables it refers to
+        for child, parent in conn.execute(
+            "SELECT c.relname, p.relname FROM pg_constraint k"
+            " JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class p ON p.oid = k.confrelid"
+            " WHERE k.contype = 'f' AND k.connamespace = 'public'::regnamespace"
+        ):
+            if child != parent:
+                refers[child].add(parent)
+        sequences = [
+            r[0]
+            for r in conn.execute(
+                "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'"
             )
-        )
+        ]
+        with conn.transaction():
+            for table in _referrers_first(refers):
+                conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+            for seq in sequences:
+                conn.execute(sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.Identifier(seq)))
+
+
+def _referrers_first(refers: dict[str, set[str]]) -> list[str]:
+    """The tables ordered so that each comes before every table it refers to."""
+    order: list[str] = []
+    left = dict(refers)
+    while left:
+        referred = set().union(*left.values())
+        ready = sorted(t for t in left if t not in referred)
+        if not ready:
+            raise RuntimeError(f"foreign keys form a cycle among {sorted(left)}")
+        order += ready
+        for t in ready:
+            del left[t]
+    return order

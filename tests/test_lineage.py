@@ -397,19 +397,21 @@ async def test_downsampling_keeps_extremes_and_non_finite(runs, ingest):
     await create_run(runs, "r")
     s = Stream(ingest)
     await s.open("r")
-    n = 100_000
-    values = [math.sin(i / 1000) for i in range(n)]
-    values[12_345] = 50.0
-    values[54_321] = -math.inf
-    values[77_777] = math.nan
-    for start in range(0, n, 50_000):
-        await s.send(fseries("m", range(start, start + 50_000), values[start : start + 50_000]))
-    steps, got = await read_points(runs, "r", "m", max_points=2000)
-    assert len(steps) <= 2000
+    # Two chunks, 50 points per bucket (narrower than a stats block: read point by point);
+    # the spikes in the first chunk and the second.
+    n, chunk, max_points = 20_000, 10_000, 400
+    values = [math.sin(i / 200) for i in range(n)]
+    values[2_469] = 50.0
+    values[10_864] = -math.inf
+    values[15_555] = math.nan
+    for start in range(0, n, chunk):
+        await s.send(fseries("m", range(start, start + chunk), values[start : start + chunk]))
+    steps, got = await read_points(runs, "r", "m", max_points=max_points)
+    assert len(steps) <= max_points
     assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == n - 1
-    assert 12_345 in steps and 54_321 in steps and 77_777 in steps
-    assert got[steps.index(12_345)] == 50.0 and got[steps.index(54_321)] == -math.inf
-    assert math.isnan(got[steps.index(77_777)])
+    assert 2_469 in steps and 10_864 in steps and 15_555 in steps
+    assert got[steps.index(2_469)] == 50.0 and got[steps.index(10_864)] == -math.inf
+    assert math.isnan(got[steps.index(15_555)])
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await read_points(runs, "r", "m", max_points=3)
     assert rpc_reason(exc.value) == "INVALID_MAX_POINTS"

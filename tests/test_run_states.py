@@ -28,6 +28,12 @@ TRAINER = textwrap.dedent(
     address, run_id, how, ending = sys.argv[1:5]
     STEPS = int(sys.argv[5])
 
+    def idle(seconds):
+        # Short sleeps: a signal landing between the last check for signals and the start of
+        # one long sleep() would wait for the sleep's end before its handler runs.
+        for _ in range(int(seconds / 0.05)):
+            time.sleep(0.05)
+
     def preempted(signum, frame):
         print("user handler", flush=True)
         raise RuntimeError("preempted by the scheduler")
@@ -57,7 +63,7 @@ TRAINER = textwrap.dedent(
             child = os.fork()
             if child == 0:
                 os.write(tell, b"x")  # a signal before this would be lost in fork() itself
-                time.sleep(60)
+                idle(60)
                 os._exit(0)
             os.read(ready, 1)
             os.kill(child, signal.SIGTERM)
@@ -66,7 +72,7 @@ TRAINER = textwrap.dedent(
         if ending in ("sigint", "sigterm", "user-sigterm"):
             run.wait()
             print("ready", flush=True)
-            time.sleep(120)
+            idle(120)
 
     if how == "with":
         with stepstream.Run(run_id, address=address) as run:
