@@ -147,3 +147,46 @@ async def test_a_batch_that_landed_unseen_is_answered_from_the_store_once_readab
     assert ack.accepted_count == 3 and ack.incarnation_id == run.current_incarnation_id
     assert await read_points(runs, "r", "m") == ([1, 2, 3], [1.0, 2.0, 3.0])
     await s.close()
+
+
+async def test_a_stream_gone_while_its_batch_waits_for_room_leaves_no_hole(service, runs, ingest):
+    """Stream A's batch 2 waits for room (its writer's share of the queue is full) when the
+    client moves to stream B, re-sends 2 and sends 3; then A goes away. Both commit, in
+    order, and nothing is answered as a duplicate of a batch never stored (before, 2 held its
+    sequence while it waited, 3 overtook it, and 2's re-send got an empty duplicate)."""
+    from dataclasses import replace
+
+    worker = service.worker
+    worker.limits = replace(worker.limits, max_writer_queued_points=1)
+    entered, go = asyncio.Event(), asyncio.Event()
+    real = worker.judge.judge
+
+    async def judge(group: Any) -> Any:
+        entered.set()
+        await go.wait()
+        return await real(group)
+
+    worker.judge.judge = judge  # type: ignore[method-assign]
+    await create_run(runs, "r")
+    a = Stream(ingest)
+    await a.open("r", writer_id="w")
+    await a.call.write(batch(1))
+    await asyncio.wait_for(entered.wait(), 30)  # 1 is judged, and fills the writer's share
+    await a.call.write(batch(2))
+    while len(worker._room._waiters) < 1:  # A's 2 waits for room
+        await asyncio.sleep(0.01)
+    b = Stream(ingest)
+    assert (await b.open("r", writer_id="w")).opened.last_committed_sequence == 0
+    await b.call.write(batch(2))
+    await b.call.write(batch(3))
+    while len(worker._room._waiters) < 2:  # B's 2 waits too; its 3 comes after it
+        await asyncio.sleep(0.01)
+    a.call.cancel()
+    while service.ingest.open_streams > 1:
+        await asyncio.sleep(0.01)
+    go.set()
+    answers = [(await b.call.read()).appended for _ in (2, 3)]
+    assert [(x.accepted_count, x.duplicate_batch) for x in answers] == [(1, False), (1, False)]
+    await idle(worker)
+    assert await read_points(runs, "r", "m") == ([1, 2, 3], [1.0, 2.0, 3.0])
+    await b.close()

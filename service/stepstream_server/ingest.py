@@ -24,7 +24,7 @@ import contextlib
 import logging
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -98,6 +98,7 @@ class IngestWorker:
         self._inflight: asyncio.Task[set[tuple[str, str]]] | None = None  # commit under way
         self._judging = False  # a group taken and not yet committing (drain waits for it)
         self._background: set[asyncio.Task[None]] = set()
+        self._answers: set[asyncio.Task[Outcome]] = set()  # see _answer_task
         # Writers whose latest batch is small: a big batch is cut in parts only while one of
         # them (another writer) has a batch in flight or had one answered just now (heavy
         # writers among themselves gain nothing from parts). Held weakly and asked live
@@ -171,12 +172,16 @@ class IngestWorker:
 
         Waits (backpressure) while too many points are queued.
         """
+        # Room first, before the batch takes its sequence: from here to the queue nothing
+        # awaits, so a stream that goes away while it waits leaves no trace, and no later
+        # batch of its writer (re-sent on another stream) can overtake it.
+        await self._wait_for_room(writer, sum(e.count for e in entries))
         loop = asyncio.get_running_loop()
         inflight = writer.inflight.get(sequence)
         if inflight is not None:
-            return self._as_duplicate(inflight)
+            return self._answer_task(self._as_duplicate(inflight))
         if sequence <= writer.committed:
-            return loop.create_task(self._stored_outcome(writer, sequence))
+            return self._answer_task(self._stored_outcome(writer, sequence))
         # The committed sequence may have moved past what this replica queued (the writer
         # also wrote through another replica).
         writer.next_expected = max(writer.next_expected, writer.committed + 1)
@@ -205,18 +210,6 @@ class IngestWorker:
             self._light.add(writer)
         else:
             self._light.discard(writer)
-        try:
-            while (
-                self._queued_points and self._queued_points + points > limits.max_queued_points
-            ) or (
-                writer.queued_points
-                and writer.queued_points + points > limits.max_writer_queued_points
-            ):
-                self._room.clear()
-                await self._room.wait()
-        except asyncio.CancelledError:  # the stream went away before its batch was queued
-            self._withdraw(writer, sequence, future)
-            raise
         self._queued_points += points
         writer.queued_points += points
         self._queue.append(
@@ -225,14 +218,22 @@ class IngestWorker:
         self._wake.set()
         return _Answer(future)
 
-    def _withdraw(self, writer: Writer, sequence: int, future: asyncio.Future[Outcome]) -> None:
-        """A batch that never reached the queue: its sequence is free again for its re-send."""
-        writer.inflight.pop(sequence, None)
-        if writer.next_expected == sequence + 1:
-            writer.next_expected = sequence
-        if not future.done():  # a re-send on another stream may wait for it: it re-sends
-            future.set_exception(StoreFailed("the stream went away before its batch was queued"))
-            future.exception()
+    async def _wait_for_room(self, writer: Writer, points: int) -> None:
+        """Backpressure: wait while the queue, or this writer's share of it, is full."""
+        limits = self.limits
+        while (self._queued_points and self._queued_points + points > limits.max_queued_points) or (
+            writer.queued_points and writer.queued_points + points > limits.max_writer_queued_points
+        ):
+            self._room.clear()
+            await self._room.wait()
+
+    def _answer_task(self, coro: Coroutine[Any, Any, Outcome]) -> asyncio.Task[Outcome]:
+        """An answer that runs now, held until it ends: its stream may go away without
+        awaiting it (the task must neither be collected mid-read nor warn 'never awaited')."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+        return task
 
     async def _stored_sequence(self, w: Writer) -> int:
         return await self.store.read(lambda s: s.writer_sequence(w.project, w.run_id, w.writer_id))
@@ -276,6 +277,10 @@ class IngestWorker:
                 outcome = await self._stored_outcome(item.writer, item.sequence)
             except StoreFailed as exc:
                 self._fail([item], exc)
+                return
+            except Exception as exc:  # a read error the store does not call transient
+                log.exception("reading the stored answer of batch %d failed", item.sequence)
+                self._fail([item], StoreFailed(f"its stored answer could not be read: {exc}"))
                 return
             self._acknowledge(item, outcome)
 

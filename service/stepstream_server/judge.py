@@ -194,6 +194,8 @@ class Judge:
                         outcomes[i] = item.failure
                     elif record.state is not RunState.RUNNING:
                         outcomes[i] = _not_active(record)
+                    elif (landed := _landed_in(item)) not in ("", record.current_incarnation_id):
+                        outcomes[i] = _rewound_between_parts(record, landed)
                     else:
                         outcomes[i] = _apply(
                             item, record, floors.get(i, []), chunks.setdefault(key, {})
@@ -383,6 +385,24 @@ class Judge:
 
 def r_key(r: CheckRequest) -> RunKey:
     return (r.project, r.run_id)
+
+
+def _landed_in(item: Pending) -> str:
+    """The incarnation a batch in parts landed its first parts in ("" before its first)."""
+    split = item.split
+    return "" if split is None or split.so_far is None else split.so_far.incarnation_id
+
+
+def _rewound_between_parts(record: RunRecord, landed: str) -> BatchFailure:
+    """A batch lands wholly in one incarnation (SPEC §4): after a rewind between its parts,
+    what landed stays in the archived incarnation and the rest is not written."""
+    return BatchFailure(
+        grpc.StatusCode.FAILED_PRECONDITION.name,
+        "RUN_REWOUND",
+        f"run {record.run_id!r} was rewound while this batch was committed in parts: its first"
+        f" parts landed in incarnation {landed!r}, now archived; the rest is not written",
+        {"run_id": record.run_id, "incarnation_id": landed},
+    )
 
 
 def _not_active(record: RunRecord) -> BatchFailure:

@@ -516,7 +516,10 @@ export type SeriesRejection = Message<"stepstream.v1.SeriesRejection"> & {
    * UPPER_SNAKE reason: STEP_NOT_INCREASING (steps at or below the floor),
    * INVALID_SERIES_NAME, NON_FINITE_STEP, STEPS_NOT_STRICTLY_INCREASING,
    * LENGTH_MISMATCH, STEPS_WITH_ASSIGN_STEPS, INVALID_TIMESTAMP,
-   * DUPLICATE_SERIES_IN_BLOCK, STEP_OVERFLOW.
+   * DUPLICATE_SERIES_IN_BLOCK, STEP_OVERFLOW; and for the rest of a big batch
+   * committed in parts, RUN_NOT_ACTIVE (the run was stopped between its parts)
+   * or RUN_REWOUND (the run was rewound between its parts: what landed stays
+   * in the archived incarnation, the rest is not written).
    *
    * @generated from field: string reason = 2;
    */
