@@ -122,10 +122,16 @@ async def attack(address: str, quick: bool) -> None:
         print("ready", flush=True)
         answers = []
         for data in raw:
-            start = time.perf_counter()
+            start = time.monotonic()  # one clock for every process: the light stream's too
             await call.write(data)
             response = await call.read()
-            answers.append({"seconds": time.perf_counter() - start, "answer": str(response)[:200]})
+            answers.append(
+                {
+                    "seconds": time.monotonic() - start,
+                    "sent_at": start,
+                    "answer": str(response)[:200],
+                }
+            )
         await call.done_writing()
     print(json.dumps(answers))
 
@@ -140,12 +146,15 @@ async def stall(address: str, quick: bool) -> dict[str, Any]:
         alone = [await light.round_trip(light.batch(LIGHT)) for _ in range(200)]
         hostile = await _helper(address, "hostile", *(["--quick"] if quick else []))
         beside = []
+        starts = []
         while hostile.returncode is None:
+            starts.append(time.monotonic())
             beside.append(await light.round_trip(light.batch(LIGHT)))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(hostile.wait(), 0.0001)
         answers = await _result(hostile)
         return {
+            "worst": _worst(beside, starts, answers),
             "alone_median": statistics.median(alone),
             "alone_max": max(alone),
             "beside_max": max(beside),
@@ -153,6 +162,25 @@ async def stall(address: str, quick: bool) -> dict[str, Any]:
             "beside_round_trips": len(beside),
             "hostile": answers,
         }
+
+
+def _worst(
+    beside: list[float], starts: list[float], answers: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The light stream's five worst round trips, each placed against the hostile requests:
+    which one was in flight, and how far into it the round trip started (its cause: the
+    parse of the request, its decoding, or its parts' groups)."""
+    out = []
+    for k in sorted(range(len(beside)), key=lambda k: -beside[k])[:5]:
+        during = [a for a in answers if a["sent_at"] <= starts[k] + beside[k]]
+        place: dict[str, Any] = {"ms": round(beside[k] * 1000, 1)}
+        if during:
+            a = during[-1]
+            place["request"] = len(during)
+            place["into_ms"] = round((starts[k] - a["sent_at"]) * 1000, 1)
+            place["of_ms"] = round(a["seconds"] * 1000, 1)
+        out.append(place)
+    return out
 
 
 async def pump(
@@ -253,7 +281,9 @@ def hostile(ctx: Context) -> list[Row]:
                 f" {s['beside_median'] * 1000:.1f} ms over {s['beside_round_trips']} round trips;"
                 f" the hostile requests were answered in"
                 f" {answered}"
-                f" ({sizes[0]} empty entries: refused; {sizes[1]} one-point series: in parts)"
+                f" ({sizes[0]} empty entries: refused; {sizes[1]} one-point series: in parts)",
+                "worst round trips (ms; the hostile request in flight, ms into it, of its ms): "
+                + json.dumps(s["worst"]),
             ],
         ),
         Row(

@@ -519,3 +519,56 @@ async def test_a_big_batch_is_cut_right_after_a_light_writers_answer(service, ru
     assert (await light.send(fseries("m", [2], [1.0]))).appended.accepted_count == 1
     await heavy.close()
     await light.close()
+
+
+async def test_parts_leave_a_group_with_light_batches_once(service, runs, ingest):
+    """A light batch does not share its commit with a part (128 new series of store work):
+    the parts wait for the next group, and only for one, so that a light writer with a batch
+    in every group never starves them (`IngestWorker._add_parts`)."""
+    worker = service.worker
+    worker.limits = replace(worker.limits, light_recent=3600.0)
+    await create_run(runs, "light")
+    await create_run(runs, "heavy")
+    light = Stream(ingest)
+    await light.open("light", writer_id="light")
+    heavy = Stream(ingest)
+    await heavy.open("heavy", writer_id="heavy")
+    seen: list[list[tuple[str, bool]]] = []
+    held, go = asyncio.Event(), asyncio.Event()
+    real = worker.judge.judge
+
+    async def queued(name: str, seq: int) -> None:  # in flight: queued, or taken already
+        while seq not in getattr(worker._writers.get(("default", name, name)), "inflight", {}):
+            await asyncio.sleep(0.01)
+
+    async def send_light(seq: int) -> None:
+        batch = ingest_pb2.PointBatch(sequence=seq)
+        batch.float_series.append(fseries("m", [seq], [1.0]))
+        await light.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
+        await queued("light", seq)
+
+    async def judge(group: Any) -> Any:
+        seen.append(sorted((p.writer.writer_id, p.split is not None) for p in group))
+        if len(seen) == 1:  # the first light batch: held until the wide one is queued
+            held.set()
+            await go.wait()
+        if len(seen) == 2:  # the second light batch: a third one arrives meanwhile
+            await send_light(3)
+        return await real(group)
+
+    worker.judge.judge = judge  # type: ignore[method-assign]
+    await send_light(1)
+    await asyncio.wait_for(held.wait(), 30)
+    sent = asyncio.create_task(heavy.send(wide(600)))
+    await queued("heavy", 1)
+    await send_light(2)
+    go.set()
+    assert (await sent).appended.accepted_count == 600
+    assert [(await light.call.read()).appended.accepted_count for _ in (1, 2, 3)] == [1, 1, 1]
+    whole, part = ("light", False), ("heavy", True)
+    # Light 2 alone (the first part waits), then light 3 beside the first part (they waited
+    # once), then the other four parts of 128, 128, 128 and 88 series.
+    assert seen == [[whole], [whole], [part, whole], [part], [part], [part], [part]]
+    assert await read_points(runs, "light", "m") == ([1, 2, 3], [1.0, 1.0, 1.0])
+    await heavy.close()
+    await light.close()

@@ -104,6 +104,7 @@ class IngestWorker:
         # writers among themselves gain nothing from parts). Held weakly and asked live
         # (`_cuts`), so a writer that went away, or went quiet, never counts.
         self._light: weakref.WeakSet[Writer] = weakref.WeakSet()
+        self._parts_waited = False  # the previous group left its parts out (_add_parts)
         self._stopping = False  # drain_and_stop: reads of stored outcomes stop retrying
         self.stats = {"groups": 0, "batches": 0, "points": 0, "refused": 0, "rejudged": 0}
 
@@ -325,6 +326,7 @@ class IngestWorker:
         share = max(1, (self.limits.max_group_points - points) // max(1, len(writers)))
         taken: dict[int, int] = {}
         keep: deque[Pending] = deque()
+        parted: list[Pending] = []  # batches in parts: one part each, added last
         while self._queue:
             item = self._queue.popleft()
             if item.future.done():
@@ -344,18 +346,38 @@ class IngestWorker:
             if item.split is None and item.failure is None and self._cuts(item):
                 item.split = Split(item.entries, item.rejections, item.future)
             if item.split is not None:  # once cut, cut to the end: each part is as small
-                part = cut(item, self.limits.max_part_points, self.limits.max_part_entries)
                 closed.add(w)
-                group.append(part)
-                points += part.points
-                if not item.split.taken_all:
-                    keep.append(item)  # the rest stays ahead of the writer's later batches
+                parted.append(item)
+                keep.append(item)  # the rest stays ahead of the writer's later batches
                 continue
             taken[w] = taken.get(w, 0) + item.points
             group.append(item)
             points += item.points
         self._queue = keep
+        self._add_parts(group, parted)
         return group
+
+    def _add_parts(self, group: list[Pending], parted: list[Pending]) -> None:
+        """The next part of each batch in parts, unless whole batches ride in this group:
+        then the parts wait for the next one (and only for one: parts never starve), so a
+        light batch never waits for a part's store work (128 new series) in its own commit
+        (docs/faults.md, section 5)."""
+        if not parted:
+            return
+        cut_writers = {id(p.writer) for p in parted}
+        whole = any(p.split is None and id(p.writer) not in cut_writers for p in group)
+        if whole and not self._parts_waited:
+            self._parts_waited = True
+            return
+        self._parts_waited = False
+        done: set[int] = set()
+        for item in parted:
+            assert item.split is not None
+            group.append(cut(item, self.limits.max_part_points, self.limits.max_part_entries))
+            if item.split.taken_all:
+                done.add(id(item))
+        if done:
+            self._queue = deque(p for p in self._queue if id(p) not in done)
 
     def _cuts(self, item: Pending) -> bool:
         """Whether a big batch goes in parts: another writer with small batches has one in
