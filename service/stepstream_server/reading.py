@@ -16,7 +16,7 @@ from . import errors
 from .limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from .model import Floats, Incarnation, RunRecord, Segment, SeriesPoints, SeriesSummary
 from .store import AsyncStore, Store
-from .store.codec import STATS_BLOCK, extremes
+from .store.codec import STATS_BLOCK, SummaryPiece, extremes
 from .validation import project_of, run_id_of
 
 # Points per streamed message: keeps every message far below gRPC's size limits.
@@ -263,47 +263,42 @@ def _page_keys(
 
 
 # Series summarised from one store read (ListSeries pages, the web view's summaries).
-SUMMARY_BATCH = 64
+SUMMARY_BATCH = 1000
 
 
 def _summarise(
     store: Store, segments: Sequence[Segment], keys: Sequence[tuple[str, bool, int]]
 ) -> list[SeriesSummary]:
     out = []
-    whole: dict[tuple[str, bool], list[SeriesPoints]] = {}
-    for i, (name, is_string, generation) in enumerate(keys):
-        if i % SUMMARY_BATCH == 0:  # read a few series at once: fewer round trips, bounded memory
-            batch = keys[i : i + SUMMARY_BATCH]
-            whole = store.read_whole(segments, [(n, s) for n, s, _ in batch])
-        pts = merge(whole.pop((name, is_string), []), name, is_string)
-        n = len(pts.steps)
-        if n == 0:
-            continue
-        if is_string:
-            out.append(
-                SeriesSummary(
-                    name,
-                    True,
-                    n,
-                    float(pts.steps[-1]),
-                    math.nan,
-                    math.nan,
-                    math.nan,
-                    str(pts.values[-1]),
-                    generation,
-                )
-            )
-            continue
-        vals = np.asarray(pts.values, dtype=np.float64)
-        finite_or_inf = vals[~np.isnan(vals)]
-        lo = float(finite_or_inf.min()) if len(finite_or_inf) else math.nan
-        hi = float(finite_or_inf.max()) if len(finite_or_inf) else math.nan
-        out.append(
-            SeriesSummary(
-                name, False, n, float(pts.steps[-1]), float(vals[-1]), lo, hi, "", generation
-            )
-        )
+    for i in range(0, len(keys), SUMMARY_BATCH):  # a few queries a batch, bounded memory
+        batch = keys[i : i + SUMMARY_BATCH]
+        pieces = store.read_summary_pieces(segments, [(n, s) for n, s, _ in batch])
+        for name, is_string, generation in batch:
+            summary = summary_of(name, is_string, generation, pieces.get((name, is_string), []))
+            if summary is not None:
+                out.append(summary)
     return out
+
+
+def summary_of(
+    name: str, is_string: bool, generation: int, pieces: Sequence[SummaryPiece]
+) -> SeriesSummary | None:
+    """A series' summary from the pieces of its visible chunks, in order (None when it has no
+    visible point): the count, the last point, and the minimum and maximum of the values that
+    are not NaN (infinities count), each the first such value in step order."""
+    if not pieces:
+        return None
+    count = sum(p[0] for p in pieces)
+    _, last_step, last, _ = pieces[-1]
+    if is_string:
+        return SeriesSummary(
+            name, True, count, last_step, math.nan, math.nan, math.nan, str(last), generation
+        )
+    values = np.concatenate([p[3] for p in pieces])
+    shown = values[~np.isnan(values)]
+    lo = float(shown[shown.argmin()]) if len(shown) else math.nan
+    hi = float(shown[shown.argmax()]) if len(shown) else math.nan
+    return SeriesSummary(name, False, count, last_step, float(last), lo, hi, "", generation)
 
 
 def slices(points: SeriesPoints, size: int = POINTS_PER_MESSAGE) -> Iterator[SeriesPoints]:
