@@ -78,7 +78,8 @@ class Reader:
     async def summaries(self, sel: Selector) -> tuple[str, list[SeriesSummary]]:
         incarnation_id, segments = await self.view(sel)
         keys = await self.store.read(lambda s: s.series_keys(segments))
-        return incarnation_id, await self.store.read(lambda s: _summarise(s, segments, keys))
+        names = [(name, is_string) for name, is_string, _ in keys]
+        return incarnation_id, await self.store.read(lambda s: _summarise(s, segments, names))
 
     async def page(
         self, sel: Selector, page_size: int, page_token: str
@@ -87,11 +88,11 @@ class Reader:
         size = page_size_of(page_size)
         after = cursor_of(sel, page_token)
         incarnation_id, segments = await self.view(sel)
-        keys = await self.store.read(lambda s: _page_keys(s, segments, after, size + 1))
-        more = len(keys) > size
-        keys = keys[:size]
-        summaries = await self.store.read(lambda s: _summarise(s, segments, keys))
-        token = page_token_of(sel, (keys[-1][0], keys[-1][1])) if more else ""
+        summaries = await self.store.read(lambda s: _page(s, segments, after, size + 1))
+        more = len(summaries) > size
+        summaries = summaries[:size]
+        last = summaries[-1] if more else None
+        token = page_token_of(sel, (last.name, last.is_string)) if last else ""
         return incarnation_id, summaries, token
 
     async def read(
@@ -245,17 +246,18 @@ def cursor_of(sel: Selector, token: str) -> tuple[str, bool] | None:
     return name, is_string
 
 
-def _page_keys(
+def _page(
     store: Store, segments: Sequence[Segment], after: tuple[str, bool] | None, limit: int
-) -> list[tuple[str, bool, int]]:
-    """The first `limit` visible series after `after`, in order: candidates from the series
-    rows, in rounds, each round's candidates checked for a visible point."""
-    out: list[tuple[str, bool, int]] = []
+) -> list[SeriesSummary]:
+    """The summaries of the first `limit` visible series after `after`, in order: candidates
+    from the series rows, in rounds, each round's candidates summarised together (a candidate
+    without a visible point has no summary)."""
+    out: list[SeriesSummary] = []
     while len(out) < limit:
         candidates = store.series_names(segments, after, limit)
         if not candidates:
             break
-        out += sorted(store.series_keys(segments, candidates))
+        out += _summarise(store, segments, candidates)
         if len(candidates) < limit:
             break
         after = candidates[-1]
@@ -267,27 +269,26 @@ SUMMARY_BATCH = 1000
 
 
 def _summarise(
-    store: Store, segments: Sequence[Segment], keys: Sequence[tuple[str, bool, int]]
+    store: Store, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
 ) -> list[SeriesSummary]:
+    """The summaries of those of `keys` with a visible point, in the order of `keys`."""
     out = []
     for i in range(0, len(keys), SUMMARY_BATCH):  # a few queries a batch, bounded memory
         batch = keys[i : i + SUMMARY_BATCH]
-        pieces = store.read_summary_pieces(segments, [(n, s) for n, s, _ in batch])
-        for name, is_string, generation in batch:
-            summary = summary_of(name, is_string, generation, pieces.get((name, is_string), []))
-            if summary is not None:
-                out.append(summary)
+        found = store.read_summary_pieces(segments, batch)
+        for name, is_string in batch:
+            if (name, is_string) in found:
+                generation, pieces = found[(name, is_string)]
+                out.append(summary_of(name, is_string, generation, pieces))
     return out
 
 
 def summary_of(
     name: str, is_string: bool, generation: int, pieces: Sequence[SummaryPiece]
-) -> SeriesSummary | None:
-    """A series' summary from the pieces of its visible chunks, in order (None when it has no
-    visible point): the count, the last point, and the minimum and maximum of the values that
-    are not NaN (infinities count), each the first such value in step order."""
-    if not pieces:
-        return None
+) -> SeriesSummary:
+    """A series' summary from the pieces of its visible chunks, in order (at least one): the
+    count, the last point, and the minimum and maximum of the values that are not NaN
+    (infinities count), each the first such value in step order."""
     count = sum(p[0] for p in pieces)
     _, last_step, last, _ = pieces[-1]
     if is_string:

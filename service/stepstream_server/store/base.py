@@ -209,8 +209,9 @@ class Store(Protocol):
 
     def read_summary_pieces(
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
-    ) -> dict[tuple[str, bool], list[SummaryPiece]]:
-        """For each series of `keys` (name, is_string) with a visible point: the summary pieces
-        of its visible chunks in view order (codec.summary_piece: from the chunk's stats where
+    ) -> dict[tuple[str, bool], tuple[int, list[SummaryPiece]]]:
+        """For each series of `keys` (name, is_string) with a visible point: its generation in
+        the viewed incarnation (as `series_keys` gives it) and the summary pieces of its
+        visible chunks in view order (codec.summary_piece: from the chunk's stats where
         they suffice), for several series in a few queries (the summaries of a page)."""
         ...

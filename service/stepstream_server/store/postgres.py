@@ -666,17 +666,17 @@ class PostgresStore:
 
     def read_summary_pieces(
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
-    ) -> dict[tuple[str, bool], list[SummaryPiece]]:
+    ) -> dict[tuple[str, bool], tuple[int, list[SummaryPiece]]]:
         """In two queries whatever the number of series: their visible parts, then the chunk
         rows of every part, points only where the stats do not suffice."""
-        out: dict[tuple[str, bool], list[SummaryPiece]] = {}
+        found: dict[tuple[str, bool], list[SummaryPiece]] = {}
         if not keys:
-            return out
+            return {}
         with self._read(binary=True) as cur:
             visible = self._visible(cur, segments, keys)
             pairs = [(key, seg, ref) for key, parts in visible.items() for seg, ref, _ in parts]
             if not pairs:
-                return out
+                return {}
             cur.execute(
                 f"SELECT k.i, {summary_columns('c.', 'k.step_cap')} FROM {_PAIRS} JOIN chunks c"
                 f" ON {_PAIR_CHUNKS} ORDER BY k.i, c.chunk_id",
@@ -686,8 +686,8 @@ class PostgresStore:
                 (name, is_string), seg, _ = pairs[int(i) - 1]
                 piece = summary_piece(is_string, seg.step_cap, row)
                 if piece is not None:
-                    out.setdefault((name, is_string), []).append(piece)
-        return out
+                    found.setdefault((name, is_string), []).append(piece)
+        return {key: (own_generation(visible[key], segments), p) for key, p in found.items()}
 
     def _parts(
         self, cur: Cursor, segments: Sequence[Segment], name: str, is_string: bool

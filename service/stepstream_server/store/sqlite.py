@@ -786,7 +786,7 @@ class SqliteStore:
 
     def read_summary_pieces(
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
-    ) -> dict[tuple[str, bool], list[SummaryPiece]]:
+    ) -> dict[tuple[str, bool], tuple[int, list[SummaryPiece]]]:
         """The visible parts of every key, then their chunks a few hundred series per query
         and segment (a query per series made ListSeries pages slow)."""
         conn = self._conn()
@@ -804,7 +804,7 @@ class SqliteStore:
                 )
                 for series_id, *row in rows:
                     chunks.setdefault((hop, series_id), []).append(row)
-        out: dict[tuple[str, bool], list[SummaryPiece]] = {}
+        out: dict[tuple[str, bool], tuple[int, list[SummaryPiece]]] = {}
         hops = {id(seg): hop for hop, seg in enumerate(segments)}
         for (name, is_string), parts in visible.items():
             pieces = [
@@ -814,7 +814,7 @@ class SqliteStore:
                 if (piece := summary_piece(is_string, seg.step_cap, row)) is not None
             ]
             if pieces:
-                out[(name, is_string)] = pieces
+                out[(name, is_string)] = (own_generation(parts, segments), pieces)
         return out
 
     def _parts(
