@@ -84,7 +84,7 @@ async def test_million_series_restart_first_write_and_pages(tmp_path):
 
 @pytest.mark.stores("sqlite", "postgresql")
 async def test_pages_walk_every_series_once(runs, ingest, store_kind):
-    # PostgreSQL summarises a page one series at a time: a smaller run keeps the test short.
+    # A smaller run on PostgreSQL keeps the test short (its bulk load is the slow part).
     n = 25_007 if store_kind == "sqlite" else 1_207
     await build_wide(runs, ingest, n, block=10_000)
     stream = Stream(ingest)

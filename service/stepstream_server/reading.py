@@ -16,7 +16,7 @@ from . import errors
 from .limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from .model import Floats, Incarnation, RunRecord, Segment, SeriesPoints, SeriesSummary
 from .store import AsyncStore, Store
-from .store.codec import STATS_BLOCK, extremes
+from .store.codec import STATS_BLOCK, SummaryPiece, extremes
 from .validation import project_of, run_id_of
 
 # Points per streamed message: keeps every message far below gRPC's size limits.
@@ -78,7 +78,8 @@ class Reader:
     async def summaries(self, sel: Selector) -> tuple[str, list[SeriesSummary]]:
         incarnation_id, segments = await self.view(sel)
         keys = await self.store.read(lambda s: s.series_keys(segments))
-        return incarnation_id, await self.store.read(lambda s: _summarise(s, segments, keys))
+        names = [(name, is_string) for name, is_string, _ in keys]
+        return incarnation_id, await self.store.read(lambda s: _summarise(s, segments, names))
 
     async def page(
         self, sel: Selector, page_size: int, page_token: str
@@ -87,11 +88,11 @@ class Reader:
         size = page_size_of(page_size)
         after = cursor_of(sel, page_token)
         incarnation_id, segments = await self.view(sel)
-        keys = await self.store.read(lambda s: _page_keys(s, segments, after, size + 1))
-        more = len(keys) > size
-        keys = keys[:size]
-        summaries = await self.store.read(lambda s: _summarise(s, segments, keys))
-        token = page_token_of(sel, (keys[-1][0], keys[-1][1])) if more else ""
+        summaries = await self.store.read(lambda s: _page(s, segments, after, size + 1))
+        more = len(summaries) > size
+        summaries = summaries[:size]
+        last = summaries[-1] if more else None
+        token = page_token_of(sel, (last.name, last.is_string)) if last else ""
         return incarnation_id, summaries, token
 
     async def read(
@@ -245,17 +246,18 @@ def cursor_of(sel: Selector, token: str) -> tuple[str, bool] | None:
     return name, is_string
 
 
-def _page_keys(
+def _page(
     store: Store, segments: Sequence[Segment], after: tuple[str, bool] | None, limit: int
-) -> list[tuple[str, bool, int]]:
-    """The first `limit` visible series after `after`, in order: candidates from the series
-    rows, in rounds, each round's candidates checked for a visible point."""
-    out: list[tuple[str, bool, int]] = []
+) -> list[SeriesSummary]:
+    """The summaries of the first `limit` visible series after `after`, in order: candidates
+    from the series rows, in rounds, each round's candidates summarised together (a candidate
+    without a visible point has no summary)."""
+    out: list[SeriesSummary] = []
     while len(out) < limit:
         candidates = store.series_names(segments, after, limit)
         if not candidates:
             break
-        out += sorted(store.series_keys(segments, candidates))
+        out += _summarise(store, segments, candidates)
         if len(candidates) < limit:
             break
         after = candidates[-1]
@@ -263,47 +265,41 @@ def _page_keys(
 
 
 # Series summarised from one store read (ListSeries pages, the web view's summaries).
-SUMMARY_BATCH = 64
+SUMMARY_BATCH = 1000
 
 
 def _summarise(
-    store: Store, segments: Sequence[Segment], keys: Sequence[tuple[str, bool, int]]
+    store: Store, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
 ) -> list[SeriesSummary]:
+    """The summaries of those of `keys` with a visible point, in the order of `keys`."""
     out = []
-    whole: dict[tuple[str, bool], list[SeriesPoints]] = {}
-    for i, (name, is_string, generation) in enumerate(keys):
-        if i % SUMMARY_BATCH == 0:  # read a few series at once: fewer round trips, bounded memory
-            batch = keys[i : i + SUMMARY_BATCH]
-            whole = store.read_whole(segments, [(n, s) for n, s, _ in batch])
-        pts = merge(whole.pop((name, is_string), []), name, is_string)
-        n = len(pts.steps)
-        if n == 0:
-            continue
-        if is_string:
-            out.append(
-                SeriesSummary(
-                    name,
-                    True,
-                    n,
-                    float(pts.steps[-1]),
-                    math.nan,
-                    math.nan,
-                    math.nan,
-                    str(pts.values[-1]),
-                    generation,
-                )
-            )
-            continue
-        vals = np.asarray(pts.values, dtype=np.float64)
-        finite_or_inf = vals[~np.isnan(vals)]
-        lo = float(finite_or_inf.min()) if len(finite_or_inf) else math.nan
-        hi = float(finite_or_inf.max()) if len(finite_or_inf) else math.nan
-        out.append(
-            SeriesSummary(
-                name, False, n, float(pts.steps[-1]), float(vals[-1]), lo, hi, "", generation
-            )
-        )
+    for i in range(0, len(keys), SUMMARY_BATCH):  # a few queries a batch, bounded memory
+        batch = keys[i : i + SUMMARY_BATCH]
+        found = store.read_summary_pieces(segments, batch)
+        for name, is_string in batch:
+            if (name, is_string) in found:
+                generation, pieces = found[(name, is_string)]
+                out.append(summary_of(name, is_string, generation, pieces))
     return out
+
+
+def summary_of(
+    name: str, is_string: bool, generation: int, pieces: Sequence[SummaryPiece]
+) -> SeriesSummary:
+    """A series' summary from the pieces of its visible chunks, in order (at least one): the
+    count, the last point, and the minimum and maximum of the values that are not NaN
+    (infinities count), each the first such value in step order."""
+    count = sum(p[0] for p in pieces)
+    _, last_step, last, _ = pieces[-1]
+    if is_string:
+        return SeriesSummary(
+            name, True, count, last_step, math.nan, math.nan, math.nan, str(last), generation
+        )
+    values = np.concatenate([p[3] for p in pieces])
+    shown = values[~np.isnan(values)]
+    lo = float(shown[shown.argmin()]) if len(shown) else math.nan
+    hi = float(shown[shown.argmax()]) if len(shown) else math.nan
+    return SeriesSummary(name, False, count, last_step, float(last), lo, hi, "", generation)
 
 
 def slices(points: SeriesPoints, size: int = POINTS_PER_MESSAGE) -> Iterator[SeriesPoints]:

@@ -26,6 +26,7 @@ from ..model import (
     SeriesPoints,
     WriterCommit,
 )
+from .codec import SummaryPiece
 
 
 @dataclass(frozen=True)
@@ -206,9 +207,11 @@ class Store(Protocol):
         the range gives the points its stats keep (codec.chunk_stats), any other its points."""
         ...
 
-    def read_whole(
+    def read_summary_pieces(
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
-    ) -> dict[tuple[str, bool], list[SeriesPoints]]:
-        """Every visible point of each series of `keys` (name, is_string), as `read` gives them
-        for the whole step range, for several series at once (the summaries of a page)."""
+    ) -> dict[tuple[str, bool], tuple[int, list[SummaryPiece]]]:
+        """For each series of `keys` (name, is_string) with a visible point: its generation in
+        the viewed incarnation (as `series_keys` gives it) and the summary pieces of its
+        visible chunks in view order (codec.summary_piece: from the chunk's stats where
+        they suffice), for several series in a few queries (the summaries of a page)."""
         ...

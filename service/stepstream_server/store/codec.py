@@ -288,6 +288,42 @@ def stats_points(name: str, blob: bytes) -> SeriesPoints:
     return SeriesPoints(name, False, steps[keep], table[keep, 1], table[keep, 2])
 
 
+# What a summary needs of one chunk's visible points: (count, last step, last value, the values
+# the minimum and maximum are among). `SUMMARY_COLUMNS` selects a chunk row for it, with the
+# points left out (NULL) when the stats suffice: a float chunk with stats lying wholly at or
+# below the segment's step cap (its stats keep every block's first, minimum, maximum and last).
+SummaryPiece = tuple[int, float, "float | str", Floats]
+_NO_VALUES: Floats = np.empty(0, dtype=np.float64)
+
+
+def summary_columns(chunk: str, step_cap: str) -> str:
+    """n, stats, steps, vals of a chunk row for `summary_piece` (SQL; `chunk` the
+    table's alias with a dot, or '', `step_cap` the segment's step cap as SQL)."""
+    whole = f"{chunk}stats IS NULL OR {chunk}max_step > {step_cap}"
+    return (
+        f"{chunk}n, {chunk}stats, CASE WHEN {whole} THEN {chunk}steps END,"
+        f" CASE WHEN {whole} THEN {chunk}vals END"
+    )
+
+
+def summary_piece(is_string: bool, step_cap: float, row: Sequence[Any]) -> SummaryPiece | None:
+    """The summary piece of a chunk row selected by `summary_columns`: from its stats when its
+    points were left out, else from its points at or below `step_cap` (None when none are)."""
+    n, stats, steps_blob, vals_blob = row
+    if steps_blob is None:
+        table = np.frombuffer(bytes(stats), dtype=np.float64).reshape(-1, 3)
+        return int(n), float(table[-1, 0]), float(table[-1, 1]), table[:, 1]
+    steps = unpack_floats(bytes(steps_blob), n)
+    k = int(np.searchsorted(steps, step_cap, side="right"))
+    if k == 0:
+        return None
+    values = decode_values(bytes(vals_blob), n, is_string)
+    if is_string:
+        return k, float(steps[k - 1]), str(values[k - 1]), _NO_VALUES
+    floats = np.asarray(values, dtype=np.float64)[:k]
+    return k, float(steps[k - 1]), float(floats[-1]), floats
+
+
 def sampled_points(
     name: str,
     rows: Iterable[tuple[Any, int, float, float, bytes | None]],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from . import parts_rule
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
+    SummaryPiece,
     chunk_rows,
     floor_of,
     fold_visible,
@@ -34,6 +34,8 @@ from .codec import (
     points_of,
     run_changes,
     sampled_points,
+    summary_columns,
+    summary_piece,
     view_segments,
 )
 from .pg_analyze import Analyzer
@@ -662,30 +664,30 @@ class PostgresStore:
                 fetched.append((hi, cur.fetchall()))
         return _points(name, is_string, step_min, fetched)
 
-    def read_whole(
+    def read_summary_pieces(
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
-    ) -> dict[tuple[str, bool], list[SeriesPoints]]:
-        """In two queries whatever the number of series: their visible parts, then the chunks
-        of every part (a round trip per series made ListSeries pages slow)."""
-        out: dict[tuple[str, bool], list[SeriesPoints]] = {key: [] for key in keys}
+    ) -> dict[tuple[str, bool], tuple[int, list[SummaryPiece]]]:
+        """In two queries whatever the number of series: their visible parts, then the chunk
+        rows of every part, points only where the stats do not suffice."""
+        found: dict[tuple[str, bool], list[SummaryPiece]] = {}
         if not keys:
-            return out
+            return {}
         with self._read(binary=True) as cur:
             visible = self._visible(cur, segments, keys)
             pairs = [(key, seg, ref) for key, parts in visible.items() for seg, ref, _ in parts]
             if not pairs:
-                return out
+                return {}
             cur.execute(
-                f"SELECT k.i, c.n, c.steps, c.vals, c.ts FROM {_PAIRS} JOIN chunks c ON"
-                f" {_PAIR_CHUNKS} ORDER BY k.i, c.chunk_id",
+                f"SELECT k.i, {summary_columns('c.', 'k.step_cap')} FROM {_PAIRS} JOIN chunks c"
+                f" ON {_PAIR_CHUNKS} ORDER BY k.i, c.chunk_id",
                 _pair_arrays([(seg, ref) for _, seg, ref in pairs]),
             )
-            for i, n, steps, vals, ts in cur.fetchall():
+            for i, *row in cur.fetchall():
                 (name, is_string), seg, _ = pairs[int(i) - 1]
-                points = points_of(name, is_string, (n, steps, vals, ts), -math.inf, seg.step_cap)
-                if points is not None:
-                    out[(name, is_string)].append(points)
-        return out
+                piece = summary_piece(is_string, seg.step_cap, row)
+                if piece is not None:
+                    found.setdefault((name, is_string), []).append(piece)
+        return {key: (own_generation(visible[key], segments), p) for key, p in found.items()}
 
     def _parts(
         self, cur: Cursor, segments: Sequence[Segment], name: str, is_string: bool

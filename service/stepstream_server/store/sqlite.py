@@ -31,6 +31,7 @@ from . import parts_rule, wal
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
+    SummaryPiece,
     chunk_rows,
     floor_of,
     fold_visible,
@@ -39,6 +40,8 @@ from .codec import (
     points_of,
     run_changes,
     sampled_points,
+    summary_columns,
+    summary_piece,
     view_segments,
 )
 from .lru import LruCache
@@ -730,21 +733,25 @@ class SqliteStore:
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
     ) -> list[tuple[str, bool, int]]:
         """(name, is_string, generation of the viewed incarnation) of every series (or those of
-        `keys`) with a visible point."""
+        `keys`) with a visible point: which parts have one, a few hundred per query."""
         conn = self._conn()
-        out = []
-        for (name, is_string), parts in self._visible(segments, keys).items():
-            visible = any(
-                conn.execute(
-                    "SELECT 1 FROM chunks WHERE series_id = ? AND chunk_id <= ? AND min_step <= ?"
-                    " LIMIT 1",
-                    (series_id, seg.chunk_cap, _sql_real(seg.step_cap)),
-                ).fetchone()
-                for seg, series_id, _ in parts
-            )
-            if visible:
-                out.append((name, is_string, own_generation(parts, segments)))
-        return sorted(out)
+        visible = self._visible(segments, keys)
+        shown: set[tuple[int, int]] = set()
+        for hop, (seg, ids) in enumerate(_ids_by_hop(segments, visible)):
+            for i in range(0, len(ids), _IN_BATCH):
+                part = ids[i : i + _IN_BATCH]
+                rows = conn.execute(
+                    f"SELECT DISTINCT series_id FROM chunks WHERE series_id IN"
+                    f" ({','.join('?' * len(part))}) AND chunk_id <= ? AND min_step <= ?",
+                    (*part, seg.chunk_cap, _sql_real(seg.step_cap)),
+                )
+                shown.update((hop, int(series_id)) for (series_id,) in rows)
+        hops = {id(seg): hop for hop, seg in enumerate(segments)}
+        return sorted(
+            (name, is_string, own_generation(parts, segments))
+            for (name, is_string), parts in visible.items()
+            if any((hops[id(seg)], sid) in shown for seg, sid, _ in parts)
+        )
 
     def read(
         self,
@@ -777,14 +784,38 @@ class SqliteStore:
                 if points is not None:
                     yield points
 
-    def read_whole(
+    def read_summary_pieces(
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
-    ) -> dict[tuple[str, bool], list[SeriesPoints]]:
-        """A read per series: in-process SQLite has no round trips to save."""
-        return {
-            (name, is_string): list(self.read(segments, name, is_string, -math.inf, math.inf))
-            for name, is_string in keys
-        }
+    ) -> dict[tuple[str, bool], tuple[int, list[SummaryPiece]]]:
+        """The visible parts of every key, then their chunks a few hundred series per query
+        and segment (a query per series made ListSeries pages slow)."""
+        conn = self._conn()
+        visible = self._visible(segments, keys)
+        chunks: dict[tuple[int, int], list[Any]] = {}
+        for hop, (seg, ids) in enumerate(_ids_by_hop(segments, visible)):
+            cap = _sql_real(seg.step_cap)
+            for i in range(0, len(ids), _IN_BATCH):
+                part = ids[i : i + _IN_BATCH]
+                rows = conn.execute(
+                    f"SELECT series_id, {summary_columns('', '?')} FROM chunks WHERE series_id"
+                    f" IN ({','.join('?' * len(part))}) AND chunk_id <= ? AND min_step <= ?"
+                    " ORDER BY series_id, chunk_id",
+                    (cap, cap, *part, seg.chunk_cap, cap),
+                )
+                for series_id, *row in rows:
+                    chunks.setdefault((hop, series_id), []).append(row)
+        out: dict[tuple[str, bool], tuple[int, list[SummaryPiece]]] = {}
+        hops = {id(seg): hop for hop, seg in enumerate(segments)}
+        for (name, is_string), parts in visible.items():
+            pieces = [
+                piece
+                for seg, series_id, _ in parts
+                for row in chunks.get((hops[id(seg)], series_id), [])
+                if (piece := summary_piece(is_string, seg.step_cap, row)) is not None
+            ]
+            if pieces:
+                out[(name, is_string)] = (own_generation(parts, segments), pieces)
+        return out
 
     def _parts(
         self, segments: Sequence[Segment], name: str, is_string: bool
@@ -878,6 +909,17 @@ _TRANSIENT = frozenset(
         sqlite3.SQLITE_NOMEM,
     }
 )
+
+
+def _ids_by_hop(
+    segments: Sequence[Segment], visible: dict[tuple[str, bool], list[tuple[Segment, int, int]]]
+) -> list[tuple[Segment, list[int]]]:
+    """Each segment of the view with the series ids of its visible parts, sorted."""
+    ids: dict[int, set[int]] = {id(seg): set() for seg in segments}
+    for parts in visible.values():
+        for seg, series_id, _ in parts:
+            ids[id(seg)].add(series_id)
+    return [(seg, sorted(ids[id(seg)])) for seg in segments]
 
 
 def _transient(exc: sqlite3.Error) -> bool:
