@@ -96,7 +96,7 @@ def trainer(address: str, run_id: str, how: str, ending: str) -> subprocess.Pope
 
 def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     try:
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=60)  # below the test timeout: its output is shown
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
