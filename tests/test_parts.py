@@ -159,46 +159,29 @@ async def test_part_that_landed_unseen_is_not_applied_twice(service, runs, inges
     assert await contents(runs, "parts") == ref
 
 
-async def test_run_stopped_between_parts(service, runs, ingest):
-    """The rest of the batch is answered RUN_NOT_ACTIVE as rejections; what landed stays."""
-    cut_small(service)
-    worker = service.worker
-    landed, go = asyncio.Event(), asyncio.Event()
-    real_landed, real_judge = worker._part_landed, worker.judge.judge
-
-    def part_landed(item: Any, outcome: Any) -> int:
-        landed.set()
-        return real_landed(item, outcome)
-
-    async def judge(group: Any) -> Any:
-        if any(p.split is not None and p.start != (0, 0) for p in group):
-            await go.wait()
-        return await real_judge(group)
-
-    worker._part_landed = part_landed  # type: ignore[method-assign]
-    worker.judge.judge = judge  # type: ignore[method-assign]
-    await create_run(runs, "r")
-    s = Stream(ingest)
-    await s.open("r", writer_id="w")
-    batch = ingest_pb2.PointBatch(sequence=1)
-    batch.float_series.extend([fseries("long", range(20), [1.0] * 20)])
-    await s.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
-    await asyncio.wait_for(landed.wait(), 30)
-    await runs.StopRun(runs_pb2.StopRunRequest(run_id="r"))
-    go.set()
-    resp = await asyncio.wait_for(s.call.read(), 30)
-    a = resp.appended
-    assert a.accepted_count == 7
-    assert [(r.series, r.reason, r.count) for r in a.rejections] == [("long", "RUN_NOT_ACTIVE", 13)]
-    assert (await read_points(runs, "r", "long"))[0] == list(range(7))
-    again = await s.send(fseries("long", range(20), [1.0] * 20), sequence=1)
-    assert again.appended.duplicate_batch and again.appended.accepted_count == 7
+BETWEEN_PARTS = {
+    # what happens to the run after the first part landed; the reason for the rest; the
+    # steps of the run's current view afterwards
+    "stopped": (
+        lambda runs: runs.StopRun(runs_pb2.StopRunRequest(run_id="r")),
+        "RUN_NOT_ACTIVE",
+        list(range(7)),
+    ),
+    # A batch lands wholly in one incarnation (SPEC section 4): nothing of it in the new
+    # incarnation, what landed stays in the archived one.
+    "rewound": (
+        lambda runs: runs.RewindRun(runs_pb2.RewindRunRequest(run_id="r", step=3)),
+        "RUN_REWOUND",
+        [0, 1, 2, 3],
+    ),
+}
 
 
-async def test_run_rewound_between_parts(service, runs, ingest):
-    """A batch lands wholly in one incarnation: its first part landed before a rewind, so
-    the rest is answered RUN_REWOUND as rejections, nothing of it lands in the new
-    incarnation, and what landed stays in the archived one (SPEC section 4)."""
+@pytest.mark.parametrize("change", sorted(BETWEEN_PARTS))
+async def test_run_changed_between_parts(service, runs, ingest, change):
+    """The run is stopped or rewound after the first part landed: the rest of the batch is
+    answered with the reason as rejections; what landed stays, in the incarnation it landed in."""
+    act, reason, view = BETWEEN_PARTS[change]
     cut_small(service)
     worker = service.worker
     landed, go = asyncio.Event(), asyncio.Event()
@@ -222,12 +205,12 @@ async def test_run_rewound_between_parts(service, runs, ingest):
     batch.float_series.extend([fseries("long", range(20), [1.0] * 20)])
     await s.call.write(ingest_pb2.AppendPointsRequest(batch=batch))
     await asyncio.wait_for(landed.wait(), 30)
-    await runs.RewindRun(runs_pb2.RewindRunRequest(run_id="r", step=3))
+    await act(runs)
     go.set()
     a = (await asyncio.wait_for(s.call.read(), 30)).appended
     assert (a.accepted_count, a.incarnation_id) == (7, first)
-    assert [(r.series, r.reason, r.count) for r in a.rejections] == [("long", "RUN_REWOUND", 13)]
-    assert (await read_points(runs, "r", "long"))[0] == [0, 1, 2, 3]  # the new incarnation
+    assert [(r.series, r.reason, r.count) for r in a.rejections] == [("long", reason, 13)]
+    assert (await read_points(runs, "r", "long"))[0] == view
     again = await s.send(fseries("long", range(20), [1.0] * 20), sequence=1)
     assert again.appended.duplicate_batch and again.appended.accepted_count == 7
 

@@ -26,12 +26,8 @@ async def idle(worker: Any) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_stream_cancelled_with_batches_in_flight_loses_none(service, runs, ingest):
-    """The client cancels while its first batch is being judged and two more are queued:
-    all three commit in order, and the re-send of the first is answered from the store
-    (before, the first was skipped, the others landed, and its re-send got an empty
-    duplicate acknowledgement)."""
-    worker = service.worker
+def hold_judging(worker: Any) -> tuple[asyncio.Event, asyncio.Event]:
+    """The worker's judge waits: `entered` is set when a group reaches it, `go` lets it on."""
     entered, go = asyncio.Event(), asyncio.Event()
     real = worker.judge.judge
 
@@ -40,7 +36,17 @@ async def test_a_stream_cancelled_with_batches_in_flight_loses_none(service, run
         await go.wait()
         return await real(group)
 
-    worker.judge.judge = judge  # type: ignore[method-assign]
+    worker.judge.judge = judge
+    return entered, go
+
+
+async def test_a_stream_cancelled_with_batches_in_flight_loses_none(service, runs, ingest):
+    """The client cancels while its first batch is being judged and two more are queued:
+    all three commit in order, and the re-send of the first is answered from the store
+    (before, the first was skipped, the others landed, and its re-send got an empty
+    duplicate acknowledgement)."""
+    worker = service.worker
+    entered, go = hold_judging(worker)
     run = await create_run(runs, "r")
     s = Stream(ingest)
     await s.open("r", writer_id="w")
@@ -158,15 +164,7 @@ async def test_a_stream_gone_while_its_batch_waits_for_room_leaves_no_hole(servi
 
     worker = service.worker
     worker.limits = replace(worker.limits, max_writer_queued_points=1)
-    entered, go = asyncio.Event(), asyncio.Event()
-    real = worker.judge.judge
-
-    async def judge(group: Any) -> Any:
-        entered.set()
-        await go.wait()
-        return await real(group)
-
-    worker.judge.judge = judge  # type: ignore[method-assign]
+    entered, go = hold_judging(worker)
     await create_run(runs, "r")
     a = Stream(ingest)
     await a.open("r", writer_id="w")
