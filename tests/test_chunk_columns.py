@@ -18,6 +18,7 @@ from stepstream_server.store import codec
 from stepstream_server.store.base import RunCommit, Store
 from stepstream_server.store.postgres import PostgresStore
 from stepstream_server.store.sqlite import SqliteStore
+from store_runs import create_plain_run
 
 INF = math.inf
 
@@ -97,19 +98,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 def _run(store: Store) -> str:
     project = "p" + secrets.token_hex(3)
-    record = store.create_run(
-        project=project,
-        run_id="r",
-        experiment="",
-        tags=[],
-        description="",
-        config={},
-        values={},
-        incarnation_id=f"{project}-r-1",
-        parent=None,
-        fork_step=None,
-        now=1.0,
-    )
+    record = create_plain_run(store, project=project, incarnation_id=f"{project}-r-1")
     return record.current_incarnation_id
 
 

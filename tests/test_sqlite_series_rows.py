@@ -11,6 +11,7 @@ import numpy as np
 from stepstream_server.model import ChunkWrite, WriterCommit
 from stepstream_server.store.base import RunCommit
 from stepstream_server.store.sqlite import SqliteStore
+from store_runs import create_plain_run
 
 INF = math.inf
 
@@ -20,19 +21,7 @@ def _open(path: Path) -> SqliteStore:
 
 
 def _create(store: SqliteStore) -> str:
-    record = store.create_run(
-        project="p",
-        run_id="r",
-        experiment="",
-        tags=[],
-        description="",
-        config={},
-        values={},
-        incarnation_id="p-r-1",
-        parent=None,
-        fork_step=None,
-        now=1.0,
-    )
+    record = create_plain_run(store)
     return record.current_incarnation_id
 
 

@@ -15,23 +15,12 @@ from stepstream_server.model import ChunkWrite, WriterCommit
 from stepstream_server.store import wal
 from stepstream_server.store.base import RunCommit
 from stepstream_server.store.sqlite import SqliteStore
+from store_runs import create_plain_run
 
 
 def _store_with_run(path: Path) -> tuple[SqliteStore, str]:
     store = SqliteStore(path)
-    record = store.create_run(
-        project="p",
-        run_id="r",
-        experiment="",
-        tags=[],
-        description="",
-        config={},
-        values={},
-        incarnation_id="p-r-1",
-        parent=None,
-        fork_step=None,
-        now=1.0,
-    )
+    record = create_plain_run(store)
     return store, record.current_incarnation_id
 
 

@@ -18,6 +18,7 @@ from stepstream_server.store.base import RunCommit, Store
 from stepstream_server.store.codec import STATS_BLOCK, chunk_stats, stats_points
 from stepstream_server.store.postgres import PostgresStore
 from stepstream_server.store.sqlite import MIGRATIONS, SqliteStore
+from store_runs import create_plain_run
 
 N = 200_000
 CHUNK = 50_000
@@ -45,19 +46,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def fill(store: Store) -> str:
-    record = store.create_run(
-        project="p",
-        run_id="r",
-        experiment="",
-        tags=[],
-        description="",
-        config={},
-        values={},
-        incarnation_id="inc-r",
-        parent=None,
-        fork_step=None,
-        now=1.0,
-    )
+    record = create_plain_run(store, incarnation_id="inc-r")
     steps = np.arange(N, dtype=np.float64)
     vals = values()
     chunks = [
