@@ -173,16 +173,17 @@ class IngestWorker:
 
         Waits (backpressure) while too many points are queued.
         """
+        known = self._known(writer, sequence)  # a re-send adds no points: no wait for room
+        if known is not None:
+            return known
         # Room first, before the batch takes its sequence: from here to the queue nothing
         # awaits, so a stream that goes away while it waits leaves no trace, and no later
         # batch of its writer (re-sent on another stream) can overtake it.
         await self._wait_for_room(writer, sum(e.count for e in entries))
+        known = self._known(writer, sequence)  # taken meanwhile by a re-send on another stream
+        if known is not None:
+            return known
         loop = asyncio.get_running_loop()
-        inflight = writer.inflight.get(sequence)
-        if inflight is not None:
-            return self._answer_task(self._as_duplicate(inflight))
-        if sequence <= writer.committed:
-            return self._answer_task(self._stored_outcome(writer, sequence))
         # The committed sequence may have moved past what this replica queued (the writer
         # also wrote through another replica).
         writer.next_expected = max(writer.next_expected, writer.committed + 1)
@@ -218,6 +219,15 @@ class IngestWorker:
         )
         self._wake.set()
         return _Answer(future)
+
+    def _known(self, writer: Writer, sequence: int) -> asyncio.Task[Outcome] | None:
+        """The answer of a batch in flight or committed already (a re-send), else None."""
+        inflight = writer.inflight.get(sequence)
+        if inflight is not None:
+            return self._answer_task(self._as_duplicate(inflight))
+        if sequence <= writer.committed:
+            return self._answer_task(self._stored_outcome(writer, sequence))
+        return None
 
     async def _wait_for_room(self, writer: Writer, points: int) -> None:
         """Backpressure: wait while the queue, or this writer's share of it, is full."""
