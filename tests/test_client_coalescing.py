@@ -21,7 +21,7 @@ import stepstream
 import test_seeds
 from stepstream import _sender
 from stepstream._buffer import Buffer
-from stepstream._columnar import EncodedBatch, encode_batch, split_for_blocks
+from stepstream._columnar import EncodedBatch, batch_encoders, encode_batch, split_for_blocks
 from stepstream._exceptions import RunClosedError
 from stepstream._records import Column, Point, Record, RecordMaker, Rows, pack_doubles
 from stepstream._types import IngestError
@@ -116,7 +116,7 @@ def simulate(batches: Sequence[ingest_pb2.PointBatch]) -> Applied:
 
 def coalesced(records: list[Record], max_batch: int | None = None) -> list[ingest_pb2.PointBatch]:
     """The batches the sender makes: records taken from the queue `max_batch` points at a time
-    (all at once by default), cut by split_for_blocks, each part encoded as one batch."""
+    (all at once by default), cut and encoded by batch_encoders."""
     buffer: Buffer[object] = Buffer(10**9, lambda: None)
     for record in records:
         if type(record) is tuple:
@@ -125,8 +125,8 @@ def coalesced(records: list[Record], max_batch: int | None = None) -> list[inges
             buffer.put(record, record.points)  # type: ignore[union-attr]
     batches: list[ingest_pb2.PointBatch] = []
     while (taken := buffer.take(max_batch or 10**9)) is not None:
-        for part in split_for_blocks(taken):  # type: ignore[arg-type]
-            encoded = encode_batch(len(batches) + 1, part)
+        for encoder in batch_encoders(taken):  # type: ignore[arg-type]
+            encoded = encoder.encode(len(batches) + 1)
             message = decode(encoded.request)
             assert encoded.points == _points(message)
             batches.append(message)
@@ -350,12 +350,13 @@ def test_interleaved_per_call_logging_round_trip(
     answered as duplicates and rejections, and the batches carry one entry per series."""
     sent: list[ingest_pb2.PointBatch] = []
 
-    def recording(sequence: int, records: list[Record]) -> EncodedBatch:
-        encoded = encode_batch(sequence, records)
-        sent.append(decode(encoded.request))
-        return encoded
+    send = _sender.Sender._send_encoded
 
-    monkeypatch.setattr(_sender, "encode_batch", recording)  # a seam: what goes on the wire
+    async def recording(sender: _sender.Sender, batch: EncodedBatch) -> None:
+        sent.append(decode(batch.request))
+        await send(sender, batch)
+
+    monkeypatch.setattr(_sender.Sender, "_send_encoded", recording)  # a seam: the wire
     errors: list[IngestError] = []
     with stepstream.Run("per-call", address=address, on_error=errors.append) as run:
         for step in range(2_000):

@@ -20,8 +20,17 @@ class Buffer(Generic[Marker]):
     backpressure policy: never drop). A single record larger than the bound is still accepted
     when the queue is empty, so nothing can deadlock.
 
+    A `Point` (a one-key call, the per-call pattern) takes no lock at all: `put_point` is one
+    deque append, which the GIL makes atomic and ordered with every other append, so queue
+    order stays log order. The lock guards the counters of everything else: `_others` items
+    that are not Points, holding `_other_points` points; the Points queued are therefore
+    `len(_items) - _others`, and nothing counts them one by one. The bound is read without
+    the lock, so threads logging at once may overshoot it by one point each.
+
     The consumer (the sender's event loop) calls `take`; when it finds the queue empty it arms
-    `wakeup`, which the next `put` calls once, so a busy stream costs no wakeups at all.
+    `wakeup`, which the next put calls once, so a busy stream costs no wakeups at all. Arming
+    sets the flag first and then looks at the queue again: a Point appended in between is
+    either seen by that second look or sees the flag (and wakes the consumer), never neither.
     """
 
     def __init__(self, max_points: int, wakeup: Callable[[], None]) -> None:
@@ -29,7 +38,8 @@ class Buffer(Generic[Marker]):
         self._not_full = threading.Condition(self._lock)
         self._items: deque[Record | Marker] = deque()
         self._max_points = max_points
-        self._points = 0
+        self._others = 0  # items that are not Points (Rows, Columns, markers)
+        self._other_points = 0  # points those hold
         self._blocked = 0
         self._consumer_asleep = False
         self._wakeup = wakeup
@@ -39,26 +49,26 @@ class Buffer(Generic[Marker]):
 
     @property
     def queued_points(self) -> int:
-        return self._points
+        return self._other_points + len(self._items) - self._others
 
     @property
     def logged_points(self) -> int:
-        """Every point ever put (counted as taken + queued: one counter less per put)."""
+        """Every point ever put (counted as taken + queued: no counter per put)."""
         with self._lock:
-            return self._taken + self._points
+            return self._taken + self.queued_points
 
     def put(self, item: Record | Marker, points: int) -> None:
         """Append `item`; block while the queue is full. Raises once the buffer is closed."""
         with self._lock:
             if self._closed is not None:
                 raise self._closed()
-            if points and self._points and self._points + points > self._max_points:
+            if points and self.queued_points and self.queued_points + points > self._max_points:
                 self._blocked += 1
                 try:
                     while (
                         self._closed is None
-                        and self._points
-                        and self._points + points > self._max_points
+                        and self.queued_points
+                        and self.queued_points + points > self._max_points
                     ):
                         self._not_full.wait()
                 finally:
@@ -66,29 +76,33 @@ class Buffer(Generic[Marker]):
                 if self._closed is not None:
                     raise self._closed()
             self._items.append(item)
-            self._points += points
+            if type(item) is not tuple:  # a Point is counted by the deque's length
+                self._others += 1
+                self._other_points += points
             wake = self._consumer_asleep
             self._consumer_asleep = False
         if wake:
             self._wakeup()
 
     def put_point(self, point: Point) -> None:
-        """`put(point, 1)` for a one-key log call, without the general path's branches: the
-        per-call pattern's whole queueing cost. Falls back to `put` when the queue is full or
-        closed."""
-        with self._lock:
-            if self._closed is None and self._points < self._max_points:
-                self._items.append(point)
-                self._points += 1
-                if not self._consumer_asleep:
-                    return
-                self._consumer_asleep = False
-                full = False
-            else:
-                full = True
-        if full:
+        """`put(point, 1)` for a one-key log call without the lock: the per-call pattern's
+        whole queueing cost. Falls back to `put` when the queue is full or closed."""
+        items = self._items
+        if (
+            self._closed is not None
+            or len(items) - self._others + self._other_points >= self._max_points
+        ):
             self.put(point, 1)
-        else:
+            return
+        items.append(point)
+        if self._consumer_asleep:
+            self._wake_consumer()
+
+    def _wake_consumer(self) -> None:
+        with self._lock:
+            wake = self._consumer_asleep
+            self._consumer_asleep = False
+        if wake:
             self._wakeup()
 
     def take(self, max_points: int) -> list[Record | Marker] | None:
@@ -96,55 +110,81 @@ class Buffer(Generic[Marker]):
 
         Records come in order and stop before a marker; a record larger than `max_points`
         is split and its tail stays at the front. Returns None when the queue is empty, after
-        arming the wakeup for the next `put`.
+        arming the wakeup for the next put.
         """
         with self._lock:
             items = self._items
             if not items:
                 self._consumer_asleep = True
-                return None
-            taken: list[Record | Marker] = []
-            budget = max_points
-            while items:
-                item = items[0]
-                if type(item) is tuple:  # a Point: the per-call pattern's fast lane
-                    taken.append(items.popleft())
-                    budget -= 1
-                    if budget == 0:
-                        break
-                    continue
-                if isinstance(item, (Rows, Column)):
-                    size = item.points
-                else:
-                    if not taken:
-                        taken.append(items.popleft())
-                    break
-                if size <= budget:
-                    taken.append(items.popleft())
-                    budget -= size
-                elif not taken:
-                    head, tail = item.split(budget)
-                    items[0] = tail
-                    taken.append(head)
-                    budget = 0
-                else:
-                    break
-                if budget == 0:
-                    break
-            self._points -= max_points - budget
-            self._taken += max_points - budget
+                if not items:  # looked at again after arming: see the class docstring
+                    return None
+                self._consumer_asleep = False
+            if not self._others:  # only Points: no sizes to read, no markers to stop at
+                popleft = items.popleft
+                count = min(len(items), max_points)
+                taken: list[Record | Marker] = [popleft() for _ in range(count)]
+                self._taken += count
+            else:
+                taken = self._take_mixed(max_points)
             if self._blocked:
                 self._not_full.notify_all()
             return taken
 
+    def _take_mixed(self, max_points: int) -> list[Record | Marker]:
+        """`take` (under the lock) from a queue that holds other records or markers."""
+        items = self._items
+        taken: list[Record | Marker] = []
+        budget = max_points
+        others = other_points = 0  # of those taken
+        while items:
+            item = items[0]
+            if type(item) is tuple:  # a Point
+                taken.append(items.popleft())
+                budget -= 1
+                if budget == 0:
+                    break
+                continue
+            if isinstance(item, (Rows, Column)):
+                size = item.points
+            else:
+                if not taken:
+                    taken.append(items.popleft())
+                    others += 1
+                break
+            if size <= budget:
+                taken.append(items.popleft())
+                others += 1
+                other_points += size
+                budget -= size
+            elif not taken:
+                head, tail = item.split(budget)
+                items[0] = tail
+                taken.append(head)
+                other_points += budget
+                budget = 0
+            else:
+                break
+            if budget == 0:
+                break
+        self._others -= others
+        self._other_points -= other_points
+        self._taken += max_points - budget
+        return taken
+
     def close(self, error: Callable[[], BaseException]) -> list[Record | Marker]:
-        """Make every later put raise `error()`, wake blocked ones, and return what was queued."""
+        """Make every later put raise `error()`, wake blocked ones, and return what was queued.
+
+        A Point whose put_point was already past its check when the buffer closed may still
+        land after this; nothing takes it, as nothing takes any record once closed.
+        """
         with self._lock:
             if self._closed is None:
                 self._closed = error
-            left = list(self._items)
-            self._items.clear()
-            self._taken += self._points
-            self._points = 0
+            items = self._items
+            left = []
+            while items:  # popped one by one: a concurrent put_point is never cleared away
+                left.append(items.popleft())
+            self._taken += self._other_points + len(left) - self._others
+            self._others = self._other_points = 0
             self._not_full.notify_all()
             return left

@@ -11,16 +11,17 @@ from ._records import Column, Record, Rows
 from .rules import MAX_BATCH_NAME_BYTES, MAX_NAME_BYTES
 
 
-def _utf8(name: str) -> int:
+def name_size(name: str) -> int:
+    """A series name's UTF-8 bytes, as the service counts them."""
     return len(name) if name.isascii() else len(name.encode("utf-8", "surrogatepass"))
 
 
 def _names(record: Record) -> int:
     if isinstance(record, tuple):  # a one-key call's Point: (step, time, name, value)
-        return _utf8(record[2])
+        return name_size(record[2])
     if isinstance(record, Column):
-        return _utf8(record.name)
-    return sum(map(_utf8, record.keys))
+        return name_size(record.name)
+    return sum(map(name_size, record.keys))
 
 
 def _count(record: Record) -> int:
@@ -57,7 +58,7 @@ def _cut_rows(rows: Rows, limit: int) -> list[Record]:
     while rows.keys:
         size = count = 0
         for key in rows.keys:
-            n = _utf8(key)
+            n = name_size(key)
             if count and size + n > limit:
                 break
             size += n

@@ -53,14 +53,13 @@ import grpc.aio
 from stepstream.v1 import ingest_pb2, runs_pb2_grpc
 
 from ._buffer import Buffer
-from ._columnar import EncodedBatch, encode_batch, split_for_blocks
+from ._columnar import EncodedBatch, batch_encoders
 from ._convert import (
     ingest_error_from_rejection,
     ingest_error_from_rpc_error,
     ingest_error_from_status,
 )
 from ._exceptions import RPCError, RunClosedError, StepstreamError
-from ._name_bytes import split_by_name_bytes
 from ._records import Record, record_points
 from ._spill import UNREACHABLE, SpillingProducer
 from ._spool import SpoolFile
@@ -482,15 +481,11 @@ class Sender(SpillingProducer):
             await self._send_new(records)
 
     async def _send_new(self, records: list[Record]) -> None:
-        for part in split_for_blocks(records):
-            for piece in split_by_name_bytes(part):  # never more name bytes than the service takes
-                await self._send_batch(piece)
-
-    async def _send_batch(self, records: list[Record]) -> None:
-        assert self._next_sequence is not None
-        batch = encode_batch(self._next_sequence, records)
-        self._next_sequence += 1
-        await self._send_encoded(batch)
+        for encoder in batch_encoders(records):
+            assert self._next_sequence is not None
+            batch = encoder.encode(self._next_sequence)
+            self._next_sequence += 1
+            await self._send_encoded(batch)
 
     async def _send_encoded(self, batch: EncodedBatch) -> None:
         async with self._write_lock:

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ._buffer import Buffer
-from ._columnar import EncodedBatch, encode_batch, split_for_blocks
+from ._columnar import EncodedBatch, batch_encoders
 from ._convert import ingest_error_from_rpc_error
 from ._exceptions import RPCError, StepstreamError
-from ._name_bytes import split_by_name_bytes
 from ._records import record_points
 from ._spool import Entry, NewEntry, SpoolFull
 from ._spool_queue import Planned, Spill, record_call, replay_call
@@ -273,10 +272,9 @@ class SpillingProducer:
         start = self._next_sequence
         entries: list[NewEntry] = []
         for records in taken:
-            for part in split_for_blocks(records):
-                for piece in split_by_name_bytes(part):  # as _send_new: what the service takes
-                    batch = encode_batch(start + len(entries), piece)
-                    entries.append((batch.sequence, batch.points, "", batch.request))
+            for encoder in batch_encoders(records):  # as _send_new: what the service takes
+                batch = encoder.encode(start + len(entries))
+                entries.append((batch.sequence, batch.points, "", batch.request))
         back = taken + ([tail] if tail is not None else [])  # in order, should it fail
         if await self._append(entries, back, start=start, written=taken):
             self._next_sequence = start + len(entries)
