@@ -21,7 +21,13 @@ import stepstream
 import test_seeds
 from stepstream import _sender
 from stepstream._buffer import Buffer
-from stepstream._columnar import EncodedBatch, batch_encoders, encode_batch, split_for_blocks
+from stepstream._columnar import (
+    BatchEncoder,
+    EncodedBatch,
+    batch_encoders,
+    encode_batch,
+    split_for_blocks,
+)
 from stepstream._exceptions import RunClosedError
 from stepstream._records import Column, Point, Record, RecordMaker, Rows, pack_doubles
 from stepstream._types import IngestError
@@ -316,6 +322,99 @@ def test_random_call_patterns_apply_exactly_as_if_each_call_were_sent_alone(seed
     records = _random_records(rng, 300)
     assert_same_outcome(records)
     assert_same_outcome(records, max_batch=rng.choice([1, 7, 64]))
+
+
+def _one_at_a_time(records: list[Record]) -> bytes:
+    """The general path: records added one by one (never the interleaved slicing)."""
+    encoder = BatchEncoder()
+    for record in records:
+        encoder.add(record)
+    return encoder.encode(1).request
+
+
+def _interleaved(steps: range, names: list[str], skip: int = 0, cut: int = 0) -> list[Record]:
+    out: list[Record] = [
+        pt(float(step), name, step + k / 10, when=T + step)
+        for step in steps
+        for k, name in enumerate(names)
+    ]
+    return out[skip : len(out) - cut]
+
+
+@pytest.mark.parametrize(("skip", "cut"), [(0, 0), (3, 0), (0, 4), (7, 2)])
+def test_interleaved_points_are_sliced_per_series_into_the_same_bytes(skip: int, cut: int) -> None:
+    """The per-call pattern from any starting name, with a partial last step: one entry per
+    series, and the very bytes the general path encodes."""
+    records = _interleaved(range(500), ["loss", "lr", "grad_norm", "acc"], skip, cut)
+    encoder = BatchEncoder()
+    assert encoder._add_interleaved(records)
+    assert encoder.encode(1).request == _one_at_a_time(records)
+    assert set(entries_per_series(decode(encode_batch(1, records).request)).values()) == {1}
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [pt(1, "a", 1.0), pt(1, "b", 1.0), pt(1, "a", 2.0), pt(1, "b", 2.0)],  # repeated step
+        [pt(2, "a", 1.0), pt(2, "b", 1.0), pt(1, "a", 2.0), pt(1, "b", 2.0)],  # going back
+        [pt(None, "a", 1.0), pt(None, "b", 1.0), pt(None, "a", 2.0)],  # assigned steps
+        [pt(1, "a", 1.0), pt(1, "b", 1.0), pt(2, "b", 2.0), pt(2, "a", 2.0)],  # order changes
+        [pt(1, "a", 1.0), pt(1, "a", 1.0)],  # one series, its step repeated
+        [pt(1, "a", 1.0), rows(2, {"a": 1, "b": 2}), pt(3, "b", 1.0)],  # another record
+    ],
+)
+def test_other_point_patterns_take_the_general_path(records: list[Record]) -> None:
+    assert not BatchEncoder()._add_interleaved(records)
+    encoder = BatchEncoder()
+    encoder.add_all(records)
+    assert encoder.encode(1).request == _one_at_a_time(records)
+    assert_same_outcome(records)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_point_patterns_encode_as_the_general_path(seed: int) -> None:
+    """Points only (the interleaved slicing's domain), steps mostly rising, sometimes repeated,
+    going back or assigned, names in a fixed or shuffled order."""
+    rng = random.Random(seed)
+    names = [f"s{i}" for i in range(rng.randint(1, 5))]
+    records: list[Record] = []
+    for step in range(rng.randint(1, 60)):
+        order = names if rng.random() < 0.9 else rng.sample(names, len(names))
+        for name in order:
+            roll = rng.random()
+            at = None if roll < 0.02 else float(step - (roll < 0.05) + (roll > 0.97))
+            records.append(pt(at, name, rng.random(), when=T + step))
+    encoder = BatchEncoder()
+    encoder.add_all(records)
+    assert encoder.encode(1).request == _one_at_a_time(records)
+    assert_same_outcome(records)
+
+
+def test_put_point_from_many_threads_keeps_each_threads_order_and_every_count() -> None:
+    """put_point takes no lock: points put by four threads while the consumer takes all arrive,
+    each thread's in its order, and the counters add up."""
+    buffer: Buffer[object] = Buffer(10**9, lambda: None)
+    per_thread = 20_000
+
+    def log(thread: int) -> None:
+        for step in range(per_thread):
+            buffer.put_point(pt(float(step), f"t{thread}", 1.0))
+            if step % 5_000 == 0:
+                buffer.put(rows(step, {f"r{thread}": 1.0}), 1)  # the locked path, interleaved
+
+    threads = [threading.Thread(target=log, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    taken: list[object] = []
+    while any(thread.is_alive() for thread in threads) or buffer.queued_points:
+        taken.extend(buffer.take(1_000) or [])
+    for thread in threads:
+        thread.join()
+    points = [r for r in taken if type(r) is tuple]
+    assert len(points) == 4 * per_thread and len(taken) == len(points) + 4 * 4
+    for i in range(4):
+        assert [p[0] for p in points if p[2] == f"t{i}"] == [float(s) for s in range(per_thread)]
+    assert buffer.queued_points == 0 and buffer.logged_points == len(points) + 4 * 4
 
 
 def test_put_point_counts_blocks_when_full_and_raises_once_closed() -> None:

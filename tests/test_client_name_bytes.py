@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import stepstream
 import test_seeds
+from stepstream._columnar import batch_encoders
 from stepstream._name_bytes import split_by_name_bytes
 from stepstream._records import Column, Rows, pack_doubles
 from stepstream.rules import MAX_BATCH_NAME_BYTES
@@ -59,3 +60,17 @@ def test_one_key_points_count_their_names_and_are_cut_between_points() -> None:
     parts = split_by_name_bytes(points, limit=10_000)  # type: ignore[arg-type]
     assert [len(p) for p in parts] == [100, 100, 100]
     assert [p for part in parts for p in part] == points
+
+
+def test_the_cut_counts_the_names_a_batch_carries_not_every_call() -> None:
+    """20,000 one-key calls under 10 names of 600 bytes: 12 MB of names counted call by call,
+    but one entry per series on the wire (6,000 bytes), so one batch. 15,000 distinct names
+    of 600 bytes do carry 9 MB, over the 8 MiB limit: cut into two batches below it."""
+    names = [f"{i:02d}" + "n" * 598 for i in range(10)]
+    points = [(float(s), 0.0, n, 1.0) for s in range(2_000) for n in names]
+    (encoder,) = batch_encoders(points)  # type: ignore[arg-type]
+    assert encoder.name_bytes() == 6_000 and encoder.points == 20_000
+    distinct = [(1.0, 0.0, f"{i:05d}" + "n" * 595, 1.0) for i in range(15_000)]
+    parts = list(batch_encoders(distinct))  # type: ignore[arg-type]
+    assert len(parts) == 2 and sum(p.points for p in parts) == 15_000
+    assert all(p.name_bytes() <= MAX_BATCH_NAME_BYTES for p in parts)
