@@ -103,7 +103,7 @@ class Policies:
 
     def watch(self, report: Callable[[IngestError], None]) -> Callable[[IngestError], None]:
         """`report`, noting the first rejection of points for `check_rejection`."""
-        if self.on_rejection != "raise":
+        if not self.raises_rejections:
             return report
 
         def watched(error: IngestError) -> None:
@@ -114,6 +114,11 @@ class Policies:
             report(error)
 
         return watched
+
+    @property
+    def raises_rejections(self) -> bool:
+        """Whether log calls must `check_rejection` (only `on_rejection="raise"` records one)."""
+        return self.on_rejection == "raise"
 
     def check_rejection(self) -> None:
         """Raise the first rejection, once, at the log call after it arrived."""

@@ -320,6 +320,10 @@ class Run(LocalMetadata):
                 policies, spool, self._project, self._run_id, self._writer_id, self._address
             ),
         )
+        # The per-call pattern's path, bound once (each attribute lookup shows in its cost).
+        self._put_point = self._sender.buffer.put_point
+        self._float_rows = self._records.float_rows
+        self._check_rejection = policies.check_rejection if policies.raises_rejections else None
         self._sender.start()
         _lifecycle.track(self)
 
@@ -392,12 +396,13 @@ class Run(LocalMetadata):
         """
         if overwrite is not False and not isinstance(overwrite, bool):
             raise InvalidArgumentError(f"overwrite must be a bool, got {overwrite!r}")
-        record = self._records.float_rows(data, step, timestamp, overwrite)
+        record = self._float_rows(data, step, timestamp, overwrite)
         if type(record) is tuple:  # a one-key call: the per-call pattern's fast path
             if self._closed:
                 raise RunClosedError(f"run {self._run_id!r} is closed")
-            self._policies.check_rejection()
-            self._sender.buffer.put_point(record)
+            if self._check_rejection is not None:
+                self._check_rejection()
+            self._put_point(record)
         elif isinstance(record, list):
             for item in record:
                 self._put(item)
@@ -482,9 +487,10 @@ class Run(LocalMetadata):
     def _put(self, record: Record) -> None:
         if self._closed:
             raise RunClosedError(f"run {self._run_id!r} is closed")
-        self._policies.check_rejection()
+        if self._check_rejection is not None:
+            self._check_rejection()
         if type(record) is tuple:
-            self._sender.buffer.put_point(record)
+            self._put_point(record)
         else:
             self._sender.put(record)
 
