@@ -32,6 +32,21 @@ ChannelOption = tuple[str, int | str]
 # permits pings every 10 s, with or without calls; a server must permit pings that often).
 # The reconnect backoff matches the sender's own (50 ms doubling to 2 s), so a service that
 # comes back is found within about two seconds.
+#
+# How long one connection attempt may take (TCP, TLS, HTTP/2 SETTINGS): gRPC Core gives an
+# attempt until max(its backoff delay, grpc.min_reconnect_backoff_ms), each clamped to at
+# least 100 ms (subchannel.cc, ParseArgsForBackoffValues / StartConnectingLocked; the default
+# minimum is 20 s). The backoff starts again at its initial 100 ms whenever a connection that
+# was up drops, so this minimum is what the first attempts after a failover get. 1 s:
+# - a reachable but slow service (a loaded host, TLS) has ten times the 100 ms that 50 ms
+#   amounted to: a handshake slower than 100 ms made the service look unreachable;
+# - a stopped replica (SIGSTOP: the kernel takes the connection, nothing answers) still fails
+#   its attempt within 1 s, so its channel reports TRANSIENT_FAILURE and calls move on well
+#   inside the client's own waits: a rotating target waits connect_timeout / entries per
+#   entry (10 s by default; 2 s with the tests' 4 s over two entries), a stream's open waits
+#   connect_timeout. With the 20 s default an attempt on a stopped entry outlives those
+#   waits and a rotating client could keep returning to it (test_client_targets's stalled
+#   entry, host-name form, then times out).
 CHANNEL_OPTIONS: list[ChannelOption] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -40,7 +55,7 @@ CHANNEL_OPTIONS: list[ChannelOption] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 1_000),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 
