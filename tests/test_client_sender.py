@@ -16,9 +16,11 @@ import stepstream
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from stepstream._columnar import EncodedBatch
+from stepstream._operations import Operation
 from stepstream._progress import Progress
 from stepstream._records import Rows, pack_doubles
-from stepstream._sender import BACKOFF_MAX, BACKOFF_MIN, Operation, Sender, backoff_delay
+from stepstream._sender import Sender
+from stepstream._stream import BACKOFF_MAX, BACKOFF_MIN, backoff_delay
 from stepstream._types import SenderStats
 from stepstream.v1 import ingest_pb2
 

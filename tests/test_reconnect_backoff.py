@@ -7,7 +7,8 @@ from __future__ import annotations
 import socket
 
 from stepstream._columnar import EncodedBatch
-from stepstream._sender import BACKOFF_MAX, BACKOFF_MIN, Sender
+from stepstream._sender import Sender
+from stepstream._stream import BACKOFF_MAX, BACKOFF_MIN
 from stepstream.v1 import ingest_pb2
 
 

@@ -29,6 +29,7 @@ import operator
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from stepstream.v1 import ingest_pb2
 
@@ -301,7 +302,7 @@ class BatchEncoder:
             return False
         # The four columns, by strided slices of the flattened tuples (zip(*records) is ~5x
         # slower with this many arguments).
-        flat = list(itertools.chain.from_iterable(records))  # type: ignore[arg-type]
+        flat: list[Any] = list(itertools.chain.from_iterable(records))  # type: ignore[arg-type]
         steps, times, names, values = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
         first = names[0]
         try:

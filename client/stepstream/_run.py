@@ -26,13 +26,14 @@ from ._convert import config_json, plain_config, run_info_from_proto
 from ._exceptions import InvalidArgumentError, RPCError, RunClosedError
 from ._metadata import LocalMetadata
 from ._offline import sender_spool, start_offline
+from ._operations import UNARY_TIMEOUT, Operation, UnaryCall
 from ._origin import branch as _branch
 from ._origin import check_description_entry, rewind_existing
 from ._policies import Policies
 from ._progress import await_result, copy_error
 from ._records import Record, RecordMaker
 from ._security import Pem
-from ._sender import UNARY_TIMEOUT, Operation, Sender, UnaryCall
+from ._sender import Sender
 from ._targets import Address, resolve_target
 from ._types import IngestError, RunInfo, SenderStats
 from ._validate import (

@@ -408,7 +408,7 @@ class SpillingProducer:
 
     async def _replay(self, entry: Entry) -> None:
         spill = self._spill
-        from ._sender import UNARY_TIMEOUT
+        from ._operations import UNARY_TIMEOUT
 
         if entry.method in NOT_IDEMPOTENT and entry.attempted:
             self._report(

@@ -24,7 +24,8 @@ from stepstream.v1 import runs_pb2
 
 from .._client import RunClient
 from .._exceptions import RPCError
-from .._sender import Operation, Sender
+from .._operations import Operation
+from .._sender import Sender
 from .._spool import SpoolBusy, SpoolError, SpoolFile, SpoolGone, find_spools, spool_root
 from .._targets import resolve_target
 from .._types import IngestError
