@@ -158,6 +158,13 @@ class RPCError(StepstreamError):
         return cls(code, status.message or message, reason=reason, domain=domain, metadata=metadata)
 
 
+def reworded(error: RPCError, message: str) -> RPCError:
+    """`error` (its code, reason, domain and metadata) with the client's own message."""
+    return RPCError(
+        error.code, message, reason=error.reason, domain=error.domain, metadata=error.metadata
+    )
+
+
 def _rebuild_rpc_error(
     code: str, message: str, reason: str, domain: str, metadata: dict[str, str]
 ) -> RPCError:

@@ -20,7 +20,6 @@ import grpc
 from ._columnar import EncodedBatch
 from ._convert import ingest_error_from_rpc_error
 from ._exceptions import RPCError, RunClosedError, StepstreamError
-from ._spill import UNREACHABLE
 from ._stream import BACKOFF_MAX, BACKOFF_MIN, backoff_delay
 from ._types import IngestError
 
@@ -29,6 +28,8 @@ if TYPE_CHECKING:  # the generated stubs declare the asyncio stub type for check
 
 # Deadline of one attempt of a unary call made from the sender (config, tags, state).
 UNARY_TIMEOUT = 60.0
+# A call failing with one of these found no service: the run may go offline (to the spool).
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 UnaryCall = Callable[["RunServiceAsyncStub"], Awaitable[Any]]
 

@@ -1,5 +1,6 @@
 """Where a new Run comes from: a fork parent, a run to rewind (resume_from), or nothing; the
-checks of those arguments and the rewind of an existing run."""
+checks of those arguments, and opening the run on the service (`open_run`: created, rewound,
+resumed, or offline into a spool)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
+
+from stepstream.v1 import runs_pb2
+
 from ._client import RunClient
-from ._convert import config_json, plain_config
-from ._exceptions import InvalidArgumentError
+from ._convert import config_json, plain_config, run_info_from_proto
+from ._exceptions import InvalidArgumentError, RPCError, reworded
+from ._offline import start_offline
+from ._policies import Policies
+from ._spool import SpoolFile
 from ._types import RunInfo
 from ._validate import check_id, check_real, parse_run_moment
 from .rules import DESCRIPTION_KEY
@@ -160,3 +168,70 @@ def rewind_existing(
         described = config_json({DESCRIPTION_KEY: description})
         info = client.update_run_config(project, run_id, config_json=described)
     return info
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    """The run as the service (or, offline, its spool) has it once a Run is created."""
+
+    info: RunInfo
+    spool: SpoolFile | None = None  # an offline run's spool
+    parent_fallback: bool = False  # the fork parent was missing: forked from the head run
+
+
+def open_run(
+    client: RunClient,
+    request: runs_pb2.CreateRunRequest,
+    branch: Branch,
+    policies: Policies,
+    *,
+    writer_id: str,
+    config: Mapping[str, Any] | None,
+    tags: list[str],
+    description: str | None,
+    experiment_name: str | None,
+    resume: bool,
+    connect_timeout: float,
+) -> Opened:
+    """Create the run (fork, resume) or rewind it, or start it offline into a spool: as the
+    policies say, from the start or once the service turns out to be unreachable. Closes
+    `client` when it fails."""
+    address = client.address
+    offline = (request, branch.rewind_run_id, branch.rewind_step, config, tags, policies)
+    try:
+        if policies.offline:
+            return Opened(*start_offline(*offline, writer_id, address, None))
+        if branch.rewind_run_id:
+            info = rewind_existing(
+                client,
+                request.project,
+                branch.rewind_run_id,
+                branch.rewind_step,
+                experiment_name=experiment_name,
+                config=config,
+                tags=tags,
+                description=description,
+                connect_timeout=connect_timeout,
+            )
+            return Opened(info)
+        response = client.create_run(request, timeout=connect_timeout)
+        info = run_info_from_proto(response.run)
+        if resume and info.state != "RUNNING":
+            info = client.resume_run(info.project, info.run_id)
+        return Opened(info, parent_fallback=response.parent_fallback)
+    except RPCError as exc:
+        if policies.goes_offline(exc):
+            why = f"the service at {address} is unreachable ({exc.message})"
+            return Opened(*start_offline(*offline, writer_id, address, why))
+        client.close()
+        if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            action = "rewind" if branch.rewind_run_id else "create"
+            raise reworded(
+                exc,
+                f"could not {action} the run: no answer from the stepstream service at "
+                f"{address} within {connect_timeout:g} s ({exc.message})",
+            ) from None
+        raise
+    except BaseException:
+        client.close()
+        raise

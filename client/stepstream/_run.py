@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
-import copy
 import dataclasses
 import logging
-import numbers
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-import grpc
-
 from stepstream.v1 import runs_pb2
 
 from . import _lifecycle
 from ._client import RunClient
-from ._convert import config_json, plain_config, run_info_from_proto
-from ._exceptions import InvalidArgumentError, RPCError, RunClosedError
-from ._metadata import LocalMetadata
-from ._offline import sender_spool, start_offline
+from ._convert import config_json, run_info_from_proto
+from ._error_log import ErrorLog
+from ._exceptions import InvalidArgumentError, RunClosedError
+from ._offline import sender_spool
 from ._operations import UNARY_TIMEOUT, Operation, UnaryCall
 from ._origin import branch as _branch
-from ._origin import check_description_entry, rewind_existing
+from ._origin import check_description_entry, open_run
 from ._policies import Policies
 from ._progress import await_result, copy_error
 from ._records import Record, RecordMaker
@@ -36,26 +30,21 @@ from ._security import Pem
 from ._sender import Sender
 from ._targets import Address, resolve_target
 from ._types import IngestError, RunInfo, SenderStats
+from ._updates import QueuedUpdates
 from ._validate import (
     check_id,
-    check_name,
     check_positive_float,
     check_positive_int,
     check_tags,
 )
-from .rules import DESCRIPTION_KEY
 from .rules import MAX_BATCH_POINTS as SERVER_MAX_BATCH_POINTS
 
 logger = logging.getLogger("stepstream")
 
-MAX_KEPT_ERRORS = 1000
-# Without on_error, this many errors per (reason, series) are logged; the rest only counted.
-LOGGED_ERRORS_PER_KIND = 10
-
 _T = TypeVar("_T")
 
 
-class Run(LocalMetadata):
+class Run(QueuedUpdates):
     """A run that streams metrics to a stepstream service.
 
     Creating a Run creates the run on the service (synchronously: a bad request fails here,
@@ -229,11 +218,7 @@ class Run(LocalMetadata):
             get_if_exists=resume,
         )
 
-        self._on_error = on_error
-        self._errors: collections.deque[IngestError] = collections.deque(maxlen=MAX_KEPT_ERRORS)
-        self._error_counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._error_points: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._errors_lock = threading.Lock()
+        self._error_log = ErrorLog(run_id or "", on_error)
         self._records = RecordMaker()
         self._closed = False
 
@@ -247,51 +232,21 @@ class Run(LocalMetadata):
         )
         self._address = self._target.address
         self._client = RunClient(self._target)
-        fallback = False
-        offline = (request, branch.rewind_run_id, branch.rewind_step, config, tag_list, policies)
-        spool = None
-        try:
-            if policies.offline:
-                info, spool = start_offline(*offline, self._writer_id, self._address, None)
-            elif branch.rewind_run_id:
-                info = rewind_existing(
-                    self._client,
-                    project or "",
-                    branch.rewind_run_id,
-                    branch.rewind_step,
-                    experiment_name=experiment_name,
-                    config=config,
-                    tags=tag_list,
-                    description=description,
-                    connect_timeout=self._connect_timeout,
-                )
-            else:
-                response = self._client.create_run(request, timeout=self._connect_timeout)
-                info = run_info_from_proto(response.run)
-                fallback = response.parent_fallback
-                if resume and info.state != "RUNNING":
-                    info = self._client.resume_run(info.project, info.run_id)
-        except RPCError as exc:
-            if policies.goes_offline(exc):
-                why = f"the service at {self._address} is unreachable ({exc.message})"
-                info, spool = start_offline(*offline, self._writer_id, self._address, why)
-            else:
-                self._client.close()
-                if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    action = "rewind" if branch.rewind_run_id else "create"
-                    raise RPCError(
-                        exc.code,
-                        f"could not {action} the run: no answer from the stepstream service at "
-                        f"{self._address} within {self._connect_timeout:g} s ({exc.message})",
-                        reason=exc.reason,
-                        domain=exc.domain,
-                        metadata=exc.metadata,
-                    ) from None
-                raise
-        except BaseException:
-            self._client.close()
-            raise
-        self._run_id = info.run_id
+        opened = open_run(
+            self._client,
+            request,
+            branch,
+            policies,
+            writer_id=self._writer_id,
+            config=config,
+            tags=tag_list,
+            description=description,
+            experiment_name=experiment_name,
+            resume=resume,
+            connect_timeout=self._connect_timeout,
+        )
+        info, fallback = opened.info, opened.parent_fallback
+        self._run_id = self._error_log.run_id = info.run_id
         self._project = info.project or (project or "")
         self._experiment_name = info.experiment or experiment_name or None
         self._parent_fallback = fallback
@@ -311,14 +266,14 @@ class Run(LocalMetadata):
             project=self._project,
             run_id=self._run_id,
             writer_id=self._writer_id,
-            report=policies.watch(self._report),
+            report=policies.watch(self._error_log.report),
             max_queued_points=max_queued_points,
             max_batch_points=max_batch_points,
             max_inflight_batches=max_inflight_batches,
             connect_timeout=self._connect_timeout,
             reconnect_timeout=self._reconnect_timeout,
             **sender_spool(
-                policies, spool, self._project, self._run_id, self._writer_id, self._address
+                policies, opened.spool, self._project, self._run_id, self._writer_id, self._address
             ),
         )
         # The per-call pattern's path, bound once (each attribute lookup shows in its cost).
@@ -356,8 +311,7 @@ class Run(LocalMetadata):
     @property
     def errors(self) -> list[IngestError]:
         """The most recent errors reported for this run (up to 1000), oldest first."""
-        with self._errors_lock:
-            return list(self._errors)
+        return self._error_log.errors
 
     @property
     def acknowledged_points(self) -> int:
@@ -442,37 +396,6 @@ class Run(LocalMetadata):
         if record is not None:
             self._put(record)
 
-    def _log_single_value(self, name: str, value: object, step: object, timestamp: object) -> None:
-        check_name(name, "value name")
-        if isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray)):
-            raise InvalidArgumentError(
-                f"single_value=True stores one number, got a {type(value).__name__} for "
-                f"{name!r}; log a list without single_value to append it to the series"
-            )
-        if step is not None:
-            raise InvalidArgumentError(
-                f"single_value=True stores an attribute, which has no step (got step={step!r})"
-            )
-        if timestamp is not None:
-            raise InvalidArgumentError(
-                "single_value=True stores an attribute, which has no timestamp "
-                f"(got timestamp={timestamp!r})"
-            )
-        # A number; typed JSON keeps its type (an int stays an int, NaN and infinities travel).
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InvalidArgumentError(
-                f"single value {name!r} must be a real number, got {type(value).__name__}: "
-                f"{value!r:.100}"
-            )
-        values = plain_config({name: value}, "values")
-        request = runs_pb2.UpdateRunConfigRequest(
-            project=self._project, run_id=self._run_id, values_json=config_json(values, "values")
-        )
-        self._submit(
-            "UpdateRunConfig", lambda stub: stub.UpdateRunConfig(request, timeout=UNARY_TIMEOUT)
-        )
-        self._info = dataclasses.replace(self._info, values={**self._info.values, **values})
-
     def log_strings(
         self,
         data: Mapping[str, str],
@@ -495,52 +418,7 @@ class Run(LocalMetadata):
         else:
             self._sender.put(record)
 
-    # ---- metadata (queued, applied in order with the points) --------------------------
-
-    def log_configs(self, config: Mapping[str, Any]) -> None:
-        """Merge `config` into the run's config (a key "sys/description" sets the description).
-
-        Checked now, sent by the background thread in order with the points; a failure goes
-        to on_error. The local `run.config` / `run.description` are updated at once.
-        """
-        entries = plain_config(config)
-        check_description_entry(config)
-        request = runs_pb2.UpdateRunConfigRequest(
-            project=self._project, run_id=self._run_id, config_json=config_json(entries)
-        )
-        self._submit(
-            "UpdateRunConfig", lambda stub: stub.UpdateRunConfig(request, timeout=UNARY_TIMEOUT)
-        )
-        for key, value in entries.items():
-            if key == DESCRIPTION_KEY:
-                self._description = self._synced_description = value
-            else:
-                self._config[key] = value
-                self._synced_config[key] = copy.deepcopy(value)
-
-    def add_tags(self, tags: str | Iterable[str]) -> None:
-        """Add tags (queued like log_configs; the local `run.tags` is updated at once)."""
-        added = check_tags(tags)
-        request = runs_pb2.UpdateRunTagsRequest(
-            project=self._project, run_id=self._run_id, add=added
-        )
-        self._submit(
-            "UpdateRunTags", lambda stub: stub.UpdateRunTags(request, timeout=UNARY_TIMEOUT)
-        )
-        self._tags = sorted(set(self._tags) | set(added))
-        self._synced_tags = sorted(set(self._synced_tags) | set(added))
-
-    def remove_tags(self, tags: str | Iterable[str]) -> None:
-        """Remove tags (queued like log_configs; the local `run.tags` is updated at once)."""
-        removed = check_tags(tags)
-        request = runs_pb2.UpdateRunTagsRequest(
-            project=self._project, run_id=self._run_id, remove=removed
-        )
-        self._submit(
-            "UpdateRunTags", lambda stub: stub.UpdateRunTags(request, timeout=UNARY_TIMEOUT)
-        )
-        self._tags = sorted(set(self._tags) - set(removed))
-        self._synced_tags = sorted(set(self._synced_tags) - set(removed))
+    # ---- queued operations ------------------------------------------------------------
 
     def _submit(
         self, name: str, call: UnaryCall | None = None, *, report: bool = True
@@ -637,7 +515,7 @@ class Run(LocalMetadata):
         finally:
             self._sender.abort()
             self._client.close()
-            self._summarise()
+            self._error_log.summarise(self._sender.stats())
         if error is not None:
             raise error
 
@@ -690,48 +568,6 @@ class Run(LocalMetadata):
         _lifecycle.untrack(self)
         with RunClient(self._target) as client:
             client.fail_run(self._project, self._run_id, reason[:4096], timeout=timeout)
-
-    # ---- errors -------------------------------------------------------------------------
-
-    def _report(self, error: IngestError) -> None:
-        key = (error.reason, error.series)
-        with self._errors_lock:
-            self._errors.append(error)
-            self._error_counts[key] += 1
-            self._error_points[key] += error.count
-            seen = self._error_counts[key]
-        if self._on_error is not None:
-            self._on_error(error)
-        elif seen <= LOGGED_ERRORS_PER_KIND:
-            more = (
-                " (further ones are counted and summarised at close())"
-                if (seen == LOGGED_ERRORS_PER_KIND)
-                else ""
-            )
-            logger.warning("stepstream: run %r: %s%s", self._run_id, error, more)
-
-    def _summarise(self) -> None:
-        stats = self._sender.stats()
-        with self._errors_lock:
-            kinds = sorted(self._error_counts.items())
-            points = dict(self._error_points)
-        lines = []
-        for (reason, series), count in kinds:
-            where = f"series {series!r}" if series else "whole batches/run"
-            lines.append(
-                f"  {reason} ({where}): {points[reason, series]:,} points in {count:,} reports"
-            )
-        lost = stats.pending_points - stats.spooled_points  # spooled: the spool's own warning
-        if lost > 0:
-            lines.append(f"  {lost:,} logged points were never acknowledged")
-        if lines:
-            logger.warning(
-                "stepstream: run %r closed with problems (acknowledged %s of %s points):\n%s",
-                self._run_id,
-                f"{stats.acknowledged_points:,}",
-                f"{stats.logged_points:,}",
-                "\n".join(lines),
-            )
 
     # ---- reads (RunHandle's, through the Run's channel) ----------------------------------
 

@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from ._buffer import Buffer
 from ._columnar import EncodedBatch, batch_encoders
 from ._convert import ingest_error_from_rpc_error
 from ._exceptions import RPCError, StepstreamError
+from ._operations import UNARY_TIMEOUT, UNREACHABLE
 from ._records import record_points
 from ._spool import Entry, NewEntry, SpoolFull
 from ._spool_queue import Planned, Spill, record_call, replay_call
@@ -40,7 +39,6 @@ FULL_RETRY = 1.0
 READ_ONLY = frozenset({"GetRun"})
 # Operations a replay must not repeat (docs/spool.md): marked before they are sent.
 NOT_IDEMPOTENT = frozenset({"RewindRun"})
-UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 Items = list[Any]  # what Buffer.take returns: records, or one operation
 
@@ -408,8 +406,6 @@ class SpillingProducer:
 
     async def _replay(self, entry: Entry) -> None:
         spill = self._spill
-        from ._operations import UNARY_TIMEOUT
-
         if entry.method in NOT_IDEMPOTENT and entry.attempted:
             self._report(
                 IngestError(

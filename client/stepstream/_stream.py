@@ -28,7 +28,7 @@ from stepstream.v1 import ingest_pb2
 
 from ._columnar import EncodedBatch
 from ._convert import ingest_error_from_rejection, ingest_error_from_status
-from ._exceptions import RPCError, StepstreamError
+from ._exceptions import RPCError, StepstreamError, reworded
 from ._spool_queue import Spill
 from ._targets import Target
 from ._types import IngestError
@@ -204,13 +204,10 @@ class StreamConnector:
                         self._reconnect_timeout,
                     )
                 elif now - self._failing_since >= self._reconnect_timeout:
-                    gave_up = RPCError(
-                        error.code,
+                    gave_up = reworded(
+                        error,
                         f"gave up reconnecting after {self._reconnect_timeout:g} s: "
                         f"{error.message}",
-                        reason=error.reason,
-                        domain=error.domain,
-                        metadata=error.metadata,
                     )
                     if not self._go_offline(gave_up):  # offline: spool, keep reconnecting
                         self._fail(gave_up)
