@@ -20,14 +20,9 @@ import pytest
 import stepstream
 import test_seeds
 from stepstream import _sender
+from stepstream._batches import batch_encoders, split_for_blocks
 from stepstream._buffer import Buffer
-from stepstream._columnar import (
-    BatchEncoder,
-    EncodedBatch,
-    batch_encoders,
-    encode_batch,
-    split_for_blocks,
-)
+from stepstream._columnar import BatchEncoder, EncodedBatch, encode_batch
 from stepstream._exceptions import RunClosedError
 from stepstream._records import Column, Point, Record, RecordMaker, Rows, pack_doubles
 from stepstream._types import IngestError

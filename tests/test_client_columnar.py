@@ -13,8 +13,9 @@ import time
 
 import pytest
 import stepstream
+from stepstream._batches import split_for_blocks
 from stepstream._buffer import Buffer
-from stepstream._columnar import encode_batch, split_for_blocks, varint
+from stepstream._columnar import encode_batch, varint
 from stepstream._records import Column, Record, RecordMaker, Rows, pack_doubles
 from stepstream.v1 import ingest_pb2
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import stepstream
 import test_seeds
-from stepstream._columnar import batch_encoders
+from stepstream._batches import batch_encoders
 from stepstream._name_bytes import split_by_name_bytes
 from stepstream._records import Column, Rows, pack_doubles
 from stepstream.rules import MAX_BATCH_NAME_BYTES

@@ -51,8 +51,9 @@ import grpc.aio
 
 from stepstream.v1 import ingest_pb2, runs_pb2_grpc
 
+from ._batches import batch_encoders
 from ._buffer import Buffer
-from ._columnar import EncodedBatch, batch_encoders
+from ._columnar import EncodedBatch
 from ._convert import (
     ingest_error_from_rpc_error,
 )

@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._batches import batch_encoders
 from ._buffer import Buffer
-from ._columnar import EncodedBatch, batch_encoders
+from ._columnar import EncodedBatch
 from ._convert import ingest_error_from_rpc_error
 from ._exceptions import RPCError, StepstreamError
 from ._operations import UNARY_TIMEOUT, UNREACHABLE
