@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -99,18 +100,39 @@ class SeriesEntry:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        # Read for every entry on the hot path; plain floats, computed once.
+        # Read for every entry on the hot path; computed once.
         self.first_step = math.nan if self.steps is None else float(self.steps[0])
         self.last_step = math.nan if self.steps is None else float(self.steps[-1])
+        # The series' key among its incarnation's floors: float and string names are apart.
+        self.field = ("s:" if self.is_string else "f:") + self.name
+
+    @classmethod
+    def block(
+        cls, names: list[str], steps: Floats, columns: Floats, timestamps: Floats
+    ) -> list[SeriesEntry]:
+        """The entries of one FloatBlock's series (row i of `columns` is names[i]'s values):
+        they share the steps and timestamps arrays (the store packs those once) and the
+        fields __post_init__ would compute for each."""
+        first, last = float(steps[0]), float(steps[-1])
+        new = object.__new__
+        out = []
+        for name, column in zip(names, columns, strict=True):
+            e = new(cls)
+            e.name, e.is_string, e.steps, e.values, e.timestamps = (
+                name,
+                False,
+                steps,
+                column,
+                timestamps,
+            )
+            e.assign = e.overwrite = False
+            e.first_step, e.last_step, e.field = first, last, "f:" + name
+            out.append(e)
+        return out
 
     @property
     def count(self) -> int:
         return len(self.values)
-
-    @property
-    def field(self) -> str:
-        """The series' key among its incarnation's floors: float and string names are apart."""
-        return ("s:" if self.is_string else "f:") + self.name
 
 
 _PACK_DOUBLE = struct.Struct("<d").pack
@@ -204,6 +226,26 @@ class ChunkWrite:
     timestamps: Floats
     # The first chunk of a new generation of the series (an overwrite).
     new_generation: bool = False
+
+    @classmethod
+    def whole(cls, incarnation_id: str, entries: Sequence[SeriesEntry]) -> list[ChunkWrite]:
+        """One chunk per entry, of all its points (explicit steps, no overwrite). Filled in
+        directly rather than through the frozen __init__, which sets each field by
+        `object.__setattr__`: a wide block makes a thousand of these per batch."""
+        new = object.__new__
+        out = []
+        for e in entries:
+            w = new(cls)
+            d = w.__dict__  # item by item: a dict's update() with keywords costs twice as much
+            d["incarnation_id"] = incarnation_id
+            d["name"] = e.name
+            d["is_string"] = e.is_string
+            d["steps"] = e.steps
+            d["values"] = e.values
+            d["timestamps"] = e.timestamps
+            d["new_generation"] = False
+            out.append(w)
+        return out
 
 
 @dataclass(frozen=True)

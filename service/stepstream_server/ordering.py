@@ -29,8 +29,6 @@ from typing import Any, Protocol
 
 from redis.exceptions import NoScriptError, RedisError
 
-from .model import Floats, value_token
-
 LOADED = "!loaded"
 # Floors of an idle run fall out of Redis after a day; they are rebuilt from the store.
 FLOORS_TTL_MS = 86_400_000
@@ -241,59 +239,38 @@ def assigned_start(floor: float) -> float:
     return 0.0 if floor == -math.inf else float(math.floor(floor) + 1)
 
 
-@dataclass(frozen=True)
-class CheckEntry:
-    """One series entry to judge: explicit last step or a count of steps to assign."""
-
-    field: str
-    assign: bool
-    overwrite: bool
-    last_step: float
-    count: int
-    last_token: str
-
-
-class LazyToken:
-    """The token of an entry's last value, computed only when a duplicate check needs it."""
-
-    __slots__ = ("values",)
-
-    def __init__(self, values: Floats | list[str]) -> None:
-        self.values = values
-
-    def __str__(self) -> str:
-        return value_token(self.values[-1])
-
-
-@dataclass(frozen=True)
-class Floor:
-    """A series' floor before an entry was applied."""
-
-    step: float  # -inf for a new series
-    token: str | LazyToken
-
-
-NO_FLOOR = Floor(-math.inf, "")
+def pack_entries(
+    fields: Sequence[str], modes: Sequence[str], args: Sequence[str], tokens: Sequence[str]
+) -> str:
+    """The check script's ARGV[5]: each entry's field, mode, argument and token, each ended
+    by a NUL byte (see CHECK_SCRIPT)."""
+    parts = [""] * (4 * len(fields))
+    parts[0::4], parts[1::4], parts[2::4], parts[3::4] = fields, modes, args, tokens
+    return "\0".join(parts) + "\0" if parts else ""
 
 
 @dataclass(frozen=True)
 class CheckRequest:
-    """One run's entries to judge under `epoch`, in the floors of one incarnation."""
+    """One run's entries to judge under `epoch`, in the floors of one incarnation: their
+    fields, and the entries as the script reads them (`pack_entries`)."""
 
     project: str
     run_id: str
     incarnation_id: str
     epoch: int
-    entries: Sequence[CheckEntry]
+    fields: Sequence[str]
+    packed: str
 
 
 @dataclass(frozen=True)
 class CheckAnswer:
     """`kind` "ok" (floors, dependencies), "load", "need" (the fields to load from the store
-    first), or "epoch" (the epoch in force, None if the run has none in this Redis)."""
+    first), or "epoch" (the epoch in force, None if the run has none in this Redis). The
+    floors are each entry's floor before it as the script returns it: "<step> <token>", or ""
+    for a new series (verdict.py reads them)."""
 
     kind: str
-    floors: list[Floor]
+    floors: list[str]
     dependencies: tuple[str, ...] = ()
     epoch: int | None = None
     needed: tuple[str, ...] = ()
@@ -321,16 +298,11 @@ class FloorCache:
         """Judge every request in one round trip, under the judgment token `token`."""
         calls = []
         for r in requests:
-            parts = []
-            for e in r.entries:
-                mode = ("o" if e.overwrite else "") + ("a" if e.assign else "e")
-                arg = str(e.count) if e.assign else fmt_step(e.last_step)
-                parts.append(f"{e.field}\0{mode}\0{arg}\0{e.last_token}\0")
             keys = [
                 run_key(r.project, r.run_id),
                 floor_key(r.project, r.run_id, r.incarnation_id, r.epoch),
             ]
-            args = [str(r.epoch), token, self.lease_ms, self.replica + ".", "".join(parts)]
+            args = [str(r.epoch), token, self.lease_ms, self.replica + ".", r.packed]
             calls.append((keys, args))
         return [_answer(reply) for reply in await self._pipelined(self._check, calls)]
 
@@ -421,13 +393,7 @@ def _answer(reply: Any) -> CheckAnswer:
         return CheckAnswer("load", [])
     if kind == "need":
         return CheckAnswer("need", [], needed=tuple(_text(reply[1]).split("\0")[:-1]))
-    floors = []
-    for item in _text(reply[1]).split("\0")[:-1]:
-        if not item:
-            floors.append(NO_FLOOR)
-        else:
-            step, token = item.split(" ", 1)
-            floors.append(Floor(float(step), token))
+    floors = _text(reply[1]).split("\0")[:-1]
     dependencies = tuple(_text(reply[2]).split("\0")[:-1])
     return CheckAnswer("ok", floors, dependencies)
 
