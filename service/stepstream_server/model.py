@@ -229,20 +229,38 @@ class ChunkWrite:
 
     @classmethod
     def whole(cls, incarnation_id: str, entries: Sequence[SeriesEntry]) -> list[ChunkWrite]:
-        """One chunk per entry, of all its points (explicit steps, no overwrite). Filled in
-        directly rather than through the frozen __init__, which sets each field by
-        `object.__setattr__`: a wide block makes a thousand of these per batch."""
+        """One chunk per entry, of all its points (explicit steps, no overwrite)."""
+        return cls._many(
+            incarnation_id,
+            [(e.name, e.is_string, e.steps, e.values, e.timestamps) for e in entries],  # type: ignore[misc]
+        )
+
+    @classmethod
+    def shared(
+        cls, incarnation_id: str, names: list[str], steps: Floats, values: Floats, ts: Floats
+    ) -> list[ChunkWrite]:
+        """Float series sharing steps and timestamps: names[i]'s values are row i."""
+        return cls._many(
+            incarnation_id, [(n, False, steps, v, ts) for n, v in zip(names, values, strict=True)]
+        )
+
+    @classmethod
+    def _many(
+        cls, incarnation_id: str, rows: list[tuple[str, bool, Floats, Floats | list[str], Floats]]
+    ) -> list[ChunkWrite]:
+        # Filled in directly rather than through the frozen __init__, which sets each field by
+        # `object.__setattr__`: a wide block makes a thousand of these per batch.
         new = object.__new__
         out = []
-        for e in entries:
+        for name, is_string, steps, values, timestamps in rows:
             w = new(cls)
             d = w.__dict__  # item by item: a dict's update() with keywords costs twice as much
             d["incarnation_id"] = incarnation_id
-            d["name"] = e.name
-            d["is_string"] = e.is_string
-            d["steps"] = e.steps
-            d["values"] = e.values
-            d["timestamps"] = e.timestamps
+            d["name"] = name
+            d["is_string"] = is_string
+            d["steps"] = steps
+            d["values"] = values
+            d["timestamps"] = timestamps
             d["new_generation"] = False
             out.append(w)
         return out

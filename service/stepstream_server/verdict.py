@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from .model import (
     AppendAck,
@@ -57,33 +58,44 @@ class RunPlan:
     starts: list[int]  # batch b's entries are entries[starts[b]:starts[b + 1]]
     fields: list[str]  # of the script's entries, in the order sent
     packed: str  # the script's entries (ordering.pack_entries)
-    # Every series once, explicit steps, no overwrite: script entry i is entries[i].
-    simple: bool
-    # Otherwise, per field in first-use order: (its entries, whether each is sent).
-    uses: dict[str, list[int]]
-    mixed: set[str]
+    first: Floats  # each entry's first and last step (NaN for assigned steps)
+    last: Floats
+    # No assigned steps, no overwrite: each series sent once. Then `ids` numbers each entry's
+    # series in first-use order (the order sent), or is None when every series comes once:
+    # script entry i is then entries[i].
+    explicit: bool
+    ids: npt.NDArray[np.int64] | None = None
+    mixed: set[str] = field(default_factory=set)  # series with assigned steps or an overwrite
 
 
 def plan(indices: list[int], items: list[Pending]) -> RunPlan:
     """What to send for one run's batches `items` (at group indices `indices`)."""
     entries = [e for item in items for e in item.entries]
+    n = len(entries)
     starts = [0]
     for item in items:
         starts.append(starts[-1] + len(item.entries))
+    first = np.fromiter([e.first_step for e in entries], np.float64, n)
+    last = np.fromiter([e.last_step for e in entries], np.float64, n)
     fields = [e.field for e in entries]
     mixed = {f for f, e in zip(fields, entries, strict=True) if e.assign or e.overwrite}
-    if not mixed and len(set(fields)) == len(fields):
-        packed = _pack(entries, fields)
-        return RunPlan(indices, items, entries, starts, fields, packed, True, {}, set())
-    uses: dict[str, list[int]] = {}
-    for i, name in enumerate(fields):
-        found = uses.get(name)
-        if found is None:
-            uses[name] = [i]
+    p = RunPlan(indices, items, entries, starts, fields, "", first, last, not mixed)
+    if not mixed:
+        if len(set(fields)) < n:
+            index: dict[str, int] = {}
+            p.ids = np.fromiter([index.setdefault(f, len(index)) for f in fields], np.int64, n)
+            # Each series' entry of the largest last step (the first of equals) is sent.
+            order = np.lexsort((np.arange(n), -last, p.ids))
+            by_series = p.ids[order]
+            heads = np.flatnonzero(np.r_[True, by_series[1:] != by_series[:-1]])
+            p.fields = list(index)
+            p.packed = _pack([entries[i] for i in order[heads].tolist()], p.fields)
         else:
-            found.append(i)
+            p.packed = _pack(entries, fields)
+        return p
+    p.mixed = mixed
     sent: list[int] = []
-    for name, idxs in uses.items():
+    for name, idxs in _uses(fields).items():
         if name in mixed:
             sent.extend(idxs)
         else:
@@ -92,10 +104,21 @@ def plan(indices: list[int], items: list[Pending]) -> RunPlan:
                 if entries[i].last_step > entries[best].last_step:
                     best = i  # the first of equal largest steps, as the floor keeps
             sent.append(best)
-    chosen = [entries[i] for i in sent]
-    packed = _pack(chosen, [fields[i] for i in sent])
-    sent_fields = [fields[i] for i in sent]
-    return RunPlan(indices, items, entries, starts, sent_fields, packed, False, uses, mixed)
+    p.fields = [fields[i] for i in sent]
+    p.packed = _pack([entries[i] for i in sent], p.fields)
+    return p
+
+
+def _uses(fields: list[str]) -> dict[str, list[int]]:
+    """Each series' entries, in first-use order."""
+    uses: dict[str, list[int]] = {}
+    for i, name in enumerate(fields):
+        found = uses.get(name)
+        if found is None:
+            uses[name] = [i]
+        else:
+            found.append(i)
+    return uses
 
 
 def _pack(entries: Sequence[SeriesEntry], fields: list[str]) -> str:
@@ -124,28 +147,25 @@ def last_tokens(entries: Sequence[SeriesEntry]) -> list[str]:
     return [text[k : k + 16] for k in range(0, len(text), 16)]
 
 
-def floor_step(text: str) -> float:
-    """The step of a floor as the script returned it ("" for a new series: -inf)."""
-    return float(text[: text.index(" ")]) if text else -math.inf
+def floor_steps(texts: list[str]) -> Floats:
+    """The steps of floors as the script returned them ("" for a new series: -inf)."""
+    return np.array([float(t[: t.index(" ")]) if t else -math.inf for t in texts], dtype=np.float64)
 
 
 def _floors(p: RunPlan, texts: list[str]) -> tuple[Floats, list[TokenSource]]:
-    """The floor before each entry (step, token source), from the script's answer."""
-    if p.simple:
-        return np.array([floor_step(t) for t in texts], dtype=np.float64), list(texts)
+    """The floor before each entry (step, token source), from the script's answer, entry by
+    entry: a series sent once moves its floor along its entries."""
     n = len(p.entries)
     steps = np.empty(n, dtype=np.float64)
     tokens: list[TokenSource] = [""] * n
-    replies = iter(texts)
-    for name, idxs in p.uses.items():
+    replies = iter(zip(floor_steps(texts).tolist(), texts, strict=True))
+    for name, idxs in _uses([e.field for e in p.entries]).items():
         if name in p.mixed:
             for i in idxs:
-                text = next(replies)
-                steps[i], tokens[i] = floor_step(text), text
+                steps[i], tokens[i] = next(replies)
             continue
-        text = next(replies)
-        step, token = floor_step(text), text
-        source: TokenSource = token
+        step, text = next(replies)
+        source: TokenSource = text
         for i in idxs:
             steps[i], tokens[i] = step, source
             last = p.entries[i].last_step
@@ -154,33 +174,84 @@ def _floors(p: RunPlan, texts: list[str]) -> tuple[Floats, list[TokenSource]]:
     return steps, tokens
 
 
+def _above(p: RunPlan, texts: list[str]) -> npt.NDArray[np.bool_] | None:
+    """Whether each entry is simply above the floor before it, all at once: None when that
+    takes the entry-by-entry walk (assigned steps, overwrites). While a series' entries are
+    each above the one before, the floor before one is the last step of the one before (or
+    the script's floor for the first), and those are what it is compared with; the entries
+    after one that is not are found not above by the walk too (`_floors`)."""
+    if not p.explicit:
+        return None
+    floor = floor_steps(texts)
+    if p.ids is None:
+        return p.first > floor
+    floor = floor[p.ids]
+    by_series = np.argsort(p.ids, kind="stable")  # each series' entries in group order
+    same = p.ids[by_series[1:]] == p.ids[by_series[:-1]]
+    floor[by_series[1:][same]] = p.last[by_series[:-1][same]]
+    return p.first > floor
+
+
 def settle(
     p: RunPlan, texts: list[str], incarnation: str, applied: set[int]
 ) -> tuple[dict[int, Outcome], list[ChunkWrite]]:
     """The acknowledgement of each batch at a group index in `applied` (the others of the plan
     moved their floors but are answered otherwise), and the chunks to write."""
+    above = _above(p, texts)
+    if above is not None and bool(above.all()):  # the common group: every point is new
+        writes = _whole(p, incarnation, len(applied) == len(p.indices))
+        outcomes: dict[int, Outcome] = {}
+        for b, (index, item) in enumerate(zip(p.indices, p.items, strict=True)):
+            if index in applied:
+                points = sum([len(e.values) for e in p.entries[p.starts[b] : p.starts[b + 1]]])
+                outcomes[index] = AppendAck(points, 0, tuple(item.rejections), (), incarnation)
+        if writes is not None:
+            return outcomes, writes
     steps, tokens = _floors(p, texts)
-    entries = p.entries
-    first = np.fromiter((e.first_step for e in entries), np.float64, len(entries))
     # Assigned steps have no first step (NaN): never simply above the floor.
-    fast = (first > steps).tolist()
-    outcomes: dict[int, Outcome] = {}
-    writes: list[ChunkWrite] = []
+    fast = (p.first > steps).tolist()
+    outcomes = {}
     chunks: Chunks = {}
     for b, (index, item) in enumerate(zip(p.indices, p.items, strict=True)):
-        if index not in applied:
-            continue
-        lo, hi = p.starts[b], p.starts[b + 1]
-        if p.simple and all(fast[lo:hi]):  # the common batch: every point is new
-            writes.extend(ChunkWrite.whole(incarnation, entries[lo:hi]))
-            accepted = sum(len(e.values) for e in entries[lo:hi])
-            ack = AppendAck(accepted, 0, tuple(item.rejections), (), incarnation)
-        else:
-            ack = _apply(p, item, lo, hi, fast, steps, tokens, incarnation, chunks, writes)
-        outcomes[index] = ack
-    if not p.simple:
-        writes = _chunk_writes(chunks)
-    return outcomes, writes
+        if index in applied:
+            lo, hi = p.starts[b], p.starts[b + 1]
+            outcomes[index] = _apply(p, item, lo, hi, fast, steps, tokens, incarnation, chunks)
+    return outcomes, _chunk_writes(chunks)
+
+
+def _whole(p: RunPlan, incarnation: str, every_batch: bool) -> list[ChunkWrite] | None:
+    """The chunks of a group whose entries are all accepted whole, or None when they take
+    `_chunk_writes` (a batch not applied, strings repeated, series of unequal shapes). A series
+    in several batches of blocks of the same series (a trainer's steps, one batch each) gets
+    its entries' points joined: the blocks' steps once for all, the values as one matrix."""
+    if p.ids is None:
+        if every_batch:
+            return ChunkWrite.whole(incarnation, p.entries)
+        return None
+    n, width = len(p.entries), len(p.fields)
+    if not every_batch or n % width or any(e.is_string for e in p.entries):
+        return None
+    if bool((np.bincount(p.ids, minlength=width) != n // width).any()):
+        return None
+    grid = np.argsort(p.ids, kind="stable").reshape(width, n // width)  # series x batch
+    steps, times, values = [], [], []
+    for column in grid.T.tolist():  # one batch's entries, in the order of the series
+        entries = [p.entries[i] for i in column]
+        s, t = entries[0].steps, entries[0].timestamps
+        if any(e.steps is not s or e.timestamps is not t for e in entries):
+            return None
+        assert s is not None
+        steps.append(s)
+        times.append(t)
+        values.append(np.concatenate([e.values for e in entries]).reshape(width, len(s)))
+    names = [p.entries[i].name for i in grid[:, 0].tolist()]
+    return ChunkWrite.shared(
+        incarnation,
+        names,
+        np.concatenate(steps),
+        np.concatenate(values, axis=1),
+        np.concatenate(times),
+    )
 
 
 def _apply(
@@ -193,7 +264,6 @@ def _apply(
     tokens: list[TokenSource],
     incarnation: str,
     chunks: Chunks,
-    writes: list[ChunkWrite],
 ) -> AppendAck:
     """One batch entry by entry: rejected prefix, duplicate and accepted rest (SPEC §2)."""
     accepted = duplicates = 0
@@ -252,9 +322,6 @@ def _apply(
             steps, values, ts = steps[cut:], entry.values[cut:], entry.timestamps[cut:]
         assert steps is not None
         accepted += len(steps)
-        if p.simple:  # every series once: its chunk is this entry's accepted points
-            writes.append(ChunkWrite(incarnation, entry.name, entry.is_string, steps, values, ts))
-            continue
         generations = chunks.setdefault((incarnation, entry.is_string, entry.name), [])
         if entry.overwrite or not generations:
             generations.append((entry.overwrite, []))
