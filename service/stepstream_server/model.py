@@ -7,8 +7,9 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -113,20 +114,24 @@ class SeriesEntry:
         """The entries of one FloatBlock's series (row i of `columns` is names[i]'s values):
         they share the steps and timestamps arrays (the store packs those once) and the
         fields __post_init__ would compute for each."""
-        first, last = float(steps[0]), float(steps[-1])
+        shared = {
+            "is_string": False,
+            "steps": steps,
+            "timestamps": timestamps,
+            "assign": False,
+            "overwrite": False,
+            "first_step": float(steps[0]),
+            "last_step": float(steps[-1]),
+        }
         new = object.__new__
         out = []
         for name, column in zip(names, columns, strict=True):
             e = new(cls)
-            e.name, e.is_string, e.steps, e.values, e.timestamps = (
-                name,
-                False,
-                steps,
-                column,
-                timestamps,
-            )
-            e.assign = e.overwrite = False
-            e.first_step, e.last_step, e.field = first, last, "f:" + name
+            d = e.__dict__  # filled as a dict: setting attributes one by one costs twice
+            d.update(shared)
+            d["name"] = name
+            d["values"] = column
+            d["field"] = "f:" + name
             out.append(e)
         return out
 
@@ -232,7 +237,11 @@ class ChunkWrite:
         """One chunk per entry, of all its points (explicit steps, no overwrite)."""
         return cls._many(
             incarnation_id,
-            [(e.name, e.is_string, e.steps, e.values, e.timestamps) for e in entries],  # type: ignore[misc]
+            [e.name for e in entries],
+            [e.is_string for e in entries],
+            [e.steps for e in entries],  # type: ignore[misc]
+            [e.values for e in entries],
+            [e.timestamps for e in entries],
         )
 
     @classmethod
@@ -240,27 +249,31 @@ class ChunkWrite:
         cls, incarnation_id: str, names: list[str], steps: Floats, values: Floats, ts: Floats
     ) -> list[ChunkWrite]:
         """Float series sharing steps and timestamps: names[i]'s values are row i."""
-        return cls._many(
-            incarnation_id, [(n, False, steps, v, ts) for n, v in zip(names, values, strict=True)]
-        )
+        return cls._many(incarnation_id, names, repeat(False), repeat(steps), values, repeat(ts))
 
     @classmethod
     def _many(
-        cls, incarnation_id: str, rows: list[tuple[str, bool, Floats, Floats | list[str], Floats]]
+        cls,
+        incarnation_id: str,
+        names: Iterable[str],
+        is_string: Iterable[bool],
+        steps: Iterable[Floats],
+        values: Iterable[Floats | list[str]],
+        timestamps: Iterable[Floats],
     ) -> list[ChunkWrite]:
         # Filled in directly rather than through the frozen __init__, which sets each field by
         # `object.__setattr__`: a wide block makes a thousand of these per batch.
         new = object.__new__
         out = []
-        for name, is_string, steps, values, timestamps in rows:
+        for name, string, s, v, t in zip(names, is_string, steps, values, timestamps, strict=False):
             w = new(cls)
             d = w.__dict__  # item by item: a dict's update() with keywords costs twice as much
             d["incarnation_id"] = incarnation_id
             d["name"] = name
-            d["is_string"] = is_string
-            d["steps"] = steps
-            d["values"] = values
-            d["timestamps"] = timestamps
+            d["is_string"] = string
+            d["steps"] = s
+            d["values"] = v
+            d["timestamps"] = t
             d["new_generation"] = False
             out.append(w)
         return out

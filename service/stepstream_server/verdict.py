@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter, is_, itemgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,6 +47,8 @@ Chunks = dict[tuple[str, bool, str], list[tuple[bool, list[Part]]]]
 # Where the token of the floor before an entry comes from: the floor's text as the script
 # returned it ("<step> <token>"), or the index of the group's entry whose last point it is.
 TokenSource = str | int
+_steps, _values, _timestamps = attrgetter("steps"), attrgetter("values"), attrgetter("timestamps")
+_is_string = attrgetter("is_string")
 
 
 @dataclass
@@ -203,7 +207,7 @@ def settle(
         outcomes: dict[int, Outcome] = {}
         for b, (index, item) in enumerate(zip(p.indices, p.items, strict=True)):
             if index in applied:
-                points = sum([len(e.values) for e in p.entries[p.starts[b] : p.starts[b + 1]]])
+                points = sum(map(len, map(_values, p.entries[p.starts[b] : p.starts[b + 1]])))
                 outcomes[index] = AppendAck(points, 0, tuple(item.rejections), (), incarnation)
         if writes is not None:
             return outcomes, writes
@@ -229,21 +233,24 @@ def _whole(p: RunPlan, incarnation: str, every_batch: bool) -> list[ChunkWrite] 
             return ChunkWrite.whole(incarnation, p.entries)
         return None
     n, width = len(p.entries), len(p.fields)
-    if not every_batch or n % width or any(e.is_string for e in p.entries):
+    if not every_batch or n % width or any(map(_is_string, p.entries)):
         return None
     if bool((np.bincount(p.ids, minlength=width) != n // width).any()):
         return None
     grid = np.argsort(p.ids, kind="stable").reshape(width, n // width)  # series x batch
     steps, times, values = [], [], []
     for column in grid.T.tolist():  # one batch's entries, in the order of the series
-        entries = [p.entries[i] for i in column]
+        entries = itemgetter(*column)(p.entries) if width > 1 else (p.entries[column[0]],)
         s, t = entries[0].steps, entries[0].timestamps
-        if any(e.steps is not s or e.timestamps is not t for e in entries):
+        # One block's series, or none to join this way (`map`: no Python code per entry).
+        if not all(map(is_, map(_steps, entries), repeat(s))):
+            return None
+        if not all(map(is_, map(_timestamps, entries), repeat(t))):
             return None
         assert s is not None
         steps.append(s)
         times.append(t)
-        values.append(np.concatenate([e.values for e in entries]).reshape(width, len(s)))
+        values.append(np.concatenate(list(map(_values, entries))).reshape(width, len(s)))
     names = [p.entries[i].name for i in grid[:, 0].tolist()]
     return ChunkWrite.shared(
         incarnation,
