@@ -177,15 +177,15 @@ async def test_array_path_answers_as_the_walk(service, runs, monkeypatch, seed):
 
 
 async def test_wide_groups_of_one_block_a_batch_take_the_arrays(service, runs, monkeypatch):
-    """Several batches of the same 1,000 series, one step each: one chunk per series with
+    """Several batches of the same 2,500 series, one step each: one chunk per series with
     every step, the block's steps joined once and shared by all (the store packs them once)."""
     await create_run(runs, "wide")
     writer = Writer("default", "wide", "w", 0, 0)
-    names = [f"k{i:04d}" for i in range(1000)]
+    names = [f"k{i:04d}" for i in range(2500)]  # past one slice of the script's HMGET
     batches = [ingest_pb2.PointBatch(float_blocks=[block(names, [float(s)])]) for s in range(1, 5)]
     judgment = await judge_group(service, writer, batches)
     (part,) = judgment.parts
-    assert [o.accepted for o in judgment.outcomes.values()] == [1000] * 4
+    assert [o.accepted for o in judgment.outcomes.values()] == [2500] * 4
     assert [c.name for c in part.chunks] == names
     assert all(c.steps is part.chunks[0].steps for c in part.chunks)
     assert part.chunks[0].steps.tolist() == [1.0, 2.0, 3.0, 4.0]
@@ -198,7 +198,7 @@ async def test_wide_groups_of_one_block_a_batch_take_the_arrays(service, runs, m
         service, writer, [ingest_pb2.PointBatch(float_blocks=[block(names, [4.0, 5.0])])]
     )
     (ack,) = again.outcomes.values()
-    assert (ack.accepted, ack.duplicates, ack.rejections) == (1000, 1000, ())
+    assert (ack.accepted, ack.duplicates, ack.rejections) == (2500, 2500, ())
 
 
 async def test_a_series_sent_once_keeps_the_first_of_equal_last_steps(service, runs):
