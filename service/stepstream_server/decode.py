@@ -106,10 +106,7 @@ class Decoder:
         # One contiguous column per series: later concatenations and packing copy whole rows.
         columns = np.array(block.values, dtype=np.float64).reshape(rows, width).T.copy()
         if len(self._known.intersection(names)) == width:  # all known, so distinct: the usual
-            entries.extend(
-                SeriesEntry(name, False, steps, column, timestamps, False)
-                for name, column in zip(names, columns, strict=True)
-            )
+            entries.extend(SeriesEntry.block(names, steps, columns, timestamps))
             return None
         seen: set[str] = set()
         for i, name in enumerate(names):

@@ -17,46 +17,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import errors
 from .limits import OFFLOAD_ENTRIES
-from .model import (
-    AppendAck,
-    Assigned,
-    BatchFailure,
-    ChunkWrite,
-    Floats,
-    Outcome,
-    Rejection,
-    RunRecord,
-    RunState,
-    SeriesEntry,
-    value_token,
-)
-from .ordering import (
-    NO_FLOOR,
-    CheckAnswer,
-    CheckEntry,
-    CheckRequest,
-    Floor,
-    FloorCache,
-    LazyToken,
-    assigned_start,
-)
+from .model import BatchFailure, ChunkWrite, Outcome, RunRecord, RunState
+from .ordering import CheckAnswer, CheckRequest, FloorCache
 from .store import AsyncStore, StoreUnavailable
+from .verdict import RunPlan, plan, settle
 
 if TYPE_CHECKING:
     from .ingest import Pending
 
 RunKey = tuple[str, str]
-# Accepted points per (incarnation, is_string, name): runs of parts, each run flagged when it
-# starts a new generation of the series (an overwrite).
-Part = tuple[Floats, Floats | list[str], Floats]
-Chunks = dict[tuple[str, bool, str], list[tuple[bool, list[Part]]]]
 
 # Runs kept in memory; beyond this the oldest are re-read from the store on use.
 CACHE_LIMIT = 100_000
@@ -177,16 +152,27 @@ class Judge:
                     outcomes[i] = BatchFailure(exc.code.name, exc.reason, exc.message, exc.metadata)
                 continue
             parts[key] = RunPart(*key, records[key].fence, records[key].current_incarnation_id)
+
+        def planned() -> dict[RunKey, RunPlan]:
+            out = {}
+            for key in parts:
+                if records[key].state is RunState.RUNNING:
+                    judged = [i for i in by_run[key] if group[i].failure is None]
+                    out[key] = plan(judged, [group[i] for i in judged])
+            return out
+
+        big = sum(len(item.entries) for item in group) > OFFLOAD_ENTRIES
+        plans = await asyncio.to_thread(planned) if big else planned()
         try:
-            floors = await self._check(group, by_run, records, parts, token)
+            floors = await self._check(plans, records, parts, token)
         except BaseException:
             await self.abandon(list(parts.values()))
             raise
 
-        def settle() -> None:
-            chunks: dict[RunKey, Chunks] = {}
+        def split() -> None:
             for key, part in parts.items():
                 record = records[key]
+                applied: set[int] = set()
                 for i in by_run[key]:
                     item = group[i]
                     part.indices.append(i)
@@ -197,17 +183,20 @@ class Judge:
                     elif (landed := _landed_in(item)) not in ("", record.current_incarnation_id):
                         outcomes[i] = _rewound_between_parts(record, landed)
                     else:
-                        outcomes[i] = _apply(
-                            item, record, floors.get(i, []), chunks.setdefault(key, {})
-                        )
-                part.chunks = _chunk_writes(chunks.get(key, {}))
+                        applied.add(i)
+                if applied:
+                    texts = floors.get(key, [])
+                    done, part.chunks = settle(
+                        plans[key], texts, record.current_incarnation_id, applied
+                    )
+                    outcomes.update(done)
 
-        # Splitting entries costs microseconds each: a group of many series is split on a
-        # thread, so that other streams' requests keep being read meanwhile.
+        # Splitting entries costs about a microsecond each: a group of many series is split
+        # on a thread, so that other streams' requests keep being read meanwhile.
         if sum(len(item.entries) for item in group) > OFFLOAD_ENTRIES:
-            await asyncio.to_thread(settle)
+            await asyncio.to_thread(split)
         else:
-            settle()
+            split()
         stored = {i for p in parts.values() for i in p.indices}
         loose = [i for i in outcomes if i not in stored]
         return Judgment(token, list(parts.values()), outcomes, loose)
@@ -224,24 +213,13 @@ class Judge:
 
     async def _check(
         self,
-        group: Sequence[Pending],
-        by_run: dict[RunKey, list[int]],
+        plans: dict[RunKey, RunPlan],
         records: dict[RunKey, RunRecord],
         parts: dict[RunKey, RunPart],
         token: str,
-    ) -> dict[int, list[Floor]]:
-        """Every judged entry's floor before it, per group index; parts get their epochs."""
-
-        def plan() -> dict[RunKey, tuple[Plan, list[CheckEntry]]]:
-            return {
-                key: _plan([group[i] for i in by_run[key] if group[i].failure is None])
-                for key in parts
-                if records[key].state is RunState.RUNNING
-            }
-
-        big = sum(len(item.entries) for item in group) > OFFLOAD_ENTRIES
-        plans = await asyncio.to_thread(plan) if big else plan()
-        todo = [key for key, plan in plans.items() if plan[1]]
+    ) -> dict[RunKey, list[str]]:
+        """The script's floors for each planned run's entries; parts get their epochs."""
+        todo = [key for key, p in plans.items() if p.fields]
         answers: dict[RunKey, CheckAnswer] = {}
         for attempt in range(ATTEMPTS):
             try:
@@ -260,7 +238,8 @@ class Judge:
                         *key,
                         records[key].current_incarnation_id,
                         self._epochs.get(key, -1),
-                        plans[key][1],
+                        plans[key].fields,
+                        plans[key].packed,
                     )
                     for key in todo
                 ]
@@ -297,12 +276,7 @@ class Judge:
             raise errors.unavailable(
                 "FLOORS_UNAVAILABLE", "the ordering check could not reach Redis"
             )
-        out: dict[int, list[Floor]] = {}
-        for key, answer in answers.items():
-            indices = [i for i in by_run[key] if group[i].failure is None]
-            for i, item_floors in zip(indices, _spread(plans[key][0], answer.floors), strict=True):
-                out[i] = item_floors
-        return out
+        return {key: answer.floors for key, answer in answers.items()}
 
     async def _catch_up(
         self,
@@ -329,7 +303,7 @@ class Judge:
             and records[key].current_incarnation_id == req.incarnation_id
         ):
             # Opened at req.epoch: load this request's series now, saving a `need` round.
-            await self._fill(req, list(dict.fromkeys(e.field for e in req.entries)))
+            await self._fill(req, list(dict.fromkeys(req.fields)))
         return records[key].state is RunState.RUNNING
 
     async def _fresh(self, key: RunKey) -> RunRecord:
@@ -412,174 +386,6 @@ def _not_active(record: RunRecord) -> BatchFailure:
         f"run {record.run_id!r} is {record.state.name}, not RUNNING; resume it to write",
         {"run_id": record.run_id, "state": record.state.name},
     )
-
-
-# (batch index, entry index, entry) per field, in group order; and the entries to check.
-Uses = dict[str, list[tuple[int, int, SeriesEntry]]]
-# The uses, each batch's entry count, and the fields with assigned steps or an overwrite.
-Plan = tuple[Uses, list[int], set[str]]
-
-
-def _plan(items: Sequence[Pending]) -> tuple[Plan, list[CheckEntry]]:
-    """What to send for one run. A series whose entries in this group all carry explicit
-    steps is sent once, as its largest step: the script advances the floor to it, and the
-    floor before each entry follows from the returned starting floor. Series with assigned
-    steps or an overwrite send every entry, in order: their floors depend on what came before."""
-    uses: Uses = {}
-    mixed: set[str] = set()
-    for b, item in enumerate(items):
-        for k, e in enumerate(item.entries):
-            name = e.field
-            found = uses.get(name)
-            if found is None:
-                uses[name] = [(b, k, e)]
-            else:
-                found.append((b, k, e))
-            if e.assign or e.overwrite:
-                mixed.add(name)
-    checks: list[CheckEntry] = []
-    for name, entries in uses.items():
-        if name in mixed:
-            checks.extend(_check_entry(name, e) for _, _, e in entries)
-        elif len(entries) == 1:
-            checks.append(_check_entry(name, entries[0][2]))
-        else:
-            checks.append(_check_entry(name, max(entries, key=lambda u: u[2].last_step)[2]))
-    return (uses, [len(item.entries) for item in items], mixed), checks
-
-
-def _spread(plan: Plan, answer: list[Floor]) -> list[list[Floor]]:
-    """Each batch's entries' floors before them, from the script's answer."""
-    uses, sizes, mixed = plan
-    out: list[list[Floor]] = [[NO_FLOOR] * n for n in sizes]
-    replies = iter(answer)
-    for name, entries in uses.items():
-        if name in mixed:
-            for b, k, _ in entries:
-                out[b][k] = next(replies)
-            continue
-        floor = next(replies)
-        if len(entries) == 1:
-            b, k, _ = entries[0]
-            out[b][k] = floor
-            continue
-        for b, k, e in entries:
-            out[b][k] = floor
-            if e.last_step > floor.step:
-                floor = Floor(e.last_step, LazyToken(e.values))
-    return out
-
-
-def _apply(item: Pending, record: RunRecord, floors: Sequence[Floor], chunks: Chunks) -> AppendAck:
-    """Split each entry into rejected prefix, duplicate and accepted rest (SPEC §2)."""
-    incarnation = record.current_incarnation_id
-    accepted = duplicates = 0
-    rejections = list(item.rejections)
-    assigned: list[Assigned] = []
-    for entry, floor in zip(item.entries, floors, strict=True):
-        if entry.assign:
-            start = assigned_start(floor.step)
-            if not start > floor.step:
-                rejections.append(
-                    Rejection(
-                        entry.name,
-                        "STEP_OVERFLOW",
-                        f"no step above floor {floor.step!r} is representable",
-                        entry.count,
-                        floor=floor.step,
-                        is_string=entry.is_string,
-                    )
-                )
-                continue
-            steps = start + np.arange(entry.count, dtype=np.float64)
-            assigned.append(Assigned(entry.name, start, entry.count, entry.is_string))
-            values = entry.values
-            ts = entry.timestamps
-        elif entry.first_step > floor.step:  # the common case: every point is new
-            steps, values, ts = entry.steps, entry.values, entry.timestamps  # type: ignore[assignment]
-        else:
-            assert entry.steps is not None
-            steps = entry.steps
-            cut = int(np.searchsorted(steps, floor.step, side="right"))
-            rejected = cut
-            if (
-                cut > 0
-                and steps[cut - 1] == floor.step
-                and value_token(entry.values[cut - 1]) == str(floor.token)
-            ):
-                duplicates += 1
-                rejected -= 1
-            if rejected:
-                rejections.append(
-                    Rejection(
-                        entry.name,
-                        "STEP_NOT_INCREASING",
-                        f"{rejected} point(s) at steps {float(steps[0])!r}..{float(steps[rejected - 1])!r}"
-                        f" are not above the series' floor {floor.step!r}",
-                        rejected,
-                        float(steps[0]),
-                        float(steps[rejected - 1]),
-                        floor.step,
-                        entry.is_string,
-                    )
-                )
-            if cut == len(steps):
-                continue
-            steps = steps[cut:]
-            values = entry.values[cut:]
-            ts = entry.timestamps[cut:]
-        accepted += len(steps)
-        generations = chunks.setdefault((incarnation, entry.is_string, entry.name), [])
-        if entry.overwrite or not generations:
-            generations.append((entry.overwrite, []))
-        generations[-1][1].append((steps, values, ts))
-    return AppendAck(accepted, duplicates, tuple(rejections), tuple(assigned), incarnation)
-
-
-def _chunk_writes(chunks: Chunks) -> list[ChunkWrite]:
-    # The series of one block share their steps and timestamps arrays: joined once for all.
-    # (Keyed by the parts' ids, which stay distinct while `chunks` holds every part.)
-    joined: dict[tuple[int, ...], Floats] = {}
-
-    def shared(parts: list[Floats]) -> Floats:
-        if len(parts) == 1:
-            return parts[0]
-        key = tuple(map(id, parts))
-        found = joined.get(key)
-        if found is None:
-            found = joined[key] = np.concatenate(parts)
-        return found
-
-    return [
-        ChunkWrite(
-            inc,
-            name,
-            is_string,
-            shared([p[0] for p in parts]),
-            _concat_values([p[1] for p in parts], is_string),
-            shared([p[2] for p in parts]),
-            new_generation,
-        )
-        for (inc, is_string, name), generations in chunks.items()
-        for new_generation, parts in generations
-    ]
-
-
-def _check_entry(field: str, e: SeriesEntry) -> CheckEntry:
-    return CheckEntry(field, e.assign, e.overwrite, e.last_step, e.count, value_token(e.values[-1]))
-
-
-def _concat_floats(parts: list[Floats]) -> Floats:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _concat_values(parts: list[Floats | list[str]], is_string: bool) -> Floats | list[str]:
-    if is_string:
-        out: list[str] = []
-        for p in parts:
-            out.extend(p)
-        return out
-    return _concat_floats(parts)  # type: ignore[arg-type]
 
 
 def new_replica_id() -> str:

@@ -7,7 +7,9 @@ import hashlib
 import json
 import math
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -99,18 +101,43 @@ class SeriesEntry:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        # Read for every entry on the hot path; plain floats, computed once.
+        # Read for every entry on the hot path; computed once.
         self.first_step = math.nan if self.steps is None else float(self.steps[0])
         self.last_step = math.nan if self.steps is None else float(self.steps[-1])
+        # The series' key among its incarnation's floors: float and string names are apart.
+        self.field = ("s:" if self.is_string else "f:") + self.name
+
+    @classmethod
+    def block(
+        cls, names: list[str], steps: Floats, columns: Floats, timestamps: Floats
+    ) -> list[SeriesEntry]:
+        """The entries of one FloatBlock's series (row i of `columns` is names[i]'s values):
+        they share the steps and timestamps arrays (the store packs those once) and the
+        fields __post_init__ would compute for each."""
+        shared = {
+            "is_string": False,
+            "steps": steps,
+            "timestamps": timestamps,
+            "assign": False,
+            "overwrite": False,
+            "first_step": float(steps[0]),
+            "last_step": float(steps[-1]),
+        }
+        new = object.__new__
+        out = []
+        for name, column in zip(names, columns, strict=True):
+            e = new(cls)
+            d = e.__dict__  # filled as a dict: setting attributes one by one costs twice
+            d.update(shared)
+            d["name"] = name
+            d["values"] = column
+            d["field"] = "f:" + name
+            out.append(e)
+        return out
 
     @property
     def count(self) -> int:
         return len(self.values)
-
-    @property
-    def field(self) -> str:
-        """The series' key among its incarnation's floors: float and string names are apart."""
-        return ("s:" if self.is_string else "f:") + self.name
 
 
 _PACK_DOUBLE = struct.Struct("<d").pack
@@ -204,6 +231,52 @@ class ChunkWrite:
     timestamps: Floats
     # The first chunk of a new generation of the series (an overwrite).
     new_generation: bool = False
+
+    @classmethod
+    def whole(cls, incarnation_id: str, entries: Sequence[SeriesEntry]) -> list[ChunkWrite]:
+        """One chunk per entry, of all its points (explicit steps, no overwrite)."""
+        return cls._many(
+            incarnation_id,
+            [e.name for e in entries],
+            [e.is_string for e in entries],
+            [e.steps for e in entries],  # type: ignore[misc]
+            [e.values for e in entries],
+            [e.timestamps for e in entries],
+        )
+
+    @classmethod
+    def shared(
+        cls, incarnation_id: str, names: list[str], steps: Floats, values: Floats, ts: Floats
+    ) -> list[ChunkWrite]:
+        """Float series sharing steps and timestamps: names[i]'s values are row i."""
+        return cls._many(incarnation_id, names, repeat(False), repeat(steps), values, repeat(ts))
+
+    @classmethod
+    def _many(
+        cls,
+        incarnation_id: str,
+        names: Iterable[str],
+        is_string: Iterable[bool],
+        steps: Iterable[Floats],
+        values: Iterable[Floats | list[str]],
+        timestamps: Iterable[Floats],
+    ) -> list[ChunkWrite]:
+        # Filled in directly rather than through the frozen __init__, which sets each field by
+        # `object.__setattr__`: a wide block makes a thousand of these per batch.
+        new = object.__new__
+        out = []
+        for name, string, s, v, t in zip(names, is_string, steps, values, timestamps, strict=False):
+            w = new(cls)
+            d = w.__dict__  # item by item: a dict's update() with keywords costs twice as much
+            d["incarnation_id"] = incarnation_id
+            d["name"] = name
+            d["is_string"] = string
+            d["steps"] = s
+            d["values"] = v
+            d["timestamps"] = t
+            d["new_generation"] = False
+            out.append(w)
+        return out
 
 
 @dataclass(frozen=True)

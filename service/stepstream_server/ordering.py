@@ -29,8 +29,6 @@ from typing import Any, Protocol
 
 from redis.exceptions import NoScriptError, RedisError
 
-from .model import Floats, value_token
-
 LOADED = "!loaded"
 # Floors of an idle run fall out of Redis after a day; they are rebuilt from the store.
 FLOORS_TTL_MS = 86_400_000
@@ -91,68 +89,77 @@ if redis.call('HEXISTS', floors, '!loaded') == 0 then
   return {'load'}
 end
 local me, own = ARGV[2], ARGV[4]
-local packed = ARGV[5]
-local out, seen, deps = {}, {}, {}
-local moved = false
-local pos = 1
-local function nxt()
-  local z = string.find(packed, '\0', pos, true)
-  local v = string.sub(packed, pos, z - 1)
-  pos = z + 1
-  return v
+-- The entries, parsed in one pass; then every series' floor read with HMGET (in slices: Lua's
+-- unpack takes a few thousand values at most) and written back with HSET at the end, the
+-- floors of this script kept in `cur` meanwhile (a series may come more than once).
+local fields, modes, args, tokens = {}, {}, {}, {}
+for f, m, a, t in string.gmatch(ARGV[5], '(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z') do
+  local n = #fields + 1
+  fields[n], modes[n], args[n], tokens[n] = f, m, a, t
 end
-local need, asked = {}, {}
-while pos <= #packed do
-  local field = nxt()
-  nxt() nxt() nxt()
-  if not asked[field] and redis.call('HEXISTS', floors, field) == 0 then
+local SLICE = 1000
+local cur, asked, distinct, need = {}, {}, {}, {}
+for i = 1, #fields do
+  local field = fields[i]
+  if not asked[field] then
     asked[field] = true
-    need[#need + 1] = field
+    distinct[#distinct + 1] = field
+  end
+end
+for s = 1, #distinct, SLICE do
+  local e = math.min(s + SLICE - 1, #distinct)
+  local got = redis.call('HMGET', floors, unpack(distinct, s, e))
+  for j = 1, e - s + 1 do
+    if got[j] then cur[distinct[s + j - 1]] = got[j] else need[#need + 1] = distinct[s + j - 1] end
   end
 end
 if #need > 0 then
   need[#need + 1] = ''
   return {'need', table.concat(need, '\0')}
 end
-pos = 1
-while pos <= #packed do
-  local field = nxt()
-  local mode = nxt()
-  local arg = nxt()
-  local token = nxt()
-  local cur = redis.call('HGET', floors, field)
+local out, seen, deps, sets = {}, {}, {}, {}
+local moved = false
+for i = 1, #fields do
+  local field, mode, arg, token = fields[i], modes[i], args[i], tokens[i]
+  local c = cur[field]
   local floor = nil
-  if cur == '!' then cur = nil end
-  if cur then
-    local a = string.find(cur, ' ', 1, true)
-    local b = string.find(cur, ' ', a + 1, true)
+  if c == '!' then c = nil end
+  if c then
+    local a = string.find(c, ' ', 1, true)
+    local b = string.find(c, ' ', a + 1, true)
     -- An overwrite starts the series afresh, but still follows whoever moved it last: its
     -- new generation must not be committed before that judgment's points.
-    local mover = string.sub(cur, b + 1)
+    local mover = string.sub(c, b + 1)
     if mover ~= '-' and mover ~= me and string.sub(mover, 1, #own) ~= own then
       seen[mover] = true
     end
     if string.byte(mode, 1) ~= 111 then -- not 'o' (overwrite)
-      floor = tonumber(string.sub(cur, 1, a - 1))
-      out[#out + 1] = string.sub(cur, 1, b - 1)
+      floor = tonumber(string.sub(c, 1, a - 1))
+      out[#out + 1] = string.sub(c, 1, b - 1)
     end
   end
   if floor == nil then out[#out + 1] = '' end
   if string.byte(mode, 1) == 111 then mode = string.sub(mode, 2) end
+  local new = nil
   if mode == 'e' then
-    if floor == nil or tonumber(arg) > floor then
-      redis.call('HSET', floors, field, arg .. ' ' .. token .. ' ' .. me)
-      moved = true
-    end
+    if floor == nil or tonumber(arg) > floor then new = arg .. ' ' .. token .. ' ' .. me end
   else
     local start = 0
     if floor ~= nil then start = math.floor(floor) + 1 end
     local last = start + tonumber(arg) - 1
     if floor == nil or (start > floor and last >= start) then
-      redis.call('HSET', floors, field, string.format('%.17g', last) .. ' ' .. token .. ' ' .. me)
-      moved = true
+      new = string.format('%.17g', last) .. ' ' .. token .. ' ' .. me
     end
   end
+  if new then
+    cur[field] = new
+    sets[#sets + 1] = field
+    sets[#sets + 1] = new
+    moved = true
+  end
+end
+for s = 1, #sets, 2 * SLICE do
+  redis.call('HSET', floors, unpack(sets, s, math.min(s + 2 * SLICE - 1, #sets)))
 end
 for mover in pairs(seen) do
   if redis.call('HEXISTS', run, 't:' .. mover) == 1 then deps[#deps + 1] = mover end
@@ -241,59 +248,38 @@ def assigned_start(floor: float) -> float:
     return 0.0 if floor == -math.inf else float(math.floor(floor) + 1)
 
 
-@dataclass(frozen=True)
-class CheckEntry:
-    """One series entry to judge: explicit last step or a count of steps to assign."""
-
-    field: str
-    assign: bool
-    overwrite: bool
-    last_step: float
-    count: int
-    last_token: str
-
-
-class LazyToken:
-    """The token of an entry's last value, computed only when a duplicate check needs it."""
-
-    __slots__ = ("values",)
-
-    def __init__(self, values: Floats | list[str]) -> None:
-        self.values = values
-
-    def __str__(self) -> str:
-        return value_token(self.values[-1])
-
-
-@dataclass(frozen=True)
-class Floor:
-    """A series' floor before an entry was applied."""
-
-    step: float  # -inf for a new series
-    token: str | LazyToken
-
-
-NO_FLOOR = Floor(-math.inf, "")
+def pack_entries(
+    fields: Sequence[str], modes: Sequence[str], args: Sequence[str], tokens: Sequence[str]
+) -> str:
+    """The check script's ARGV[5]: each entry's field, mode, argument and token, each ended
+    by a NUL byte (see CHECK_SCRIPT)."""
+    parts = [""] * (4 * len(fields))
+    parts[0::4], parts[1::4], parts[2::4], parts[3::4] = fields, modes, args, tokens
+    return "\0".join(parts) + "\0" if parts else ""
 
 
 @dataclass(frozen=True)
 class CheckRequest:
-    """One run's entries to judge under `epoch`, in the floors of one incarnation."""
+    """One run's entries to judge under `epoch`, in the floors of one incarnation: their
+    fields, and the entries as the script reads them (`pack_entries`)."""
 
     project: str
     run_id: str
     incarnation_id: str
     epoch: int
-    entries: Sequence[CheckEntry]
+    fields: Sequence[str]
+    packed: str
 
 
 @dataclass(frozen=True)
 class CheckAnswer:
     """`kind` "ok" (floors, dependencies), "load", "need" (the fields to load from the store
-    first), or "epoch" (the epoch in force, None if the run has none in this Redis)."""
+    first), or "epoch" (the epoch in force, None if the run has none in this Redis). The
+    floors are each entry's floor before it as the script returns it: "<step> <token>", or ""
+    for a new series (verdict.py reads them)."""
 
     kind: str
-    floors: list[Floor]
+    floors: list[str]
     dependencies: tuple[str, ...] = ()
     epoch: int | None = None
     needed: tuple[str, ...] = ()
@@ -321,16 +307,11 @@ class FloorCache:
         """Judge every request in one round trip, under the judgment token `token`."""
         calls = []
         for r in requests:
-            parts = []
-            for e in r.entries:
-                mode = ("o" if e.overwrite else "") + ("a" if e.assign else "e")
-                arg = str(e.count) if e.assign else fmt_step(e.last_step)
-                parts.append(f"{e.field}\0{mode}\0{arg}\0{e.last_token}\0")
             keys = [
                 run_key(r.project, r.run_id),
                 floor_key(r.project, r.run_id, r.incarnation_id, r.epoch),
             ]
-            args = [str(r.epoch), token, self.lease_ms, self.replica + ".", "".join(parts)]
+            args = [str(r.epoch), token, self.lease_ms, self.replica + ".", r.packed]
             calls.append((keys, args))
         return [_answer(reply) for reply in await self._pipelined(self._check, calls)]
 
@@ -421,13 +402,7 @@ def _answer(reply: Any) -> CheckAnswer:
         return CheckAnswer("load", [])
     if kind == "need":
         return CheckAnswer("need", [], needed=tuple(_text(reply[1]).split("\0")[:-1]))
-    floors = []
-    for item in _text(reply[1]).split("\0")[:-1]:
-        if not item:
-            floors.append(NO_FLOOR)
-        else:
-            step, token = item.split(" ", 1)
-            floors.append(Floor(float(step), token))
+    floors = _text(reply[1]).split("\0")[:-1]
     dependencies = tuple(_text(reply[2]).split("\0")[:-1])
     return CheckAnswer("ok", floors, dependencies)
 
