@@ -3,12 +3,22 @@
 The checks every series needs (finite, strictly increasing steps) run once over the batch's
 concatenated steps; only a batch that fails them is examined series by series, to name the
 first bad step of each bad series.
+
+Decoding takes turns with the event loop (`turns`): a batch of 100,000 one-point series costs
+about a second of Python, and no other stream may wait behind it for more than a turn. The
+work is a generator that yields where it may pause (after each series, each chunk of names);
+the driver lets the loop run once `TURN_SECONDS` have passed since the last turn, so a small
+batch decodes at once. It runs on the event loop, not on a thread: a thread holding the GIL made
+the loop wait up to the switch interval (5 ms) after every system call, a light stream's round
+trip tens of them (docs/faults.md section 5).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -21,18 +31,37 @@ from .limits import (
     MAX_BATCH_POINTS,
     MAX_BATCH_SERIES,
     MAX_BLOCK_NAMES,
-    OFFLOAD_ENTRIES,
+    TURN_SECONDS,
 )
 from .model import BatchFailure, Floats, Rejection, SeriesEntry
 
-__all__ = ["MAX_BATCH_POINTS", "Decoded", "Decoder", "oversized", "step_problem"]
+__all__ = ["MAX_BATCH_POINTS", "Decoded", "Decoder", "step_problem", "too_many_entries", "turns"]
 
 # Names already seen valid; bounded so that a writer inventing names cannot grow it forever.
 _KNOWN_NAMES_LIMIT = 100_000
+# Items counted or checked between two looks at the clock (a look costs ~50 ns).
+_CHUNK = 64
 
 Wire = ingest_pb2.FloatSeries | ingest_pb2.StringSeries
 # A decoded batch: the entries to judge, the series rejected on sight, or a whole-batch failure.
 Decoded = tuple[list[SeriesEntry], list[Rejection], BatchFailure | None]
+T = TypeVar("T")
+_M = TypeVar("_M")
+
+
+async def turns(work: Generator[None, None, T]) -> T:
+    """Runs `work` to its end, letting the event loop run whenever a pause point comes
+    `TURN_SECONDS` or more after the last turn."""
+    clock = time.perf_counter
+    due = clock() + TURN_SECONDS
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if clock() >= due:
+            await asyncio.sleep(0)
+            due = clock() + TURN_SECONDS
 
 
 class Decoder:
@@ -42,35 +71,27 @@ class Decoder:
         self._known: set[str] = set()
 
     async def decode(self, batch: ingest_pb2.PointBatch, now: float) -> Decoded:
-        """`batch()`, on a thread when the batch has many series: decoding costs microseconds
-        per series, and a batch of 100,000 must not hold the event loop for a second."""
-        failure = bound_failure(batch)
+        """The batch's entries and rejections, or the first bound it exceeds; in turns with the
+        event loop."""
+        return await turns(self._decode(batch, now))
+
+    def _decode(self, batch: ingest_pb2.PointBatch, now: float) -> Generator[None, None, Decoded]:
+        total = yield from _points(batch)
+        failure = yield from bound_failure(batch, total)
         if failure is not None:
             return [], [], failure
-        series = len(batch.float_series) + len(batch.string_series)
-        series += sum(len(b.names) for b in batch.float_blocks)
-        if series > OFFLOAD_ENTRIES:
-            return await asyncio.to_thread(self._decode, batch, now)
-        return self._decode(batch, now)
-
-    def batch(self, batch: ingest_pb2.PointBatch, now: float) -> Decoded:
-        failure = bound_failure(batch)
-        if failure is not None:
-            return [], [], failure
-        return self._decode(batch, now)
-
-    def _decode(self, batch: ingest_pb2.PointBatch, now: float) -> Decoded:
-        total = _points(batch)
         clock = np.full(total, now, dtype=np.float64)  # shared by entries without timestamps
         entries: list[SeriesEntry] = []
         rejections: list[Rejection] = []
         for fs in batch.float_series:
             self._shape(fs, False, clock, entries, rejections)
+            yield
         for ss in batch.string_series:
             self._shape(ss, True, clock, entries, rejections)
-        entries = self._check_steps(entries, rejections)
+            yield
+        entries = yield from self._check_steps(entries, rejections)
         for block in batch.float_blocks:  # applied after float_series (see the proto)
-            self._block(block, clock, entries, rejections)
+            yield from self._block(block, clock, entries, rejections)
         return entries, rejections, None
 
     def _block(
@@ -79,7 +100,7 @@ class Decoder:
         clock: Floats,
         entries: list[SeriesEntry],
         rejections: list[Rejection],
-    ) -> None:
+    ) -> Generator[None, None, None]:
         """One entry per series of the block, sharing the block's steps and timestamps; the
         values are the columns of the row-major matrix."""
         names = list(block.names)
@@ -106,13 +127,13 @@ class Decoder:
         # One contiguous column per series: later concatenations and packing copy whole rows.
         columns = np.array(block.values, dtype=np.float64).reshape(rows, width).T.copy()
         if len(self._known.intersection(names)) == width:  # all known, so distinct: the usual
-            entries.extend(
-                SeriesEntry(name, False, steps, column, timestamps, False)
-                for name, column in zip(names, columns, strict=True)
-            )
+            for name, column in zip(names, columns, strict=True):
+                entries.append(SeriesEntry(name, False, steps, column, timestamps, False))
+                yield
             return None
         seen: set[str] = set()
         for i, name in enumerate(names):
+            yield
             if name in seen:
                 rejections.append(
                     Rejection(
@@ -190,11 +211,15 @@ class Decoder:
         return None
 
     @staticmethod
-    def _check_steps(entries: list[SeriesEntry], rejections: list[Rejection]) -> list[SeriesEntry]:
+    def _check_steps(
+        entries: list[SeriesEntry], rejections: list[Rejection]
+    ) -> Generator[None, None, list[SeriesEntry]]:
         explicit = [e.steps for e in entries if e.steps is not None]
         if not explicit:
             return entries
+        yield
         cat = np.concatenate(explicit) if len(explicit) > 1 else explicit[0]
+        yield
         ok = bool(np.isfinite(cat).all())
         if ok and len(cat) > 1:
             falls = cat[1:] <= cat[:-1]
@@ -205,6 +230,7 @@ class Decoder:
             return entries
         good = []
         for e in entries:
+            yield
             problem = None if e.steps is None else step_problem(e.steps)
             if problem is None:
                 good.append(e)
@@ -216,12 +242,26 @@ class Decoder:
         return good
 
 
-def _points(batch: ingest_pb2.PointBatch) -> int:
-    return (
-        sum(len(s.values) for s in batch.float_series)
-        + sum(len(s.values) for s in batch.string_series)
-        + sum(len(b.values) for b in batch.float_blocks)
-    )
+def _total(items: Sequence[_M], measure: Callable[[_M], int]) -> Generator[None, None, int]:
+    """sum(measure(item) for item in items), pausing every _CHUNK items."""
+    total = 0
+    for i in range(0, len(items), _CHUNK):
+        total += sum(measure(item) for item in items[i : i + _CHUNK])
+        yield
+    return total
+
+
+def _values(
+    message: ingest_pb2.FloatSeries | ingest_pb2.StringSeries | ingest_pb2.FloatBlock,
+) -> int:
+    return len(message.values)
+
+
+def _points(batch: ingest_pb2.PointBatch) -> Generator[None, None, int]:
+    floats = yield from _total(batch.float_series, _values)
+    strings = yield from _total(batch.string_series, _values)
+    blocks = yield from _total(batch.float_blocks, _values)
+    return floats + strings + blocks
 
 
 def _too_big(reason: str, message: str, **metadata: int) -> BatchFailure:
@@ -233,10 +273,11 @@ def _too_big(reason: str, message: str, **metadata: int) -> BatchFailure:
     )
 
 
-def bound_failure(batch: ingest_pb2.PointBatch) -> BatchFailure | None:
-    """The first bound of limits.py the batch exceeds, as its whole-batch failure (it uses up
-    its sequence number, like every whole-batch INVALID_ARGUMENT), or None."""
-    total = _points(batch)
+def bound_failure(
+    batch: ingest_pb2.PointBatch, total: int
+) -> Generator[None, None, BatchFailure | None]:
+    """The first bound of limits.py the batch of `total` points exceeds, as its whole-batch
+    failure (it uses up its sequence number, like every whole-batch INVALID_ARGUMENT), or None."""
     if total > MAX_BATCH_POINTS:
         return _too_big(
             "BATCH_TOO_LARGE",
@@ -266,7 +307,7 @@ def bound_failure(batch: ingest_pb2.PointBatch) -> BatchFailure | None:
             series=series,
             limit=MAX_BATCH_SERIES,
         )
-    size = _name_bytes(batch)
+    size = yield from _name_bytes(batch)
     if size > MAX_BATCH_NAME_BYTES:
         return _too_big(
             "BATCH_NAMES_TOO_LARGE",
@@ -294,95 +335,30 @@ def too_many_entries(entries: int | None) -> BatchFailure:
     )
 
 
-def _name_bytes(batch: ingest_pb2.PointBatch) -> int:
+def _name_bytes(batch: ingest_pb2.PointBatch) -> Generator[None, None, int]:
     """UTF-8 bytes of the batch's names; counted in characters first (a UTF-8 character takes
     at most 4 bytes), which settles almost every batch without encoding a name."""
-    groups: list[Sequence[str]] = [[s.name for s in batch.float_series]]
-    groups += [[s.name for s in batch.string_series]]
+    groups: list[Sequence[str]] = []
+    for series in (batch.float_series, batch.string_series):
+        names: list[str] = []
+        for i in range(0, len(series), _CHUNK):
+            names += [s.name for s in series[i : i + _CHUNK]]
+            yield
+        groups.append(names)
     groups += [b.names for b in batch.float_blocks]
-    chars = sum(len(n) for g in groups for n in g)
+    chars = 0
+    for g in groups:
+        chars += yield from _total(g, len)
     if chars * 4 <= MAX_BATCH_NAME_BYTES:
         return chars
-    return sum(len(n.encode("utf-8", "surrogatepass")) for g in groups for n in g)
+    size = 0
+    for g in groups:
+        size += yield from _total(g, _utf8)
+    return size
 
 
-# -- a bounded look at the raw bytes before parsing ---------------------------------------
-#
-# Parsing costs ~170 ns per submessage in C, holding the GIL: 10,000,000 empty entries (19 MB)
-# would stall every stream for seconds. Counting a batch's entries on the wire stops after
-# MAX_BATCH_ENTRIES + 1 of them, whatever the request's size. Field numbers: see ingest.proto
-# (AppendPointsRequest.batch = 2; PointBatch.sequence = 1, float_series = 2, string_series = 3,
-# float_blocks = 4), the same tags the client's encoder writes by hand.
-_REQUEST_BATCH = 2
-_ENTRY_TAGS = (0x12, 0x1A, 0x22)
-
-
-def oversized(data: bytes) -> tuple[int, BatchFailure] | None:
-    """(sequence, failure) when the raw AppendPointsRequest carries a batch of more than
-    MAX_BATCH_ENTRIES entries; None otherwise, also for bytes that do not scan (the parser then
-    says what is wrong with them)."""
-    try:
-        i, end = 0, len(data)
-        while i < end:
-            key, i = _varint(data, i)
-            if key >> 3 == _REQUEST_BATCH and key & 7 == 2:
-                size, i = _varint(data, i)
-                return _scan_batch(data, i, min(end, i + size))
-            i = _skip(data, i, key)
-    except (IndexError, ValueError):
-        return None
-    return None
-
-
-def _scan_batch(data: bytes, i: int, end: int) -> tuple[int, BatchFailure] | None:
-    sequence = entries = 0
-    while i < end:
-        key = data[i]
-        if key in _ENTRY_TAGS:
-            entries += 1
-            if entries > MAX_BATCH_ENTRIES:
-                return sequence, too_many_entries(None)
-            size = data[i + 1]
-            if size < 0x80:  # the common short entry: one length byte
-                i += 2 + size
-                continue
-            size, i = _varint(data, i + 1)
-            i += size
-            continue
-        key, i = _varint(data, i)
-        if key == 0x08:  # sequence, a varint
-            sequence, i = _varint(data, i)
-        else:
-            i = _skip(data, i, key)
-    return None
-
-
-def _skip(data: bytes, i: int, key: int) -> int:
-    wire = key & 7
-    if wire == 0:
-        return _varint(data, i)[1]
-    if wire == 2:
-        size, i = _varint(data, i)
-        return i + size
-    if wire == 1:
-        return i + 8
-    if wire == 5:
-        return i + 4
-    raise ValueError(f"wire type {wire}")
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    """The varint at data[i] and the index after it."""
-    value, shift = 0, 0
-    while True:
-        b = data[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+def _utf8(name: str) -> int:
+    return len(name.encode("utf-8", "surrogatepass"))
 
 
 def _timestamps(
