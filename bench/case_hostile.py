@@ -30,6 +30,9 @@ from bench.table import Row
 from bench.targets import start_stepstream
 
 LIGHT = 100
+# The first seconds of the wide batch: its parse and decoding (about a second of the
+# service's time at load 4); the windows of `_windows` are split there.
+WIDE_EARLY = 1.5
 
 
 class Stream:
@@ -155,6 +158,7 @@ async def stall(address: str, quick: bool) -> dict[str, Any]:
         answers = await _result(hostile)
         return {
             "worst": _worst(beside, starts, answers),
+            "wide": _windows(beside, starts, answers[-1]),
             "alone_median": statistics.median(alone),
             "alone_max": max(alone),
             "beside_max": max(beside),
@@ -181,6 +185,23 @@ def _worst(
             place["of_ms"] = round(a["seconds"] * 1000, 1)
         out.append(place)
     return out
+
+
+def _windows(
+    beside: list[float], starts: list[float], wide: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """The light stream's round trips beside the wide batch, split where its parse and
+    decoding are over (WIDE_EARLY seconds after it was sent; its parts are committed after):
+    the worst and the median of each window, in seconds."""
+    early, late = [], []
+    for start, seconds in zip(starts, beside, strict=True):
+        if wide["sent_at"] <= start < wide["sent_at"] + wide["seconds"]:
+            (early if start < wide["sent_at"] + WIDE_EARLY else late).append(seconds)
+    return {
+        name: {"max": max(w), "median": statistics.median(w), "n": len(w)}
+        for name, w in (("early", early), ("late", late))
+        if w
+    }
 
 
 async def pump(

@@ -18,7 +18,7 @@ from stepstream.rules import MAX_INFLIGHT_PER_STREAM
 from stepstream.v1 import ingest_pb2
 
 from . import errors
-from .decode import Decoded, Decoder, turns
+from .decode import Decoded, Decoder
 from .ingest import SEQUENCE_GAP, IngestWorker, StoreFailed, Writer
 from .metrics import Metrics
 from .model import (
@@ -220,8 +220,8 @@ class IngestServicer:
 
     async def _handle(self, raw: Request, stream: _Stream) -> Awaitable[Answer]:
         """What answers one request; waits only while the worker applies backpressure (and
-        while a large request is parsed, in turns with the other streams: wire.py)."""
-        request = await turns(parse(raw)) if isinstance(raw, Unparsed) else raw
+        while a large request is parsed, on a thread: wire.py)."""
+        request = await asyncio.to_thread(parse, raw) if isinstance(raw, Unparsed) else raw
         if isinstance(request, Malformed):
             return self._refused(
                 0,
