@@ -305,6 +305,12 @@ def hostile(ctx: Context) -> list[Row]:
                 f" ({sizes[0]} empty entries: refused; {sizes[1]} one-point series: in parts)",
                 "worst round trips (ms; the hostile request in flight, ms into it, of its ms): "
                 + json.dumps(s["worst"]),
+                "beside the wide batch, worst / median round trip (ms) in its first"
+                f" {WIDE_EARLY:g} s (parse, decoding) and after (its parts): "
+                + "; ".join(
+                    f"{name} {w['max'] * 1000:.0f} / {w['median'] * 1000:.1f} over {w['n']}"
+                    for name, w in s["wide"].items()
+                ),
             ],
         ),
         Row(
