@@ -30,6 +30,9 @@ from bench.table import Row
 from bench.targets import start_stepstream
 
 LIGHT = 100
+# The first seconds of the wide batch: its parse and decoding (about a second of the
+# service's time at load 4); the windows of `_windows` are split there.
+WIDE_EARLY = 1.5
 
 
 class Stream:
@@ -155,6 +158,7 @@ async def stall(address: str, quick: bool) -> dict[str, Any]:
         answers = await _result(hostile)
         return {
             "worst": _worst(beside, starts, answers),
+            "wide": _windows(beside, starts, answers[-1]),
             "alone_median": statistics.median(alone),
             "alone_max": max(alone),
             "beside_max": max(beside),
@@ -181,6 +185,23 @@ def _worst(
             place["of_ms"] = round(a["seconds"] * 1000, 1)
         out.append(place)
     return out
+
+
+def _windows(
+    beside: list[float], starts: list[float], wide: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """The light stream's round trips beside the wide batch, split where its parse and
+    decoding are over (WIDE_EARLY seconds after it was sent; its parts are committed after):
+    the worst and the median of each window, in seconds."""
+    early, late = [], []
+    for start, seconds in zip(starts, beside, strict=True):
+        if wide["sent_at"] <= start < wide["sent_at"] + wide["seconds"]:
+            (early if start < wide["sent_at"] + WIDE_EARLY else late).append(seconds)
+    return {
+        name: {"max": max(w), "median": statistics.median(w), "n": len(w)}
+        for name, w in (("early", early), ("late", late))
+        if w
+    }
 
 
 async def pump(
@@ -284,6 +305,12 @@ def hostile(ctx: Context) -> list[Row]:
                 f" ({sizes[0]} empty entries: refused; {sizes[1]} one-point series: in parts)",
                 "worst round trips (ms; the hostile request in flight, ms into it, of its ms): "
                 + json.dumps(s["worst"]),
+                "beside the wide batch, worst / median round trip (ms) in its first"
+                f" {WIDE_EARLY:g} s (parse, decoding) and after (its parts): "
+                + "; ".join(
+                    f"{name} {w['max'] * 1000:.0f} / {w['median'] * 1000:.1f} over {w['n']}"
+                    for name, w in s["wide"].items()
+                ),
             ],
         ),
         Row(
@@ -305,6 +332,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--role", choices=["light", "hostile", "heavy"], default="light")
     parser.add_argument("--quick", action="store_true", help="smaller hostile requests, 2 s")
+    parser.add_argument("--stall-only", action="store_true", help="part (a) only")
     args = parser.parse_args()
 
     async def heavy() -> dict[str, float]:
@@ -312,10 +340,10 @@ def main() -> None:
         return {"points_per_second": rate}
 
     async def both() -> dict[str, object]:
-        return {
-            "stall": await stall(args.address, args.quick),
-            "fairness": await fairness(args.address, 2.0 if args.quick else args.seconds),
-        }
+        result: dict[str, object] = {"stall": await stall(args.address, args.quick)}
+        if not args.stall_only:
+            result["fairness"] = await fairness(args.address, 2.0 if args.quick else args.seconds)
+        return result
 
     if args.role == "hostile":
         asyncio.run(attack(args.address, args.quick))

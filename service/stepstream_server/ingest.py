@@ -179,7 +179,10 @@ class IngestWorker:
         # Room first, before the batch takes its sequence: from here to the queue nothing
         # awaits, so a stream that goes away while it waits leaves no trace, and no later
         # batch of its writer (re-sent on another stream) can overtake it.
-        await self._wait_for_room(writer, sum(e.count for e in entries))
+        # Counted once, without the property: for 100,000 entries it held the event loop for
+        # tens of milliseconds twice (docs/faults.md section 5).
+        points = sum(len(e.values) for e in entries)
+        await self._wait_for_room(writer, points)
         known = self._known(writer, sequence)  # taken meanwhile by a re-send on another stream
         if known is not None:
             return known
@@ -206,7 +209,8 @@ class IngestWorker:
         resume, writer.resume = writer.resume, None
         if resume is not None and resume.sequence == sequence and failure is None:
             split = Split(entries, rejections, future, resume)  # goes on where it stopped
-        points = sum(e.count for e in entries) if split is None else split.remaining
+        if split is not None:
+            points = split.remaining
         limits = self.limits
         if points <= limits.max_part_points and len(entries) <= limits.max_part_entries:
             self._light.add(writer)

@@ -5,7 +5,8 @@ Each bound is checked where the request is first seen and answered `INVALID_ARGU
 own reason and the limit in the ErrorInfo metadata (`limit`). The ingest bounds are chosen so
 that a batch the client builds (at most `MAX_BATCH_POINTS` points, every entry holding at least
 one point) can never exceed them, and so that decoding and judging one maximal batch never holds
-the event loop long: large batches are decoded off the loop (`OFFLOAD_ENTRIES`).
+the event loop long: large requests are parsed, and large batches checked, decoded and judged,
+off the loop (`OFFLOAD_ENTRIES`, wire.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ MAX_BLOCK_NAMES = 100_000
 MAX_BATCH_SERIES = 100_000
 # UTF-8 bytes of every series name in one batch, together: MAX_BATCH_NAME_BYTES, from
 # stepstream.rules (the client cuts its batches to stay within it).
-# A batch with more series than this is decoded on a thread, not on the event loop.
+# A batch with more series than this is checked and decoded on a thread, and a group with more
+# entries judged on one, not on the event loop (decode.py, judge.py).
 OFFLOAD_ENTRIES = 2_000
 
 # -- runs: config, values, tags --------------------------------------------------------------

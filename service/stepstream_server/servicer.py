@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from stepstream.rules import MAX_INFLIGHT_PER_STREAM
 from stepstream.v1 import ingest_pb2
 
 from . import errors
-from .decode import Decoded, Decoder, oversized
+from .decode import Decoded, Decoder
 from .ingest import SEQUENCE_GAP, IngestWorker, StoreFailed, Writer
 from .metrics import Metrics
 from .model import (
@@ -28,6 +27,8 @@ from .model import (
     RunRecord,
 )
 from .validation import check_id, project_of, run_id_of
+from .wire import Malformed as Malformed
+from .wire import Oversized, Request, Unparsed, lenient_request, parse
 
 log = logging.getLogger(__name__)
 
@@ -56,34 +57,6 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: errors.Service
 
 
 # -- ingest ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Malformed:
-    """A request that could not be decoded (garbage bytes); answered, never fatal."""
-
-    detail: str
-
-
-@dataclass(frozen=True)
-class Oversized:
-    """A batch refused on its raw bytes, before parsing (decode.oversized)."""
-
-    sequence: int
-    failure: BatchFailure
-
-
-Request = ingest_pb2.AppendPointsRequest | Malformed | Oversized
-
-
-def lenient_request(data: bytes) -> Request:
-    refused = oversized(data)
-    if refused is not None:
-        return Oversized(*refused)
-    try:
-        return ingest_pb2.AppendPointsRequest.FromString(data)
-    except DecodeError as exc:
-        return Malformed(str(exc))
 
 
 def failure_response(
@@ -245,8 +218,10 @@ class IngestServicer:
         finally:
             await answers.put(None)
 
-    async def _handle(self, request: Request, stream: _Stream) -> Awaitable[Answer]:
-        """What answers one request; waits only while the worker applies backpressure."""
+    async def _handle(self, raw: Request, stream: _Stream) -> Awaitable[Answer]:
+        """What answers one request; waits only while the worker applies backpressure (and
+        while a large request is parsed, on a thread: wire.py)."""
+        request = await asyncio.to_thread(parse, raw) if isinstance(raw, Unparsed) else raw
         if isinstance(request, Malformed):
             return self._refused(
                 0,
