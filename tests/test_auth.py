@@ -23,7 +23,14 @@ import aiohttp
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from stepstream.v1 import ingest_pb2, ingest_pb2_grpc, runs_pb2, runs_pb2_grpc
+from stepstream.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
 from stepstream_server.auth import SecuritySettings, check_binding
 from stepstream_server.auth.policy import RPC_RULES
 from stepstream_server.auth.tokens import new_token
@@ -45,6 +52,8 @@ class Tokens:
     expired: str
     revoked: str
     unknown: str  # well-formed, never stored
+    admin1: str  # admin in p1
+    spare: str  # read in p1, for RevokeToken to revoke
 
     def case(self, name: str) -> str | None:
         return None if name == "none" else getattr(self, name)
@@ -68,6 +77,8 @@ def make_tokens(store_url: str) -> Tokens:
             expired=add("p1", "write", expires_at=time.time() - 1),
             revoked=add("p1", "write", revoked_at=REVOKED_AT),
             unknown=unknown,
+            admin1=add("p1", "admin"),
+            spare=add("p1", "read"),
         )
     finally:
         tokens.close()
@@ -127,13 +138,20 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 Call = Callable[[Secured, tuple[tuple[str, str], ...]], Any]
 
 
-def unary(method: str, request: Callable[[Secured], Any]) -> Call:
+def unary(method: str, request: Callable[[Secured], Any], stub: Any = None) -> Call:
     async def call(s: Secured, md: tuple[tuple[str, str], ...]) -> Any:
-        return await getattr(runs_pb2_grpc.RunServiceStub(s.channel), method)(
-            request(s), metadata=md
-        )
+        service = (stub or runs_pb2_grpc.RunServiceStub)(s.channel)
+        return await getattr(service, method)(request(s), metadata=md)
 
     return call
+
+
+def token_rpc(method: str, request: Callable[[Secured], Any]) -> Call:
+    return unary(method, request, tokens_pb2_grpc.TokenServiceStub)
+
+
+def token_id(token: str) -> str:
+    return token.split("_")[1]
 
 
 def streaming(method: str, request: Callable[[Secured], Any]) -> Call:
@@ -222,6 +240,21 @@ RPCS: dict[str, tuple[str, Call]] = {
         "read",
         streaming("ReadSeries", lambda s: runs_pb2.ReadSeriesRequest(selector=selector(s))),
     ),
+    "TokenService/CreateToken": (
+        "admin",
+        token_rpc("CreateToken", lambda s: tokens_pb2.CreateTokenRequest(project="p1", role="read")),
+    ),
+    "TokenService/ListTokens": (
+        "admin",
+        token_rpc("ListTokens", lambda s: tokens_pb2.ListTokensRequest(project="p1")),
+    ),
+    "TokenService/RevokeToken": (
+        "admin",
+        token_rpc(
+            "RevokeToken",
+            lambda s: tokens_pb2.RevokeTokenRequest(token_id=token_id(s.tokens.spare)),
+        ),
+    ),
 }
 
 # case -> (code, reason) for a call that needs `role`; None: allowed.
@@ -236,14 +269,14 @@ REFUSED = {
 
 def expected(case: str, role: str) -> tuple[grpc.StatusCode, str] | None:
     if case == "read":
-        return (grpc.StatusCode.PERMISSION_DENIED, "ROLE_INSUFFICIENT") if role == "write" else None
+        return (grpc.StatusCode.PERMISSION_DENIED, "ROLE_INSUFFICIENT") if role != "read" else None
     return REFUSED.get(case)
 
 
 def test_the_table_covers_every_rpc() -> None:
     methods = {
         f"{service.name}/{method.name}"
-        for module in (ingest_pb2, runs_pb2)
+        for module in (ingest_pb2, runs_pb2, tokens_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
@@ -270,14 +303,16 @@ async def test_every_rpc_checks_its_token(secured: Secured, method: str, case: s
 
 
 @pytest.mark.parametrize("method", sorted(RPCS))
-async def test_a_write_token_of_the_project_passes_every_check(
+async def test_a_token_of_the_project_with_the_role_passes_every_check(
     secured: Secured, method: str
 ) -> None:
-    """The token checks let a right token through; whatever the call answers then is the
-    handler's (e.g. NOT_FOUND), never an auth reason."""
-    _, call = RPCS[method]
+    """The token checks let a right token through (a write token, an admin one where the call
+    needs admin); whatever the call answers then is the handler's (e.g. NOT_FOUND), never an
+    auth reason."""
+    role, call = RPCS[method]
+    token = secured.tokens.admin1 if role == "admin" else secured.tokens.write
     try:
-        await call(secured, secured.md(secured.tokens.write))
+        await call(secured, secured.md(token))
     except grpc.aio.AioRpcError as exc:
         assert exc.code() not in (
             grpc.StatusCode.UNAUTHENTICATED,
