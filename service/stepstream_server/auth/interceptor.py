@@ -138,6 +138,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         authenticator = self.authenticator
 
+        async def recheck() -> None:
+            try:
+                await authenticator.principal(token)
+            except errors.ServiceError as exc:
+                self._refused(exc)  # counted now: the stream ends once its answers are out
+                raise
+
         async def first_then_rest(requests: AsyncIterator[Any], context: Any) -> _Replay:
             """The requests again, once the first one (the only one the rule reads) passed."""
             rest = requests.__aiter__()
@@ -147,7 +154,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await check(token, None, None)  # an empty stream still needs a token
                 return _Replay(_TAKEN, _empty(), None, None)
             principal = await check(token, rule, first)
-            return _Replay(first, rest, lambda: authenticator.principal(token), principal)
+            return _Replay(first, rest, recheck, principal)
 
         if behavior is not None:
             stream_behavior = behavior
@@ -160,7 +167,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 async for response in stream_behavior(replay, context):
                     yield response
                 if replay.refused is not None:  # every request it took is answered
-                    await failed(context, replay.refused)
+                    await abort(context, replay.refused)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream,
@@ -176,7 +183,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await failed(context, exc)
             response = await streaming(replay, context)
             if replay.refused is not None:
-                await failed(context, replay.refused)
+                await abort(context, replay.refused)
             return response
 
         return grpc.stream_unary_rpc_method_handler(
@@ -200,7 +207,7 @@ class _Replay:
         self,
         first: Any,
         rest: AsyncIterator[Any],
-        recheck: Callable[[], Awaitable[Principal]] | None,
+        recheck: Callable[[], Awaitable[None]] | None,
         principal: Principal | None,
     ) -> None:
         self._first: Any = first
