@@ -1,5 +1,7 @@
 """Case 10: what TLS and `--auth required` cost. Shapes (a) and (b) and the acknowledgement
-latency at a tenth of plain's rate, each alternating, repetition by repetition, between plain
+latency of one call in a closed loop (log, wait for its acknowledgement, repeat: nothing
+queues, so the difference is what TLS and the token check add to one acknowledgement), each
+alternating, repetition by repetition, between plain
 `stepstream serve` and one with `--tls-cert/--tls-key --auth required` (certificates made by
 trustme, a write token from `stepstream tokens create`), so both are measured under the same
 load. The order flips every repetition (plain first, then secured first, ...), so a load that
@@ -27,8 +29,9 @@ from bench.targets import Target, start_stepstream, stepstream_command
 MAX_RATE_COST = 0.10  # secured throughput at least 90% of plain
 MAX_P50_ADDED = 0.001  # seconds added to the p50 acknowledgement latency
 SERIES_OF = {"a": 10, "b": 1000}
-LATENCY_LOAD = 0.1  # of plain stepstream's measured rate
-DEFAULT_RATE = {"a": 2_000_000.0, "b": 500_000.0}
+# Closed-loop calls per repetition and side: one (b) call costs the service ~25 ms of CPU.
+SAMPLES = {"a": 600, "b": 150}
+QUICK_SAMPLES = {"a": 100, "b": 30}
 
 
 def start_secured(work_dir: Path) -> tuple[Target, dict[str, Any]]:
@@ -151,7 +154,6 @@ def security_rows(
     rates: dict[str, list[float]] = {"stepstream": [], "secured": []}
     cpus: dict[str, list[tuple[float, float]]] = {"stepstream": [], "secured": []}
     p50s: dict[str, list[float]] = {"stepstream": [], "secured": []}
-    loads: dict[str, list[float]] = {"stepstream": [], "secured": []}  # service CPU / wall
     with DriverPool(
         f"security-{key}", [python_module("bench.driver", "ingest")], ctx.work_dir
     ) as pool:
@@ -165,10 +167,7 @@ def security_rows(
                     f"security {shape.title} {target.label} rep {rep + 1}: {rate:,.0f} pts/s;"
                     f" CPU per point: service {server_us:.3f} µs, driver {driver_us:.3f} µs"
                 )
-    # A tenth of plain stepstream's rate as just measured here: well below saturation
-    # on a shared machine, so the difference is what TLS and the token check add (at
-    # half load, case 4's rule, queueing on a busy machine swamps it).
-    offered = (median(rates["stepstream"]) or DEFAULT_RATE[key]) * LATENCY_LOAD
+    samples = (QUICK_SAMPLES if ctx.quick else SAMPLES)[key]
     with DriverPool(
         f"security-lat-{key}", [python_module("bench.driver", "latency")], ctx.work_dir
     ) as pool:
@@ -180,25 +179,24 @@ def security_rows(
                         "address": target.address,
                         "run_id": f"sec-lat-{key}-{target.label}-{rep}",
                         "keys": SERIES_OF[key],
-                        "rate": offered,
-                        "seconds": 1.0 if ctx.quick else 4.0,
+                        "rate": 1.0,
+                        "seconds": 1.0,
                         "run_options": options,
                     }
                 )
-                server = [target.server.pid]
-                cpu0, wall0 = cpu_seconds(server), time.monotonic()
-                result = pool.command({"cmd": "go"})[0]
-                busy = (cpu_seconds(server) - cpu0) / (time.monotonic() - wall0)
+                result = pool.command({"cmd": "go", "closed_samples": samples})[0]
                 pool.command({"cmd": "finish"})
                 p50s[target.label].append(float(result["p50"]))
-                loads[target.label].append(busy)
                 ctx.progress(
                     f"security latency ({key}) {target.label} rep {rep + 1}:"
-                    f" p50 {float(result['p50']) * 1000:.2f} ms; service CPU {busy:.0%}"
+                    f" closed-loop p50 {float(result['p50']) * 1000:.2f} ms over"
+                    f" {result['samples']} calls"
                 )
     plain_rate, secured_rate = median(rates["stepstream"]), median(rates["secured"])
     plain_p50, secured_p50 = median(p50s["stepstream"]), median(p50s["secured"])
     assert plain_rate and secured_rate and plain_p50 is not None and secured_p50 is not None
+    paired = median([sec - pl for sec, pl in zip(p50s["secured"], p50s["stepstream"], strict=True)])
+    assert paired is not None
     same_run = (
         "measured alternately with plain stepstream in this run, order flipped every repetition"
     )
@@ -236,12 +234,18 @@ def security_rows(
             target=f"< {MAX_P50_ADDED * 1000:g} ms above plain",
             met=secured_p50 - plain_p50 < MAX_P50_ADDED,
             notes=[
-                f"offered {offered:,.0f} pts/s; {same_run}; per-repetition p50 ms: secured "
+                f"closed loop: one call of {SERIES_OF[key]} series, wait for its"
+                f" acknowledgement, repeat; {samples} calls per repetition and side; {same_run};"
+                " per-repetition p50 ms: secured "
                 + ", ".join(f"{p * 1000:.2f}" for p in p50s["secured"])
                 + "; plain "
                 + ", ".join(f"{p * 1000:.2f}" for p in p50s["stepstream"]),
-                f"service CPU while offered (median, of one core): secured"
-                f" {median(loads['secured']) or 0:.0%}, plain {median(loads['stepstream']) or 0:.0%}",
+                "secured minus plain per repetition (ms): "
+                + ", ".join(
+                    f"{(sec - pl) * 1000:+.2f}"
+                    for sec, pl in zip(p50s["secured"], p50s["stepstream"], strict=True)
+                )
+                + f"; median {paired * 1000:+.2f} ms",
             ],
         )
     )

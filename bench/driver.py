@@ -155,6 +155,8 @@ def latency(command: Message, state: dict[str, Any]) -> Message:
     if command["cmd"] != "go":
         run.close(timeout=120)
         return {"ok": True}
+    if command.get("closed_samples"):
+        return closed_loop(run, state["data"], int(command["closed_samples"]))
     data, rate, seconds, warmup = state["data"], state["rate"], state["seconds"], state["warmup"]
     acks: list[tuple[float, int]] = []  # (monotonic time, acknowledged points so far)
     method = hook_acks(run, acks)
@@ -201,6 +203,44 @@ def latency(command: Message, state: dict[str, Any]) -> Message:
         "p50": latencies[len(latencies) // 2],
         "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
         "max": latencies[-1],
+    }
+
+
+CLOSED_WARMUP = 20  # calls before the timed ones (the connection and caches warm up)
+
+
+def closed_loop(run: stepstream.Run, data: dict[str, float], samples: int) -> Message:
+    """One log call, wait for its acknowledgement, repeat: each sample is what one call's
+    acknowledgement takes with nothing queued ahead of it (no offered rate, so no queueing
+    in the service whatever the machine's load does to its speed)."""
+    sender = run._sender  # the acknowledgement hook, as hook_acks uses it
+    on_answer = sender._on_answer
+    wanted = [0]
+    arrived = threading.Event()
+
+    def timed(response: Any) -> None:
+        on_answer(response)
+        if sender.acknowledged_points >= wanted[0]:
+            arrived.set()
+
+    sender._on_answer = timed
+    base = run.acknowledged_points
+    latencies = []
+    for i in range(CLOSED_WARMUP + samples):
+        arrived.clear()
+        wanted[0] = base + (i + 1) * len(data)
+        start = time.perf_counter()
+        run.log_metrics(data, step=i)
+        if not arrived.wait(120):
+            raise RuntimeError(f"call {i} was not acknowledged within 120 s")
+        if i >= CLOSED_WARMUP:
+            latencies.append(time.perf_counter() - start)
+    sender._on_answer = on_answer
+    latencies.sort()
+    return {
+        "samples": len(latencies),
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
     }
 
 
