@@ -201,7 +201,7 @@ class _Replay:
     took, as on a half-close) and is kept in `refused` for the interceptor to end the call
     with; the request that found it is dropped: nothing after a failed check is stored."""
 
-    __slots__ = ("_first", "_rest", "_recheck", "_due", "_expires_at", "refused")
+    __slots__ = ("_due", "_expires_at", "_first", "_recheck", "_rest", "refused")
 
     def __init__(
         self,

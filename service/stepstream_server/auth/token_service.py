@@ -138,6 +138,4 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         except errors.ServiceError as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
-        return tokens_pb2.RevokeTokenResponse(
-            info=token_info(record), already_revoked=not revoked
-        )
+        return tokens_pb2.RevokeTokenResponse(info=token_info(record), already_revoked=not revoked)
