@@ -155,8 +155,6 @@ def latency(command: Message, state: dict[str, Any]) -> Message:
     if command["cmd"] != "go":
         run.close(timeout=120)
         return {"ok": True}
-    if command.get("closed_samples"):
-        return closed_loop(run, state["data"], int(command["closed_samples"]))
     data, rate, seconds, warmup = state["data"], state["rate"], state["seconds"], state["warmup"]
     acks: list[tuple[float, int]] = []  # (monotonic time, acknowledged points so far)
     method = hook_acks(run, acks)
@@ -206,41 +204,70 @@ def latency(command: Message, state: dict[str, Any]) -> Message:
     }
 
 
-CLOSED_WARMUP = 20  # calls before the timed ones (the connection and caches warm up)
+PAIRED_WARMUP = 20  # call pairs before the timed ones (connections and caches warm up)
 
 
-def closed_loop(run: stepstream.Run, data: dict[str, float], samples: int) -> Message:
-    """One log call, wait for its acknowledgement, repeat: each sample is what one call's
-    acknowledgement takes with nothing queued ahead of it (no offered rate, so no queueing
-    in the service whatever the machine's load does to its speed)."""
-    sender = run._sender  # the acknowledgement hook, as hook_acks uses it
-    on_answer = sender._on_answer
-    wanted = [0]
-    arrived = threading.Event()
+class _OneAck:
+    """Times one log call of a run until its acknowledgement (the sender's answer hook, as
+    hook_acks uses it), with nothing else in flight on that run."""
 
-    def timed(response: Any) -> None:
-        on_answer(response)
-        if sender.acknowledged_points >= wanted[0]:
-            arrived.set()
+    def __init__(self, run: stepstream.Run) -> None:
+        self.run = run
+        self.sender = run._sender
+        self.on_answer = self.sender._on_answer
+        self.wanted = 0
+        self.arrived = threading.Event()
+        self.sender._on_answer = self._answered
+        self.step = 0
 
-    sender._on_answer = timed
-    base = run.acknowledged_points
-    latencies = []
-    for i in range(CLOSED_WARMUP + samples):
-        arrived.clear()
-        wanted[0] = base + (i + 1) * len(data)
+    def _answered(self, response: Any) -> None:
+        self.on_answer(response)
+        if self.sender.acknowledged_points >= self.wanted:
+            self.arrived.set()
+
+    def call(self, data: dict[str, float]) -> float:
+        self.arrived.clear()
+        self.wanted = self.run.acknowledged_points + len(data)
         start = time.perf_counter()
-        run.log_metrics(data, step=i)
-        if not arrived.wait(120):
-            raise RuntimeError(f"call {i} was not acknowledged within 120 s")
-        if i >= CLOSED_WARMUP:
-            latencies.append(time.perf_counter() - start)
-    sender._on_answer = on_answer
-    latencies.sort()
+        self.run.log_metrics(data, step=self.step)
+        if not self.arrived.wait(120):
+            raise RuntimeError(f"call {self.step} was not acknowledged within 120 s")
+        self.step += 1
+        return time.perf_counter() - start
+
+
+def paired(command: Message, state: dict[str, Any]) -> Message:
+    """A closed loop over two runs (e.g. on a plain and a secured service): one log call on
+    each in turn (the order flipped every pair), each waiting for its acknowledgement, so
+    both sides' samples come from the same moments of the machine's load and nothing queues.
+    Answers each side's p50 and the median of the per-pair differences (second - first)."""
+    if command["cmd"] == "prepare":
+        runs = [
+            stepstream.Run(side["run_id"], address=side["address"], **side.get("run_options", {}))
+            for side in command["sides"]
+        ]
+        wait_connected(runs)
+        state.update(runs=runs, data=metrics("", int(command["keys"])))
+        return {"ok": True}
+    runs = state["runs"]
+    if command["cmd"] != "go":
+        for run in runs:
+            run.close(timeout=120)
+        return {"ok": True}
+    timers = [_OneAck(run) for run in runs]
+    data = state["data"]
+    samples: list[list[float]] = [[], []]
+    for i in range(PAIRED_WARMUP + int(command["samples"])):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        took = {side: timers[side].call(data) for side in order}
+        if i >= PAIRED_WARMUP:
+            for side in (0, 1):
+                samples[side].append(took[side])
+    diffs = sorted(b - a for a, b in zip(samples[0], samples[1], strict=True))
     return {
-        "samples": len(latencies),
-        "p50": latencies[len(latencies) // 2],
-        "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+        "samples": len(diffs),
+        "p50": [sorted(side)[len(side) // 2] for side in samples],
+        "diff_p50": diffs[len(diffs) // 2],
     }
 
 
@@ -348,10 +375,12 @@ def main(argv: list[str]) -> None:
         serve(lambda command: cost(command, state))
     elif mode == "latency":
         serve(lambda command: latency(command, state))
+    elif mode == "paired":
+        serve(lambda command: paired(command, state))
     elif mode == "stall":
         serve(lambda command: stall(command, state))
     else:
-        raise SystemExit(f"unknown mode {mode!r}; use ingest, cost, latency or stall")
+        raise SystemExit(f"unknown mode {mode!r}; use ingest, cost, latency, paired or stall")
 
 
 if __name__ == "__main__":
