@@ -204,6 +204,73 @@ def latency(command: Message, state: dict[str, Any]) -> Message:
     }
 
 
+PAIRED_WARMUP = 20  # call pairs before the timed ones (connections and caches warm up)
+
+
+class _OneAck:
+    """Times one log call of a run until its acknowledgement (the sender's answer hook, as
+    hook_acks uses it), with nothing else in flight on that run."""
+
+    def __init__(self, run: stepstream.Run) -> None:
+        self.run = run
+        self.sender = run._sender
+        self.on_answer = self.sender._on_answer
+        self.wanted = 0
+        self.arrived = threading.Event()
+        self.sender._on_answer = self._answered
+        self.step = 0
+
+    def _answered(self, response: Any) -> None:
+        self.on_answer(response)
+        if self.sender.acknowledged_points >= self.wanted:
+            self.arrived.set()
+
+    def call(self, data: dict[str, float]) -> float:
+        self.arrived.clear()
+        self.wanted = self.run.acknowledged_points + len(data)
+        start = time.perf_counter()
+        self.run.log_metrics(data, step=self.step)
+        if not self.arrived.wait(120):
+            raise RuntimeError(f"call {self.step} was not acknowledged within 120 s")
+        self.step += 1
+        return time.perf_counter() - start
+
+
+def paired(command: Message, state: dict[str, Any]) -> Message:
+    """A closed loop over two runs (e.g. on a plain and a secured service): one log call on
+    each in turn (the order flipped every pair), each waiting for its acknowledgement, so
+    both sides' samples come from the same moments of the machine's load and nothing queues.
+    Answers each side's p50 and the median of the per-pair differences (second - first)."""
+    if command["cmd"] == "prepare":
+        runs = [
+            stepstream.Run(side["run_id"], address=side["address"], **side.get("run_options", {}))
+            for side in command["sides"]
+        ]
+        wait_connected(runs)
+        state.update(runs=runs, data=metrics("", int(command["keys"])))
+        return {"ok": True}
+    runs = state["runs"]
+    if command["cmd"] != "go":
+        for run in runs:
+            run.close(timeout=120)
+        return {"ok": True}
+    timers = [_OneAck(run) for run in runs]
+    data = state["data"]
+    samples: list[list[float]] = [[], []]
+    for i in range(PAIRED_WARMUP + int(command["samples"])):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        took = {side: timers[side].call(data) for side in order}
+        if i >= PAIRED_WARMUP:
+            for side in (0, 1):
+                samples[side].append(took[side])
+    diffs = sorted(b - a for a, b in zip(samples[0], samples[1], strict=True))
+    return {
+        "samples": len(diffs),
+        "p50": [sorted(side)[len(side) // 2] for side in samples],
+        "diff_p50": diffs[len(diffs) // 2],
+    }
+
+
 def hook_acks(run: stepstream.Run, acks: list[tuple[float, int]]) -> str:
     """Timestamp every acknowledgement in the sender thread, if the client still has the
     internal `_sender._on_answer`; returns "hook", or "poll" when it does not."""
@@ -308,10 +375,12 @@ def main(argv: list[str]) -> None:
         serve(lambda command: cost(command, state))
     elif mode == "latency":
         serve(lambda command: latency(command, state))
+    elif mode == "paired":
+        serve(lambda command: paired(command, state))
     elif mode == "stall":
         serve(lambda command: stall(command, state))
     else:
-        raise SystemExit(f"unknown mode {mode!r}; use ingest, cost, latency or stall")
+        raise SystemExit(f"unknown mode {mode!r}; use ingest, cost, latency, paired or stall")
 
 
 if __name__ == "__main__":

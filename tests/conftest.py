@@ -21,6 +21,9 @@ from stepstream_server.server import Service
 from wire import Stream, create_run
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The `auth_settings` and `secured` fixtures (a service with --auth required and its tokens).
+pytest_plugins = ["secured"]
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))  # redis_cluster.py
 
 

@@ -9,21 +9,27 @@ protos' services and the web app's routes, so an RPC or a route added without a 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
-from stepstream.v1 import ingest_pb2, ingest_pb2_grpc, runs_pb2, runs_pb2_grpc
+from secured import Secured, csrf_field, error_info, make_tokens
+from stepstream.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
 from stepstream_server.auth import SecuritySettings, check_binding
 from stepstream_server.auth.policy import RPC_RULES
 from stepstream_server.auth.tokens import new_token
@@ -33,107 +39,26 @@ from stepstream_server.server import Service
 from stepstream_server.store.tokens import TokenStore
 
 OPEN_ROUTES = {"/login", "/logout"}
-REVOKED_AT = 1.0
-
-
-@dataclasses.dataclass
-class Tokens:
-    admin: str  # admin in every project
-    write: str  # write in p1
-    read: str  # read in p1
-    other: str  # write in p2
-    expired: str
-    revoked: str
-    unknown: str  # well-formed, never stored
-
-    def case(self, name: str) -> str | None:
-        return None if name == "none" else getattr(self, name)
-
-
-def make_tokens(store_url: str) -> Tokens:
-    tokens = TokenStore(store_url)
-    try:
-
-        def add(project: str, role: str, **changes: Any) -> str:
-            token, record = new_token(project, role, name=f"{project}-{role}")
-            tokens.add(dataclasses.replace(record, **changes))
-            return token
-
-        unknown, _ = new_token("p1", "write")
-        return Tokens(
-            admin=add("*", "admin"),
-            write=add("p1", "write"),
-            read=add("p1", "read"),
-            other=add("p2", "write"),
-            expired=add("p1", "write", expires_at=time.time() - 1),
-            revoked=add("p1", "write", revoked_at=REVOKED_AT),
-            unknown=unknown,
-        )
-    finally:
-        tokens.close()
-
-
-@pytest.fixture
-def auth_settings(settings: Settings) -> Settings:
-    return dataclasses.replace(
-        settings, web_address="127.0.0.1:0", security=SecuritySettings(auth="required")
-    )
-
-
-@dataclasses.dataclass
-class Secured:
-    service: Service
-    tokens: Tokens
-    channel: grpc.aio.Channel
-    p1_incarnation: str
-    p2_incarnation: str
-
-    def md(self, token: str | None) -> tuple[tuple[str, str], ...]:
-        return () if token is None else (("authorization", f"Bearer {token}"),)
-
-
-@pytest.fixture
-async def secured(auth_settings: Settings) -> AsyncIterator[Secured]:
-    service = await Service.start(auth_settings)
-    try:
-        tokens = make_tokens(auth_settings.store_url)
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            stub = runs_pb2_grpc.RunServiceStub(channel)
-            admin = (("authorization", f"Bearer {tokens.admin}"),)
-            incarnations = []
-            for project, run_id in (("p1", "r1"), ("p2", "parent")):
-                resp = await stub.CreateRun(
-                    runs_pb2.CreateRunRequest(project=project, run_id=run_id, experiment="e1"),
-                    metadata=admin,
-                )
-                incarnations.append(resp.run.current_incarnation_id)
-            yield Secured(service, tokens, channel, *incarnations)
-    finally:
-        await service.stop()
-
-
-def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info
-    raise AssertionError(f"no ErrorInfo in {err}")
-
 
 # -- every RPC --------------------------------------------------------------------------------
 
 Call = Callable[[Secured, tuple[tuple[str, str], ...]], Any]
 
 
-def unary(method: str, request: Callable[[Secured], Any]) -> Call:
+def unary(method: str, request: Callable[[Secured], Any], stub: Any = None) -> Call:
     async def call(s: Secured, md: tuple[tuple[str, str], ...]) -> Any:
-        return await getattr(runs_pb2_grpc.RunServiceStub(s.channel), method)(
-            request(s), metadata=md
-        )
+        service = (stub or runs_pb2_grpc.RunServiceStub)(s.channel)
+        return await getattr(service, method)(request(s), metadata=md)
 
     return call
+
+
+def token_rpc(method: str, request: Callable[[Secured], Any]) -> Call:
+    return unary(method, request, tokens_pb2_grpc.TokenServiceStub)
+
+
+def token_id(token: str) -> str:
+    return token.split("_")[1]
 
 
 def streaming(method: str, request: Callable[[Secured], Any]) -> Call:
@@ -222,6 +147,23 @@ RPCS: dict[str, tuple[str, Call]] = {
         "read",
         streaming("ReadSeries", lambda s: runs_pb2.ReadSeriesRequest(selector=selector(s))),
     ),
+    "TokenService/CreateToken": (
+        "admin",
+        token_rpc(
+            "CreateToken", lambda s: tokens_pb2.CreateTokenRequest(project="p1", role="read")
+        ),
+    ),
+    "TokenService/ListTokens": (
+        "admin",
+        token_rpc("ListTokens", lambda s: tokens_pb2.ListTokensRequest(project="p1")),
+    ),
+    "TokenService/RevokeToken": (
+        "admin",
+        token_rpc(
+            "RevokeToken",
+            lambda s: tokens_pb2.RevokeTokenRequest(token_id=token_id(s.tokens.spare)),
+        ),
+    ),
 }
 
 # case -> (code, reason) for a call that needs `role`; None: allowed.
@@ -236,14 +178,14 @@ REFUSED = {
 
 def expected(case: str, role: str) -> tuple[grpc.StatusCode, str] | None:
     if case == "read":
-        return (grpc.StatusCode.PERMISSION_DENIED, "ROLE_INSUFFICIENT") if role == "write" else None
+        return (grpc.StatusCode.PERMISSION_DENIED, "ROLE_INSUFFICIENT") if role != "read" else None
     return REFUSED.get(case)
 
 
 def test_the_table_covers_every_rpc() -> None:
     methods = {
         f"{service.name}/{method.name}"
-        for module in (ingest_pb2, runs_pb2)
+        for module in (ingest_pb2, runs_pb2, tokens_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
@@ -270,14 +212,16 @@ async def test_every_rpc_checks_its_token(secured: Secured, method: str, case: s
 
 
 @pytest.mark.parametrize("method", sorted(RPCS))
-async def test_a_write_token_of_the_project_passes_every_check(
+async def test_a_token_of_the_project_with_the_role_passes_every_check(
     secured: Secured, method: str
 ) -> None:
-    """The token checks let a right token through; whatever the call answers then is the
-    handler's (e.g. NOT_FOUND), never an auth reason."""
-    _, call = RPCS[method]
+    """The token checks let a right token through (a write token, an admin one where the call
+    needs admin); whatever the call answers then is the handler's (e.g. NOT_FOUND), never an
+    auth reason."""
+    role, call = RPCS[method]
+    token = secured.tokens.admin1 if role == "admin" else secured.tokens.write
     try:
-        await call(secured, secured.md(secured.tokens.write))
+        await call(secured, secured.md(token))
     except grpc.aio.AioRpcError as exc:
         assert exc.code() not in (
             grpc.StatusCode.UNAUTHENTICATED,
@@ -472,16 +416,23 @@ async def test_login_keeps_the_token_in_an_httponly_samesite_cookie(secured: Sec
     # unsafe: keep cookies of an IP address (the service's 127.0.0.1)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async with http.get(base + "/login?next=/runs/p1/r1") as resp:
-            assert resp.status == 200 and 'name="token"' in await resp.text()
+            page = await resp.text()
+            assert resp.status == 200 and 'name="token"' in page
+            csrf_cookie = resp.headers["Set-Cookie"]
+        assert csrf_cookie.startswith("stepstream_csrf=")
+        assert "HttpOnly" in csrf_cookie and "SameSite=Strict" in csrf_cookie
+        csrf = csrf_field(page)
         async with http.post(
             base + "/login",
-            data={"token": secured.tokens.unknown, "next": "/runs/p1/r1"},
+            data={"token": secured.tokens.unknown, "next": "/runs/p1/r1", "csrf": csrf},
             allow_redirects=False,
         ) as resp:
-            assert resp.status == 401 and "TOKEN_INVALID" in await resp.text()
+            page = await resp.text()
+            assert resp.status == 401 and "TOKEN_INVALID" in page
+            assert csrf_field(page) == csrf  # the browser keeps its value
         async with http.post(
             base + "/login",
-            data={"token": secured.tokens.read, "next": "/runs/p1/r1"},
+            data={"token": secured.tokens.read, "next": "/runs/p1/r1", "csrf": csrf},
             allow_redirects=False,
         ) as resp:
             assert resp.status == 303 and resp.headers["Location"] == "/runs/p1/r1"
@@ -489,21 +440,71 @@ async def test_login_keeps_the_token_in_an_httponly_samesite_cookie(secured: Sec
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
         async with http.get(base + "/runs/p1/r1", allow_redirects=False) as resp:
             assert resp.status == 200
-        async with http.post(base + "/logout", allow_redirects=False) as resp:
+        async with http.get(base + "/login") as resp:
+            assert 'action="/logout"' in await resp.text()  # signed in: a sign-out form
+        async with http.post(base + "/logout", data={"csrf": csrf}, allow_redirects=False) as resp:
             assert resp.status == 303
         async with http.get(base + "/runs/p1/r1", allow_redirects=False) as resp:
             assert resp.status == 303
 
 
+async def login_post(
+    s: Secured, path: str, data: dict[str, str], cookies: dict[str, str]
+) -> tuple[int, str, list[str]]:
+    """Status, body and the cookies set (names) of a POST to the login or logout route."""
+    assert s.service.web is not None
+    async with (
+        aiohttp.ClientSession(cookies=cookies) as http,
+        http.post(s.service.web.url + path, data=data, allow_redirects=False) as resp,
+    ):
+        return resp.status, await resp.text(), list(resp.cookies)
+
+
+@pytest.mark.parametrize("path", ["/login", "/logout"])
+@pytest.mark.parametrize(
+    ("cookie", "field", "reason", "message"),
+    [
+        (None, None, "CSRF_MISSING", "the stepstream_csrf cookie is missing"),
+        (None, "v" * 43, "CSRF_MISSING", "the stepstream_csrf cookie is missing"),
+        ("v" * 43, None, "CSRF_MISSING", "the form&#39;s csrf field is missing"),
+        ("v" * 43, "w" * 43, "CSRF_MISMATCH", "does not match this browser"),
+        ("v" * 43, "v" * 42, "CSRF_MISMATCH", "does not match this browser"),
+    ],
+)
+async def test_login_and_logout_posts_need_the_csrf_double_submit(
+    secured: Secured,
+    path: str,
+    cookie: str | None,
+    field: str | None,
+    reason: str,
+    message: str,
+) -> None:
+    """A POST without the CSRF cookie, without the field, or with the two different is 403
+    with the reason and what is wrong; a refused login sets no token cookie, a refused
+    logout leaves the session signed in."""
+    cookies = {"stepstream_token": secured.tokens.read}
+    if cookie is not None:
+        cookies["stepstream_csrf"] = cookie
+    data = {"token": secured.tokens.read, "next": "/"}
+    if field is not None:
+        data["csrf"] = field
+    status, body, set_cookies = await login_post(secured, path, data, cookies)
+    assert status == 403, body
+    assert reason in body and message in body, body
+    assert "stepstream_token" not in set_cookies  # neither set (login) nor deleted (logout)
+    good = await login_post(
+        secured, path, {**data, "csrf": "v" * 43}, {"stepstream_csrf": "v" * 43}
+    )
+    assert good[0] == 303
+
+
 async def test_login_never_redirects_off_the_site(secured: Secured) -> None:
+    csrf = {"stepstream_csrf": "v" * 43}
+    data = {"token": secured.tokens.read, "next": "//evil.example/", "csrf": "v" * 43}
     assert secured.service.web is not None
     async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            secured.service.web.url + "/login",
-            data={"token": secured.tokens.read, "next": "//evil.example/"},
-            allow_redirects=False,
-        ) as resp,
+        aiohttp.ClientSession(cookies=csrf) as http,
+        http.post(secured.service.web.url + "/login", data=data, allow_redirects=False) as resp,
     ):
         assert resp.headers["Location"] == "/"
 

@@ -26,6 +26,7 @@ from ._exceptions import (
 from ._export import export_run, load_export
 from ._handle import RunHandle, get_run
 from ._run import Run
+from ._tokens import TokenInfo, create_token, list_tokens, revoke_token
 from ._types import Incarnation, IngestError, RunInfo, SenderStats, Series, SeriesSummary
 
 __version__ = "0.1.0"
@@ -44,11 +45,15 @@ __all__ = [
     "Series",
     "SeriesSummary",
     "StepstreamError",
+    "TokenInfo",
     "WaitTimeoutError",
+    "create_token",
     "export_run",
     "get_run",
     "list_runs",
     "list_series",
+    "list_tokens",
     "load_export",
     "read_series",
+    "revoke_token",
 ]

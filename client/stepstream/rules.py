@@ -52,3 +52,19 @@ def name_problem(name: str) -> str | None:
     if "\x00" in name:
         return "contains a NUL character"
     return None
+
+
+# A token's lifetime as `stepstream tokens create --expires` and `create_token` take it.
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """ "30d", "12h", "90m", "3600s", "2w" -> seconds; ValueError for anything else."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(
+            f"--expires must be a positive number with a unit s, m, h, d or w (e.g. 30d), "
+            f"got {text!r}"
+        )
+    return int(match.group(1)) * _SECONDS[match.group(2)]

@@ -16,10 +16,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from stepstream.v1 import ingest_pb2, runs_pb2
+from stepstream.v1 import ingest_pb2, runs_pb2, tokens_pb2, tokens_pb2_grpc
 
 from . import collector
 from .auth import Security, preflight
+from .auth.token_service import TokenServicer
 from .config import Settings
 from .datadir import DataDirLock
 from .embedded_redis import EmbeddedRedis, RedisWatch
@@ -38,6 +39,7 @@ log = logging.getLogger("stepstream")
 SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+    tokens_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
 )
 MAX_PENDING_CALLS = 100_000
 GRPC_OPTIONS = [
@@ -242,6 +244,7 @@ class Service:
         server.add_generic_rpc_handlers(
             (run_handler(RunServicer(runs, reader, web.url if web is not None else "")),)
         )
+        tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(security.tokens), server)
         health_pb2_grpc.add_HealthServicer_to_server(readiness.health, server)
         reflection.enable_server_reflection(
             (

@@ -50,7 +50,11 @@ class IngestServiceStub:
     of its `open` message; otherwise it ends, before `opened`, with
     UNAUTHENTICATED TOKEN_MISSING, TOKEN_INVALID or TOKEN_EXPIRED, or with
     PERMISSION_DENIED PROJECT_NOT_ALLOWED or ROLE_INSUFFICIENT (metadata
-    project, required_role, token_id), as RunService lists them.
+    project, required_role, token_id), as RunService lists them. An open
+    stream re-checks its token once a second (and at its expiry): a revoked
+    or expired token ends the stream, after the answers of every batch it had
+    taken, with UNAUTHENTICATED TOKEN_INVALID or TOKEN_EXPIRED (the batch that
+    found it is not stored; do not re-send with the same token).
 
     Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
     most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
@@ -99,7 +103,11 @@ class IngestServiceServicer:
     of its `open` message; otherwise it ends, before `opened`, with
     UNAUTHENTICATED TOKEN_MISSING, TOKEN_INVALID or TOKEN_EXPIRED, or with
     PERMISSION_DENIED PROJECT_NOT_ALLOWED or ROLE_INSUFFICIENT (metadata
-    project, required_role, token_id), as RunService lists them.
+    project, required_role, token_id), as RunService lists them. An open
+    stream re-checks its token once a second (and at its expiry): a revoked
+    or expired token ends the stream, after the answers of every batch it had
+    taken, with UNAUTHENTICATED TOKEN_INVALID or TOKEN_EXPIRED (the batch that
+    found it is not stored; do not re-send with the same token).
 
     Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
     most 100,000 entries and 100,000 series per batch, 8 MiB of series names per
@@ -180,7 +188,11 @@ class IngestService:
     of its `open` message; otherwise it ends, before `opened`, with
     UNAUTHENTICATED TOKEN_MISSING, TOKEN_INVALID or TOKEN_EXPIRED, or with
     PERMISSION_DENIED PROJECT_NOT_ALLOWED or ROLE_INSUFFICIENT (metadata
-    project, required_role, token_id), as RunService lists them.
+    project, required_role, token_id), as RunService lists them. An open
+    stream re-checks its token once a second (and at its expiry): a revoked
+    or expired token ends the stream, after the answers of every batch it had
+    taken, with UNAUTHENTICATED TOKEN_INVALID or TOKEN_EXPIRED (the batch that
+    found it is not stored; do not re-send with the same token).
 
     Limits: at most 100,000 points (values) per batch (BATCH_TOO_LARGE), at
     most 100,000 entries and 100,000 series per batch, 8 MiB of series names per

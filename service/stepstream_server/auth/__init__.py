@@ -15,6 +15,7 @@ import grpc
 from ..store import AsyncStore
 from ..store.tokens import TokenStore
 from .interceptor import AuthInterceptor
+from .policy import Lookup
 from .settings import SecuritySettings, check_binding
 from .tls import bind, server_credentials, server_ssl_context
 from .tokens import Authenticator
@@ -59,11 +60,16 @@ class Security:
             return None if inc is None else inc.project
 
         tokens = await asyncio.to_thread(TokenStore, store_url)
+
+        async def token_project(token_id: str) -> str | None:
+            record = await asyncio.to_thread(tokens.get, token_id)
+            return None if record is None else record.project
+
         authenticator = Authenticator(tokens)
         return cls(
             settings,
             tokens,
-            [AuthInterceptor(authenticator, project_of, on_failure)],
+            [AuthInterceptor(authenticator, Lookup(project_of, token_project), on_failure)],
             WebGuard(authenticator, project_of, secure_cookie=settings.tls, on_failure=on_failure),
             ssl_context,
         )

@@ -1,6 +1,8 @@
 """`stepstream tokens create|list|revoke`: tokens managed on the store directly (the same
 `--data-dir`/`--store` as `serve`), so the first admin token needs no running service and a
-running one sees a new or revoked token at its next check."""
+running one sees a new or revoked token at its next check; or, with `--address`, through a
+running service's TokenService (`--token`/$STEPSTREAM_TOKEN an admin token there, and the
+client's TLS options), which checks who may do what (auth/policy.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..store.tokens import ALL_PROJECTS, TokenRecord, TokenStore
-from .tokens import ROLES, new_token, parse_duration
+from stepstream.rules import parse_duration
+
+from ..store.tokens import ALL_PROJECTS, TokenStore
+from .tokens import ROLES, new_token
 
 
 def add_parser(sub: Any, defaults: Any) -> None:
@@ -21,6 +25,22 @@ def add_parser(sub: Any, defaults: Any) -> None:
     actions = tokens.add_subparsers(dest="action", required=True)
 
     def store_options(p: argparse.ArgumentParser) -> None:
+        wire = p.add_argument_group("through a running service (instead of the store)")
+        wire.add_argument(
+            "--address",
+            default=None,
+            metavar="HOST:PORT",
+            help="manage tokens through this service's TokenService (needs an admin --token)",
+        )
+        wire.add_argument(
+            "--token", default=None, help="an admin token there (default $STEPSTREAM_TOKEN)"
+        )
+        wire.add_argument(
+            "--tls", action="store_true", default=None, help="TLS with the system's roots"
+        )
+        wire.add_argument("--tls-ca", default=None, metavar="PEM", help="TLS trusting this CA")
+        wire.add_argument("--tls-cert", default=None, metavar="PEM", help="mTLS certificate")
+        wire.add_argument("--tls-key", default=None, metavar="PEM", help="its key")
         p.add_argument(
             "--data-dir",
             type=Path,
@@ -44,6 +64,12 @@ def add_parser(sub: Any, defaults: Any) -> None:
     store_options(create)
     listing = actions.add_parser("list", help="every token (never the secrets)")
     listing.add_argument("--json", action="store_true")
+    listing.add_argument(
+        "--project",
+        default=None,
+        help="only this project's tokens (with --address: empty,"
+        " every token the caller administers)",
+    )
     store_options(listing)
     revoke = actions.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id", metavar="ID")
@@ -58,12 +84,6 @@ def _when(seconds: float | None) -> str:
     )
 
 
-def _state(record: TokenRecord) -> str:
-    if record.revoked_at is not None:
-        return "revoked"
-    return "expired" if record.expired() else "active"
-
-
 def open_tokens(store_url: str) -> TokenStore:
     """The token table of a store, migrated first (a fresh store gets its whole schema)."""
     from ..store import open_store
@@ -72,7 +92,92 @@ def open_tokens(store_url: str) -> TokenStore:
     return TokenStore(store_url)
 
 
+def _print_list(rows: list[Any], as_json: bool) -> None:
+    """`rows` are TokenRecords or the client's TokenInfos (the same fields, and a state)."""
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": r.token_id,
+                        "name": r.name,
+                        "project": r.project,
+                        "role": r.role,
+                        "state": r.state if isinstance(r.state, str) else r.state(),
+                        "created_at": r.created_at,
+                        "expires_at": r.expires_at,
+                        "revoked_at": r.revoked_at,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return
+    print(f"{'ID':16}  {'PROJECT':20}  {'ROLE':5}  {'STATE':7}  {'EXPIRES':20}  NAME")
+    for r in rows:
+        state = r.state if isinstance(r.state, str) else r.state()
+        print(
+            f"{r.token_id:16}  {r.project:20}  {r.role:5}  {state:7}  "
+            f"{_when(r.expires_at):20}  {r.name}"
+        )
+
+
+def _created(token_id: str, role: str, project: str, expires_at: float | None) -> str:
+    scope = "every project" if project == ALL_PROJECTS else repr(project)
+    return (
+        f"token {token_id}: role {role} in {scope}, expires {_when(expires_at)}. "
+        "It is shown only now: keep it secret."
+    )
+
+
+def run_remote(args: argparse.Namespace) -> int:
+    """The same actions through a running service's TokenService."""
+    import stepstream
+
+    connection: dict[str, Any] = {
+        "tls": args.tls,
+        "root_certificates": args.tls_ca,
+        "client_certificate": args.tls_cert,
+        "client_key": args.tls_key,
+        "token": args.token,
+    }
+    try:
+        if args.action == "create":
+            token, info = stepstream.create_token(
+                args.project,
+                args.role,
+                name=args.name,
+                expires=args.expires,
+                address=args.address,
+                **connection,
+            )
+            print(token)
+            print(
+                _created(info.token_id, info.role, info.project, info.expires_at), file=sys.stderr
+            )
+            return 0
+        if args.action == "list":
+            rows = stepstream.list_tokens(args.project, address=args.address, **connection)
+            _print_list(rows, args.json)
+            return 0
+        info, already = stepstream.revoke_token(args.token_id, address=args.address, **connection)
+    except stepstream.InvalidArgumentError as exc:
+        print(f"stepstream: {exc}", file=sys.stderr)
+        return 2
+    except stepstream.RPCError as exc:
+        print(f"stepstream: {exc}", file=sys.stderr)
+        return 4 if exc.reason == "TOKEN_NOT_FOUND" else 1
+    if already:
+        print(f"stepstream: token {args.token_id!r} is already revoked", file=sys.stderr)
+        return 1
+    print(f"token {info.token_id} revoked")
+    return 0
+
+
 def run(args: argparse.Namespace, store_url: str) -> int:
+    if args.address is not None:
+        return run_remote(args)
     if args.action == "create":
         from stepstream.rules import id_problem
 
@@ -94,36 +199,15 @@ def run(args: argparse.Namespace, store_url: str) -> int:
             tokens.add(record)
             print(token)
             print(
-                f"token {record.token_id}: role {record.role} in "
-                f"{'every project' if record.project == ALL_PROJECTS else repr(record.project)}"
-                f", expires {_when(record.expires_at)}. It is shown only now: keep it secret.",
+                _created(record.token_id, record.role, record.project, record.expires_at),
                 file=sys.stderr,
             )
             return 0
         if args.action == "list":
-            records = tokens.list()
-            if args.json:
-                rows = [
-                    {
-                        "id": r.token_id,
-                        "name": r.name,
-                        "project": r.project,
-                        "role": r.role,
-                        "state": _state(r),
-                        "created_at": r.created_at,
-                        "expires_at": r.expires_at,
-                        "revoked_at": r.revoked_at,
-                    }
-                    for r in records
-                ]
-                print(json.dumps(rows, indent=2))
-                return 0
-            print(f"{'ID':16}  {'PROJECT':20}  {'ROLE':5}  {'STATE':7}  {'EXPIRES':20}  NAME")
-            for r in records:
-                print(
-                    f"{r.token_id:16}  {r.project:20}  {r.role:5}  {_state(r):7}  "
-                    f"{_when(r.expires_at):20}  {r.name}"
-                )
+            records = [
+                r for r in tokens.list() if args.project is None or r.project == args.project
+            ]
+            _print_list(records, args.json)
             return 0
         if tokens.revoke(args.token_id, time.time()):
             print(f"token {args.token_id} revoked")

@@ -1,11 +1,16 @@
 """The gRPC side of `--auth required`: one `grpc.aio.ServerInterceptor` checks every call
 against policy.RPC_RULES before its handler runs (for AppendPoints, once its `open` message
 has arrived). A refused call ends with the reason's status and ErrorInfo; the handler never
-sees it. Tokens are never logged."""
+sees it. A stream's token is checked again once RECHECK_SECONDS have passed (and at once when
+it expires): a revoked or expired token ends its stream after the answers of what the handler
+already took (docs/security.md). The checked token's Principal is `current_principal()` in
+the handler (the token service filters by it). Tokens are never logged."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,12 +19,25 @@ import grpc
 from .. import errors
 from ..servicer import abort
 from ..store.tokens import ALL_PROJECTS
-from .policy import OPEN_PREFIXES, RPC_RULES, TOKEN_ONLY_PREFIXES, ProjectOf, Rule
+from .policy import OPEN_PREFIXES, RPC_RULES, TOKEN_ONLY_PREFIXES, Lookup, Rule
 from .tokens import Authenticator, Principal, bearer
 
 log = logging.getLogger(__name__)
 
 Counter = Callable[[str], None]
+
+# How long an open stream writes on one check of its token: a revocation ends it within this
+# time (a token's expiry, at once). No store read per request.
+RECHECK_SECONDS = 1.0
+
+_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "stepstream_principal", default=None
+)
+
+
+def current_principal() -> Principal | None:
+    """The Principal of the call being handled (None without --auth)."""
+    return _PRINCIPAL.get()
 
 
 def _token(details: grpc.HandlerCallDetails) -> str | None:
@@ -30,14 +48,14 @@ def _token(details: grpc.HandlerCallDetails) -> str | None:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """`project_of` looks an incarnation's project up in the store; `on_failure` (optional)
-    counts refusals by reason (metrics)."""
+    """`lookup` finds the project of an incarnation or a token in the store; `on_failure`
+    (optional) counts refusals by reason (metrics)."""
 
     def __init__(
-        self, authenticator: Authenticator, project_of: ProjectOf, on_failure: Counter | None = None
+        self, authenticator: Authenticator, lookup: Lookup, on_failure: Counter | None = None
     ) -> None:
         self.authenticator = authenticator
-        self.project_of = project_of
+        self.lookup = lookup
         self.on_failure = on_failure
 
     async def intercept_service(
@@ -58,14 +76,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             rule = _ADMIN_EVERYWHERE  # a method with no rule: fail closed
         return self._guarded(handler, token, rule)
 
-    async def _check(self, token: str | None, rule: Rule | None, request: Any) -> None:
+    async def _check(self, token: str | None, rule: Rule | None, request: Any) -> Principal:
         principal: Principal = await self.authenticator.principal(token)
+        _PRINCIPAL.set(principal)
         if rule is None:
-            return
+            return principal
         if type(request).__name__ == "Malformed":  # answered INVALID_ARGUMENT by the handler
-            return
-        for project, role in await rule.needs(request, self.project_of):
+            return principal
+        for project, role in await rule.needs(request, self.lookup, principal):
             principal.check(project, role)
+        return principal
 
     def _refused(self, exc: errors.ServiceError) -> None:
         if self.on_failure is not None:
@@ -116,16 +136,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         behavior = handler.stream_stream
         streaming = handler.stream_unary
 
-        async def first_then_rest(requests: AsyncIterator[Any], context: Any) -> Any:
+        authenticator = self.authenticator
+
+        async def recheck() -> None:
+            try:
+                await authenticator.principal(token)
+            except errors.ServiceError as exc:
+                self._refused(exc)  # counted now: the stream ends once its answers are out
+                raise
+
+        async def first_then_rest(requests: AsyncIterator[Any], context: Any) -> _Replay:
             """The requests again, once the first one (the only one the rule reads) passed."""
             rest = requests.__aiter__()
             try:
                 first = await rest.__anext__()
             except StopAsyncIteration:
                 await check(token, None, None)  # an empty stream still needs a token
-                return _empty()
-            await check(token, rule, first)
-            return _Replay(first, rest)
+                return _Replay(_TAKEN, _empty(), None, None)
+            principal = await check(token, rule, first)
+            return _Replay(first, rest, recheck, principal)
 
         if behavior is not None:
             stream_behavior = behavior
@@ -137,6 +166,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     await failed(context, exc)
                 async for response in stream_behavior(replay, context):
                     yield response
+                if replay.refused is not None:  # every request it took is answered
+                    await abort(context, replay.refused)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream,
@@ -150,7 +181,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 replay = await first_then_rest(requests, context)
             except errors.ServiceError as exc:
                 await failed(context, exc)
-            return await streaming(replay, context)
+            response = await streaming(replay, context)
+            if replay.refused is not None:
+                await abort(context, replay.refused)
+            return response
 
         return grpc.stream_unary_rpc_method_handler(
             stream_unary,
@@ -160,31 +194,54 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
 
 class _Replay:
-    """`first`, then the rest of the stream straight from gRPC's own iterator: after the first
-    message nothing of the interceptor runs per request (no generator in between)."""
+    """`first`, then the rest of the stream straight from gRPC's own iterator (no generator in
+    between), each request handed over only while the token holds: once RECHECK_SECONDS have
+    passed since the last check, or the token's expiry, a request that arrives waits for
+    `recheck` (one store read). A refused check ends the requests (the handler answers what it
+    took, as on a half-close) and is kept in `refused` for the interceptor to end the call
+    with; the request that found it is dropped: nothing after a failed check is stored."""
 
-    __slots__ = ("_first", "_rest")
+    __slots__ = ("_due", "_expires_at", "_first", "_recheck", "_rest", "refused")
 
-    def __init__(self, first: Any, rest: AsyncIterator[Any]) -> None:
+    def __init__(
+        self,
+        first: Any,
+        rest: AsyncIterator[Any],
+        recheck: Callable[[], Awaitable[None]] | None,
+        principal: Principal | None,
+    ) -> None:
         self._first: Any = first
         self._rest = rest
+        self._recheck = recheck
+        self._due = time.monotonic() + RECHECK_SECONDS
+        self._expires_at = principal.expires_at if principal is not None else None
+        self.refused: errors.ServiceError | None = None
 
     def __aiter__(self) -> _Replay:
         return self
 
-    def __anext__(self) -> Awaitable[Any]:
+    async def __anext__(self) -> Any:
         first = self._first
-        if first is _TAKEN:
-            return self._rest.__anext__()
-        self._first = _TAKEN
-        return _value(first)
+        if first is not _TAKEN:
+            self._first = _TAKEN
+            return first
+        if self.refused is not None:
+            raise StopAsyncIteration
+        request = await self._rest.__anext__()
+        if self._recheck is not None and (
+            time.monotonic() >= self._due
+            or (self._expires_at is not None and time.time() >= self._expires_at)
+        ):
+            try:
+                await self._recheck()
+            except errors.ServiceError as exc:
+                self.refused = exc
+                raise StopAsyncIteration from None
+            self._due = time.monotonic() + RECHECK_SECONDS
+        return request
 
 
 _TAKEN = object()
-
-
-async def _value(value: Any) -> Any:
-    return value
 
 
 async def _empty() -> AsyncIterator[Any]:
@@ -192,7 +249,9 @@ async def _empty() -> AsyncIterator[Any]:
     yield  # pragma: no cover
 
 
-async def _admin_everywhere(request: Any, project_of: ProjectOf) -> list[tuple[str, str]]:
+async def _admin_everywhere(
+    request: Any, lookup: Lookup, principal: Principal
+) -> list[tuple[str, str]]:
     return [(ALL_PROJECTS, "admin")]
 
 

@@ -5,7 +5,9 @@ A rule gives the role a call needs and where its project comes from: a RunServic
 `project` (or its selector's), the `open` message of an AppendPoints stream, and for what
 names an incarnation (reads by `incarnation_id`, forks from `fork_incarnation_id`) the project
 that incarnation belongs to, looked up in the store: forking from a parent in another project
-needs read there, and write in the child's project.
+needs read there, and write in the child's project. Tokens are managed by admins of the
+project concerned: the new token's project (so no token makes one wider than itself), the
+listed project (empty: the caller's own scope), the revoked token's project.
 """
 
 from __future__ import annotations
@@ -16,39 +18,49 @@ from typing import Any
 
 from stepstream.rules import DEFAULT_PROJECT
 
+from .tokens import Principal
+
 # (project, role) pairs a call needs, every one of them.
 Needs = list[tuple[str, str]]
-# The project of an incarnation, None when there is no such incarnation.
+# The project of an incarnation (or of a token), None when there is no such thing.
 ProjectOf = Callable[[str], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What a rule may look up in the store."""
+
+    incarnation_project: ProjectOf
+    token_project: ProjectOf
 
 
 def project(name: str) -> str:
     return name or DEFAULT_PROJECT
 
 
-async def _plain(role: str, request: Any, project_of: ProjectOf) -> Needs:
+async def _plain(role: str, request: Any, lookup: Lookup, principal: Principal) -> Needs:
     return [(project(request.project), role)]
 
 
-async def _create(request: Any, project_of: ProjectOf) -> Needs:
+async def _create(request: Any, lookup: Lookup, principal: Principal) -> Needs:
     needs = [(project(request.project), "write")]
     if request.fork_incarnation_id:
-        parent = await project_of(request.fork_incarnation_id)
+        parent = await lookup.incarnation_project(request.fork_incarnation_id)
         if parent is not None:  # no such incarnation: CreateRun says INCARNATION_NOT_FOUND
             needs.append((parent, "read"))
     return needs
 
 
-async def _selector(request: Any, project_of: ProjectOf) -> Needs:
+async def _selector(request: Any, lookup: Lookup, principal: Principal) -> Needs:
     sel = request.selector
     if sel.incarnation_id and not (sel.run_id or sel.experiment):
-        owner = await project_of(sel.incarnation_id)
+        owner = await lookup.incarnation_project(sel.incarnation_id)
         if owner is not None:
             return [(owner, "read")]
     return [(project(sel.project), "read")]
 
 
-async def _open(request: Any, project_of: ProjectOf) -> Needs:
+async def _open(request: Any, lookup: Lookup, principal: Principal) -> Needs:
     # The first message of an AppendPoints stream; one that is not an `open` is refused by
     # the stream itself (STREAM_NOT_OPEN) and can write nothing.
     if request.WhichOneof("kind") != "open":
@@ -56,20 +68,43 @@ async def _open(request: Any, project_of: ProjectOf) -> Needs:
     return [(project(request.open.project), "write")]
 
 
+async def _new_token(request: Any, lookup: Lookup, principal: Principal) -> Needs:
+    # Admin where the new token acts: "*" only for an admin of "*" (Principal.check), so no
+    # token makes one wider than itself (admin is the highest role: any role is within it).
+    return [(project(request.project), "admin")]
+
+
+async def _listed(request: Any, lookup: Lookup, principal: Principal) -> Needs:
+    # Empty: the caller's own scope, filtered by `administers` in the handler.
+    return [(request.project or principal.project, "admin")]
+
+
+async def _revoked(request: Any, lookup: Lookup, principal: Principal) -> Needs:
+    owner = await lookup.token_project(request.token_id)
+    # No such token: an admin (of its own scope) hears TOKEN_NOT_FOUND from the handler.
+    return [(owner if owner is not None else principal.project, "admin")]
+
+
+def administers(principal: Principal, token_project: str) -> bool:
+    """Whether `principal` may see and revoke the tokens of `token_project`."""
+    return principal.may(token_project, "admin")
+
+
 @dataclass(frozen=True)
 class Rule:
     # For a streaming request, the needs come from its first message.
-    needs: Callable[[Any, ProjectOf], Awaitable[Needs]]
+    needs: Callable[[Any, Lookup, Principal], Awaitable[Needs]]
 
 
 def _role(role: str) -> Rule:
-    async def needs(request: Any, project_of: ProjectOf) -> Needs:
-        return await _plain(role, request, project_of)
+    async def needs(request: Any, lookup: Lookup, principal: Principal) -> Needs:
+        return await _plain(role, request, lookup, principal)
 
     return Rule(needs)
 
 
 RUNS = "/stepstream.v1.RunService/"
+TOKENS = "/stepstream.v1.TokenService/"
 RPC_RULES: dict[str, Rule] = {
     "/stepstream.v1.IngestService/AppendPoints": Rule(_open),
     RUNS + "CreateRun": Rule(_create),
@@ -84,6 +119,9 @@ RPC_RULES: dict[str, Rule] = {
     RUNS + "UpdateRunTags": _role("write"),
     RUNS + "ListSeries": Rule(_selector),
     RUNS + "ReadSeries": Rule(_selector),
+    TOKENS + "CreateToken": Rule(_new_token),
+    TOKENS + "ListTokens": Rule(_listed),
+    TOKENS + "RevokeToken": Rule(_revoked),
 }
 # Any valid token will do: the schema is no secret, but the port is not open to everyone.
 TOKEN_ONLY_PREFIXES = ("/grpc.reflection.",)

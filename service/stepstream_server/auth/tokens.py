@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 ROLES = ("read", "write", "admin")
 PREFIX = "sst_"
 _TOKEN = re.compile(r"sst_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
-_DURATION = re.compile(r"([0-9]+)([smhdw])")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def rank(role: str) -> int:
@@ -45,17 +43,6 @@ def rank(role: str) -> int:
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def parse_duration(text: str) -> float:
-    """ "30d", "12h", "90m", "3600s", "2w" -> seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise ValueError(
-            f"--expires must be a positive number with a unit s, m, h, d or w (e.g. 30d), "
-            f"got {text!r}"
-        )
-    return int(match.group(1)) * _SECONDS[match.group(2)]
 
 
 def new_token(

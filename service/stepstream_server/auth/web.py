@@ -5,15 +5,24 @@ SameSite=Strict cookie (Secure over HTTPS). The JSON API also takes `Authorizati
 A page asked for without a token redirects to /login; a page with a bad token shows the
 login page with the reason (401); the API answers JSON errors like every other (401/403).
 Static files and the login and logout routes need no token.
+
+Login CSRF: the login and logout POSTs are double-submit checked. Every login page sets a
+random value in its own SameSite=Strict cookie (kept while the browser keeps it) and puts the
+same value in the form's hidden `csrf` field; a POST whose field is missing or differs from
+the cookie (compared in constant time) is refused 403 CSRF_MISSING / CSRF_MISMATCH, so
+another site cannot sign a browser in with its own token or out.
 """
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
+import grpc
 from aiohttp import web
 
 from .. import errors
@@ -21,6 +30,8 @@ from .policy import ProjectOf, project
 from .tokens import Authenticator, Principal, bearer
 
 COOKIE = "stepstream_token"
+CSRF_COOKIE = "stepstream_csrf"
+CSRF_FIELD = "csrf"
 PRINCIPAL = web.RequestKey("stepstream.principal", Principal)  # set by the middleware
 OPEN_PATHS = ("/login", "/logout")
 
@@ -97,7 +108,7 @@ class WebGuard:
             if self.on_failure is not None:
                 self.on_failure(exc.reason)
             if exc.code.name == "UNAUTHENTICATED" and not api:
-                return self._login_form(req.path_qs, exc, status=401)
+                return self._login_form(req, req.path_qs, exc, status=401)
             raise
         req[PRINCIPAL] = principal
         return await handler(req)
@@ -117,25 +128,53 @@ class WebGuard:
         principal.check(project(where(req)), "read")
 
     def _login_form(
-        self, next_path: str, err: errors.ServiceError | None, *, status: int = 200
+        self,
+        req: web.Request,
+        next_path: str,
+        err: errors.ServiceError | None,
+        *,
+        status: int = 200,
     ) -> web.Response:
+        """The login page, with this browser's CSRF value in its form (a new one, and its
+        cookie, when the browser has none)."""
         from ..web.pages import render
 
-        return render("login.html", status, err=err, next=_safe_next(next_path))
+        csrf = req.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
+        response = render(
+            "login.html",
+            status,
+            err=err,
+            next=_safe_next(next_path),
+            csrf=csrf,
+            signed_in=COOKIE in req.cookies,
+        )
+        if req.cookies.get(CSRF_COOKIE) != csrf:
+            response.set_cookie(
+                CSRF_COOKIE,
+                csrf,
+                httponly=True,
+                samesite="Strict",
+                secure=self.secure_cookie,
+                path="/",
+            )
+        return response
 
     async def login_page(self, req: web.Request) -> web.Response:
-        return self._login_form(req.query.get("next", "/"), None)
+        return self._login_form(req, req.query.get("next", "/"), None)
 
     async def login(self, req: web.Request) -> web.StreamResponse:
         form = await req.post()
-        token = str(form.get("token", "")).strip() or None
         next_path = str(form.get("next", "/"))
+        refused = _csrf_problem(req, form.get(CSRF_FIELD))
+        if refused is not None:
+            return self._login_form(req, next_path, refused, status=403)
+        token = str(form.get("token", "")).strip() or None
         try:
             principal = await self.authenticator.principal(token)
         except errors.ServiceError as exc:
             if self.on_failure is not None:
                 self.on_failure(exc.reason)
-            return self._login_form(next_path, exc, status=401)
+            return self._login_form(req, next_path, exc, status=401)
         response = web.HTTPSeeOther(_safe_next(next_path))
         max_age: Any = None  # a session cookie, unless the token expires
         if principal.expires_at is not None:
@@ -152,9 +191,34 @@ class WebGuard:
         raise response
 
     async def logout(self, req: web.Request) -> web.StreamResponse:
+        form = await req.post()
+        refused = _csrf_problem(req, form.get(CSRF_FIELD))
+        if refused is not None:
+            return self._login_form(req, "/", refused, status=403)
         response = web.HTTPSeeOther("/login")
         response.del_cookie(COOKIE, path="/")
         raise response
+
+
+def _csrf_problem(req: web.Request, field: Any) -> errors.ServiceError | None:
+    """Why a login/logout POST fails the double-submit check, None when it passes."""
+    cookie = req.cookies.get(CSRF_COOKIE, "")
+    sent = field if isinstance(field, str) else ""
+    if not cookie or not sent:
+        missing = "the form's csrf field" if cookie else "the stepstream_csrf cookie"
+        return errors.ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "CSRF_MISSING",
+            f"{missing} is missing: sign in from this site's login page (reload it)",
+        )
+    if not hmac.compare_digest(cookie.encode(), sent.encode()):
+        return errors.ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "CSRF_MISMATCH",
+            "the form's csrf field does not match this browser's stepstream_csrf cookie: "
+            "the form did not come from this site's login page (reload it)",
+        )
+    return None
 
 
 def _safe_next(path: str) -> str:

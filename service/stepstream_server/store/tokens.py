@@ -63,6 +63,12 @@ class TokenRecord:
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
 
+    def state(self) -> str:
+        """ "active", "expired" or "revoked"."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expired() else "active"
+
 
 class TokenStore:
     """The access_tokens table of a store URL (sqlite:///path or postgresql://...), which the
