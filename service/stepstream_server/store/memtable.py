@@ -1,0 +1,317 @@
+"""The SQLite store's staged points (docs/staging.md): how a staged row's body is laid out, the
+memtable that serves its pieces until a flush rewrites them as chunks, how a flush cuts and
+encodes them, and the thread that flushes.
+
+A piece is one series' points from one staged row, under the chunk ID the row reserved for it;
+its columns are the bytes a chunk row would hold, so the read paths treat it as one more chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from ..model import ChunkWrite
+from .codec import chunk_rows, decode_values, encode_values
+
+log = logging.getLogger(__name__)
+
+# A flush is due when the memtable holds this many points or pieces, or its oldest row is this
+# old: a flush writes one chunk per series, so it pays the per-series index cost once per flush.
+FLUSH_POINTS = 500_000
+FLUSH_PIECES = 50_000
+FLUSH_SECONDS = 1.0
+# After a failed flush (a full disk), the next try waits this long.
+RETRY_SECONDS = 0.5
+
+
+class Piece(NamedTuple):
+    """One series' points of one staged row; `steps`, `vals`, `ts` as a chunk row holds them."""
+
+    chunk_id: int
+    row: int
+    n: int
+    min_step: float
+    max_step: float
+    steps: bytes
+    vals: bytes
+    ts: bytes
+    is_string: bool
+
+    @property
+    def points(self) -> tuple[int, bytes, bytes, bytes]:
+        """(n, steps, vals, ts): the columns `codec.points_of` reads."""
+        return (self.n, self.steps, self.vals, self.ts)
+
+
+# -- a staged row's body ---------------------------------------------------------------------
+#
+# int64 k, then int64 arrays of k series IDs, point counts, string flags (0/1) and value-column
+# lengths; then every piece's steps (float64), then every piece's timestamps (float64), then
+# every piece's values column (codec.encode_values), all in piece order.
+
+
+def encode_row(entries: Sequence[tuple[int, ChunkWrite]]) -> bytes:
+    """The body of a staged row holding these (series_id, points) pieces, in order."""
+    values = [encode_values(c.values) for _, c in entries]
+    header = np.array(
+        [
+            len(entries),
+            *(sid for sid, _ in entries),
+            *(len(c.steps) for _, c in entries),
+            *(int(c.is_string) for _, c in entries),
+            *(len(v) for v in values),
+        ],
+        dtype=np.int64,
+    )
+    steps = np.concatenate([c.steps for _, c in entries]).astype(np.float64, copy=False)
+    ts = np.concatenate([c.timestamps for _, c in entries]).astype(np.float64, copy=False)
+    return b"".join([header.tobytes(), steps.tobytes(), ts.tobytes(), *values])
+
+
+def decode_row(first_chunk: int, body: bytes) -> list[tuple[int, Piece]]:
+    """(series_id, piece) of every piece of the staged row `first_chunk`, in order."""
+    k = int(np.frombuffer(body, dtype=np.int64, count=1)[0])
+    head = np.frombuffer(body, dtype=np.int64, count=1 + 4 * k)
+    sids, ns, flags, vlens = (head[1 + i * k : 1 + (i + 1) * k] for i in range(4))
+    total = int(ns.sum())
+    at = 8 * (1 + 4 * k)
+    steps = np.frombuffer(body, dtype=np.float64, count=total, offset=at)
+    starts = np.concatenate([[0], np.cumsum(ns)[:-1]]).astype(np.int64)
+    ends = starts + ns
+    lows = steps[starts].tolist() if total else []
+    highs = steps[np.maximum(ends - 1, 0)].tolist() if total else []
+    ts_at = at + 8 * total
+    vals_at = ts_at + 8 * total
+    out = []
+    for i, (sid, n, flag, vlen, s) in enumerate(
+        zip(
+            sids.tolist(), ns.tolist(), flags.tolist(), vlens.tolist(), starts.tolist(), strict=True
+        )
+    ):
+        piece = Piece(
+            chunk_id=first_chunk + i,
+            row=first_chunk,
+            n=n,
+            min_step=lows[i],
+            max_step=highs[i],
+            steps=body[at + 8 * s : at + 8 * (s + n)],
+            vals=body[vals_at : vals_at + vlen],
+            ts=body[ts_at + 8 * s : ts_at + 8 * (s + n)],
+            is_string=bool(flag),
+        )
+        vals_at += vlen
+        out.append((sid, piece))
+    return out
+
+
+# -- the memtable ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    series: list[int]
+    points: int
+    staged_at: float
+
+
+class Memtable:
+    """series_id -> its staged pieces in ID order, and the staged rows in row order. A list a
+    reader copied is only ever appended to; a flush replaces a series' list."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[int, list[Piece]] = {}
+        self._rows: dict[int, _Row] = {}
+        self.points = 0
+        self.pieces = 0
+
+    def add(self, row: int, pieces: Sequence[tuple[int, Piece]], now: float) -> None:
+        """A staged row's pieces, after its transaction committed (rows in commit order)."""
+        with self._lock:
+            for sid, piece in pieces:
+                self._series.setdefault(sid, []).append(piece)
+            points = sum(p.n for _, p in pieces)
+            self._rows[row] = _Row([sid for sid, _ in pieces], points, now)
+            self.points += points
+            self.pieces += len(pieces)
+
+    def view(self) -> dict[int, list[Piece]]:
+        """What a read merges with the chunk rows: taken before its SQL snapshot begins."""
+        with self._lock:
+            return dict(self._series)
+
+    def due(self, now: float) -> bool:
+        with self._lock:
+            if not self._rows:
+                return False
+            oldest = next(iter(self._rows.values())).staged_at
+        return (
+            self.points >= FLUSH_POINTS
+            or self.pieces >= FLUSH_PIECES
+            or now - oldest >= FLUSH_SECONDS
+        )
+
+    def take(self) -> tuple[int, dict[int, list[Piece]]] | None:
+        """(R, each series' pieces of rows <= R) for every row staged now; R the newest."""
+        with self._lock:
+            if not self._rows:
+                return None
+            through = next(reversed(self._rows))
+            series = {sid for row in self._rows.values() for sid in row.series}
+            return through, {sid: list(self._series[sid]) for sid in series}
+
+    def drop(self, through: int) -> None:
+        """Forget the rows <= `through` and their pieces: a flush of them committed."""
+        with self._lock:
+            gone = [row for row in self._rows if row <= through]
+            series: set[int] = set()
+            for row in gone:
+                record = self._rows.pop(row)
+                series.update(record.series)
+                self.points -= record.points
+                self.pieces -= len(record.series)
+            for sid in series:
+                kept = [p for p in self._series[sid] if p.row > through]
+                if kept:
+                    self._series[sid] = kept
+                else:
+                    del self._series[sid]
+
+
+@dataclass(frozen=True)
+class Staged:
+    """The pieces a read merges: those of rows above `through`, the rows its snapshot has not
+    seen flushed (docs/staging.md, Reads)."""
+
+    pieces: dict[int, list[Piece]]
+    through: int
+
+    def of(
+        self, series_id: int, chunk_cap: int, lo: float = -math.inf, hi: float = math.inf
+    ) -> list[Piece]:
+        """The series' staged pieces with ID <= chunk_cap overlapping [lo, hi], in ID order."""
+        return [
+            p
+            for p in tuple(self.pieces.get(series_id, ()))
+            if p.row > self.through
+            and p.chunk_id <= chunk_cap
+            and p.min_step <= hi
+            and p.max_step >= lo
+        ]
+
+
+# -- a flush's chunks ------------------------------------------------------------------------
+
+ChunkRow = tuple[Any, ...]  # (chunk_id, series_id, min_step, max_step, n, steps, vals, ts, stats)
+
+
+def merged_chunks(
+    pieces: dict[int, list[Piece]], through: int, cuts: Sequence[int]
+) -> list[ChunkRow]:
+    """One chunk row per series holding its pieces of rows <= `through`, cut wherever a
+    snapshot in `cuts` lies between two pieces' IDs; each chunk takes its last piece's ID."""
+    ids: list[tuple[int, int]] = []
+    writes: list[ChunkWrite] = []
+    ordered = sorted(cuts)
+    for sid, series_pieces in pieces.items():
+        run: list[Piece] = []
+        for piece in series_pieces:
+            if piece.row > through:
+                break
+            if run and _cut_between(ordered, run[-1].chunk_id, piece.chunk_id):
+                ids.append((run[-1].chunk_id, sid))
+                writes.append(_joined(run))
+                run = []
+            run.append(piece)
+        if run:
+            ids.append((run[-1].chunk_id, sid))
+            writes.append(_joined(run))
+    return [(cid, sid, *packed) for (cid, sid), packed in zip(ids, chunk_rows(writes), strict=True)]
+
+
+def _cut_between(cuts: Sequence[int], low: int, high: int) -> bool:
+    """Whether some snapshot s has low <= s < high."""
+    i = int(np.searchsorted(np.asarray(cuts, dtype=np.int64), low, side="left"))
+    return i < len(cuts) and cuts[i] < high
+
+
+def _joined(run: Sequence[Piece]) -> ChunkWrite:
+    is_string = run[0].is_string
+    steps = np.concatenate([np.frombuffer(p.steps, dtype=np.float64) for p in run])
+    ts = np.concatenate([np.frombuffer(p.ts, dtype=np.float64) for p in run])
+    values: Any
+    if is_string:
+        values = [v for p in run for v in decode_values(p.vals, p.n, True)]
+    else:
+        values = np.concatenate([np.frombuffer(p.vals, dtype=np.float64) for p in run])
+    return ChunkWrite("", "", is_string, steps, values, ts)
+
+
+# -- the flusher thread ----------------------------------------------------------------------
+
+
+class Flushable(Protocol):
+    def flush_due(self) -> bool: ...
+
+    def flush(self) -> None: ...
+
+
+class Flusher:
+    """Runs `owner.flush()` when due; started on the first `poke`, checks at least every
+    quarter of FLUSH_SECONDS (a quiet run's last points must reach the chunks too)."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._guard = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def poke(self, owner: Flushable) -> None:
+        if self._thread is None:
+            with self._guard:
+                if self._thread is None and not self._stop.is_set():
+                    # Only a weak reference: a store dropped without close() lets it end.
+                    self._thread = threading.Thread(
+                        target=_run,
+                        args=(weakref.ref(owner), self._wake, self._stop),
+                        name="sqlite-flush",
+                        daemon=True,
+                    )
+                    self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End the thread after the flush under way, if any; later pokes do nothing."""
+        with self._guard:
+            self._stop.set()
+            self._wake.set()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=60)
+
+
+def _run(ref: weakref.ref[Flushable], wake: threading.Event, stop: threading.Event) -> None:
+    while not stop.is_set():
+        wake.wait(timeout=FLUSH_SECONDS / 4)
+        wake.clear()
+        if stop.is_set():
+            break
+        owner = ref()
+        if owner is None:
+            break
+        try:
+            if owner.flush_due():
+                owner.flush()
+        except Exception as exc:  # a full disk, an I/O error: the rows stay staged
+            log.warning("flushing staged points failed (retrying): %s", exc)
+            stop.wait(RETRY_SECONDS)
+        finally:
+            del owner
