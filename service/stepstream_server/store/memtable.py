@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import weakref
 from collections.abc import Sequence
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 # old: a flush writes one chunk per series, so it pays the per-series index cost once per flush.
 FLUSH_POINTS = 500_000
 FLUSH_PIECES = 50_000
-FLUSH_SECONDS = 1.0
+# STEPSTREAM_FLUSH_SECONDS: for tests that need rows to stay staged (kill -9 with staged rows).
+FLUSH_SECONDS = float(os.environ.get("STEPSTREAM_FLUSH_SECONDS", "1.0"))
 # After a failed flush (a full disk), the next try waits this long.
 RETRY_SECONDS = 0.5
 
