@@ -8,6 +8,7 @@ its columns are the bytes a chunk row would hold, so the read paths treat it as 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -228,7 +229,7 @@ def merged_chunks(
         for piece in series_pieces:
             if piece.row > through:
                 break
-            if run and _cut_between(ordered, run[-1].chunk_id, piece.chunk_id):
+            if run and ordered and _cut_between(ordered, run[-1].chunk_id, piece.chunk_id):
                 ids.append((run[-1].chunk_id, sid))
                 writes.append(_joined(run))
                 run = []
@@ -240,8 +241,8 @@ def merged_chunks(
 
 
 def _cut_between(cuts: Sequence[int], low: int, high: int) -> bool:
-    """Whether some snapshot s has low <= s < high."""
-    i = int(np.searchsorted(np.asarray(cuts, dtype=np.int64), low, side="left"))
+    """Whether some snapshot s (`cuts` sorted) has low <= s < high."""
+    i = bisect.bisect_left(cuts, low)
     return i < len(cuts) and cuts[i] < high
 
 

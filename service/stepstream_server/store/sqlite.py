@@ -811,7 +811,8 @@ class SqliteStore:
         try:
             yield conn, Staged(pieces, _flushed_through(conn))
         finally:
-            conn.execute("COMMIT")
+            if conn.in_transaction:  # an interrupted statement may have ended it already
+                conn.execute("COMMIT")
 
     def floors(
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
