@@ -8,7 +8,7 @@ its columns are the bytes a chunk row would hold, so the read paths treat it as 
 
 from __future__ import annotations
 
-import bisect
+import itertools
 import logging
 import math
 import os
@@ -57,60 +57,101 @@ class Piece(NamedTuple):
 # -- a staged row's body ---------------------------------------------------------------------
 #
 # int64 k, then int64 arrays of k series IDs, point counts, string flags (0/1) and value-column
-# lengths; then every piece's steps (float64), then every piece's timestamps (float64), then
-# every piece's values column (codec.encode_values), all in piece order.
+# lengths; then every piece's steps (float64), then every piece's timestamps (float64), then the
+# float pieces' values (float64), then the string pieces' values columns
+# (codec.encode_values), each in piece order: a flush reads a row's float points as arrays.
 
 
 def encode_row(entries: Sequence[tuple[int, ChunkWrite]]) -> bytes:
     """The body of a staged row holding these (series_id, points) pieces, in order."""
-    values = [encode_values(c.values) for _, c in entries]
+    floats = [c.values for _, c in entries if not c.is_string]
+    strings = [encode_values(c.values) for _, c in entries if c.is_string]
+    lengths = iter(len(v) for v in strings)
     header = np.array(
         [
             len(entries),
             *(sid for sid, _ in entries),
             *(len(c.steps) for _, c in entries),
             *(int(c.is_string) for _, c in entries),
-            *(len(v) for v in values),
+            *(next(lengths) if c.is_string else 8 * len(c.steps) for _, c in entries),
         ],
         dtype=np.int64,
     )
     steps = np.concatenate([c.steps for _, c in entries]).astype(np.float64, copy=False)
     ts = np.concatenate([c.timestamps for _, c in entries]).astype(np.float64, copy=False)
-    return b"".join([header.tobytes(), steps.tobytes(), ts.tobytes(), *values])
+    values = np.concatenate(floats).astype(np.float64, copy=False) if floats else _EMPTY
+    return b"".join([header.tobytes(), steps.tobytes(), ts.tobytes(), values.tobytes(), *strings])
 
 
-def decode_row(first_chunk: int, body: bytes) -> list[tuple[int, Piece]]:
-    """(series_id, piece) of every piece of the staged row `first_chunk`, in order."""
+_EMPTY = np.empty(0, dtype=np.float64)
+
+
+class Columns(NamedTuple):
+    """A staged row's body as arrays (views of it)."""
+
+    first_chunk: int
+    sids: np.ndarray[Any, np.dtype[np.int64]]
+    ns: np.ndarray[Any, np.dtype[np.int64]]
+    flags: np.ndarray[Any, np.dtype[np.int64]]
+    vlens: np.ndarray[Any, np.dtype[np.int64]]
+    steps: np.ndarray[Any, np.dtype[np.float64]]
+    ts: np.ndarray[Any, np.dtype[np.float64]]
+    floats: np.ndarray[Any, np.dtype[np.float64]]  # the float pieces' values
+    strings_at: int  # where the string pieces' values columns begin
+
+
+def columns(first_chunk: int, body: bytes) -> Columns:
     k = int(np.frombuffer(body, dtype=np.int64, count=1)[0])
     head = np.frombuffer(body, dtype=np.int64, count=1 + 4 * k)
     sids, ns, flags, vlens = (head[1 + i * k : 1 + (i + 1) * k] for i in range(4))
     total = int(ns.sum())
+    float_points = int(ns[flags == 0].sum())
     at = 8 * (1 + 4 * k)
     steps = np.frombuffer(body, dtype=np.float64, count=total, offset=at)
-    starts = np.concatenate([[0], np.cumsum(ns)[:-1]]).astype(np.int64)
-    ends = starts + ns
-    lows = steps[starts].tolist() if total else []
-    highs = steps[np.maximum(ends - 1, 0)].tolist() if total else []
-    ts_at = at + 8 * total
-    vals_at = ts_at + 8 * total
+    ts = np.frombuffer(body, dtype=np.float64, count=total, offset=at + 8 * total)
+    floats = np.frombuffer(body, dtype=np.float64, count=float_points, offset=at + 16 * total)
+    strings_at = at + 16 * total + 8 * float_points
+    return Columns(first_chunk, sids, ns, flags, vlens, steps, ts, floats, strings_at)
+
+
+def decode_row(first_chunk: int, body: bytes) -> list[tuple[int, Piece]]:
+    """(series_id, piece) of every piece of the staged row `first_chunk`, in order."""
+    c = columns(first_chunk, body)
+    total = len(c.steps)
+    starts = np.concatenate([[0], np.cumsum(c.ns)[:-1]]).astype(np.int64)
+    lows = c.steps[starts].tolist() if total else [0.0] * len(starts)
+    highs = c.steps[np.maximum(starts + c.ns - 1, 0)].tolist() if total else lows
+    steps_at = 8 * (1 + 4 * len(c.sids))
+    ts_at = steps_at + 8 * total
+    float_at, string_at = ts_at + 8 * total, c.strings_at
     out = []
-    for i, (sid, n, flag, vlen, s) in enumerate(
+    for i, (sid, n, flag, vlen, start) in enumerate(
         zip(
-            sids.tolist(), ns.tolist(), flags.tolist(), vlens.tolist(), starts.tolist(), strict=True
+            c.sids.tolist(),
+            c.ns.tolist(),
+            c.flags.tolist(),
+            c.vlens.tolist(),
+            starts.tolist(),
+            strict=True,
         )
     ):
+        if flag:
+            vals = body[string_at : string_at + vlen]
+            string_at += vlen
+        else:
+            vals = body[float_at : float_at + vlen]
+            float_at += vlen
         piece = Piece(
             chunk_id=first_chunk + i,
             row=first_chunk,
             n=n,
             min_step=lows[i],
             max_step=highs[i],
-            steps=body[at + 8 * s : at + 8 * (s + n)],
-            vals=body[vals_at : vals_at + vlen],
-            ts=body[ts_at + 8 * s : ts_at + 8 * (s + n)],
+            steps=body[steps_at + 8 * start : steps_at + 8 * (start + n)],
+            vals=vals,
+            ts=body[ts_at + 8 * start : ts_at + 8 * (start + n)],
             is_string=bool(flag),
         )
-        vals_at += vlen
         out.append((sid, piece))
     return out
 
@@ -120,6 +161,7 @@ def decode_row(first_chunk: int, body: bytes) -> list[tuple[int, Piece]]:
 
 @dataclass
 class _Row:
+    body: bytes
     series: list[int]
     points: int
     staged_at: float
@@ -136,13 +178,14 @@ class Memtable:
         self.points = 0
         self.pieces = 0
 
-    def add(self, row: int, pieces: Sequence[tuple[int, Piece]], now: float) -> None:
-        """A staged row's pieces, after its transaction committed (rows in commit order)."""
+    def add(self, row: int, body: bytes, now: float) -> None:
+        """A staged row, after its transaction committed (rows in commit order)."""
+        pieces = decode_row(row, body)
+        points = sum(p.n for _, p in pieces)
         with self._lock:
             for sid, piece in pieces:
                 self._series.setdefault(sid, []).append(piece)
-            points = sum(p.n for _, p in pieces)
-            self._rows[row] = _Row([sid for sid, _ in pieces], points, now)
+            self._rows[row] = _Row(body, [sid for sid, _ in pieces], points, now)
             self.points += points
             self.pieces += len(pieces)
 
@@ -162,14 +205,10 @@ class Memtable:
             or now - oldest >= FLUSH_SECONDS
         )
 
-    def take(self) -> tuple[int, dict[int, list[Piece]]] | None:
-        """(R, each series' pieces of rows <= R) for every row staged now; R the newest."""
+    def take(self) -> list[tuple[int, bytes]]:
+        """(first chunk, body) of every row staged now, in row order."""
         with self._lock:
-            if not self._rows:
-                return None
-            through = next(reversed(self._rows))
-            series = {sid for row in self._rows.values() for sid in row.series}
-            return through, {sid: list(self._series[sid]) for sid in series}
+            return [(row, record.body) for row, record in self._rows.items()]
 
     def drop(self, through: int) -> None:
         """Forget the rows <= `through` and their pieces: a flush of them committed."""
@@ -216,46 +255,65 @@ class Staged:
 ChunkRow = tuple[Any, ...]  # (chunk_id, series_id, min_step, max_step, n, steps, vals, ts, stats)
 
 
-def merged_chunks(
-    pieces: dict[int, list[Piece]], through: int, cuts: Sequence[int]
-) -> list[ChunkRow]:
-    """One chunk row per series holding its pieces of rows <= `through`, cut wherever a
-    snapshot in `cuts` lies between two pieces' IDs; each chunk takes its last piece's ID."""
+def merged_chunks(rows: Sequence[tuple[int, bytes]], cuts: Sequence[int]) -> list[ChunkRow]:
+    """One chunk row per series holding all of its pieces in these staged rows, cut wherever
+    a snapshot in `cuts` lies between two pieces' IDs; each chunk takes its last piece's ID.
+    Float points are sorted into chunks as arrays (no work per piece); string pieces, rare,
+    are joined one by one."""
+    ordered = np.array(sorted(cuts), dtype=np.int64)
     ids: list[tuple[int, int]] = []
     writes: list[ChunkWrite] = []
-    ordered = sorted(cuts)
-    for sid, series_pieces in pieces.items():
+    cols = [columns(first, body) for first, body in rows]
+    sid, cid, steps, ts = [], [], [], []
+    for c in cols:
+        floats = np.repeat(c.flags == 0, c.ns)
+        sid.append(np.repeat(c.sids, c.ns)[floats])
+        cid.append(np.repeat(c.first_chunk + np.arange(len(c.sids)), c.ns)[floats])
+        steps.append(c.steps[floats])
+        ts.append(c.ts[floats])
+    if cols and sum(len(c.floats) for c in cols):
+        s_all, c_all = np.concatenate(sid), np.concatenate(cid)
+        order = np.lexsort((c_all, s_all))  # by series, then ID; stable within a piece
+        s_all, c_all = s_all[order], c_all[order]
+        group = np.searchsorted(ordered, c_all, side="left")  # snapshots below each point
+        cut = np.flatnonzero((s_all[1:] != s_all[:-1]) | (group[1:] != group[:-1])) + 1
+        bounds = np.concatenate([[0], cut, [len(s_all)]]).tolist()
+        st = np.concatenate(steps)[order]
+        tt = np.concatenate(ts)[order]
+        vv = np.concatenate([c.floats for c in cols])[order]
+        for a, b in itertools.pairwise(bounds):
+            ids.append((int(c_all[b - 1]), int(s_all[a])))
+            writes.append(ChunkWrite("", "", False, st[a:b], vv[a:b], tt[a:b]))
+    strings: dict[int, list[Piece]] = {}
+    for c, (first, body) in zip(cols, rows, strict=True):
+        if c.flags.any():
+            for series, piece in decode_row(first, body):
+                if piece.is_string:
+                    strings.setdefault(series, []).append(piece)
+    for series, pieces in strings.items():
         run: list[Piece] = []
-        for piece in series_pieces:
-            if piece.row > through:
-                break
-            if run and ordered and _cut_between(ordered, run[-1].chunk_id, piece.chunk_id):
-                ids.append((run[-1].chunk_id, sid))
+        for piece in pieces:
+            if run and _cut_between(ordered, run[-1].chunk_id, piece.chunk_id):
+                ids.append((run[-1].chunk_id, series))
                 writes.append(_joined(run))
                 run = []
             run.append(piece)
-        if run:
-            ids.append((run[-1].chunk_id, sid))
-            writes.append(_joined(run))
+        ids.append((run[-1].chunk_id, series))
+        writes.append(_joined(run))
     return [(cid, sid, *packed) for (cid, sid), packed in zip(ids, chunk_rows(writes), strict=True)]
 
 
-def _cut_between(cuts: Sequence[int], low: int, high: int) -> bool:
+def _cut_between(cuts: np.ndarray[Any, np.dtype[np.int64]], low: int, high: int) -> bool:
     """Whether some snapshot s (`cuts` sorted) has low <= s < high."""
-    i = bisect.bisect_left(cuts, low)
-    return i < len(cuts) and cuts[i] < high
+    i = int(np.searchsorted(cuts, low, side="left"))
+    return i < len(cuts) and int(cuts[i]) < high
 
 
 def _joined(run: Sequence[Piece]) -> ChunkWrite:
-    is_string = run[0].is_string
     steps = np.concatenate([np.frombuffer(p.steps, dtype=np.float64) for p in run])
     ts = np.concatenate([np.frombuffer(p.ts, dtype=np.float64) for p in run])
-    values: Any
-    if is_string:
-        values = [v for p in run for v in decode_values(p.vals, p.n, True)]
-    else:
-        values = np.concatenate([np.frombuffer(p.vals, dtype=np.float64) for p in run])
-    return ChunkWrite("", "", is_string, steps, values, ts)
+    values = [v for p in run for v in decode_values(p.vals, p.n, True)]
+    return ChunkWrite("", "", True, steps, values, ts)
 
 
 # -- the flusher thread ----------------------------------------------------------------------

@@ -176,7 +176,7 @@ class SqliteStore:
         for first_chunk, body in conn.execute(
             "SELECT first_chunk, body FROM staged ORDER BY first_chunk"
         ):
-            self._memtable.add(first_chunk, memtable.decode_row(first_chunk, bytes(body)), now)
+            self._memtable.add(first_chunk, bytes(body), now)
         if self._memtable.pieces:
             self._flusher.poke(self)
         top = conn.execute(
@@ -586,7 +586,7 @@ class SqliteStore:
                 raise
             now = time.monotonic()
             for first_chunk, body in staged:  # committed: now readable (docs/staging.md)
-                self._memtable.add(first_chunk, memtable.decode_row(first_chunk, body), now)
+                self._memtable.add(first_chunk, body, now)
         if staged:
             self._flusher.poke(self)
         self._checkpointer.poke()  # the WAL is copied back off this thread (store/wal.py)
@@ -641,17 +641,16 @@ class SqliteStore:
     def flush(self) -> None:
         """Rewrite every row staged now as one chunk per series (docs/staging.md, The flush)."""
         with self._flushing:
-            taken = self._memtable.take()
-            if taken is None:
+            staged = self._memtable.take()
+            if not staged:
                 return
-            through, pieces = taken
-            low = min(p[0].chunk_id for p in pieces.values())
+            low, through = staged[0][0], staged[-1][0]
             cuts = self._snapshots_from(self._conn(), low)
-            rows = memtable.merged_chunks(pieces, through, cuts)
+            rows = memtable.merged_chunks(staged, cuts)
             with self._writing, self._write() as conn:
                 now_cuts = self._snapshots_from(conn, low)
                 if now_cuts != cuts:  # a fork landed meanwhile: cut at its snapshot too
-                    rows = memtable.merged_chunks(pieces, through, now_cuts)
+                    rows = memtable.merged_chunks(staged, now_cuts)
                 conn.executemany(_INSERT_CHUNK, rows)
                 conn.execute("DELETE FROM staged WHERE first_chunk <= ?", (through,))
                 conn.execute("UPDATE staging SET flushed_through = ?", (through,))
