@@ -221,7 +221,11 @@ class Memtable:
                 self.points -= record.points
                 self.pieces -= len(record.series)
             for sid in series:
-                kept = [p for p in self._series[sid] if p.row > through]
+                pieces = self._series[sid]
+                first = len(pieces)  # the pieces of later rows are a suffix: usually none
+                while first and pieces[first - 1].row > through:
+                    first -= 1
+                kept = pieces[first:]
                 if kept:
                     self._series[sid] = kept
                 else:
