@@ -21,8 +21,10 @@ from procs import ServiceProcess
 from stepstream.v1 import ingest_pb2_grpc, runs_pb2_grpc
 from stepstream_server.embedded_redis import EmbeddedRedis
 from stepstream_server.model import ChunkWrite, Origin, WriterCommit
+from stepstream_server.store import memtable
 from stepstream_server.store import sqlite as sqlite_module
 from stepstream_server.store.base import RunCommit
+from stepstream_server.store.codec import points_of
 from stepstream_server.store.sqlite import SqliteStore
 from store_runs import create_plain_run
 from wire import Stream, create_run, fseries, read_points
@@ -418,3 +420,43 @@ async def test_kill_9_with_staged_rows_loses_nothing_acknowledged(
                 assert values == [float(k * 1000 + i) for i in range(100)]
     finally:
         svc.terminate()
+
+
+def test_merged_chunks_match_joining_the_pieces_one_by_one() -> None:
+    """The flush's array path against the plain rule: per series, its pieces in ID order,
+    cut where a snapshot lies between two pieces, under the last piece's ID."""
+    rng = np.random.default_rng(7)
+    rows = []
+    first = 1
+    steps_of: dict[int, float] = {}
+    for _ in range(6):
+        entries = []
+        for sid in rng.permutation([1, 2, 3, 4])[: rng.integers(1, 5)].tolist():
+            n = int(rng.integers(1, 6))
+            start = steps_of.get(sid, 0.0)
+            s = start + np.arange(n, dtype=np.float64)
+            steps_of[sid] = start + n
+            values: Any = [f"v{x}" for x in s] if sid == 4 else rng.normal(size=n)
+            entries.append((sid, ChunkWrite("", "", sid == 4, s, values, s * 10)))
+        rows.append((first, memtable.encode_row(entries)))
+        first += len(entries)
+    pieces = [(sid, p) for row, body in rows for sid, p in memtable.decode_row(row, body)]
+    for cuts in ([], [3, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]):
+        got = {(r[0], r[1]): r for r in memtable.merged_chunks(rows, cuts)}
+        want = {}
+        for sid in (1, 2, 3, 4):
+            runs: list[list[Any]] = []
+            for p in sorted((p for s, p in pieces if s == sid), key=lambda p: p.chunk_id):
+                if runs and not any(runs[-1][-1].chunk_id <= c < p.chunk_id for c in cuts):
+                    runs[-1].append(p)
+                else:
+                    runs.append([p])
+            for run in runs:
+                want[(run[-1].chunk_id, sid)] = [x for p in run for x in points_of(
+                    "x", sid == 4, p.points, -INF, INF
+                ).steps.tolist()]  # fmt: skip
+        assert set(got) == set(want)
+        for key, row in got.items():
+            points = points_of("x", key[1] == 4, (row[4], row[5], row[6], row[7]), -INF, INF)
+            assert points is not None and points.steps.tolist() == want[key]
+            assert points.timestamps.tolist() == [x * 10 for x in want[key]]
