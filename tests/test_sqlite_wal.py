@@ -68,7 +68,10 @@ def test_what_was_committed_reaches_the_database_file(tmp_path: Path) -> None:
         alone = tmp_path / "alone.sqlite3"
         shutil.copyfile(path, alone)
         with sqlite3.connect(alone) as copy:
-            assert copy.execute("SELECT COUNT(*), SUM(n) FROM chunks").fetchone() == (50, 5 * 50 * 10)
+            assert copy.execute("SELECT COUNT(*), SUM(n) FROM chunks").fetchone() == (
+                50,
+                5 * 50 * 10,
+            )
             assert copy.execute("SELECT COUNT(*) FROM staged").fetchone()[0] == 0
             assert copy.execute("SELECT MAX(last_sequence) FROM writers").fetchone()[0] == 5
     finally:
