@@ -460,3 +460,28 @@ def test_merged_chunks_match_joining_the_pieces_one_by_one() -> None:
             points = points_of("x", key[1] == 4, (row[4], row[5], row[6], row[7]), -INF, INF)
             assert points is not None and points.steps.tolist() == want[key]
             assert points.timestamps.tolist() == [x * 10 for x in want[key]]
+
+
+def test_a_long_part_goes_straight_to_chunk_rows_unless_its_series_has_staged_pieces(
+    store: SqliteStore,
+) -> None:
+    inc = create_plain_run(store).current_incarnation_id
+    long = memtable.DIRECT_POINTS
+    commit(store, inc, 1, range(0, 2))  # short: staged
+    assert staged_rows(store) == 1
+    commit(store, inc, 2, range(2, 2 + long))  # long, but its series have staged pieces
+    assert staged_rows(store) == 2
+    chunks = store._conn().execute("SELECT COUNT(*) FROM chunks")
+    assert chunks.fetchone()[0] == 0
+    mixed = everything(store, inc)
+    store.flush()
+    assert everything(store, inc) == mixed
+    commit(store, inc, 3, range(2 + long, 2 + 2 * long))  # long, nothing staged: chunk rows
+    assert staged_rows(store) == 0
+    commit(store, inc, 4, range(2 + 2 * long, 4 + 2 * long))  # short again: staged, above them
+    assert staged_rows(store) == 1
+    view = everything(store, inc)
+    assert view["read:loss:False"][0] == [float(x) for x in range(4 + 2 * long)]
+    assert view["floors"]["f:loss"][0] == 3 + 2 * long
+    store.flush()
+    assert everything(store, inc) == view

@@ -31,6 +31,10 @@ FLUSH_POINTS = 500_000
 FLUSH_PIECES = 50_000
 # STEPSTREAM_FLUSH_SECONDS: for tests that need rows to stay staged (kill -9 with staged rows).
 FLUSH_SECONDS = float(os.environ.get("STEPSTREAM_FLUSH_SECONDS", "1.0"))
+# A part with at least this many points per series on average is written as chunk rows at
+# once (when none of its series has a staged piece): its rows' own cost is small beside its
+# points, and staging would write them twice.
+DIRECT_POINTS = 16
 # After a failed flush (a full disk), the next try waits this long.
 RETRY_SECONDS = 0.5
 
@@ -188,6 +192,10 @@ class Memtable:
             self._rows[row] = _Row(body, [sid for sid, _ in pieces], points, now)
             self.points += points
             self.pieces += len(pieces)
+
+    def holds(self, series_id: int) -> bool:
+        """Whether the series has a staged piece (flushed or not: then it is about to go)."""
+        return series_id in self._series
 
     def view(self) -> dict[int, list[Piece]]:
         """What a read merges with the chunk rows: taken before its SQL snapshot begins."""

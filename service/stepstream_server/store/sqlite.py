@@ -35,6 +35,7 @@ from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
     SummaryPiece,
+    chunk_rows,
     floor_of,
     fold_visible,
     incarnation_from_row,
@@ -549,8 +550,8 @@ class SqliteStore:
                         if verdict is not None:
                             refused[(part.project, part.run_id)] = verdict
                             continue
-                        if part.chunks:
-                            staged.append(self._stage(conn, part, undo))
+                        if part.chunks and (row := self._write_part(conn, part, undo)):
+                            staged.append(row)
                         for w in part.writers:
                             key3 = (w.project, w.run_id, w.writer_id)
                             if parts_rule.advances(w):
@@ -592,14 +593,15 @@ class SqliteStore:
         self._checkpointer.poke()  # the WAL is copied back off this thread (store/wal.py)
         return refused
 
-    def _stage(
+    def _write_part(
         self,
         conn: sqlite3.Connection,
         part: RunCommit,
         undo: dict[tuple[str, bool, str], int | None],
-    ) -> tuple[int, bytes]:
-        """Write the part's points as one staged row reserving a chunk ID per series: (its
-        first chunk ID, its body)."""
+    ) -> tuple[int, bytes] | None:
+        """Write the part's points reserving a chunk ID per series: as one staged row ((its
+        first chunk ID, its body) returned), or straight as chunk rows when its series are long
+        and none has a staged piece (docs/staging.md, Long parts)."""
         # A series' chunk of its current generation comes before any new generation of it in
         # a part (judge._apply), so these IDs hold for them.
         ids = iter(
@@ -627,12 +629,25 @@ class SqliteStore:
             else:
                 series_id = next(ids)
             entries.append((series_id, chunk))
+        self._next_chunk += len(entries)
+        points = sum(len(c.steps) for c in part.chunks)
+        if points >= memtable.DIRECT_POINTS * len(entries) and not any(
+            self._memtable.holds(sid) for sid, _ in entries
+        ):
+            packed = chunk_rows(part.chunks)
+            conn.executemany(
+                _INSERT_CHUNK,
+                [
+                    (first_chunk + i, sid, *cols)
+                    for i, ((sid, _), cols) in enumerate(zip(entries, packed, strict=True))
+                ],
+            )
+            return None
         body = memtable.encode_row(entries)
         conn.execute(
             "INSERT INTO staged (first_chunk, pieces, points, body) VALUES (?,?,?,?)",
-            (first_chunk, len(entries), sum(len(c.steps) for c in part.chunks), body),
+            (first_chunk, len(entries), points, body),
         )
-        self._next_chunk += len(entries)
         return first_chunk, body
 
     def flush_due(self) -> bool:
