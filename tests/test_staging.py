@@ -469,19 +469,28 @@ def test_a_long_part_goes_straight_to_chunk_rows_unless_its_series_has_staged_pi
     long = memtable.DIRECT_POINTS
     commit(store, inc, 1, range(0, 2))  # short: staged
     assert staged_rows(store) == 1
-    commit(store, inc, 2, range(2, 2 + long))  # long, but its series have staged pieces
+    before = everything(store, inc)
+    # Long, and its series have staged pieces: they are flushed first, then it is chunk rows.
+    commit(store, inc, 2, range(2, 2 + long))
+    assert staged_rows(store) == 0 and store._memtable.pieces == 0
+    chunks = store._conn().execute("SELECT series_id, n FROM chunks ORDER BY chunk_id")
+    assert [n for _, n in chunks.fetchall()] == [2, 2, 2, long, long, long]
+    assert everything(store, inc)["read:loss:False"][0][:2] == before["read:loss:False"][0]
+    # A long part whose series' IDs are not cached (as after a restart) is staged: the
+    # transaction finds the staged pieces itself.
+    commit(store, inc, 3, range(2 + long, 4 + long))  # short: staged
+    store._series_ids = type(store._series_ids)(10)
+    commit(store, inc, 4, range(4 + long, 4 + 2 * long))
     assert staged_rows(store) == 2
-    chunks = store._conn().execute("SELECT COUNT(*) FROM chunks")
-    assert chunks.fetchone()[0] == 0
     mixed = everything(store, inc)
     store.flush()
     assert everything(store, inc) == mixed
-    commit(store, inc, 3, range(2 + long, 2 + 2 * long))  # long, nothing staged: chunk rows
+    commit(store, inc, 5, range(4 + 2 * long, 4 + 3 * long))  # long, nothing staged
     assert staged_rows(store) == 0
-    commit(store, inc, 4, range(2 + 2 * long, 4 + 2 * long))  # short again: staged, above them
+    commit(store, inc, 6, range(4 + 3 * long, 6 + 3 * long))  # short again: staged, above
     assert staged_rows(store) == 1
     view = everything(store, inc)
-    assert view["read:loss:False"][0] == [float(x) for x in range(4 + 2 * long)]
-    assert view["floors"]["f:loss"][0] == 3 + 2 * long
+    assert view["read:loss:False"][0] == [float(x) for x in range(6 + 3 * long)]
+    assert view["floors"]["f:loss"][0] == 5 + 3 * long
     store.flush()
     assert everything(store, inc) == view

@@ -35,6 +35,13 @@ FLUSH_SECONDS = float(os.environ.get("STEPSTREAM_FLUSH_SECONDS", "1.0"))
 # once (when none of its series has a staged piece): its rows' own cost is small beside its
 # points, and staging would write them twice.
 DIRECT_POINTS = 16
+
+
+def is_long(chunks: Sequence[ChunkWrite]) -> bool:
+    """Whether a part's chunks average DIRECT_POINTS points or more."""
+    return sum(len(c.steps) for c in chunks) >= DIRECT_POINTS * len(chunks)
+
+
 # After a failed flush (a full disk), the next try waits this long.
 RETRY_SECONDS = 0.5
 

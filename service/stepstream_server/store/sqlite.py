@@ -539,6 +539,10 @@ class SqliteStore:
         undo: dict[tuple[str, bool, str], int | None] = {}
         refused: Refused = {}
         staged: list[tuple[int, bytes]] = []
+        if any(memtable.is_long(p.chunks) and self._staged_series(p) for p in parts):
+            # Its series' staged pieces go first, so that it can go straight to chunk rows
+            # (docs/staging.md, Long parts): a long part staged would keep them staged.
+            self.flush()
         with self._writing:
             reserved = self._next_chunk
             try:
@@ -631,7 +635,7 @@ class SqliteStore:
             entries.append((series_id, chunk))
         self._next_chunk += len(entries)
         points = sum(len(c.steps) for c in part.chunks)
-        if points >= memtable.DIRECT_POINTS * len(entries) and not any(
+        if memtable.is_long(part.chunks) and not any(
             self._memtable.holds(sid) for sid, _ in entries
         ):
             packed = chunk_rows(part.chunks)
@@ -649,6 +653,14 @@ class SqliteStore:
             (first_chunk, len(entries), points, body),
         )
         return first_chunk, body
+
+    def _staged_series(self, part: RunCommit) -> bool:
+        """Whether a series of the part whose ID is cached has a staged piece."""
+        for c in part.chunks:
+            sid = self._series_ids.get((c.incarnation_id, c.is_string, c.name))
+            if sid is not None and self._memtable.holds(sid):
+                return True
+        return False
 
     def flush_due(self) -> bool:
         return self._memtable.due(time.monotonic())
