@@ -148,6 +148,7 @@ def test_rows_written_packed_before_compact_forms_still_read(tmp_path: Path) -> 
         chunk = ChunkWrite(inc, "loss", False, steps, steps * 2, np.full(10, 5.0))
         commit = RunCommit(project, "r", 0, [chunk], [WriterCommit(project, "r", "w", 1, "{}")])
         assert store.commit([commit]) == {}
+        store.flush()  # from the staged row to its chunk (docs/staging.md)
         with sqlite3.connect(tmp_path / "old.sqlite3") as conn:
             stored = conn.execute("SELECT length(steps), length(ts) FROM chunks").fetchall()
             assert stored == [(17, 17)]  # compact as written now

@@ -62,12 +62,17 @@ def test_what_was_committed_reaches_the_database_file(tmp_path: Path) -> None:
     try:
         for sequence in range(1, 6):
             _commit(store, inc, sequence)
+        store.flush()  # the staged rows become one chunk per series (docs/staging.md)
         _wait_covered(store)
-        # The database file alone, without its WAL, holds every committed chunk.
+        # The database file alone, without its WAL, holds every committed point.
         alone = tmp_path / "alone.sqlite3"
         shutil.copyfile(path, alone)
         with sqlite3.connect(alone) as copy:
-            assert copy.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 5 * 50
+            assert copy.execute("SELECT COUNT(*), SUM(n) FROM chunks").fetchone() == (
+                50,
+                5 * 50 * 10,
+            )
+            assert copy.execute("SELECT COUNT(*) FROM staged").fetchone()[0] == 0
             assert copy.execute("SELECT MAX(last_sequence) FROM writers").fetchone()[0] == 5
     finally:
         store.close()

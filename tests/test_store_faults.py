@@ -68,11 +68,11 @@ def fill(where: Path) -> Path:
     """Fill the file system with one file until it is full; return that file."""
     filler = where / "filler"
     chunk = b"\0" * 65536
-    with filler.open("wb") as f:
+    # Unbuffered: a write cut short by the full disk leaves nothing for close() to retry.
+    with filler.open("wb", buffering=0) as f:
         try:
             while True:
                 f.write(chunk)
-                f.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler

@@ -128,7 +128,7 @@ def test_chunks_from_before_migration_3_read_without_stats(tmp_path: Path):
     store = SqliteStore(path)
     try:
         with sqlite3.connect(path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
             assert conn.execute("SELECT COUNT(*) FROM chunks WHERE stats IS NULL").fetchone() == (
                 4,
             )

@@ -1,18 +1,21 @@
 """The embedded default store: SQLite in WAL mode, points stored column-wise in chunks.
 
-One chunk row holds the accepted points of one series from one group commit: packed float64
-steps, values and timestamps. Chunk IDs grow with every commit, and a series' steps grow with
-its chunk IDs (the ordering rule guarantees it), so a view is a list of (incarnation, step cap,
-chunk cap) segments and reading is a range scan per segment.
+A group commit writes one staged row per run part; a flusher rewrites staged rows as one chunk
+row per series (packed steps, values and timestamps), and until then the memtable serves them
+as virtual chunks (docs/staging.md). Chunk IDs are reserved in commit order, and a series'
+steps grow with its chunk IDs (the ordering rule guarantees it), so a view is a list of
+(incarnation, step cap, chunk cap) segments and reading is a range scan per segment.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from ..model import (
     Segment,
     SeriesPoints,
 )
-from . import parts_rule, wal
+from . import memtable, parts_rule, wal
 from .base import Refused, RunCommit, StoreUnavailable
 from .codec import (
     ACK_RETENTION,
@@ -45,8 +48,11 @@ from .codec import (
     view_segments,
 )
 from .lru import LruCache
+from .memtable import Memtable, Piece, Staged
 from .schema import SchemaTooNew
 from .tokens import SQLITE_MIGRATION as TOKENS_MIGRATION
+
+log = logging.getLogger(__name__)
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -126,6 +132,18 @@ MIGRATIONS = (
     "ALTER TABLE chunks ADD COLUMN stats BLOB;",
     # Access tokens, hashed (store/tokens.py).
     TOKENS_MIGRATION,
+    # The staged log (docs/staging.md): a row per run part of a group commit, keyed by the
+    # first chunk ID it reserved, and the last row a flush rewrote as chunks.
+    """
+    CREATE TABLE IF NOT EXISTS staged (
+        first_chunk INTEGER PRIMARY KEY,
+        pieces INTEGER NOT NULL,
+        points INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS staging (flushed_through INTEGER NOT NULL);
+    INSERT INTO staging (flushed_through) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM staging);
+    """,
 )
 
 
@@ -142,8 +160,33 @@ class SqliteStore:
         # Recently written series' IDs; bounded (a wide run must not grow the service).
         self._series_ids: LruCache[tuple[str, bool, str], int] = LruCache(SERIES_ID_CACHE)
         self._checkpointer = wal.Checkpointer(path, synchronous)
+        # Held across a commit, a fork or a flush (BEGIN .. COMMIT and the memtable after it),
+        # always before SQLite's write lock (docs/staging.md, Commit).
+        self._writing = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time
+        self._memtable = Memtable()
+        self._flusher = memtable.Flusher()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
+        self._next_chunk = self._open_staged()
+
+    def _open_staged(self) -> int:
+        """Replay the staged rows into the memtable; the first chunk ID free to reserve."""
+        conn = self._conn()
+        now = time.monotonic()
+        for first_chunk, body in conn.execute(
+            "SELECT first_chunk, body FROM staged ORDER BY first_chunk"
+        ):
+            self._memtable.add(first_chunk, bytes(body), now)
+        if self._memtable.pieces:
+            self._flusher.poke(self)
+        top = conn.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(chunk_id) FROM chunks), 0),"
+            " COALESCE((SELECT MAX(first_chunk + pieces - 1) FROM staged), 0),"
+            " COALESCE((SELECT MAX(snapshot_chunk) FROM incarnations), 0),"
+            " COALESCE((SELECT MAX(created_chunk) FROM series), 0))"
+        ).fetchone()[0]
+        return int(top) + 1
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -204,6 +247,11 @@ class SqliteStore:
                 conn.interrupt()
 
     def close(self) -> None:
+        self._flusher.stop()
+        try:
+            self.flush()  # the next open then has nothing to replay
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            log.warning("flushing staged points at close failed (kept staged): %s", exc)
         self._checkpointer.stop()
         with self._guard:
             for conn in self._connections:
@@ -229,7 +277,7 @@ class SqliteStore:
         now: float,
     ) -> RunRecord:
         try:
-            with self._write() as conn:
+            with self._writing, self._write() as conn:
                 conn.execute(
                     "INSERT INTO runs (project, run_id, experiment, state, tags, description, config,"
                     " current_incarnation, created_at, updated_at, vals) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -280,10 +328,8 @@ class SqliteStore:
         origin: Origin,
         now: float,
     ) -> None:
-        # Read inside the write transaction: no chunk can commit between this and the insert.
-        snapshot = None
-        if parent is not None:
-            snapshot = conn.execute("SELECT COALESCE(MAX(chunk_id), 0) FROM chunks").fetchone()[0]
+        # Under the writer lock: no chunk ID can be reserved between this and the insert.
+        snapshot = None if parent is None else self._next_chunk - 1
         conn.execute(
             "INSERT INTO incarnations (incarnation_id, project, run_id, parent_incarnation,"
             " fork_step, snapshot_chunk, origin, created_at) VALUES (?,?,?,?,?,?,?,?)",
@@ -310,7 +356,7 @@ class SqliteStore:
         config: dict[str, Any],
         now: float,
     ) -> RunRecord:
-        with self._write() as conn:
+        with self._writing, self._write() as conn:
             row = conn.execute(
                 "SELECT current_incarnation, config FROM runs WHERE project = ? AND run_id = ?",
                 (project, run_id),
@@ -492,71 +538,161 @@ class SqliteStore:
         # Series IDs cached by this transaction, with what they replaced: undone on failure.
         undo: dict[tuple[str, bool, str], int | None] = {}
         refused: Refused = {}
-        try:
-            with self._write() as conn:
-                rows = []
-                acks = []
-                last: dict[tuple[str, str, str], int] = {}
-                for part in parts:
-                    verdict = self._refusal(conn, part)
-                    if verdict is not None:
-                        refused[(part.project, part.run_id)] = verdict
-                        continue
-                    columns = chunk_rows(part.chunks)
-                    # A series' chunk of its current generation comes before any new
-                    # generation of it in a part (judge._apply), so these IDs hold for them.
-                    ids = iter(
-                        self._series_ids_for(
-                            conn,
-                            [
-                                (c.incarnation_id, c.is_string, c.name)
-                                for c in part.chunks
-                                if not c.new_generation
-                            ],
-                            undo,
-                        )
-                    )
-                    for chunk, packed in zip(part.chunks, columns, strict=True):
-                        if chunk.new_generation:
-                            # Its first chunk decides which snapshots see it: insert it alone.
-                            key = (chunk.incarnation_id, chunk.is_string, chunk.name)
-                            series_id = self._new_generation(conn, key, undo)
-                            cur = conn.execute(_INSERT_CHUNK, (series_id, *packed))
-                            conn.execute(
-                                "UPDATE series SET created_chunk = ? WHERE series_id = ?",
-                                (cur.lastrowid, series_id),
-                            )
+        staged: list[tuple[int, bytes]] = []
+        if any(memtable.is_long(p.chunks) and self._staged_series(p) for p in parts):
+            # Its series' staged pieces go first, so that it can go straight to chunk rows
+            # (docs/staging.md, Long parts): a long part staged would keep them staged.
+            self.flush()
+        with self._writing:
+            reserved = self._next_chunk
+            try:
+                with self._write() as conn:
+                    acks = []
+                    last: dict[tuple[str, str, str], int] = {}
+                    for part in parts:
+                        verdict = self._refusal(conn, part)
+                        if verdict is not None:
+                            refused[(part.project, part.run_id)] = verdict
                             continue
-                        rows.append((next(ids), *packed))
-                    for w in part.writers:
-                        key3 = (w.project, w.run_id, w.writer_id)
-                        if parts_rule.advances(w):
-                            last[key3] = max(last.get(key3, 0), w.sequence)
-                        acks.append((*key3, w.sequence, w.outcome_json))
-                conn.executemany(_INSERT_CHUNK, rows)
-                conn.executemany(
-                    "INSERT INTO acks (project, run_id, writer_id, sequence, outcome) VALUES (?,?,?,?,?)"
-                    " ON CONFLICT DO UPDATE SET outcome = excluded.outcome",  # a part's progress
-                    acks,
-                )
-                conn.executemany(
-                    "INSERT INTO writers (project, run_id, writer_id, last_sequence) VALUES (?,?,?,?)"
-                    " ON CONFLICT DO UPDATE SET last_sequence = excluded.last_sequence",
-                    [(*k, seq) for k, seq in last.items()],
-                )
-                conn.executemany(
-                    "DELETE FROM acks WHERE project = ? AND run_id = ? AND writer_id = ? AND sequence <= ?",
-                    [(*k, seq - ACK_RETENTION) for k, seq in last.items() if seq > ACK_RETENTION],
-                )
-        except BaseException:
-            for key, previous in undo.items():
-                if previous is None:
-                    self._series_ids.pop(key, None)
-                else:
-                    self._series_ids[key] = previous
-            raise
+                        if part.chunks and (row := self._write_part(conn, part, undo)):
+                            staged.append(row)
+                        for w in part.writers:
+                            key3 = (w.project, w.run_id, w.writer_id)
+                            if parts_rule.advances(w):
+                                last[key3] = max(last.get(key3, 0), w.sequence)
+                            acks.append((*key3, w.sequence, w.outcome_json))
+                    conn.executemany(
+                        "INSERT INTO acks (project, run_id, writer_id, sequence, outcome)"
+                        " VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET outcome = excluded.outcome",
+                        acks,  # a part's progress
+                    )
+                    conn.executemany(
+                        "INSERT INTO writers (project, run_id, writer_id, last_sequence)"
+                        " VALUES (?,?,?,?)"
+                        " ON CONFLICT DO UPDATE SET last_sequence = excluded.last_sequence",
+                        [(*k, seq) for k, seq in last.items()],
+                    )
+                    conn.executemany(
+                        "DELETE FROM acks WHERE project = ? AND run_id = ? AND writer_id = ?"
+                        " AND sequence <= ?",
+                        [
+                            (*k, seq - ACK_RETENTION)
+                            for k, seq in last.items()
+                            if seq > ACK_RETENTION
+                        ],
+                    )
+            except BaseException:
+                self._next_chunk = reserved
+                for key, previous in undo.items():
+                    if previous is None:
+                        self._series_ids.pop(key, None)
+                    else:
+                        self._series_ids[key] = previous
+                raise
+            now = time.monotonic()
+            for first_chunk, body in staged:  # committed: now readable (docs/staging.md)
+                self._memtable.add(first_chunk, body, now)
+        if staged:
+            self._flusher.poke(self)
         self._checkpointer.poke()  # the WAL is copied back off this thread (store/wal.py)
         return refused
+
+    def _write_part(
+        self,
+        conn: sqlite3.Connection,
+        part: RunCommit,
+        undo: dict[tuple[str, bool, str], int | None],
+    ) -> tuple[int, bytes] | None:
+        """Write the part's points reserving a chunk ID per series: as one staged row ((its
+        first chunk ID, its body) returned), or straight as chunk rows when its series are long
+        and none has a staged piece (docs/staging.md, Long parts)."""
+        # A series' chunk of its current generation comes before any new generation of it in
+        # a part (judge._apply), so these IDs hold for them.
+        ids = iter(
+            self._series_ids_for(
+                conn,
+                [
+                    (c.incarnation_id, c.is_string, c.name)
+                    for c in part.chunks
+                    if not c.new_generation
+                ],
+                undo,
+            )
+        )
+        first_chunk = self._next_chunk
+        entries = []
+        for i, chunk in enumerate(part.chunks):
+            if chunk.new_generation:
+                # Its first piece's ID decides which snapshots see it.
+                key = (chunk.incarnation_id, chunk.is_string, chunk.name)
+                series_id = self._new_generation(conn, key, undo)
+                conn.execute(
+                    "UPDATE series SET created_chunk = ? WHERE series_id = ?",
+                    (first_chunk + i, series_id),
+                )
+            else:
+                series_id = next(ids)
+            entries.append((series_id, chunk))
+        self._next_chunk += len(entries)
+        points = sum(len(c.steps) for c in part.chunks)
+        if memtable.is_long(part.chunks) and not any(
+            self._memtable.holds(sid) for sid, _ in entries
+        ):
+            packed = chunk_rows(part.chunks)
+            conn.executemany(
+                _INSERT_CHUNK,
+                [
+                    (first_chunk + i, sid, *cols)
+                    for i, ((sid, _), cols) in enumerate(zip(entries, packed, strict=True))
+                ],
+            )
+            return None
+        body = memtable.encode_row(entries)
+        conn.execute(
+            "INSERT INTO staged (first_chunk, pieces, points, body) VALUES (?,?,?,?)",
+            (first_chunk, len(entries), points, body),
+        )
+        return first_chunk, body
+
+    def _staged_series(self, part: RunCommit) -> bool:
+        """Whether a series of the part whose ID is cached has a staged piece."""
+        for c in part.chunks:
+            sid = self._series_ids.get((c.incarnation_id, c.is_string, c.name))
+            if sid is not None and self._memtable.holds(sid):
+                return True
+        return False
+
+    def flush_due(self) -> bool:
+        return self._memtable.due(time.monotonic())
+
+    def flush(self) -> None:
+        """Rewrite every row staged now as one chunk per series (docs/staging.md, The flush)."""
+        with self._flushing:
+            staged = self._memtable.take()
+            if not staged:
+                return
+            low, through = staged[0][0], staged[-1][0]
+            cuts = self._snapshots_from(self._conn(), low)
+            rows = memtable.merged_chunks(staged, cuts)
+            with self._writing, self._write() as conn:
+                now_cuts = self._snapshots_from(conn, low)
+                if now_cuts != cuts:  # a fork landed meanwhile: cut at its snapshot too
+                    rows = memtable.merged_chunks(staged, now_cuts)
+                conn.executemany(_INSERT_CHUNK, rows)
+                conn.execute("DELETE FROM staged WHERE first_chunk <= ?", (through,))
+                conn.execute("UPDATE staging SET flushed_through = ?", (through,))
+            self._memtable.drop(through)
+        self._checkpointer.poke()
+
+    @staticmethod
+    def _snapshots_from(conn: sqlite3.Connection, low: int) -> list[int]:
+        """Every fork's snapshot at or above chunk ID `low`: where a merged chunk is cut."""
+        rows = conn.execute(
+            "SELECT DISTINCT snapshot_chunk FROM incarnations WHERE snapshot_chunk >= ?"
+            " ORDER BY snapshot_chunk",
+            (low,),
+        )
+        return [int(r[0]) for r in rows]
 
     @staticmethod
     def _refusal(conn: sqlite3.Connection, part: RunCommit) -> int | None:
@@ -686,6 +822,24 @@ class SqliteStore:
 
         return fold_visible((seg, rows(seg)) for seg in reversed(segments))
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[tuple[sqlite3.Connection, Staged]]:
+        """One read transaction (one SQLite snapshot for every statement of a read) and the
+        staged pieces it must add to the chunk rows: the memtable is copied before the
+        snapshot begins, and pieces of rows the snapshot saw flushed are left out
+        (docs/staging.md, Reads)."""
+        pieces = self._memtable.view()
+        conn = self._conn()
+        if conn.in_transaction:  # already inside one (a write's own reads): its snapshot
+            yield conn, Staged(pieces, _flushed_through(conn))
+            return
+        conn.execute("BEGIN")
+        try:
+            yield conn, Staged(pieces, _flushed_through(conn))
+        finally:
+            if conn.in_transaction:  # an interrupted statement may have ended it already
+                conn.execute("COMMIT")
+
     def floors(
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]] | None = None
     ) -> dict[str, tuple[float, str]]:
@@ -693,20 +847,25 @@ class SqliteStore:
         point's value token. The newest segment with a visible point wins: a descendant's own
         points always lie above what it inherits."""
         result: dict[str, tuple[float, str]] = {}
-        conn = self._conn()
-        for (name, is_string), parts in self._visible(segments, keys).items():
-            for seg, series_id, _ in reversed(parts):
-                row = conn.execute(
-                    "SELECT n, steps, vals FROM chunks WHERE series_id = ? AND chunk_id <= ?"
-                    " AND min_step <= ? ORDER BY chunk_id DESC LIMIT 1",
-                    (series_id, seg.chunk_cap, _sql_real(seg.step_cap)),
-                ).fetchone()
-                if row is None:
-                    continue
-                n, steps_blob, vals_blob = row
-                key, floor = floor_of(name, is_string, n, steps_blob, vals_blob, seg.step_cap)
-                result[key] = floor
-                break
+        with self._snapshot() as (conn, staged):
+            for (name, is_string), parts in self._visible(segments, keys).items():
+                for seg, series_id, _ in reversed(parts):
+                    pieces = staged.of(series_id, seg.chunk_cap, hi=seg.step_cap)
+                    if pieces:  # above every chunk row of the series
+                        p = pieces[-1]
+                        row = (p.n, p.steps, p.vals)
+                    else:
+                        row = conn.execute(
+                            "SELECT n, steps, vals FROM chunks WHERE series_id = ?"
+                            " AND chunk_id <= ? AND min_step <= ? ORDER BY chunk_id DESC LIMIT 1",
+                            (series_id, seg.chunk_cap, _sql_real(seg.step_cap)),
+                        ).fetchone()
+                    if row is None:
+                        continue
+                    n, steps_blob, vals_blob = row
+                    key, floor = floor_of(name, is_string, n, steps_blob, vals_blob, seg.step_cap)
+                    result[key] = floor
+                    break
         return result
 
     def series_names(
@@ -734,18 +893,21 @@ class SqliteStore:
     ) -> list[tuple[str, bool, int]]:
         """(name, is_string, generation of the viewed incarnation) of every series (or those of
         `keys`) with a visible point: which parts have one, a few hundred per query."""
-        conn = self._conn()
-        visible = self._visible(segments, keys)
-        shown: set[tuple[int, int]] = set()
-        for hop, (seg, ids) in enumerate(_ids_by_hop(segments, visible)):
-            for i in range(0, len(ids), _IN_BATCH):
-                part = ids[i : i + _IN_BATCH]
-                rows = conn.execute(
-                    f"SELECT DISTINCT series_id FROM chunks WHERE series_id IN"
-                    f" ({','.join('?' * len(part))}) AND chunk_id <= ? AND min_step <= ?",
-                    (*part, seg.chunk_cap, _sql_real(seg.step_cap)),
+        with self._snapshot() as (conn, staged):
+            visible = self._visible(segments, keys)
+            shown: set[tuple[int, int]] = set()
+            for hop, (seg, ids) in enumerate(_ids_by_hop(segments, visible)):
+                shown.update(
+                    (hop, sid) for sid in ids if staged.of(sid, seg.chunk_cap, hi=seg.step_cap)
                 )
-                shown.update((hop, int(series_id)) for (series_id,) in rows)
+                for i in range(0, len(ids), _IN_BATCH):
+                    part = ids[i : i + _IN_BATCH]
+                    rows = conn.execute(
+                        f"SELECT DISTINCT series_id FROM chunks WHERE series_id IN"
+                        f" ({','.join('?' * len(part))}) AND chunk_id <= ? AND min_step <= ?",
+                        (*part, seg.chunk_cap, _sql_real(seg.step_cap)),
+                    )
+                    shown.update((hop, int(series_id)) for (series_id,) in rows)
         hops = {id(seg): hop for hop, seg in enumerate(segments)}
         return sorted(
             (name, is_string, own_generation(parts, segments))
@@ -762,48 +924,57 @@ class SqliteStore:
         step_max: float,
         generation: int | None = None,
     ) -> Iterator[SeriesPoints]:
-        conn = self._conn()
-        if generation is not None:
-            row = conn.execute(
-                "SELECT series_id FROM series WHERE incarnation_id = ? AND is_string = ?"
-                " AND name = ? AND generation = ?",
-                (segments[-1].incarnation_id, int(is_string), name, generation),
-            ).fetchone()
-            parts = [] if row is None else [(segments[-1], int(row[0]), generation)]
-        else:
-            parts = self._parts(segments, name, is_string)
-        for seg, series_id, _ in parts:
-            hi = min(step_max, seg.step_cap)
-            rows = conn.execute(
-                "SELECT n, steps, vals, ts FROM chunks WHERE series_id = ? AND chunk_id <= ?"
-                " AND min_step <= ? AND max_step >= ? ORDER BY chunk_id",
-                (series_id, seg.chunk_cap, _sql_real(hi), _sql_real(step_min)),
-            )
-            for row in rows:
-                points = points_of(name, is_string, row, step_min, hi)
-                if points is not None:
-                    yield points
+        found: list[tuple[float, Any]] = []  # (step cap, chunk row), in view order
+        with self._snapshot() as (conn, staged):
+            if generation is not None:
+                row = conn.execute(
+                    "SELECT series_id FROM series WHERE incarnation_id = ? AND is_string = ?"
+                    " AND name = ? AND generation = ?",
+                    (segments[-1].incarnation_id, int(is_string), name, generation),
+                ).fetchone()
+                parts = [] if row is None else [(segments[-1], int(row[0]), generation)]
+            else:
+                parts = self._parts(segments, name, is_string)
+            for seg, series_id, _ in parts:
+                hi = min(step_max, seg.step_cap)
+                rows = conn.execute(
+                    "SELECT n, steps, vals, ts FROM chunks WHERE series_id = ? AND chunk_id <= ?"
+                    " AND min_step <= ? AND max_step >= ? ORDER BY chunk_id",
+                    (series_id, seg.chunk_cap, _sql_real(hi), _sql_real(step_min)),
+                )
+                found.extend((hi, row) for row in rows)
+                found.extend(
+                    (hi, p.points) for p in staged.of(series_id, seg.chunk_cap, step_min, hi)
+                )
+        for hi, row in found:
+            points = points_of(name, is_string, row, step_min, hi)
+            if points is not None:
+                yield points
 
     def read_summary_pieces(
         self, segments: Sequence[Segment], keys: Sequence[tuple[str, bool]]
     ) -> dict[tuple[str, bool], tuple[int, list[SummaryPiece]]]:
         """The visible parts of every key, then their chunks a few hundred series per query
-        and segment (a query per series made ListSeries pages slow)."""
-        conn = self._conn()
-        visible = self._visible(segments, keys)
+        and segment (a query per series made ListSeries pages slow), then their staged
+        pieces (read from their points: they have no stats)."""
         chunks: dict[tuple[int, int], list[Any]] = {}
-        for hop, (seg, ids) in enumerate(_ids_by_hop(segments, visible)):
-            cap = _sql_real(seg.step_cap)
-            for i in range(0, len(ids), _IN_BATCH):
-                part = ids[i : i + _IN_BATCH]
-                rows = conn.execute(
-                    f"SELECT series_id, {summary_columns('', '?')} FROM chunks WHERE series_id"
-                    f" IN ({','.join('?' * len(part))}) AND chunk_id <= ? AND min_step <= ?"
-                    " ORDER BY series_id, chunk_id",
-                    (cap, cap, *part, seg.chunk_cap, cap),
-                )
-                for series_id, *row in rows:
-                    chunks.setdefault((hop, series_id), []).append(row)
+        with self._snapshot() as (conn, staged):
+            visible = self._visible(segments, keys)
+            for hop, (seg, ids) in enumerate(_ids_by_hop(segments, visible)):
+                cap = _sql_real(seg.step_cap)
+                for i in range(0, len(ids), _IN_BATCH):
+                    part = ids[i : i + _IN_BATCH]
+                    rows = conn.execute(
+                        f"SELECT series_id, {summary_columns('', '?')} FROM chunks WHERE series_id"
+                        f" IN ({','.join('?' * len(part))}) AND chunk_id <= ? AND min_step <= ?"
+                        " ORDER BY series_id, chunk_id",
+                        (cap, cap, *part, seg.chunk_cap, cap),
+                    )
+                    for series_id, *row in rows:
+                        chunks.setdefault((hop, series_id), []).append(row)
+                for sid in ids:
+                    for p in staged.of(sid, seg.chunk_cap, hi=seg.step_cap):
+                        chunks.setdefault((hop, sid), []).append([p.n, None, p.steps, p.vals])
         out: dict[tuple[str, bool], tuple[int, list[SummaryPiece]]] = {}
         hops = {id(seg): hop for hop, seg in enumerate(segments)}
         for (name, is_string), parts in visible.items():
@@ -830,39 +1001,46 @@ class SqliteStore:
         step_min: float,
         step_max: float,
     ) -> int:
-        conn = self._conn()
         total = 0
-        for seg, series_id, _ in self._parts(segments, name, is_string):
-            total += conn.execute(
-                "SELECT COALESCE(SUM(n), 0) FROM chunks WHERE series_id = ? AND chunk_id <= ?"
-                " AND min_step <= ? AND max_step >= ?",
-                (
-                    series_id,
-                    seg.chunk_cap,
-                    _sql_real(min(step_max, seg.step_cap)),
-                    _sql_real(step_min),
-                ),
-            ).fetchone()[0]
+        with self._snapshot() as (conn, staged):
+            for seg, series_id, _ in self._parts(segments, name, is_string):
+                hi = min(step_max, seg.step_cap)
+                total += conn.execute(
+                    "SELECT COALESCE(SUM(n), 0) FROM chunks WHERE series_id = ? AND chunk_id <= ?"
+                    " AND min_step <= ? AND max_step >= ?",
+                    (series_id, seg.chunk_cap, _sql_real(hi), _sql_real(step_min)),
+                ).fetchone()[0]
+                total += sum(p.n for p in staged.of(series_id, seg.chunk_cap, step_min, hi))
         return int(total)
 
     def read_sampled(
         self, segments: Sequence[Segment], name: str, step_min: float, step_max: float
     ) -> Iterator[SeriesPoints]:
-        conn = self._conn()
-
-        def fetch(chunk_id: int) -> tuple[int, bytes, bytes, bytes]:
-            row = conn.execute(
-                "SELECT n, steps, vals, ts FROM chunks WHERE chunk_id = ?", (chunk_id,)
-            ).fetchone()
+        def fetch(key: int | Piece) -> tuple[int, bytes, bytes, bytes]:
+            if isinstance(key, Piece):
+                return key.points
+            row = (
+                self._conn()
+                .execute("SELECT n, steps, vals, ts FROM chunks WHERE chunk_id = ?", (key,))
+                .fetchone()
+            )  # a chunk row never changes: read outside the snapshot is the same
             return (row[0], row[1], row[2], row[3])
 
-        for seg, series_id, _ in self._parts(segments, name, False):
-            hi = min(step_max, seg.step_cap)
-            rows = conn.execute(
-                "SELECT chunk_id, n, min_step, max_step, stats FROM chunks WHERE series_id = ?"
-                " AND chunk_id <= ? AND min_step <= ? AND max_step >= ? ORDER BY chunk_id",
-                (series_id, seg.chunk_cap, _sql_real(hi), _sql_real(step_min)),
-            ).fetchall()
+        found: list[tuple[float, list[Any]]] = []  # (step cap, its rows), in view order
+        with self._snapshot() as (conn, staged):
+            for seg, series_id, _ in self._parts(segments, name, False):
+                hi = min(step_max, seg.step_cap)
+                rows: list[Any] = conn.execute(
+                    "SELECT chunk_id, n, min_step, max_step, stats FROM chunks WHERE series_id = ?"
+                    " AND chunk_id <= ? AND min_step <= ? AND max_step >= ? ORDER BY chunk_id",
+                    (series_id, seg.chunk_cap, _sql_real(hi), _sql_real(step_min)),
+                ).fetchall()
+                rows.extend(
+                    (p, p.n, p.min_step, p.max_step, None)
+                    for p in staged.of(series_id, seg.chunk_cap, step_min, hi)
+                )
+                found.append((hi, rows))
+        for hi, rows in found:
             yield from sampled_points(name, rows, step_min, hi, fetch)
 
 
@@ -877,8 +1055,8 @@ _VISIBLE = (
 _IN_BATCH = 500
 
 _INSERT_CHUNK = (
-    "INSERT INTO chunks (series_id, min_step, max_step, n, steps, vals, ts, stats)"
-    " VALUES (?,?,?,?,?,?,?,?)"
+    "INSERT INTO chunks (chunk_id, series_id, min_step, max_step, n, steps, vals, ts, stats)"
+    " VALUES (?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -936,6 +1114,11 @@ def _sql_real(x: float) -> float:
         if x == math.inf
         else (-1.7976931348623157e308 if x == -math.inf else x)
     )
+
+
+def _flushed_through(conn: sqlite3.Connection) -> int:
+    """The last staged row a flush rewrote as chunks, as this connection's snapshot sees it."""
+    return int(conn.execute("SELECT flushed_through FROM staging").fetchone()[0])
 
 
 def _outcome(
