@@ -267,3 +267,20 @@ async def test_a_revoked_tokens_cookie_stops_working_on_the_next_request(
         ) as resp:
             assert resp.status == 401
             assert (await resp.json())["error"]["reason"] == "TOKEN_INVALID"
+
+
+async def test_a_batch_before_open_ends_the_stream_so_a_read_token_cannot_open_it_later(
+    secured: Secured,
+) -> None:
+    """The stream's token is checked against its first request. A first request that is not
+    an `open` needs nothing and is refused STREAM_NOT_OPEN; the stream then ends, so a
+    read-only token can never slip an `open` (which needs write) past the check."""
+    call = ingest_pb2_grpc.IngestServiceStub(secured.channel).AppendPoints(
+        metadata=secured.md(secured.tokens.read)
+    )
+    await call.write(batch(1))
+    refused = await call.read()
+    assert refused.HasField("error") and refused.sequence == 1, refused
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK  # over: an `open` can no longer follow
+    assert await stored(secured) == []

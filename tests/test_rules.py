@@ -159,6 +159,10 @@ async def test_stream_not_open_keeps_the_sequence(runs, ingest) -> None:
     failed = await s.send(fseries("m", [1], [1.0]), sequence=1)
     info = _info(failed.error)
     assert (info.reason, info.metadata["sequence_used"]) == ("STREAM_NOT_OPEN", "false")
+    # That stream ended with the refusal (a stream is opened by its first request); on a
+    # new one the writer starts at sequence 1, as nothing was used.
+    assert await s.call.read() is grpc.aio.EOF
+    s = Stream(ingest)
     assert (await s.open("r2")).opened.last_committed_sequence == 0
     ok = await s.send(fseries("m", [1], [1.0]), sequence=1)
     assert ok.appended.accepted_count == 1

@@ -102,13 +102,15 @@ async def test_sequence_zero_rejected(stream):
     assert error_reason(resp.error) == "INVALID_SEQUENCE"
 
 
-async def test_batch_before_open(runs, ingest):
+async def test_batch_before_open_is_refused_and_ends_the_stream(runs, ingest):
     await create_run(runs, "r1")
     s = Stream(ingest)
     resp = await s.send(fseries("m", [1], [1]))
     assert error_reason(resp.error) == "STREAM_NOT_OPEN"
-    opened = await s.open("r1")
-    assert opened.HasField("opened")
+    # The stream ends with that answer: the token was checked against this first request
+    # (docs/security.md), so no `open` may follow on it.
+    assert await s.call.read() is grpc.aio.EOF
+    assert await s.call.code() == grpc.StatusCode.OK
 
 
 async def test_second_open(stream):

@@ -189,7 +189,10 @@ class IngestServicer:
                 stream.handing = True  # drain() lets this hand-off finish
                 await answers.put(await self._handle(request, stream))
                 stream.handing = False
-                if stream.ended:
+                if stream.ended or stream.writer is None:
+                    # A stream whose first request did not open it ends with that answer:
+                    # the token is checked against the first request (auth/policy.py), so
+                    # an `open` after a refused batch must never be taken.
                     return
                 if stream.drained:
                     stream.cut = True

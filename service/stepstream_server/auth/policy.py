@@ -62,7 +62,8 @@ async def _selector(request: Any, lookup: Lookup, principal: Principal) -> Needs
 
 async def _open(request: Any, lookup: Lookup, principal: Principal) -> Needs:
     # The first message of an AppendPoints stream; one that is not an `open` is refused by
-    # the stream itself (STREAM_NOT_OPEN) and can write nothing.
+    # the stream itself (STREAM_NOT_OPEN), which then ends: it can write nothing, and no
+    # `open` is ever taken after it (servicer.py `_read`).
     if request.WhichOneof("kind") != "open":
         return []
     return [(project(request.open.project), "write")]
