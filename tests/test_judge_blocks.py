@@ -128,7 +128,7 @@ async def judge_group(
     for batch in batches:
         writer.next_expected += 1
         batch.sequence = writer.next_expected
-        entries, rejections, failure = decoder.batch(batch, now=1000.0)
+        entries, rejections, failure = await decoder.decode(batch, now=1000.0)
         points = sum(e.count for e in entries)
         group.append(
             Pending(
