@@ -10,11 +10,13 @@ same records sent one per batch, which is what the client did before coalescing.
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import stepstream
@@ -435,6 +437,34 @@ def test_put_point_counts_blocks_when_full_and_raises_once_closed() -> None:
     buffer.close(lambda: RunClosedError("closed"))
     with pytest.raises(RunClosedError):
         buffer.put_point(pt(9, "a", 1.0))
+
+
+def test_put_point_racing_close_raises_and_leaves_nothing_behind() -> None:
+    """A close() that lands between put_point's check and its append (here forced at the
+    deque seam: the append closes the buffer first) must not leave the point where nothing
+    takes it: put_point takes it back and raises, and the counters stay exact."""
+    buffer: Buffer[object] = Buffer(100, lambda: None)
+    buffer.put_point(pt(0, "a", 1.0))
+
+    class ClosingFirst(collections.deque):  # type: ignore[type-arg]
+        def append(self, item: object) -> None:
+            buffer.close(lambda: RunClosedError("closed"))
+            super().append(item)
+
+    left: list[object] = []
+    real_close = buffer.close
+
+    def close(error: Any) -> list[object]:
+        left.extend(real_close(error))
+        return left
+
+    buffer.close = close  # type: ignore[method-assign]
+    buffer._items = ClosingFirst(buffer._items)
+    with pytest.raises(RunClosedError):
+        buffer.put_point(pt(1, "a", 1.0))
+    assert left == [pt(0, "a", 1.0)]  # what was queued before the close left with it
+    assert list(buffer._items) == [] and buffer.queued_points == 0
+    assert buffer.logged_points == 1
 
 
 def test_interleaved_per_call_logging_round_trip(

@@ -95,6 +95,16 @@ class Buffer(Generic[Marker]):
             self.put(point, 1)
             return
         items.append(point)
+        if self._closed is not None:
+            # close() ran between the check and the append. If its drain popped this point,
+            # it left with the rest of the queue; if not, it landed after the drain, where
+            # nothing would ever take it: take it back and raise, as `put` does.
+            with self._lock:
+                try:
+                    items.remove(point)
+                except ValueError:
+                    return
+            raise self._closed()
         if self._consumer_asleep:
             self._wake_consumer()
 
@@ -174,8 +184,8 @@ class Buffer(Generic[Marker]):
     def close(self, error: Callable[[], BaseException]) -> list[Record | Marker]:
         """Make every later put raise `error()`, wake blocked ones, and return what was queued.
 
-        A Point whose put_point was already past its check when the buffer closed may still
-        land after this; nothing takes it, as nothing takes any record once closed.
+        A Point whose put_point was already past its check when the buffer closed either
+        leaves with the rest (returned here) or is taken back by put_point, which raises.
         """
         with self._lock:
             if self._closed is None:
