@@ -20,7 +20,7 @@ from stepstream.v1 import ingest_pb2, ingest_pb2_grpc
 from stepstream_server.auth import interceptor
 from stepstream_server.auth.tokens import new_token
 from stepstream_server.store.tokens import TokenStore
-from wire import fseries
+from wire import error_reason, fseries
 
 
 def batch(seq: int) -> ingest_pb2.AppendPointsRequest:
@@ -283,4 +283,69 @@ async def test_a_batch_before_open_ends_the_stream_so_a_read_token_cannot_open_i
     assert refused.HasField("error") and refused.sequence == 1, refused
     assert await call.read() is grpc.aio.EOF
     assert await call.code() == grpc.StatusCode.OK  # over: an `open` can no longer follow
+    assert await stored(secured) == []
+
+
+def _raw_stream(s: Secured, token: str) -> Any:
+    return s.channel.stream_stream(
+        "/stepstream.v1.IngestService/AppendPoints",
+        request_serializer=lambda b: b,
+        response_deserializer=ingest_pb2.AppendPointsResponse.FromString,
+    )(metadata=s.md(token))
+
+
+def _lone_batch(body: bytes) -> bytes:
+    size, length = len(body), b""
+    while size > 0x7F:
+        length += bytes([(size & 0x7F) | 0x80])
+        size >>= 7
+    return b"\x12" + length + bytes([size]) + body
+
+
+_MANY_ENTRIES = b"\x08\x01" + b"\x12\x00" * 1_000_000  # PointBatch seq 1, 1e6 empty entries
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "reason", "sequence"),
+    [
+        # Over 64 KiB, not a lone batch (a field before it), past the entry bound: Oversized
+        # on its raw bytes (wire.py), which the policy must take as "not an open". It is a
+        # batch before `open`, so the stream's answer is STREAM_NOT_OPEN (servicer.py checks
+        # that before any bound), with the batch's sequence.
+        pytest.param(
+            b"\xf8\x07\x01" + _lone_batch(_MANY_ENTRIES),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "STREAM_NOT_OPEN",
+            1,
+            id="oversized",
+        ),
+        # A lone batch over 64 KiB: Unparsed when the policy sees it, Oversized once parsed.
+        pytest.param(
+            _lone_batch(_MANY_ENTRIES),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "STREAM_NOT_OPEN",
+            1,
+            id="unparsed",
+        ),
+        pytest.param(
+            b"\xff\xff\xff",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MALFORMED_REQUEST",
+            0,
+            id="malformed",
+        ),
+    ],
+)
+async def test_a_first_request_decoding_refused_gets_its_refusal_and_ends_the_stream(
+    secured: Secured, data: bytes, code: grpc.StatusCode, reason: str, sequence: int
+) -> None:
+    """Whatever decoding made of a first request that is not an `open`, the policy needs
+    nothing for it: the stream answers its exact refusal in band and ends (never UNKNOWN)."""
+    call = _raw_stream(secured, secured.tokens.read)
+    await call.write(data)
+    refused = await call.read()
+    assert refused.HasField("error") and refused.sequence == sequence, refused
+    assert (refused.error.code, error_reason(refused.error)) == (code.value[0], reason)
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
     assert await stored(secured) == []

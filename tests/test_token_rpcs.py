@@ -104,6 +104,35 @@ async def test_no_token_makes_one_wider_than_itself(secured: Secured) -> None:
     assert (reason, meta["project"]) == ("PROJECT_NOT_ALLOWED", "default")
 
 
+async def test_a_token_that_expires_makes_only_tokens_that_expire_no_later(
+    secured: Secured,
+) -> None:
+    """No token makes one that outlives it: a caller whose token expires is refused a token
+    without an expiry or with a later one (PERMISSION_DENIED EXPIRY_BEYOND_CALLER, its own
+    expiry in the metadata), and makes one that expires sooner."""
+    create = stub(secured).CreateToken
+    parent_request = tokens_pb2.CreateTokenRequest(project="p1", role="admin")
+    parent_request.expires_in.seconds = 3600
+    parent = await create(parent_request, metadata=secured.md(secured.tokens.admin))
+    expected = (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "EXPIRY_BEYOND_CALLER",
+        {
+            "caller_expire_time": parent.info.expire_time.ToJsonString(),
+            "token_id": parent.info.token_id,
+        },
+    )
+    never = tokens_pb2.CreateTokenRequest(project="p1", role="admin")
+    assert await refused(create, never, secured.md(parent.token)) == expected
+    later = tokens_pb2.CreateTokenRequest(project="p1", role="read")
+    later.expires_in.seconds = 7200
+    assert await refused(create, later, secured.md(parent.token)) == expected
+    sooner = tokens_pb2.CreateTokenRequest(project="p1", role="admin")
+    sooner.expires_in.seconds = 60
+    made = await create(sooner, metadata=secured.md(parent.token))
+    assert made.info.expire_time.ToNanoseconds() <= parent.info.expire_time.ToNanoseconds()
+
+
 @pytest.mark.parametrize(
     ("request_fields", "reason", "metadata"),
     [
@@ -180,25 +209,36 @@ async def test_listing_shows_only_what_the_caller_administers(secured: Secured) 
 
 
 async def test_revoking_needs_admin_on_the_tokens_project(secured: Secured) -> None:
+    """A token outside the caller's admin scope is answered exactly as an unknown id, so
+    neither its existence nor its project is disclosed (and it is not revoked)."""
     revoke = stub(secured).RevokeToken
+    p1_admin = secured.md(secured.tokens.admin1)
+    unknown_id = "0123456789abcdef"
     other_id = secured.tokens.other.split("_")[1]  # a p2 token
-    code, reason, meta = await refused(
-        revoke, tokens_pb2.RevokeTokenRequest(token_id=other_id), secured.md(secured.tokens.admin1)
-    )
-    assert (code, reason, meta["project"]) == (
-        grpc.StatusCode.PERMISSION_DENIED,
-        "PROJECT_NOT_ALLOWED",
-        "p2",
-    )
-    code, reason, meta = await refused(
-        revoke,
-        tokens_pb2.RevokeTokenRequest(token_id="0123456789abcdef"),
-        secured.md(secured.tokens.admin1),
-    )
-    assert (code, reason, meta) == (
-        grpc.StatusCode.NOT_FOUND,
-        "TOKEN_NOT_FOUND",
-        {"token_id": "0123456789abcdef"},
+    everywhere_id = secured.tokens.admin.split("_")[1]  # a "*" token
+    for token_id in (unknown_id, other_id, everywhere_id):
+        assert await refused(
+            revoke, tokens_pb2.RevokeTokenRequest(token_id=token_id), p1_admin
+        ) == (
+            grpc.StatusCode.NOT_FOUND,
+            "TOKEN_NOT_FOUND",
+            {"token_id": token_id},
+        ), token_id
+    # Below admin, every id hears the same: the caller's own scope needs admin.
+    for token_id in (unknown_id, other_id, secured.tokens.spare.split("_")[1]):
+        assert await refused(
+            revoke,
+            tokens_pb2.RevokeTokenRequest(token_id=token_id),
+            secured.md(secured.tokens.write),
+        ) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ROLE_INSUFFICIENT",
+            {"project": "p1", "required_role": "admin", "token_id": secured.tokens.write[4:20]},
+        ), token_id
+    # The p2 token was not revoked: it still works.
+    await runs_pb2_grpc.RunServiceStub(secured.channel).GetRun(
+        runs_pb2.GetRunRequest(project="p2", run_id="parent"),
+        metadata=secured.md(secured.tokens.other),
     )
     spare_id = secured.tokens.spare.split("_")[1]
     done = await revoke(

@@ -65,10 +65,6 @@ class Unparsed:
     data: bytes
     start: int
 
-    def WhichOneof(self, group: str) -> str:  # the protobuf name: auth/policy.py reads it
-        """What the request carries, as the message would answer: its batch."""
-        return "batch"
-
 
 Parsed = ingest_pb2.AppendPointsRequest | Malformed | Oversized
 Request = Parsed | Unparsed

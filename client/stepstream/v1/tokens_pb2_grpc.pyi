@@ -41,7 +41,8 @@ class TokenServiceStub:
     TOKEN_INVALID, TOKEN_EXPIRED; PERMISSION_DENIED PROJECT_NOT_ALLOWED,
     ROLE_INSUFFICIENT with project, required_role, token_id). No token can
     make one wider than itself: an admin of project P creates tokens of P
-    only, and only an admin of "*" creates "*" tokens. A service without
+    only, and only an admin of "*" creates "*" tokens; a token that expires
+    creates only tokens that expire no later. A service without
     --auth required refuses every RPC here with FAILED_PRECONDITION
     AUTH_NOT_REQUIRED (tokens would check nothing).
 
@@ -58,7 +59,10 @@ class TokenServiceStub:
                        nor "*",
       INVALID_ARGUMENT INVALID_ROLE (value): not read, write or admin,
       INVALID_ARGUMENT INVALID_EXPIRY (value): expires_in not positive,
-      INVALID_ARGUMENT NAME_TOO_LONG (size, limit): name over 256 bytes.
+      INVALID_ARGUMENT NAME_TOO_LONG (size, limit): name over 256 bytes,
+      PERMISSION_DENIED EXPIRY_BEYOND_CALLER (caller_expire_time, token_id):
+                       the caller's token expires, and the new one would not
+                       (no expires_in) or would later.
     Needs admin in `project` ("*": an admin of every project).
     """
     ListTokens: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.ListTokensRequest, _tokens_pb2.ListTokensResponse]
@@ -68,8 +72,10 @@ class TokenServiceStub:
     """
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.RevokeTokenRequest, _tokens_pb2.RevokeTokenResponse]
     """Revokes a token: it stops working on the next call, and an open stream
-    that uses it ends within a second. Needs admin in the token's project.
-      NOT_FOUND TOKEN_NOT_FOUND (token_id): no such token (asked by an admin).
+    that uses it ends within a second. Needs admin in the caller's own scope.
+      NOT_FOUND TOKEN_NOT_FOUND (token_id): no such token, or one of a
+                       project the caller does not administer (answered
+                       alike: neither its existence nor its project shows).
     Revoking a revoked token changes nothing (already_revoked).
     """
 
@@ -89,7 +95,8 @@ class TokenServiceAsyncStub(TokenServiceStub):
     TOKEN_INVALID, TOKEN_EXPIRED; PERMISSION_DENIED PROJECT_NOT_ALLOWED,
     ROLE_INSUFFICIENT with project, required_role, token_id). No token can
     make one wider than itself: an admin of project P creates tokens of P
-    only, and only an admin of "*" creates "*" tokens. A service without
+    only, and only an admin of "*" creates "*" tokens; a token that expires
+    creates only tokens that expire no later. A service without
     --auth required refuses every RPC here with FAILED_PRECONDITION
     AUTH_NOT_REQUIRED (tokens would check nothing).
 
@@ -103,7 +110,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
                        nor "*",
       INVALID_ARGUMENT INVALID_ROLE (value): not read, write or admin,
       INVALID_ARGUMENT INVALID_EXPIRY (value): expires_in not positive,
-      INVALID_ARGUMENT NAME_TOO_LONG (size, limit): name over 256 bytes.
+      INVALID_ARGUMENT NAME_TOO_LONG (size, limit): name over 256 bytes,
+      PERMISSION_DENIED EXPIRY_BEYOND_CALLER (caller_expire_time, token_id):
+                       the caller's token expires, and the new one would not
+                       (no expires_in) or would later.
     Needs admin in `project` ("*": an admin of every project).
     """
     ListTokens: _aio.UnaryUnaryMultiCallable[_tokens_pb2.ListTokensRequest, _tokens_pb2.ListTokensResponse]  # type: ignore[assignment]
@@ -113,8 +123,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """
     RevokeToken: _aio.UnaryUnaryMultiCallable[_tokens_pb2.RevokeTokenRequest, _tokens_pb2.RevokeTokenResponse]  # type: ignore[assignment]
     """Revokes a token: it stops working on the next call, and an open stream
-    that uses it ends within a second. Needs admin in the token's project.
-      NOT_FOUND TOKEN_NOT_FOUND (token_id): no such token (asked by an admin).
+    that uses it ends within a second. Needs admin in the caller's own scope.
+      NOT_FOUND TOKEN_NOT_FOUND (token_id): no such token, or one of a
+                       project the caller does not administer (answered
+                       alike: neither its existence nor its project shows).
     Revoking a revoked token changes nothing (already_revoked).
     """
 
@@ -133,7 +145,8 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     TOKEN_INVALID, TOKEN_EXPIRED; PERMISSION_DENIED PROJECT_NOT_ALLOWED,
     ROLE_INSUFFICIENT with project, required_role, token_id). No token can
     make one wider than itself: an admin of project P creates tokens of P
-    only, and only an admin of "*" creates "*" tokens. A service without
+    only, and only an admin of "*" creates "*" tokens; a token that expires
+    creates only tokens that expire no later. A service without
     --auth required refuses every RPC here with FAILED_PRECONDITION
     AUTH_NOT_REQUIRED (tokens would check nothing).
 
@@ -151,7 +164,10 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
                            nor "*",
           INVALID_ARGUMENT INVALID_ROLE (value): not read, write or admin,
           INVALID_ARGUMENT INVALID_EXPIRY (value): expires_in not positive,
-          INVALID_ARGUMENT NAME_TOO_LONG (size, limit): name over 256 bytes.
+          INVALID_ARGUMENT NAME_TOO_LONG (size, limit): name over 256 bytes,
+          PERMISSION_DENIED EXPIRY_BEYOND_CALLER (caller_expire_time, token_id):
+                           the caller's token expires, and the new one would not
+                           (no expires_in) or would later.
         Needs admin in `project` ("*": an admin of every project).
         """
 
@@ -173,8 +189,10 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tokens_pb2.RevokeTokenResponse, _abc.Awaitable[_tokens_pb2.RevokeTokenResponse]]:
         """Revokes a token: it stops working on the next call, and an open stream
-        that uses it ends within a second. Needs admin in the token's project.
-          NOT_FOUND TOKEN_NOT_FOUND (token_id): no such token (asked by an admin).
+        that uses it ends within a second. Needs admin in the caller's own scope.
+          NOT_FOUND TOKEN_NOT_FOUND (token_id): no such token, or one of a
+                           project the caller does not administer (answered
+                           alike: neither its existence nor its project shows).
         Revoking a revoked token changes nothing (already_revoked).
         """
 

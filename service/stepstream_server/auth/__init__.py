@@ -61,15 +61,11 @@ class Security:
 
         tokens = await asyncio.to_thread(TokenStore, store_url)
 
-        async def token_project(token_id: str) -> str | None:
-            record = await asyncio.to_thread(tokens.get, token_id)
-            return None if record is None else record.project
-
         authenticator = Authenticator(tokens)
         return cls(
             settings,
             tokens,
-            [AuthInterceptor(authenticator, Lookup(project_of, token_project), on_failure)],
+            [AuthInterceptor(authenticator, Lookup(project_of), on_failure)],
             WebGuard(authenticator, project_of, secure_cookie=settings.tls, on_failure=on_failure),
             ssl_context,
         )

@@ -6,8 +6,11 @@ A rule gives the role a call needs and where its project comes from: a RunServic
 names an incarnation (reads by `incarnation_id`, forks from `fork_incarnation_id`) the project
 that incarnation belongs to, looked up in the store: forking from a parent in another project
 needs read there, and write in the child's project. Tokens are managed by admins of the
-project concerned: the new token's project (so no token makes one wider than itself), the
-listed project (empty: the caller's own scope), the revoked token's project.
+project concerned: the new token's project (so no token makes one wider than itself; its
+expiry, the other half of that rule, is token_service.py's), the listed project (empty: the
+caller's own scope). RevokeToken needs admin in the caller's own scope, and its handler finds
+only tokens the caller administers, as a listing shows only those: a token outside that scope
+is TOKEN_NOT_FOUND like an unknown id, so neither its existence nor its project is disclosed.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepstream.rules import DEFAULT_PROJECT
+from stepstream.v1 import ingest_pb2
 
 from .tokens import Principal
 
 # (project, role) pairs a call needs, every one of them.
 Needs = list[tuple[str, str]]
-# The project of an incarnation (or of a token), None when there is no such thing.
+# The project of an incarnation, None when there is no such thing.
 ProjectOf = Callable[[str], Awaitable[str | None]]
 
 
@@ -31,7 +35,6 @@ class Lookup:
     """What a rule may look up in the store."""
 
     incarnation_project: ProjectOf
-    token_project: ProjectOf
 
 
 def project(name: str) -> str:
@@ -61,9 +64,12 @@ async def _selector(request: Any, lookup: Lookup, principal: Principal) -> Needs
 
 
 async def _open(request: Any, lookup: Lookup, principal: Principal) -> Needs:
-    # The first message of an AppendPoints stream; one that is not an `open` is refused by
-    # the stream itself (STREAM_NOT_OPEN), which then ends: it can write nothing, and no
-    # `open` is ever taken after it (servicer.py `_read`).
+    # The first message of an AppendPoints stream; one that is not an `open` (a batch, or
+    # what decoding made of the bytes: Oversized, Malformed, Unparsed) is refused by the
+    # stream itself (its bound's reason, MALFORMED_REQUEST, STREAM_NOT_OPEN), which then
+    # ends: it can write nothing, and no `open` is ever taken after it (servicer.py `_read`).
+    if not isinstance(request, ingest_pb2.AppendPointsRequest):
+        return []
     if request.WhichOneof("kind") != "open":
         return []
     return [(project(request.open.project), "write")]
@@ -81,9 +87,9 @@ async def _listed(request: Any, lookup: Lookup, principal: Principal) -> Needs:
 
 
 async def _revoked(request: Any, lookup: Lookup, principal: Principal) -> Needs:
-    owner = await lookup.token_project(request.token_id)
-    # No such token: an admin (of its own scope) hears TOKEN_NOT_FOUND from the handler.
-    return [(owner if owner is not None else principal.project, "admin")]
+    # Admin of its own scope; the handler finds only tokens it `administers` (TOKEN_NOT_FOUND
+    # otherwise), so every id outside that scope is answered alike.
+    return [(principal.project, "admin")]
 
 
 def administers(principal: Principal, token_project: str) -> bool:

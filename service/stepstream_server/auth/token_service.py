@@ -1,7 +1,8 @@
 """TokenService (protos/stepstream/v1/tokens.proto): tokens made, listed and revoked over the
 wire by admins. Who may do what is policy.py's (the interceptor checked it before a handler
-runs); a handler validates the request, filters a listing by `policy.administers` and works
-on the token table (store/tokens.py), as `stepstream tokens` does on the store directly."""
+runs); a handler validates the request, keeps a new token within its caller's expiry, finds
+only tokens the caller `administers` (policy.py) when listing or revoking, and works on the
+token table (store/tokens.py), as `stepstream tokens` does on the store directly."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+import grpc
 from google.protobuf import timestamp_pb2
 from stepstream.v1 import tokens_pb2, tokens_pb2_grpc
 
@@ -51,6 +53,23 @@ def _new_token_project(name: str) -> str:
     return check_id("project", project(name), "INVALID_PROJECT")
 
 
+def _within_expiry(caller: Principal, record: TokenRecord) -> None:
+    """A caller whose token expires makes only tokens that expire no later than it does: one
+    without an expiry, or with a later one, would outlive it (and its revocation)."""
+    if caller.expires_at is None:
+        return
+    if record.expires_at is None or record.expires_at > caller.expires_at:
+        limit = _timestamp(caller.expires_at)
+        assert limit is not None
+        raise errors.ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "EXPIRY_BEYOND_CALLER",
+            f"token {caller.token_id} expires at {limit.ToJsonString()}; a token it makes "
+            "must expire no later (set expires_in)",
+            {"caller_expire_time": limit.ToJsonString(), "token_id": caller.token_id},
+        )
+
+
 class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
     """`tokens` is the service's token table; None without --auth required, where every RPC
     is refused (AUTH_NOT_REQUIRED): a token made there would check nothing."""
@@ -72,7 +91,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         self, request: tokens_pb2.CreateTokenRequest, context: Any
     ) -> tokens_pb2.CreateTokenResponse:
         try:
-            tokens, _ = self._caller()  # the interceptor checked: admin in `scope`
+            tokens, principal = self._caller()  # the interceptor checked: admin in `scope`
             scope = _new_token_project(request.project)
             if request.role not in ROLES:
                 raise errors.invalid(
@@ -98,6 +117,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
                         value=f"{expires_in:g}",
                     )
             token, record = new_token(scope, request.role, request.name, expires_in)
+            _within_expiry(principal, record)
             await asyncio.to_thread(tokens.add, record)
         except errors.ServiceError as exc:
             await abort(context, exc)
@@ -126,15 +146,18 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         self, request: tokens_pb2.RevokeTokenRequest, context: Any
     ) -> tokens_pb2.RevokeTokenResponse:
         try:
-            tokens, _ = self._caller()
-            revoked = await asyncio.to_thread(tokens.revoke, request.token_id, time.time())
-            record = await asyncio.to_thread(tokens.get, request.token_id)
-            if record is None:
+            tokens, principal = self._caller()
+            found = await asyncio.to_thread(tokens.get, request.token_id)
+            # Outside the caller's scope: answered as an unknown id (a token's project never
+            # changes, so the revoke below acts only on what was checked here).
+            if found is None or not administers(principal, found.project):
                 raise errors.not_found(
                     "TOKEN_NOT_FOUND",
                     f"no token has id {request.token_id[:40]!r}",
                     token_id=request.token_id[:40],
                 )
+            revoked = await asyncio.to_thread(tokens.revoke, request.token_id, time.time())
+            record = await asyncio.to_thread(tokens.get, request.token_id) or found
         except errors.ServiceError as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
