@@ -575,3 +575,33 @@ def test_commits_are_refused_over_the_hard_bound_until_a_flush_succeeds(
     commit(store, inc, 3, range(20, 30))  # accepted again
     store.flush()
     assert everything(store, inc)["read:loss:False"][0] == [float(x) for x in range(30)]
+
+
+def test_a_second_serve_of_one_sqlite_file_refuses_to_start(
+    tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    """Two `serve` with different --data-dir and the same --store sqlite:///file: the second
+    exits 1 with the owner lock's message (docs/staging.md, One owner)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "shared.sqlite3"
+    store_args = ["--store", f"sqlite://{db}"]
+    first = ServiceProcess(tmp_path / "a", redis_server.url, free_port(), extra=store_args)
+    first.start()
+    try:
+        second = subprocess.run(
+            [
+                sys.executable, "-m", "stepstream_server.cli", "serve",
+                "--address", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "b"),
+                "--redis-url", redis_server.url, *store_args,
+            ],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"stepstream: the SQLite store {db} is already open in another process"
+            f" (it holds {db}.lock); one service owns a SQLite file"
+        )
+    finally:
+        first.terminate()
