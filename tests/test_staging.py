@@ -332,6 +332,7 @@ def test_staged_rows_replay_on_open_and_ids_continue_above_them(tmp_path: Path) 
     store._checkpointer.stop()
     for conn in store._connections:
         conn.close()
+    store._owner_lock.close()  # the dead process's flock goes with it
     again = SqliteStore(path)
     try:
         again._flusher.stop()
@@ -494,3 +495,113 @@ def test_a_long_part_goes_straight_to_chunk_rows_unless_its_series_has_staged_pi
     assert view["floors"]["f:loss"][0] == 5 + 3 * long
     store.flush()
     assert everything(store, inc) == view
+
+
+def test_the_token_cli_beside_a_live_store_only_migrates(store: SqliteStore) -> None:
+    """`stepstream tokens` on a live SQLite file neither replays nor flushes its staged rows:
+    the live store's flush then writes every point once."""
+    from stepstream_server.auth.cli import open_tokens
+
+    inc = create_plain_run(store).current_incarnation_id
+    commit(store, inc, 1, range(0, 5))
+    commit(store, inc, 2, range(5, 10))
+    open_tokens(f"sqlite://{store.path}")
+    assert staged_rows(store) == 2  # untouched
+    commit(store, inc, 3, range(10, 15))
+    store.flush()
+    assert staged_rows(store) == 0
+    assert everything(store, inc)["read:loss:False"][0] == [float(x) for x in range(15)]
+
+
+def test_a_flush_refuses_rows_another_process_flushed(store: SqliteStore) -> None:
+    inc = create_plain_run(store).current_incarnation_id
+    commit(store, inc, 1, range(0, 5))
+    commit(store, inc, 2, range(5, 10))
+    rows = [r for r, _ in store._memtable.take()]
+    # As another process's flush of the first row leaves the file.
+    with sqlite3.connect(store.path) as other:
+        other.execute("DELETE FROM staged WHERE first_chunk = ?", (rows[0],))
+        other.execute("UPDATE staging SET flushed_through = ?", (rows[0],))
+    with pytest.raises(sqlite_module.StoreUnavailable) as caught:
+        store.flush()
+    assert caught.value.reason == "STORE_UNAVAILABLE"
+    assert caught.value.message == (
+        f"the store cannot take this now (staged rows {rows[0]}..{rows[1]} were flushed by"
+        f" another process (flushed_through {rows[0]}, 1 of 2 rows still staged);"
+        " not flushing them again); retry later"
+    )
+    conn = store._conn()
+    assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 0  # nothing written
+    assert staged_rows(store) == 1
+
+
+def test_a_second_owner_of_one_file_is_refused(store: SqliteStore) -> None:
+    with pytest.raises(sqlite_module.StoreLocked) as caught:
+        SqliteStore(store.path)
+    assert str(caught.value) == (
+        f"the SQLite store {store.path} is already open in another process"
+        f" (it holds {store.path}.lock); one service owns a SQLite file"
+    )
+    sqlite_module.migrate(store.path)  # the migrate-only path takes no lock
+    store.close()
+    SqliteStore(store.path).close()  # released on close
+
+
+def test_commits_are_refused_over_the_hard_bound_until_a_flush_succeeds(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memtable, "FLUSH_POINTS", 10)  # hard bound: 40 points
+    inc = create_plain_run(store).current_incarnation_id
+    commit(store, inc, 1, range(0, 10))  # 30 points (three series)
+    commit(store, inc, 2, range(10, 20))  # 60: over the bound
+    with sqlite3.connect(store.path) as other:
+        other.execute(
+            "CREATE TRIGGER fail_flush BEFORE DELETE ON staged"
+            " BEGIN SELECT RAISE(FAIL, 'disk full at the seam'); END"
+        )
+    refusal = (
+        "the store cannot take this now (the staged points are over their bound"
+        " (60 points, 6 pieces) until a flush succeeds); retry later"
+    )
+    for _ in range(2):
+        with pytest.raises(sqlite_module.StoreUnavailable) as caught:
+            commit(store, inc, 3, range(20, 30))
+        assert caught.value.reason == "STORE_UNAVAILABLE" and caught.value.message == refusal
+        with pytest.raises(sqlite3.IntegrityError, match="disk full at the seam"):
+            store.flush()
+    with sqlite3.connect(store.path) as other:
+        other.execute("DROP TRIGGER fail_flush")
+    store.flush()
+    commit(store, inc, 3, range(20, 30))  # accepted again
+    store.flush()
+    assert everything(store, inc)["read:loss:False"][0] == [float(x) for x in range(30)]
+
+
+def test_a_second_serve_of_one_sqlite_file_refuses_to_start(
+    tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    """Two `serve` with different --data-dir and the same --store sqlite:///file: the second
+    exits 1 with the owner lock's message (docs/staging.md, One owner)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "shared.sqlite3"
+    store_args = ["--store", f"sqlite://{db}"]
+    first = ServiceProcess(tmp_path / "a", redis_server.url, free_port(), extra=store_args)
+    first.start()
+    try:
+        second = subprocess.run(
+            [
+                sys.executable, "-m", "stepstream_server.cli", "serve",
+                "--address", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "b"),
+                "--redis-url", redis_server.url, *store_args,
+            ],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"stepstream: the SQLite store {db} is already open in another process"
+            f" (it holds {db}.lock); one service owns a SQLite file"
+        )
+    finally:
+        first.terminate()

@@ -227,10 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     from .datadir import DataDirInUse
     from .server import serve as run
     from .store.schema import SchemaTooNew
+    from .store.sqlite import StoreLocked
 
     try:
         asyncio.run(run(settings))
-    except (DataDirInUse, SchemaTooNew, ValueError) as exc:
+    except (DataDirInUse, SchemaTooNew, StoreLocked, ValueError) as exc:
         print(f"stepstream: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -85,10 +85,11 @@ def _when(seconds: float | None) -> str:
 
 
 def open_tokens(store_url: str) -> TokenStore:
-    """The token table of a store, migrated first (a fresh store gets its whole schema)."""
-    from ..store import open_store
+    """The token table of a store, migrated first (a fresh store gets its whole schema). Only
+    the migrations: opening the store would replay and flush a live service's staged rows."""
+    from ..store.seam import migrate_store
 
-    open_store(store_url).close()
+    migrate_store(store_url)
     return TokenStore(store_url)
 
 

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # old: a flush writes one chunk per series, so it pays the per-series index cost once per flush.
 FLUSH_POINTS = 500_000
 FLUSH_PIECES = 50_000
+# Past this multiple of the flush thresholds a commit is refused (StoreUnavailable) until a
+# flush succeeds: the memtable's hard bound (docs/staging.md).
+HARD_BOUND = 4
 # STEPSTREAM_FLUSH_SECONDS: for tests that need rows to stay staged (kill -9 with staged rows).
 FLUSH_SECONDS = float(os.environ.get("STEPSTREAM_FLUSH_SECONDS", "1.0"))
 # A part with at least this many points per series on average is written as chunk rows at
@@ -219,6 +222,10 @@ class Memtable:
             or self.pieces >= FLUSH_PIECES
             or now - oldest >= FLUSH_SECONDS
         )
+
+    def over_bound(self) -> bool:
+        """Whether commits must wait for a flush (HARD_BOUND times a flush threshold)."""
+        return self.points >= HARD_BOUND * FLUSH_POINTS or self.pieces >= HARD_BOUND * FLUSH_PIECES
 
     def take(self) -> list[tuple[int, bytes]]:
         """(first chunk, body) of every row staged now, in row order."""

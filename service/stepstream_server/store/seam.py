@@ -60,16 +60,32 @@ class AsyncStore:
         self.sync.close()
 
 
+def migrate_store(url: str) -> None:
+    """Only the schema migrations of the store at `url`, safe beside a live service: for
+    SQLite no owner lock, no staged-row replay and no flush (docs/staging.md, One owner)."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        from .sqlite import migrate
+
+        migrate(Path(_sqlite_path(url)))
+        return
+    open_store(url).close()  # PostgreSQL keeps nothing in memory to replay
+
+
+def _sqlite_path(url: str) -> str:
+    path = url[len("sqlite://") :]
+    if not path or path == "/":
+        raise ValueError(f"store URL {url!r} names no file; use sqlite:///path/to/file")
+    return path
+
+
 def open_store(url: str, *, sqlite_synchronous: str = "FULL") -> Store:
     """`sqlite:///path` or `postgresql://user@host:port/db` (also `postgres://`)."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         from .sqlite import SqliteStore
 
-        path = url[len("sqlite://") :]
-        if not path or path == "/":
-            raise ValueError(f"store URL {url!r} names no file; use sqlite:///path/to/file")
-        return SqliteStore(Path(path), synchronous=sqlite_synchronous)
+        return SqliteStore(Path(_sqlite_path(url)), synchronous=sqlite_synchronous)
     if scheme in ("postgresql", "postgres"):
         from .postgres import PostgresStore
 

@@ -10,6 +10,7 @@ steps grow with its chunk IDs (the ordering rule guarantees it), so a view is a 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -167,8 +168,14 @@ class SqliteStore:
         self._memtable = Memtable()
         self._flusher = memtable.Flusher()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
-        self._next_chunk = self._open_staged()
+        self._owner_lock = _take_owner_lock(path)  # one serving store per file
+        self._refused_flush = False  # logged once (docs/staging.md, One owner)
+        try:
+            self._migrate()
+            self._next_chunk = self._open_staged()
+        except BaseException:
+            self._owner_lock.close()
+            raise
 
     def _open_staged(self) -> int:
         """Replay the staged rows into the memtable; the first chunk ID free to reserve."""
@@ -190,19 +197,7 @@ class SqliteStore:
 
     def _migrate(self) -> None:
         with self._write() as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if (
-                version == 0
-                and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
-            ):
-                version = 1
-            if version > len(MIGRATIONS):
-                raise SchemaTooNew(str(self.path), version, len(MIGRATIONS))
-            for script in MIGRATIONS[version:]:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            _run_migrations(conn, self.path)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -258,6 +253,7 @@ class SqliteStore:
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+        self._owner_lock.close()  # releases the flock
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -539,6 +535,16 @@ class SqliteStore:
         undo: dict[tuple[str, bool, str], int | None] = {}
         refused: Refused = {}
         staged: list[tuple[int, bytes]] = []
+        if self._memtable.over_bound():
+            # Flushes fail or fall behind: refuse (the worker retries with backoff) rather
+            # than grow without limit (docs/staging.md, The hard bound).
+            self._flusher.poke(self)
+            raise StoreUnavailable(
+                RuntimeError(
+                    f"the staged points are over their bound ({self._memtable.points} points,"
+                    f" {self._memtable.pieces} pieces) until a flush succeeds"
+                )
+            )
         if any(memtable.is_long(p.chunks) and self._staged_series(p) for p in parts):
             # Its series' staged pieces go first, so that it can go straight to chunk rows
             # (docs/staging.md, Long parts): a long part staged would keep them staged.
@@ -675,6 +681,7 @@ class SqliteStore:
             cuts = self._snapshots_from(self._conn(), low)
             rows = memtable.merged_chunks(staged, cuts)
             with self._writing, self._write() as conn:
+                self._check_unflushed(conn, [row for row, _ in staged])
                 now_cuts = self._snapshots_from(conn, low)
                 if now_cuts != cuts:  # a fork landed meanwhile: cut at its snapshot too
                     rows = memtable.merged_chunks(staged, now_cuts)
@@ -683,6 +690,31 @@ class SqliteStore:
                 conn.execute("UPDATE staging SET flushed_through = ?", (through,))
             self._memtable.drop(through)
         self._checkpointer.poke()
+
+    def _check_unflushed(self, conn: sqlite3.Connection, rows: list[int]) -> None:
+        """Refuse to flush unless the file still holds exactly these rows staged and no flush
+        passed them: another process must never have its flush repeated here (docs/staging.md,
+        One owner)."""
+        through = int(conn.execute("SELECT flushed_through FROM staging").fetchone()[0])
+        present = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT first_chunk FROM staged WHERE first_chunk BETWEEN ? AND ?"
+                " ORDER BY first_chunk",
+                (rows[0], rows[-1]),
+            )
+        ]
+        if through < rows[0] and present == rows:
+            return
+        detail = (
+            f"staged rows {rows[0]}..{rows[-1]} were flushed by another process"
+            f" (flushed_through {through}, {len(present)} of {len(rows)} rows still staged);"
+            " not flushing them again"
+        )
+        if not self._refused_flush:
+            self._refused_flush = True
+            log.error("%s: %s", self.path, detail)
+        raise StoreUnavailable(RuntimeError(detail))
 
     @staticmethod
     def _snapshots_from(conn: sqlite3.Connection, low: int) -> list[int]:
@@ -1114,6 +1146,64 @@ def _sql_real(x: float) -> float:
         if x == math.inf
         else (-1.7976931348623157e308 if x == -math.inf else x)
     )
+
+
+class StoreLocked(RuntimeError):
+    """Another process serves this SQLite file (it holds the owner lock)."""
+
+
+def owner_lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _take_owner_lock(path: Path) -> Any:
+    """An exclusive, non-blocking flock on the sidecar `<file>.lock`, held until close: a
+    second serving store of the same file (another `serve`, whatever its --data-dir) fails."""
+    lock_path = owner_lock_path(path)
+    handle = open(lock_path, "a+b")  # noqa: SIM115 (held for the store's lifetime)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StoreLocked(
+            f"the SQLite store {path} is already open in another process"
+            f" (it holds {lock_path}); one service owns a SQLite file"
+        ) from None
+    return handle
+
+
+def _run_migrations(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to the newest version, in the caller's write transaction."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version == 0 and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+        version = 1
+    if version > len(MIGRATIONS):
+        raise SchemaTooNew(str(path), version, len(MIGRATIONS))
+    for script in MIGRATIONS[version:]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+
+def migrate(path: Path) -> None:
+    """Only the schema migrations, for a tool beside a live service (`stepstream tokens`):
+    no owner lock, no staged-row replay, no flush (docs/staging.md, One owner)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _run_migrations(conn, path)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
 
 
 def _flushed_through(conn: sqlite3.Connection) -> int:
