@@ -253,7 +253,7 @@ def chunk_rows(
         values = np.stack([np.asarray(c.values, dtype=np.float64) for c in group])
         first = group[0]
         if all(c.steps is first.steps and c.timestamps is first.timestamps for c in group):
-            # One block's series (judge._chunk_writes shares their columns): packed once.
+            # One block's series (verdict.py shares their columns): packed once.
             stats = _stats_rows(first.steps, values, first.timestamps)
             n = len(first.steps)
             low, high = float(first.steps[0]), float(first.steps[-1])

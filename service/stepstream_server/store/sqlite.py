@@ -613,7 +613,7 @@ class SqliteStore:
         first chunk ID, its body) returned), or straight as chunk rows when its series are long
         and none has a staged piece (docs/staging.md, Long parts)."""
         # A series' chunk of its current generation comes before any new generation of it in
-        # a part (judge._apply), so these IDs hold for them.
+        # a part (verdict._apply), so these IDs hold for them.
         ids = iter(
             self._series_ids_for(
                 conn,
