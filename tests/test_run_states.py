@@ -22,8 +22,11 @@ STEPS = 50
 
 TRAINER = textwrap.dedent(
     """
-    import os, signal, sys, time
+    import faulthandler, os, signal, sys, time
     import stepstream
+
+    # A trainer that does not end is asked for every thread's stack (finish() below).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     address, run_id, how, ending = sys.argv[1:5]
     STEPS = int(sys.argv[5])
@@ -98,8 +101,12 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     try:
         out, err = proc.communicate(timeout=60)  # below the test timeout: its output is shown
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
+        proc.send_signal(signal.SIGUSR1)  # its threads' stacks, to stderr (faulthandler)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
         raise AssertionError(f"trainer did not end: {out} {err}") from None
     return proc.returncode, out, err
 
