@@ -27,6 +27,10 @@ TRAINER = textwrap.dedent(
 
     # A trainer that does not end is asked for every thread's stack (finish() below).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # Ctrl-C as in a terminal: a test runner started in the background without job control
+    # (nohup, some CI runners) hands its children SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt (the ctrl_c tests waited 60 s for a trainer that ignored it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     address, run_id, how, ending = sys.argv[1:5]
     STEPS = int(sys.argv[5])
