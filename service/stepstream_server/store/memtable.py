@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from ..model import ChunkWrite
+from .background import OwnedThread
 from .codec import chunk_rows, decode_values, encode_values
 
 log = logging.getLogger(__name__)
@@ -351,38 +352,12 @@ class Flushable(Protocol):
     def flush(self) -> None: ...
 
 
-class Flusher:
+class Flusher(OwnedThread):
     """Runs `owner.flush()` when due; started on the first `poke`, checks at least every
     quarter of FLUSH_SECONDS (a quiet run's last points must reach the chunks too)."""
 
     def __init__(self) -> None:
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._guard = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def poke(self, owner: Flushable) -> None:
-        if self._thread is None:
-            with self._guard:
-                if self._thread is None and not self._stop.is_set():
-                    # Only a weak reference: a store dropped without close() lets it end.
-                    self._thread = threading.Thread(
-                        target=_run,
-                        args=(weakref.ref(owner), self._wake, self._stop),
-                        name="sqlite-flush",
-                        daemon=True,
-                    )
-                    self._thread.start()
-        self._wake.set()
-
-    def stop(self) -> None:
-        """End the thread after the flush under way, if any; later pokes do nothing."""
-        with self._guard:
-            self._stop.set()
-            self._wake.set()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=60)
+        super().__init__("sqlite-flush", _run, join_timeout=60)
 
 
 def _run(ref: weakref.ref[Flushable], wake: threading.Event, stop: threading.Event) -> None:

@@ -30,6 +30,8 @@ import threading
 import weakref
 from pathlib import Path
 
+from .background import OwnedThread
+
 log = logging.getLogger(__name__)
 
 # Uncopied WAL frames (pages) that make the checkpointer copy them: SQLite's default threshold.
@@ -75,39 +77,19 @@ class Checkpointer:
         self._shm = path.with_name(path.name + "-shm")
         self._synchronous = synchronous
         self.pages = pages
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._guard = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._thread = OwnedThread("sqlite-checkpoint", _run, join_timeout=30)
         # Pokes so far, and the last poke whose commit a completed checkpoint covered.
         self.poked = 0
         self.covered = 0
 
     def poke(self) -> None:
         """A commit landed: checkpoint soon."""
-        if self._thread is None:
-            with self._guard:
-                if self._thread is None and not self._stop.is_set():
-                    # The thread holds no reference to this object (a store dropped without
-                    # close() lets its thread end), only to the events it waits on.
-                    self._thread = threading.Thread(
-                        target=_run,
-                        args=(weakref.ref(self), self._wake, self._stop),
-                        name="sqlite-checkpoint",
-                        daemon=True,
-                    )
-                    self._thread.start()
         self.poked += 1  # only the committing thread pokes
-        self._wake.set()
+        self._thread.poke(self)
 
     def stop(self) -> None:
         """End the thread (after the checkpoint under way, if any); later pokes do nothing."""
-        with self._guard:
-            self._stop.set()
-            self._wake.set()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=30)
+        self._thread.stop()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
